@@ -1,0 +1,126 @@
+//! Reading `/proc/<pid>/stat`: state, process group and start time (the pid-reuse guard).
+
+use std::io;
+
+/// The fields of `/proc/<pid>/stat` the driver needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    /// `R`, `S`, `D`, `Z` (zombie: exited, not yet reaped), `T`, ...
+    pub state: char,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub session: i32,
+    /// Field 22: clock ticks after boot at which the process started. Together with the pid
+    /// it names a process uniquely for the life of the machine.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Running or sleeping; a zombie has already exited.
+    pub fn is_alive(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+/// Reads `/proc/<pid>/stat`; `Ok(None)` when there is no such process.
+pub fn read_stat(pid: i32) -> io::Result<Option<ProcStat>> {
+    if pid <= 0 {
+        return Ok(None);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_stat(&text).map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed /proc/{pid}/stat"),
+            )
+        }),
+        Err(error)
+            if error.kind() == io::ErrorKind::NotFound
+                || error.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Parses the text of a stat file. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text[..open].trim().parse().ok()?;
+    // Fields after the name start at field 3 (state).
+    let fields: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let field = |number: usize| fields.get(number - 3).copied();
+    Some(ProcStat {
+        pid,
+        state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
+        pgid: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        start_time: field(22)?.parse().ok()?,
+    })
+}
+
+/// The uid a process runs as (the real uid from `/proc/<pid>/status`).
+pub fn read_uid(pid: i32) -> io::Result<Option<u32>> {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_with_spaces_and_parentheses() {
+        let text = "4242 (my (odd) app) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 3 0 987654 \
+                    1000 200 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0\n";
+        let stat = parse_stat(text).unwrap();
+        assert_eq!(
+            stat,
+            ProcStat {
+                pid: 4242,
+                state: 'S',
+                ppid: 1,
+                pgid: 4242,
+                session: 4242,
+                start_time: 987654
+            }
+        );
+        assert!(stat.is_alive());
+    }
+
+    #[test]
+    fn zombies_are_not_alive() {
+        let text = "7 (x) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0";
+        assert!(!parse_stat(text).unwrap().is_alive());
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id() as i32;
+        let stat = read_stat(pid).unwrap().unwrap();
+        assert_eq!(stat.pid, pid);
+        assert!(stat.start_time > 0);
+        assert_eq!(read_stat(i32::MAX).unwrap(), None);
+        assert_eq!(read_stat(0).unwrap(), None);
+        assert!(read_uid(pid).unwrap().is_some());
+    }
+
+    #[test]
+    fn truncated_text_is_rejected() {
+        assert_eq!(parse_stat("12 (x) S 1 2"), None);
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! The field-level diff of two specs and the ordered actions that carry it out.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use bow_spec::{Spec, Strategy};
+
+use crate::{Action, ChangeClass, Diff, FieldChange, ServiceAdd, ServiceChange, ServiceRemove};
+
+/// What changing a top-level service field takes. Unknown fields are treated as `Replace`,
+/// the safe choice; a test keeps every field of `bow_spec::Service` explicitly classed.
+pub fn classify_service_field(field: &str) -> ChangeClass {
+    explicit_service_class(field).unwrap_or(ChangeClass::Replace)
+}
+
+pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
+    Some(match field {
+        // What runs and how it is started: a new release.
+        "command" | "image" | "postgres" | "dir" | "env" | "user" | "resources" | "python"
+        | "secrets" | "volumes" => ChangeClass::Replace,
+        // The edge's route table only.
+        "routes" => ChangeClass::EdgeOnly,
+        // The agent's own view: instance count, checks, ordering, schedules, timeouts, and
+        // the stable service address (a listener of the agent, not of the instance).
+        "replicas" | "health" | "depends_on" | "deploy" | "backup" | "stop_timeout" | "port" => {
+            ChangeClass::InPlace
+        }
+        _ => return None,
+    })
+}
+
+/// Every `edge:` setting is applied by the edge alone.
+pub fn classify_edge_field(_field: &str) -> ChangeClass {
+    ChangeClass::EdgeOnly
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
+    let mut diff = Diff::default();
+    let empty = BTreeMap::new();
+    let recorded_services = recorded.map_or(&empty, |r| &r.services);
+    for (name, service) in &desired.services {
+        match recorded_services.get(name) {
+            None => diff.to_add.push(ServiceAdd {
+                service: name.clone(),
+                kind: service.workload.kind().to_string(),
+                replicas: service.replicas,
+                routes: service.routes.iter().map(ToString::to_string).collect(),
+            }),
+            Some(before) => {
+                let mut fields = Vec::new();
+                let path = format!("services.{name}");
+                compare(
+                    &path,
+                    Some(&to_value(before)),
+                    Some(&to_value(service)),
+                    &mut fields,
+                    &|p| classify_service_field(p.split('.').nth(2).unwrap_or_default()),
+                );
+                if let Some(class) = fields.iter().map(|f| f.class).max() {
+                    diff.to_change.push(ServiceChange {
+                        service: name.clone(),
+                        class,
+                        fields,
+                    });
+                }
+            }
+        }
+    }
+    for (name, service) in recorded_services {
+        if !desired.services.contains_key(name) {
+            diff.to_remove.push(ServiceRemove {
+                service: name.clone(),
+                replicas: service.replicas,
+            });
+        }
+    }
+    if let Some(recorded) = recorded {
+        compare(
+            "edge",
+            Some(&to_value(&recorded.edge)),
+            Some(&to_value(&desired.edge)),
+            &mut diff.edge,
+            &|p| classify_edge_field(p.split('.').nth(1).unwrap_or_default()),
+        );
+    }
+    diff
+}
+
+/// Records every leaf that differs between `before` and `after`. Objects are compared key by
+/// key; lists and scalars as a whole.
+fn compare(
+    path: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    out: &mut Vec<FieldChange>,
+    class: &dyn Fn(&str) -> ChangeClass,
+) {
+    match (before, after) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                compare(&format!("{path}.{key}"), a.get(key), b.get(key), out, class);
+            }
+        }
+        (a, b) if a == b => {}
+        (a, b) => out.push(FieldChange {
+            path: path.to_string(),
+            before: a.cloned(),
+            after: b.cloned(),
+            class: class(path),
+        }),
+    }
+}
+
+pub fn actions(desired: &Spec, recorded: Option<&Spec>, diff: &Diff) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for name in bow_spec::dependency_order(desired) {
+        let service = &desired.services[&name];
+        if diff.to_add.iter().any(|a| a.service == name) {
+            actions.push(Action::Create {
+                service: name.clone(),
+                replicas: service.replicas,
+            });
+            continue;
+        }
+        let Some(change) = diff.to_change.iter().find(|c| c.service == name) else {
+            continue;
+        };
+        let field_of = |f: &FieldChange| f.path.split('.').nth(2).unwrap_or_default().to_string();
+        if change.class == ChangeClass::Replace {
+            let strategy = match service.deploy.strategy {
+                Strategy::Rolling => "rolling",
+                Strategy::BlueGreen => "blue-green",
+            };
+            actions.push(Action::Replace {
+                service: name.clone(),
+                strategy: strategy.to_string(),
+            });
+        } else {
+            let mut fields: Vec<String> = change
+                .fields
+                .iter()
+                .filter(|f| f.class == ChangeClass::InPlace)
+                .map(field_of)
+                .filter(|f| f != "replicas")
+                .collect();
+            fields.dedup();
+            if !fields.is_empty() {
+                actions.push(Action::Update {
+                    service: name.clone(),
+                    fields,
+                });
+            }
+            let from = recorded
+                .and_then(|r| r.services.get(&name))
+                .map_or(0, |s| s.replicas);
+            if from != service.replicas {
+                actions.push(Action::Scale {
+                    service: name.clone(),
+                    from,
+                    to: service.replicas,
+                });
+            }
+        }
+        if change
+            .fields
+            .iter()
+            .any(|f| f.class == ChangeClass::EdgeOnly)
+        {
+            actions.push(Action::Routes {
+                service: name.clone(),
+            });
+        }
+    }
+    if let Some(recorded) = recorded {
+        let mut order = bow_spec::dependency_order(recorded);
+        order.reverse();
+        for name in order {
+            if diff.to_remove.iter().any(|r| r.service == name) {
+                actions.push(Action::Remove { service: name });
+            }
+        }
+    }
+    if !diff.edge.is_empty() {
+        let mut fields: Vec<String> = diff
+            .edge
+            .iter()
+            .map(|f| f.path.split('.').nth(1).unwrap_or_default().to_string())
+            .collect();
+        fields.dedup();
+        actions.push(Action::Edge { fields });
+    }
+    actions
+}

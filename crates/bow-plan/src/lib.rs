@@ -1,0 +1,182 @@
+//! What an apply would change: desired [`Spec`] × recorded [`Spec`] → [`Plan`].
+//!
+//! Pure: no file system, no clock. The first apply is a plan against no recorded state. Each
+//! changed field is classed by what it takes to carry it out ([`ChangeClass`]), and the plan
+//! orders its actions so that dependencies come before dependants.
+
+mod diff;
+mod render;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use bow_spec::Spec;
+
+pub use diff::{classify_edge_field, classify_service_field};
+
+/// What carrying out a change takes. Ordered: a service's class is its largest field class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeClass {
+    /// Only the edge's route table or settings change; no instance is touched.
+    EdgeOnly,
+    /// The agent updates its own view (scale, health checks, deploy settings); running
+    /// instances keep running.
+    InPlace,
+    /// New instances with the new release replace the old ones (rolling or blue-green).
+    Replace,
+}
+
+impl ChangeClass {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ChangeClass::EdgeOnly => "edge-only",
+            ChangeClass::InPlace => "in-place",
+            ChangeClass::Replace => "replace",
+        }
+    }
+}
+
+/// One changed field, at its config path (`services.back.replicas`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub path: String,
+    /// `None`: the field was not set before.
+    pub before: Option<Value>,
+    /// `None`: the field is no longer set.
+    pub after: Option<Value>,
+    pub class: ChangeClass,
+}
+
+/// A service the recorded state does not have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceAdd {
+    pub service: String,
+    /// `process`, `container` or `postgres`.
+    pub kind: String,
+    pub replicas: u32,
+    pub routes: Vec<String>,
+}
+
+/// A service whose fields differ from the recorded ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceChange {
+    pub service: String,
+    pub class: ChangeClass,
+    pub fields: Vec<FieldChange>,
+}
+
+/// A recorded service the file no longer has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRemove {
+    pub service: String,
+    pub replicas: u32,
+}
+
+/// Desired against recorded, service by service and field by field.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Diff {
+    pub to_add: Vec<ServiceAdd>,
+    pub to_change: Vec<ServiceChange>,
+    pub to_remove: Vec<ServiceRemove>,
+    /// Changes to `edge:` settings.
+    pub edge: Vec<FieldChange>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.to_add.is_empty()
+            && self.to_change.is_empty()
+            && self.to_remove.is_empty()
+            && self.edge.is_empty()
+    }
+}
+
+/// One step of carrying the plan out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Start a new service's instances.
+    Create { service: String, replicas: u32 },
+    /// Deploy a new release of a service with its deploy strategy.
+    Replace { service: String, strategy: String },
+    /// Change the agent's view of a service without touching its instances.
+    Update {
+        service: String,
+        fields: Vec<String>,
+    },
+    /// Add or remove instances without replacing the others.
+    Scale { service: String, from: u32, to: u32 },
+    /// Update the edge's route table for a service.
+    Routes { service: String },
+    /// Stop a service's instances and forget it.
+    Remove { service: String },
+    /// Apply new edge settings.
+    Edge { fields: Vec<String> },
+}
+
+/// Everything `apply` would do, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub project: String,
+    pub environment: String,
+    /// True when there is no recorded state: everything is new.
+    pub first_apply: bool,
+    pub diff: Diff,
+    pub actions: Vec<Action>,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        !self.diff.is_empty()
+    }
+}
+
+/// Plans `desired` against what was last applied (`None`: nothing yet).
+pub fn plan(desired: &Spec, recorded: Option<&Spec>) -> Plan {
+    let diff = diff::diff(desired, recorded);
+    let actions = diff::actions(desired, recorded, &diff);
+    Plan {
+        project: desired.project.clone(),
+        environment: desired.environment.clone(),
+        first_apply: recorded.is_none(),
+        diff,
+        actions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_service_key_has_an_explicit_class() {
+        for key in bow_spec::SERVICE_KEYS {
+            assert!(
+                diff::explicit_service_class(key).is_some(),
+                "classify `{key}` in bow-plan's diff.rs"
+            );
+        }
+    }
+
+    #[test]
+    fn identical_specs_plan_nothing() {
+        let spec = bow_spec::load(
+            "project: p\nservices:\n  a: {command: run}\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let plan = plan(&spec, Some(&spec));
+        assert!(!plan.has_changes());
+        assert!(plan.actions.is_empty());
+        let first = super::plan(&spec, None);
+        assert!(first.first_apply);
+        assert_eq!(
+            first.actions,
+            vec![Action::Create {
+                service: "a".into(),
+                replicas: 1
+            }]
+        );
+    }
+}

@@ -1,0 +1,224 @@
+//! Rules across services: dependencies and their cycles, routes and ports claimed twice,
+//! secret references, backups with nothing to back up.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::diag::{Span, did_you_mean};
+use crate::interp::secret_references;
+use crate::reader::{Reader, index, join};
+use crate::schema::{Spec, Workload};
+use crate::yaml::{Node, NodeKind};
+
+/// Runs every cross-service rule on a decoded spec; `root` supplies the spans.
+pub fn spec(spec: &Spec, root: &Node, reader: &mut Reader) {
+    dependencies(spec, root, reader);
+    routes(spec, root, reader);
+    ports(spec, root, reader);
+    secrets(spec, root, reader);
+    backups(spec, root, reader);
+}
+
+fn node_at<'n>(root: &'n Node, path: &[&str]) -> Option<&'n Node> {
+    let mut node = root;
+    for key in path {
+        node = node.get(key)?;
+    }
+    Some(node)
+}
+
+fn item_span(root: &Node, path: &[&str], position: usize) -> Span {
+    let list = node_at(root, path);
+    match list.map(|n| &n.kind) {
+        Some(NodeKind::Seq(items)) => items.get(position).map_or(root.span, |item| item.span),
+        _ => list.map_or(root.span, |n| n.span),
+    }
+}
+
+fn dependencies(spec: &Spec, root: &Node, reader: &mut Reader) {
+    let names: Vec<&str> = spec.services.keys().map(String::as_str).collect();
+    for (name, service) in &spec.services {
+        for (position, dependency) in service.depends_on.iter().enumerate() {
+            let path = index(&format!("services.{name}.depends_on"), position);
+            let span = item_span(root, &["services", name, "depends_on"], position);
+            if dependency == name {
+                reader.error(
+                    &path,
+                    span,
+                    format!("service `{name}` depends on itself"),
+                    Some("remove it from its own depends_on".to_string()),
+                );
+            } else if !spec.services.contains_key(dependency) {
+                let hint = match did_you_mean(dependency, names.iter().copied()) {
+                    Some(close) => format!("did you mean `{close}`?"),
+                    None => format!("services in this file: {}", names.join(", ")),
+                };
+                reader.error(
+                    &path,
+                    span,
+                    format!("depends on unknown service `{dependency}`"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+    // Depth-first search with colours: linear in services plus edges. Every back edge is a
+    // cycle; each distinct cycle is reported once, starting at its smallest name.
+    let mut reported: BTreeSet<Vec<String>> = BTreeSet::new();
+    let mut finished: BTreeSet<&str> = BTreeSet::new();
+    for start in spec.services.keys() {
+        if finished.contains(start.as_str()) {
+            continue;
+        }
+        let mut path: Vec<&str> = vec![start];
+        let mut next_edge: Vec<usize> = vec![0];
+        while let (Some(&current), Some(edge)) = (path.last(), next_edge.last_mut()) {
+            let dependencies = &spec.services[current].depends_on;
+            let Some(dependency) = dependencies.get(*edge) else {
+                finished.insert(current);
+                path.pop();
+                next_edge.pop();
+                continue;
+            };
+            *edge += 1;
+            let dependency = dependency.as_str();
+            if dependency == current
+                || !spec.services.contains_key(dependency)
+                || finished.contains(dependency)
+            {
+                continue;
+            }
+            if let Some(at) = path.iter().position(|s| *s == dependency) {
+                let mut cycle: Vec<String> = path[at..].iter().map(|s| s.to_string()).collect();
+                let smallest = cycle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| *s)
+                    .map_or(0, |(i, _)| i);
+                cycle.rotate_left(smallest);
+                if reported.insert(cycle.clone()) {
+                    report_cycle(spec, &cycle, root, reader);
+                }
+                continue;
+            }
+            path.push(dependency);
+            next_edge.push(0);
+        }
+    }
+}
+
+fn report_cycle(spec: &Spec, cycle: &[String], root: &Node, reader: &mut Reader) {
+    let first = &cycle[0];
+    let next = cycle.get(1).unwrap_or(first);
+    let position = spec.services[first]
+        .depends_on
+        .iter()
+        .position(|d| d == next)
+        .unwrap_or(0);
+    let span = item_span(root, &["services", first, "depends_on"], position);
+    let mut chain = cycle.join(" → ");
+    chain.push_str(" → ");
+    chain.push_str(first);
+    reader.error(
+        &index(&format!("services.{first}.depends_on"), position),
+        span,
+        format!("dependency cycle: {chain}"),
+        Some("services start only after their dependencies are healthy, so a cycle never starts; remove one edge".to_string()),
+    );
+}
+
+fn routes(spec: &Spec, root: &Node, reader: &mut Reader) {
+    let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+    for (name, service) in &spec.services {
+        for (position, route) in service.routes.iter().enumerate() {
+            let key = route.to_string();
+            match claimed.get(&key) {
+                Some(owner) => {
+                    let span = item_span(root, &["services", name, "routes"], position);
+                    let whom = if owner == name {
+                        "this service".to_string()
+                    } else {
+                        format!("service `{owner}`")
+                    };
+                    reader.error(
+                        &index(&format!("services.{name}.routes"), position),
+                        span,
+                        format!("route `{key}` is already claimed by {whom}"),
+                        Some("each host and path prefix is served by one service; use a different host or path".to_string()),
+                    );
+                }
+                None => {
+                    claimed.insert(key, name.clone());
+                }
+            }
+        }
+    }
+}
+
+fn ports(spec: &Spec, root: &Node, reader: &mut Reader) {
+    let mut taken: BTreeMap<u16, String> = BTreeMap::new();
+    taken.insert(spec.edge.http_port, "edge.http_port".to_string());
+    taken.insert(spec.edge.https_port, "edge.https_port".to_string());
+    for (name, service) in &spec.services {
+        let Some(port) = service.port else { continue };
+        let path = format!("services.{name}.port");
+        let span = node_at(root, &["services", name, "port"]).map_or(root.span, |n| n.span);
+        match taken.get(&port) {
+            Some(owner) if owner.starts_with("edge.") => {
+                reader.error(
+                    &path,
+                    span,
+                    format!("port {port} is already used by {owner}"),
+                    Some("pick another port for the service".to_string()),
+                );
+            }
+            Some(owner) => {
+                reader.error(
+                    &path,
+                    span,
+                    format!("port {port} is already used by service `{owner}`"),
+                    Some("each service needs its own port".to_string()),
+                );
+            }
+            None => {
+                taken.insert(port, name.clone());
+            }
+        }
+    }
+}
+
+fn secrets(spec: &Spec, root: &Node, reader: &mut Reader) {
+    for (name, service) in &spec.services {
+        for (variable, value) in &service.env {
+            for secret in secret_references(value) {
+                if !service.secrets.iter().any(|s| s == secret) {
+                    let span = node_at(root, &["services", name, "env", variable])
+                        .map_or(root.span, |n| n.span);
+                    reader.error(
+                        &join(&format!("services.{name}.env"), variable),
+                        span,
+                        format!("secret `{secret}` is referenced but not listed in services.{name}.secrets"),
+                        Some(format!("add `{secret}` to `secrets:` of `{name}`")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn backups(spec: &Spec, root: &Node, reader: &mut Reader) {
+    for (name, service) in &spec.services {
+        if service.backup.is_some()
+            && service.volumes.is_empty()
+            && !matches!(service.workload, Workload::Postgres(_))
+        {
+            let span =
+                node_at(root, &["services", name, "backup"]).map_or(root.span, |n| n.blame());
+            reader.error(
+                &format!("services.{name}.backup"),
+                span,
+                "nothing to back up: the service is not a postgres service and has no volumes",
+                Some("add `volumes:` or move the backup to the database service".to_string()),
+            );
+        }
+    }
+}

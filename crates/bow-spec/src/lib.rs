@@ -1,0 +1,259 @@
+//! bow's stack file: `bow.yaml` text → a typed, validated [`Spec`] for one environment.
+//!
+//! Pure: no file system, no network, no clock. The caller reads the file and renders the
+//! [`Diagnostic`]s. The pipeline is: YAML with spans (`yaml`) → environment overlay
+//! (`environ`) → vars (`interp`) → typed fields (`decode`) → cross-service rules (`check`).
+
+mod check;
+pub mod cron;
+mod decode;
+pub mod diag;
+pub mod environ;
+mod interp;
+mod reader;
+pub mod schema;
+pub mod units;
+pub mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use decode::{
+    EDGE_KEYS, SERVICE_KEYS, TOP_KEYS, defaults, is_secret_name, parse_route, parse_volume,
+};
+pub use diag::{Diagnostic, Span};
+pub use environ::DEFAULT_ENVIRONMENT;
+pub use interp::secret_references;
+pub use schema::*;
+
+use reader::Reader;
+
+/// What the caller knows that the file does not say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// The environment to resolve (`-e`, `BOW_ENV`, or `development`).
+    pub environment: String,
+    /// Whether bow runs as root: decides the default edge ports (80/443 or 8080/8443).
+    pub privileged: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            environment: DEFAULT_ENVIRONMENT.to_string(),
+            privileged: false,
+        }
+    }
+}
+
+/// Parses and validates `text` for one environment. `Err` holds every problem found, sorted
+/// by position.
+pub fn load(text: &str, options: &LoadOptions) -> Result<Spec, Vec<Diagnostic>> {
+    let root = parse_root(text)?;
+    let mut reader = Reader::default();
+    // Declared environments are checked whichever one is selected.
+    environ::declared(&root, &mut reader);
+    let spec = load_environment(&root, options, &mut reader);
+    let mut diagnostics = reader.diagnostics;
+    diag::normalize(&mut diagnostics);
+    match spec {
+        Some(spec) if diagnostics.is_empty() => Ok(spec),
+        _ => Err(diagnostics),
+    }
+}
+
+/// Checks the file in every environment it declares (and `development`). Problems that only
+/// show up in some environments say which.
+pub fn validate(text: &str, privileged: bool) -> Vec<Diagnostic> {
+    let root = match parse_root(text) {
+        Ok(root) => root,
+        Err(diagnostics) => return diagnostics,
+    };
+    let mut reader = Reader::default();
+    let environments = environ::declared(&root, &mut reader);
+    let mut all = reader.diagnostics;
+    let mut per_environment: Vec<(String, Vec<Diagnostic>)> = Vec::new();
+    for (environment, _) in &environments {
+        let mut reader = Reader::default();
+        let options = LoadOptions {
+            environment: environment.clone(),
+            privileged,
+        };
+        load_environment(&root, &options, &mut reader);
+        per_environment.push((environment.clone(), reader.diagnostics));
+    }
+    let everywhere: Vec<Diagnostic> = per_environment
+        .first()
+        .map(|(_, first)| {
+            first
+                .iter()
+                .filter(|d| per_environment.iter().all(|(_, other)| other.contains(d)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    for (environment, diagnostics) in &per_environment {
+        for diagnostic in diagnostics {
+            if everywhere.contains(diagnostic) || diagnostic.path.starts_with("environments.") {
+                all.push(diagnostic.clone());
+            } else {
+                let mut scoped = diagnostic.clone();
+                scoped
+                    .message
+                    .push_str(&format!(" (in environment `{environment}`)"));
+                all.push(scoped);
+            }
+        }
+    }
+    diag::normalize(&mut all);
+    all
+}
+
+/// The project name, read leniently (for locating the state dir before full validation).
+pub fn project_name(text: &str) -> Option<String> {
+    let root = yaml::parse(text).ok()??;
+    let name = root.get("project")?.scalar()?.to_string();
+    reader::is_name(&name).then_some(name)
+}
+
+/// Services in dependency order: each after everything it depends on; among services that
+/// are ready at the same time, by name. Services on a cycle (which validation rejects) come
+/// last, by name.
+pub fn dependency_order(spec: &Spec) -> Vec<String> {
+    let mut waiting_on: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut dependants: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, service) in &spec.services {
+        let known: BTreeSet<&str> = service
+            .depends_on
+            .iter()
+            .map(String::as_str)
+            .filter(|d| spec.services.contains_key(*d) && *d != name)
+            .collect();
+        waiting_on.insert(name, known.len());
+        for dependency in known {
+            dependants.entry(dependency).or_default().push(name);
+        }
+    }
+    let mut ready: BTreeSet<&str> = waiting_on
+        .iter()
+        .filter(|(_, n)| **n == 0)
+        .map(|(s, _)| *s)
+        .collect();
+    let mut order = Vec::with_capacity(spec.services.len());
+    while let Some(name) = ready.pop_first() {
+        order.push(name.to_string());
+        for dependant in dependants.get(name).map(Vec::as_slice).unwrap_or_default() {
+            if let Some(count) = waiting_on.get_mut(dependant) {
+                *count -= 1;
+                if *count == 0 {
+                    ready.insert(dependant);
+                }
+            }
+        }
+    }
+    if order.len() < spec.services.len() {
+        let placed: BTreeSet<String> = order.iter().cloned().collect();
+        order.extend(
+            spec.services
+                .keys()
+                .filter(|n| !placed.contains(*n))
+                .cloned(),
+        );
+    }
+    order
+}
+
+fn parse_root(text: &str) -> Result<yaml::Node, Vec<Diagnostic>> {
+    match yaml::parse(text)? {
+        Some(root) if matches!(root.kind, yaml::NodeKind::Map(_)) => Ok(root),
+        Some(root) => Err(vec![Diagnostic::new(
+            "",
+            root.span,
+            format!(
+                "expected a mapping with project and services, found {}",
+                root.describe()
+            ),
+            Some("a bow.yaml starts with `project: my-app`".to_string()),
+        )]),
+        None => Err(vec![Diagnostic::new(
+            "",
+            Span {
+                start: 0,
+                end: 0,
+                line: 1,
+                col: 1,
+            },
+            "the file is empty: expected a mapping with project and services",
+            Some("a bow.yaml starts with `project: my-app`".to_string()),
+        )]),
+    }
+}
+
+fn load_environment(root: &yaml::Node, options: &LoadOptions, reader: &mut Reader) -> Option<Spec> {
+    let mut merged = environ::resolve(root, &options.environment, reader)?;
+    let vars = decode::vars(merged.get("vars"), "vars", reader);
+    if let yaml::NodeKind::Map(entries) = &mut merged.kind {
+        for (key, value) in entries.iter_mut() {
+            if matches!(key.scalar(), Some("edge" | "services")) {
+                let path = key.scalar().unwrap_or_default().to_string();
+                interp::interpolate(value, &path, &vars, reader);
+            }
+        }
+    }
+    let spec = decode::spec(&merged, vars, options, reader)?;
+    check::spec(&spec, &merged, reader);
+    Some(spec)
+}
+
+/// Every secret a service uses: its `secrets:` list plus a postgres password secret.
+pub fn service_secrets(service: &Service) -> Vec<&str> {
+    let mut names: Vec<&str> = service.secrets.iter().map(String::as_str).collect();
+    if let Workload::Postgres(postgres) = &service.workload
+        && !names.contains(&postgres.password_secret.as_str())
+    {
+        names.push(&postgres.password_secret);
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(services: usize) -> String {
+        let mut text = String::from("project: p\nservices:\n");
+        for i in 0..services {
+            let deps = match i {
+                0 => "[]".to_string(),
+                1 | 2 => format!("[s{}]", i - 1),
+                _ => format!("[s{}, s{}]", i - 1, i / 2),
+            };
+            text.push_str(&format!("  s{i}: {{command: run, depends_on: {deps}}}\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn dependency_checks_are_linear_on_deep_graphs() {
+        // An exponential search would never finish on this graph.
+        let spec = load(&chain(400), &LoadOptions::default()).unwrap();
+        let order = dependency_order(&spec);
+        let position = |name: &str| order.iter().position(|n| n == name).unwrap();
+        assert!(position("s0") < position("s1") && position("s1") < position("s399"));
+        assert!(position("s199") < position("s399"));
+    }
+
+    #[test]
+    fn every_distinct_cycle_is_named_once() {
+        let text = "project: p\nservices:\n  a: {command: x, depends_on: [b]}\n  b: {command: x, depends_on: [c]}\n  c: {command: x, depends_on: [a, d]}\n  d: {command: x, depends_on: [c]}\n";
+        let errors = load(text, &LoadOptions::default()).unwrap_err();
+        let messages: Vec<&str> = errors.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "dependency cycle: a → b → c → a",
+                "dependency cycle: c → d → c"
+            ],
+            "{messages:?}"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The typed stack: what a resolved `bow.yaml` means for one environment.
+//!
+//! Everything here is already validated and has its defaults filled in; vars are substituted
+//! and `${secret:NAME}` references are kept as references. Serialises back to the YAML/JSON
+//! shape of the file (this is what `bow config` prints and what the agent records).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{Duration, Size};
+
+/// One project in one environment, fully resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub project: String,
+    pub environment: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vars: BTreeMap<String, String>,
+    pub edge: Edge,
+    pub services: BTreeMap<String, Service>,
+}
+
+/// The HTTPS edge that fronts every service with `routes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edge {
+    pub http_port: u16,
+    pub https_port: u16,
+    pub tls: Tls,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<Acme>,
+    /// `Strict-Transport-Security` max-age; `0s` turns the header off.
+    pub hsts_max_age: Duration,
+    pub max_body_size: Size,
+    pub max_header_size: Size,
+    /// How long a client may take to send its request headers (slowloris guard).
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: u32,
+}
+
+/// Where the edge's certificates come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tls {
+    /// Leaf certificates issued on demand by bow's local CA.
+    SelfSigned,
+    /// Certificates from an ACME directory (HTTP-01).
+    Acme,
+    /// Certificate and key files, reloaded when they change.
+    Files { cert: String, key: String },
+}
+
+/// ACME account settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    pub email: String,
+    pub directory: String,
+}
+
+/// The Let's Encrypt production directory, the default ACME directory.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// One service: a command, a container image or a managed PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    #[serde(flatten)]
+    pub workload: Workload,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Resources::is_empty")]
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<Python>,
+    pub deploy: Deploy,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+    pub stop_timeout: Duration,
+}
+
+/// What runs: exactly one of `command`, `image` or `postgres`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Command(CommandLine),
+    Image(String),
+    Postgres(Postgres),
+}
+
+impl Workload {
+    /// `process`, `container` or `postgres`: which driver runs it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Workload::Command(_) => "process",
+            Workload::Image(_) => "container",
+            Workload::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// A command as a shell-like string or as an explicit argv list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CommandLine {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+/// A PostgreSQL server that bow runs from the host's binaries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    pub version: u32,
+    pub database: String,
+    pub user: String,
+    pub password_secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+}
+
+/// A host plus path prefix the edge serves from a service: `app.example.com/api`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    pub host: String,
+    /// Starts with `/`; `/` matches everything on the host.
+    pub path: String,
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path == "/" {
+            write!(f, "{}", self.host)
+        } else {
+            write!(f, "{}{}", self.host, self.path)
+        }
+    }
+}
+
+impl Serialize for Route {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Route {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        crate::decode::parse_route(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// How bow decides an instance is healthy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    #[serde(flatten)]
+    pub check: Check,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed checks in a row before the instance counts as unhealthy.
+    pub retries: u32,
+    /// Failures during this time after start do not count.
+    pub start_period: Duration,
+}
+
+/// The probe of a health check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Check {
+    /// GET this path on the instance's `PORT`; 2xx and 3xx are healthy.
+    Http(String),
+    /// Connect to this port, or the instance's `PORT` when `true`.
+    Tcp(TcpTarget),
+    /// Run this command; exit 0 is healthy.
+    Exec(String),
+}
+
+/// The port a tcp check connects to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TcpTarget {
+    InstancePort(bool),
+    Port(u16),
+}
+
+/// Limits on what an instance may use.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    /// CPU cores, fractions allowed (`0.5`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpu.is_none()
+    }
+}
+
+/// A virtualenv that bow builds for a command service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Python {
+    /// Relative to the service's `dir`.
+    pub requirements: String,
+    /// The interpreter to build with, like `3.11`; default: the host's `python3`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// How a new release replaces the running one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    pub strategy: Strategy,
+    /// New instances started at once during a rolling deploy.
+    pub max_surge: u32,
+    /// How long a new instance has to become healthy before the deploy is rolled back.
+    pub timeout: Duration,
+    /// How long in-flight requests get to finish on an instance taken out of service.
+    pub drain_timeout: Duration,
+}
+
+/// The deploy strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    Rolling,
+    BlueGreen,
+}
+
+/// Persistent storage for a service: `name:/path` (a volume bow manages) or
+/// `./host/dir:/path` (a directory of the project), optionally `:ro`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub source: VolumeSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Where a volume's data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    Named(String),
+    Path(String),
+}
+
+impl std::fmt::Display for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            VolumeSource::Named(name) => write!(f, "{name}:{}", self.target)?,
+            VolumeSource::Path(path) => write!(f, "{path}:{}", self.target)?,
+        }
+        if self.read_only {
+            write!(f, ":ro")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Volume {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Volume {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        crate::decode::parse_volume(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Scheduled backups of a service's database or volumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backup {
+    /// Five-field cron expression, in UTC.
+    pub schedule: String,
+    /// How many backups to keep.
+    pub keep: u32,
+    /// `s3://bucket/prefix`, `file:///dir` or a directory path.
+    pub to: String,
+}

@@ -1,0 +1,104 @@
+//! `bow-testapp`: the fixture web service bow's integration tests run, steered by environment variables.
+//!
+//! It listens on 127.0.0.1:$PORT and answers `GET /healthz` and `GET /`; see [`config::Config`]
+//! for the `TESTAPP_*` switches that make it crash, start slowly, fail health checks, ignore
+//! SIGTERM or grow its memory.
+
+mod config;
+mod http;
+mod signals;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use config::Config;
+use http::App;
+
+fn main() {
+    let started = Instant::now();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    if config::env_flag(&env, "TESTAPP_CRASH_AT_START") {
+        eprintln!("testapp: crashing at start because TESTAPP_CRASH_AT_START is set");
+        std::process::exit(1);
+    }
+    let config = match Config::from_env(&env) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("testapp: {error}");
+            std::process::exit(2);
+        }
+    };
+    // Block SIGTERM/SIGINT before any thread starts so that only the signal thread sees them.
+    signals::install(config.ignore_sigterm);
+    for name in &config.echo_env {
+        match env.get(name) {
+            Some(value) => println!("env {name}={value}"),
+            None => println!("env {name} (unset)"),
+        }
+    }
+    if let Some(after) = config.crash_after {
+        let code = config.exit_code;
+        std::thread::spawn(move || {
+            std::thread::sleep(after.saturating_sub(started.elapsed()));
+            println!("crashing with exit code {code} (TESTAPP_CRASH_AFTER)");
+            std::process::exit(code);
+        });
+    }
+    if let Some(step) = config.grow_memory {
+        std::thread::spawn(move || grow_memory_forever(step));
+    }
+    if let Some(delay) = config.start_delay {
+        std::thread::sleep(delay);
+    }
+    let listener = match TcpListener::bind(("127.0.0.1", config.port)) {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!(
+                "testapp: cannot listen on 127.0.0.1:{}: {error}",
+                config.port
+            );
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "listening on 127.0.0.1:{} version={}",
+        config.port, config.version
+    );
+    let app = Arc::new(App {
+        config,
+        started,
+        in_flight: AtomicUsize::new(0),
+    });
+    signals::spawn_waiter(Arc::clone(&app));
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                let app = Arc::clone(&app);
+                std::thread::spawn(move || http::serve_connection(app, stream));
+            }
+            Err(error) => {
+                eprintln!("testapp: accept failed: {error}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Allocates `step` bytes every 100 ms and writes to every page so the memory is really used.
+fn grow_memory_forever(step: u64) -> ! {
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut total: u64 = 0;
+    loop {
+        let mut block = vec![0u8; step as usize];
+        for byte in block.iter_mut().step_by(4096) {
+            *byte = 1;
+        }
+        total += step;
+        kept.push(block);
+        println!("grew memory to {total} bytes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

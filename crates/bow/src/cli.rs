@@ -1,0 +1,85 @@
+//! The command line: clap definitions only; each command runs from its own module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run a system of web services and databases from one bow.yaml.
+#[derive(Debug, Parser)]
+#[command(name = "bow", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the stack file and the state are. Accepted before or after the subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct StackArgs {
+    /// The stack file [default: ./bow.yaml, searched upward from the current directory]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The environment to use [env: BOW_ENV] [default: development]
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub env: Option<String>,
+    /// The agent's state directory [env: BOW_STATE_DIR] [default: /var/lib/bow/<project>-<env>
+    /// as root, $XDG_STATE_HOME/bow/<project>-<env> otherwise]
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StackArgs {
+    /// `self` with gaps filled from `outer` (flags given before the subcommand).
+    pub fn or(self, outer: &StackArgs) -> StackArgs {
+        StackArgs {
+            file: self.file.or_else(|| outer.file.clone()),
+            env: self.env.or_else(|| outer.env.clone()),
+            state_dir: self.state_dir.or_else(|| outer.state_dir.clone()),
+        }
+    }
+}
+
+/// How read commands print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// For people.
+    #[default]
+    Text,
+    /// For programs.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Parse and check the stack file in every environment; exit 1 with all problems
+    Validate {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Print the fully resolved stack file for an environment
+    Config {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// yaml (default) or json
+        #[arg(long, value_enum, default_value_t)]
+        output: ConfigOutput,
+    },
+    /// Show what apply would change; exit 0 nothing to do, 2 changes, 1 error
+    Plan {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+/// How `bow config` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ConfigOutput {
+    #[default]
+    Yaml,
+    Json,
+}

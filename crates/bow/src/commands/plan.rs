@@ -1,0 +1,30 @@
+//! `bow plan`: what apply would change, against the state recorded in the state dir.
+//! Exit 0: nothing to do; 2: changes; 1: error.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{Output, StackArgs};
+use crate::stack;
+
+pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
+    let (_, spec) = stack::load(args)?;
+    let state_dir = stack::state_dir(args, &spec.project, &spec.environment)?;
+    let recorded = match bow_store::Store::open_existing(&state_dir)
+        .with_context(|| format!("cannot read the recorded state in {}", state_dir.display()))?
+    {
+        Some(store) => store.latest_revision()?.map(|revision| revision.spec),
+        None => None,
+    };
+    let plan = bow_plan::plan(&spec, recorded.as_ref());
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+        Output::Text => print!("{plan}"),
+    }
+    Ok(if plan.has_changes() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

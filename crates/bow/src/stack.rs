@@ -1,0 +1,185 @@
+//! Finding, reading and loading the stack file, rendering its diagnostics, and the state dir.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bow_spec::{Diagnostic, LoadOptions, Spec};
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, SourceSpan};
+
+use crate::cli::StackArgs;
+
+/// The default stack file name.
+pub const STACK_FILE: &str = "bow.yaml";
+
+/// A stack file read from disk.
+pub struct StackFile {
+    /// The path as the user will recognise it (as given, or relative to the cwd when found).
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The file named by `-f`, or `bow.yaml` in the current directory or the nearest parent.
+pub fn locate(args: &StackArgs) -> Result<PathBuf> {
+    if let Some(file) = &args.file {
+        return Ok(file.clone());
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut dir: &Path = &cwd;
+    loop {
+        let candidate = dir.join(STACK_FILE);
+        if candidate.is_file() {
+            return Ok(candidate
+                .strip_prefix(&cwd)
+                .map(Path::to_path_buf)
+                .unwrap_or(candidate));
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => bail!(
+                "no {STACK_FILE} in {} or any parent directory; pass one with -f FILE",
+                cwd.display()
+            ),
+        }
+    }
+}
+
+pub fn read(args: &StackArgs) -> Result<StackFile> {
+    let path = locate(args)?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(StackFile { path, text })
+}
+
+/// The environment from `-e`, `BOW_ENV`, or `development`.
+pub fn environment(args: &StackArgs) -> String {
+    args.env
+        .clone()
+        .or_else(|| std::env::var("BOW_ENV").ok().filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| bow_spec::DEFAULT_ENVIRONMENT.to_string())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn load_options(args: &StackArgs) -> LoadOptions {
+    LoadOptions {
+        environment: environment(args),
+        privileged: is_root(),
+    }
+}
+
+/// Loads the spec for the selected environment, or prints every diagnostic and fails.
+pub fn load(args: &StackArgs) -> Result<(StackFile, Spec)> {
+    let file = read(args)?;
+    match bow_spec::load(&file.text, &load_options(args)) {
+        Ok(spec) => Ok((file, spec)),
+        Err(diagnostics) => {
+            eprint!("{}", render_diagnostics(&file, &diagnostics));
+            Err(invalid(&file, diagnostics.len()))
+        }
+    }
+}
+
+/// The error returned after diagnostics were printed.
+pub fn invalid(file: &StackFile, count: usize) -> anyhow::Error {
+    let noun = if count == 1 { "problem" } else { "problems" };
+    anyhow::anyhow!(
+        "{} is not valid: {count} {noun}; nothing was started",
+        file.path.display()
+    )
+}
+
+/// Diagnostics with their source lines, graphical on a terminal, plain otherwise.
+pub fn render_diagnostics(file: &StackFile, diagnostics: &[Diagnostic]) -> String {
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let theme = if colour {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme).with_context_lines(1);
+    let name = file.path.display().to_string();
+    let mut out = String::new();
+    for diagnostic in diagnostics {
+        let report = Rendered {
+            message: diagnostic
+                .one_line(&name)
+                .split(" (hint: ")
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            hint: diagnostic.hint.clone(),
+            source: NamedSource::new(&name, file.text.clone()),
+            span: SourceSpan::new(
+                diagnostic.span.start.into(),
+                diagnostic.span.end - diagnostic.span.start,
+            ),
+        };
+        if handler.render_report(&mut out, &report).is_err() {
+            out.push_str(&diagnostic.one_line(&name));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Debug)]
+struct Rendered {
+    message: String,
+    hint: Option<String>,
+    source: NamedSource<String>,
+    span: SourceSpan,
+}
+
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl miette::Diagnostic for Rendered {
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.source)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some("here".to_string()),
+            self.span,
+        ))))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.hint
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn std::fmt::Display>)
+    }
+}
+
+/// The state dir from `--state-dir`, `BOW_STATE_DIR`, or the documented default.
+pub fn state_dir(args: &StackArgs, project: &str, environment: &str) -> Result<PathBuf> {
+    if let Some(dir) = &args.state_dir {
+        return Ok(dir.clone());
+    }
+    if let Some(dir) = std::env::var_os("BOW_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
+    }
+    let leaf = format!("{project}-{environment}");
+    if is_root() {
+        return Ok(PathBuf::from("/var/lib/bow").join(leaf));
+    }
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME")
+                .context("neither XDG_STATE_HOME nor HOME is set; pass --state-dir")?;
+            PathBuf::from(home).join(".local/state")
+        }
+    };
+    Ok(base.join("bow").join(leaf))
+}

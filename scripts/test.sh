@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# scripts/test.sh — the whole test suite on a fresh Debian 12 machine (run as root).
+# Installs what the tests need, then builds once and runs every test in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages the tests use (real processes, python venvs, curl). Installed only when
+# missing, so a warm machine skips apt entirely.
+PACKAGES=(python3 python3-venv python3-pip curl ca-certificates procps iproute2 passwd)
+missing=()
+for package in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: missing packages ${missing[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  # No init system here: keep maintainer scripts from starting daemons.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
+fi
+
+# One build of every test binary, then all tests in parallel; never stop at the first failure.
+cargo nextest run --workspace --no-fail-fast "$@"
