@@ -91,6 +91,23 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
     diff
 }
 
+/// The changed fields of one service, at paths under `path`.
+pub fn service_fields(
+    path: &str,
+    before: &bow_spec::Service,
+    after: &bow_spec::Service,
+) -> Vec<FieldChange> {
+    let mut fields = Vec::new();
+    compare(
+        path,
+        Some(&to_value(before)),
+        Some(&to_value(after)),
+        &mut fields,
+        &|p| classify_service_field(p.split('.').nth(2).unwrap_or_default()),
+    );
+    fields
+}
+
 /// Records every leaf that differs between `before` and `after`. Objects are compared key by
 /// key; lists and scalars as a whole.
 fn compare(

@@ -132,6 +132,18 @@ impl Plan {
     }
 }
 
+/// The largest class among the fields that differ between two versions of a service;
+/// `None` when they are the same.
+pub fn classify_service_change(
+    before: &bow_spec::Service,
+    after: &bow_spec::Service,
+) -> Option<ChangeClass> {
+    diff::service_fields("services.s", before, after)
+        .iter()
+        .map(|f| f.class)
+        .max()
+}
+
 /// Plans `desired` against what was last applied (`None`: nothing yet).
 pub fn plan(desired: &Spec, recorded: Option<&Spec>) -> Plan {
     let diff = diff::diff(desired, recorded);

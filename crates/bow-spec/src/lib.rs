@@ -162,6 +162,44 @@ pub fn dependency_order(spec: &Spec) -> Vec<String> {
     order
 }
 
+/// Makes the file's relative paths absolute against `base` (the directory holding bow.yaml),
+/// so that what is applied and recorded does not depend on the caller's working directory.
+/// A command service without `dir` runs in `base`. Lexical only: nothing is read.
+pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
+    let anchor = |path: &str| -> String {
+        let joined = base.join(path);
+        let mut clean = std::path::PathBuf::new();
+        for component in joined.components() {
+            match component {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    clean.pop();
+                }
+                other => clean.push(other),
+            }
+        }
+        clean.to_string_lossy().into_owned()
+    };
+    if let Tls::Files { cert, key } = &mut spec.edge.tls {
+        *cert = anchor(cert);
+        *key = anchor(key);
+    }
+    for service in spec.services.values_mut() {
+        match &mut service.workload {
+            Workload::Command(_) => {
+                service.dir = Some(anchor(service.dir.as_deref().unwrap_or(".")))
+            }
+            Workload::Postgres(postgres) => postgres.init = postgres.init.as_deref().map(anchor),
+            Workload::Image(_) => {}
+        }
+        for volume in &mut service.volumes {
+            if let VolumeSource::Path(path) = &mut volume.source {
+                *path = anchor(path);
+            }
+        }
+    }
+}
+
 fn parse_root(text: &str) -> Result<yaml::Node, Vec<Diagnostic>> {
     match yaml::parse(text)? {
         Some(root) if matches!(root.kind, yaml::NodeKind::Map(_)) => Ok(root),
@@ -240,6 +278,18 @@ mod tests {
         let position = |name: &str| order.iter().position(|n| n == name).unwrap();
         assert!(position("s0") < position("s1") && position("s1") < position("s399"));
         assert!(position("s199") < position("s399"));
+    }
+
+    #[test]
+    fn paths_are_anchored_at_the_file() {
+        let mut spec = load(
+            "project: p\nservices:\n  a: {command: x, dir: ./web/../api}\n  b: {command: y}\n",
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        anchor_paths(&mut spec, std::path::Path::new("/srv/app"));
+        assert_eq!(spec.services["a"].dir.as_deref(), Some("/srv/app/api"));
+        assert_eq!(spec.services["b"].dir.as_deref(), Some("/srv/app"));
     }
 
     #[test]

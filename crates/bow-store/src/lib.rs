@@ -12,12 +12,34 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 /// The database file's name inside the state dir.
 pub const DATABASE_FILE: &str = "state.db";
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE revisions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE revisions (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         applied_at_ms INTEGER NOT NULL,
         environment TEXT NOT NULL,
         spec_json TEXT NOT NULL
-    );"];
+    );",
+    "CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        port INTEGER NOT NULL,
+        restarts INTEGER NOT NULL,
+        handle_json TEXT NOT NULL,
+        updated_at_ms INTEGER NOT NULL
+    );",
+];
+
+/// Events kept in the store; older ones are pruned as new ones arrive.
+pub const EVENTS_KEPT: i64 = 10_000;
 
 /// What went wrong with the state store.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +71,30 @@ pub struct Revision {
     pub id: i64,
     pub applied_at_ms: i64,
     pub spec: Spec,
+}
+
+/// Something the agent did, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub service: String,
+    pub instance: String,
+    pub kind: String,
+    pub message: String,
+}
+
+/// An instance the agent runs: enough to adopt it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRow {
+    pub id: String,
+    pub service: String,
+    pub index: u32,
+    pub port: u16,
+    pub restarts: u32,
+    /// The driver's handle (pid, start time, shim), as JSON.
+    pub handle_json: String,
+    pub updated_at_ms: i64,
 }
 
 /// A handle on `state.db`.
@@ -161,6 +207,93 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Appends an event; keeps the newest [`EVENTS_KEPT`].
+    pub fn record_event(
+        &self,
+        at_ms: i64,
+        service: &str,
+        instance: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<i64, StoreError> {
+        self.connection.execute(
+            "INSERT INTO events (at_ms, service, instance, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![at_ms, service, instance, kind, message],
+        )?;
+        let id = self.connection.last_insert_rowid();
+        if id % 500 == 0 {
+            self.connection.execute(
+                "DELETE FROM events WHERE id <= ?1",
+                params![id - EVENTS_KEPT],
+            )?;
+        }
+        Ok(id)
+    }
+
+    /// Events with an id above `after_id`, oldest first, at most `limit`.
+    pub fn events_after(&self, after_id: i64, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT id, at_ms, service, instance, kind, message FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let rows = statement.query_map(params![after_id, limit as i64], |row| {
+            Ok(EventRow {
+                id: row.get(0)?,
+                at_ms: row.get(1)?,
+                service: row.get(2)?,
+                instance: row.get(3)?,
+                kind: row.get(4)?,
+                message: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The newest `limit` events, oldest first.
+    pub fn last_events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let newest: i64 =
+            self.connection
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                    row.get(0)
+                })?;
+        self.events_after((newest - limit as i64).max(0), limit)
+    }
+
+    pub fn upsert_instance(&self, row: &InstanceRow) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO instances (id, service, idx, port, restarts, handle_json, updated_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET service = ?2, idx = ?3, port = ?4, restarts = ?5, handle_json = ?6, updated_at_ms = ?7",
+            params![row.id, row.service, row.index, row.port, row.restarts, row.handle_json, row.updated_at_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_instance(&self, id: &str) -> Result<(), StoreError> {
+        self.connection
+            .execute("DELETE FROM instances WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    pub fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT id, service, idx, port, restarts, handle_json, updated_at_ms FROM instances ORDER BY id")?;
+        let rows = statement.query_map([], |row| {
+            Ok(InstanceRow {
+                id: row.get(0)?,
+                service: row.get(1)?,
+                index: row.get(2)?,
+                port: row.get(3)?,
+                restarts: row.get(4)?,
+                handle_json: row.get(5)?,
+                updated_at_ms: row.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +314,40 @@ mod tests {
         let revision = read.latest_revision().unwrap().unwrap();
         assert_eq!(revision.id, id);
         assert_eq!(revision.spec, spec);
+    }
+
+    #[test]
+    fn events_and_instances_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store
+            .record_event(1, "web", "web.1", "started", "pid 5")
+            .unwrap();
+        store
+            .record_event(2, "web", "web.1", "healthy", "")
+            .unwrap();
+        let after = store.events_after(first, 10).unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].kind, "healthy");
+        assert_eq!(store.last_events(1).unwrap()[0].kind, "healthy");
+        let row = InstanceRow {
+            id: "web.1".into(),
+            service: "web".into(),
+            index: 1,
+            port: 40000,
+            restarts: 2,
+            handle_json: "{}".into(),
+            updated_at_ms: 3,
+        };
+        store.upsert_instance(&row).unwrap();
+        store
+            .upsert_instance(&InstanceRow {
+                restarts: 3,
+                ..row.clone()
+            })
+            .unwrap();
+        assert_eq!(store.instances().unwrap()[0].restarts, 3);
+        store.delete_instance("web.1").unwrap();
+        assert!(store.instances().unwrap().is_empty());
     }
 }

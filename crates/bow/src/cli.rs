@@ -74,6 +74,99 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Start the agent (or use the running one) and apply the file
+    Up {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Run the agent in the background; return once every service is healthy
+        #[arg(short = 'd', long = "detach")]
+        detach: bool,
+    },
+    /// Services and instances: pid, port, health, restarts, uptime
+    Status {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Merged output of the instances, prefixed `service.N |`
+    Logs {
+        #[command(flatten)]
+        stack: LogsStackArgs,
+        /// Only this service
+        service: Option<String>,
+        /// Keep printing new lines
+        #[arg(short = 'f', long = "follow")]
+        follow: bool,
+        /// Only lines newer than this: a duration (10m) or a time (2026-11-22T10:00:00Z)
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines
+        #[arg(short = 'n', long)]
+        tail: Option<usize>,
+        /// Show each line's timestamp
+        #[arg(short = 't', long)]
+        timestamps: bool,
+    },
+    /// What the agent did and why
+    Events {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        /// The last N events
+        #[arg(short = 'n', long, default_value_t = 100)]
+        tail: usize,
+        /// Only events newer than this: a duration (10m) or a time
+        #[arg(long)]
+        since: Option<String>,
+        /// Keep printing new events
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Restart a service's instances one at a time
+    Restart {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+    },
+    /// Stop every instance and the agent
+    Down {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Run the agent alone in the foreground (what a systemd unit runs)
+    Agent {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Print a systemd unit that runs this agent, and exit
+        #[arg(long)]
+        print_systemd_unit: bool,
+    },
+}
+
+/// Stack flags for `bow logs`, where `-f` means follow: the file is `--file` only.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LogsStackArgs {
+    /// The stack file [default: ./bow.yaml, searched upward]
+    #[arg(long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The environment to use [env: BOW_ENV] [default: development]
+    #[arg(short = 'e', long = "env", value_name = "ENV")]
+    pub env: Option<String>,
+    /// The agent's state directory [env: BOW_STATE_DIR]
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl From<LogsStackArgs> for StackArgs {
+    fn from(args: LogsStackArgs) -> StackArgs {
+        StackArgs {
+            file: args.file,
+            env: args.env,
+            state_dir: args.state_dir,
+        }
+    }
 }
 
 /// How `bow config` prints.

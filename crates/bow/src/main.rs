@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod session;
 mod stack;
 
 use std::process::ExitCode;
@@ -11,6 +12,11 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The per-instance shim is this binary re-executed: dispatch before anything else starts.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "shim") {
+        bow_driver::shim_main(&args[2..]);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { stack, output } => {
@@ -18,6 +24,46 @@ fn main() -> ExitCode {
         }
         Command::Config { stack, output } => commands::config::run(&stack.or(&cli.stack), output),
         Command::Plan { stack, output } => commands::plan::run(&stack.or(&cli.stack), output),
+        Command::Up { stack, detach } => commands::up::run(&stack.or(&cli.stack), detach),
+        Command::Status { stack, output } => commands::status::run(&stack.or(&cli.stack), output),
+        Command::Logs {
+            stack,
+            service,
+            follow,
+            since,
+            tail,
+            timestamps,
+        } => {
+            let options = commands::logs::LogsArgs {
+                service: service.as_deref(),
+                follow,
+                since: since.as_deref(),
+                tail,
+                timestamps,
+            };
+            commands::logs::run(&cli::StackArgs::from(stack).or(&cli.stack), options)
+        }
+        Command::Events {
+            stack,
+            output,
+            tail,
+            since,
+            follow,
+        } => commands::events::run(
+            &stack.or(&cli.stack),
+            output,
+            tail,
+            since.as_deref(),
+            follow,
+        ),
+        Command::Restart { stack, service } => {
+            commands::restart::run(&stack.or(&cli.stack), &service)
+        }
+        Command::Down { stack } => commands::down::run(&stack.or(&cli.stack)),
+        Command::Agent {
+            stack,
+            print_systemd_unit,
+        } => commands::agent::run(&stack.or(&cli.stack), print_systemd_unit),
     };
     match result {
         Ok(code) => code,
@@ -26,4 +72,12 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The async runtime for commands that run an agent: two workers are plenty for one host.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }

@@ -1,5 +1,12 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod config;
+pub mod down;
+pub mod events;
+pub mod logs;
 pub mod plan;
+pub mod restart;
+pub mod status;
+pub mod up;
 pub mod validate;

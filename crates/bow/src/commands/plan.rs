@@ -6,11 +6,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::cli::{Output, StackArgs};
-use crate::stack;
 
 pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
-    let (_, spec) = stack::load(args)?;
-    let state_dir = stack::state_dir(args, &spec.project, &spec.environment)?;
+    let session = crate::session::Session::load(args)?;
+    let (spec, state_dir) = (session.spec, session.state_dir);
     let recorded = match bow_store::Store::open_existing(&state_dir)
         .with_context(|| format!("cannot read the recorded state in {}", state_dir.display()))?
     {

@@ -1,0 +1,680 @@
+//! The agent's shared state and its operations: apply, status, restart, down.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use bow_driver::{InstanceHandle, LinuxProcessDriver, ProcessDriver, ShimCommand};
+use bow_spec::Spec;
+use bow_store::Store;
+
+use crate::api::{Event, Health, InstanceStatus, ServiceStatus, StatusReport};
+use crate::error::{AgentError, Result};
+use crate::ports::PortPicker;
+use crate::supervisor::{self, Adopted, Control};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where events go besides the store (the foreground view prints them).
+pub type EventSink = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// How to run an agent.
+pub struct AgentConfig {
+    pub state_dir: PathBuf,
+    pub project: String,
+    pub environment: String,
+    /// How to start shims: `bow shim` (the running binary).
+    pub shim: ShimCommand,
+    pub event_sink: Option<EventSink>,
+    /// Resume the last applied revision at start (`bow agent`, `bow up`); `false` only adopts
+    /// what runs (`bow down` without an agent).
+    pub reconcile_on_start: bool,
+}
+
+/// One supervised instance slot (`<service>.<index>`).
+pub(crate) struct Slot {
+    pub status: InstanceStatus,
+    pub control: watch::Sender<Control>,
+    pub task: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub(crate) struct ServiceRuntime {
+    pub slots: BTreeMap<u32, Slot>,
+    /// The task that waits for dependencies and then creates or scales the slots.
+    pub starter: Option<JoinHandle<()>>,
+    pub venv: Option<PathBuf>,
+}
+
+#[derive(Default)]
+pub(crate) struct Inner {
+    pub spec: Option<Spec>,
+    pub revision: i64,
+    pub services: BTreeMap<String, ServiceRuntime>,
+    /// Instances found running at start, waiting for the reconciler to take them over.
+    pub adopted: BTreeMap<String, Adopted>,
+    pub shutting_down: bool,
+}
+
+/// The agent of one project + environment.
+pub struct Agent {
+    pub state_dir: PathBuf,
+    pub project: String,
+    pub environment: String,
+    pub root: bool,
+    pub(crate) driver: Arc<dyn ProcessDriver>,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) ports: PortPicker,
+    pub(crate) inner: Mutex<Inner>,
+    event_sink: Option<EventSink>,
+    shutdown: Notify,
+    _lock: std::fs::File,
+}
+
+impl Agent {
+    /// Takes the state dir's lock, opens the store, finds instances to adopt and serves the
+    /// API socket. Fails when another agent holds the lock.
+    pub async fn start(config: AgentConfig) -> Result<Arc<Agent>> {
+        let state_dir = config.state_dir.clone();
+        let config_reconcile = config.reconcile_on_start;
+        create_private_dir(&state_dir)?;
+        for dir in [
+            crate::layout::run_dir(&state_dir),
+            crate::layout::log_dir(&state_dir),
+        ] {
+            create_private_dir(&dir)?;
+        }
+        let lock = lock_state_dir(&state_dir)?;
+        std::fs::write(
+            state_dir.join(crate::api::PID_FILE),
+            format!("{}\n", std::process::id()),
+        )
+        .map_err(|source| AgentError::Io {
+            what: "cannot write agent.pid".into(),
+            source,
+        })?;
+        bow_driver::become_subreaper()?;
+        let store = Store::open(&state_dir)?;
+        let recorded = store.latest_revision()?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() == 0 };
+        let agent = Arc::new(Agent {
+            state_dir: state_dir.clone(),
+            project: config.project,
+            environment: config.environment,
+            root,
+            driver: Arc::new(LinuxProcessDriver::new(config.shim)),
+            store: Mutex::new(store),
+            ports: PortPicker::default(),
+            inner: Mutex::new(Inner::default()),
+            event_sink: config.event_sink,
+            shutdown: Notify::new(),
+            _lock: lock,
+        });
+        let adopted = crate::adopt::scan(&agent).await;
+        agent.lock().adopted = adopted;
+        crate::server::serve(agent.clone()).await?;
+        if !config_reconcile {
+            return Ok(agent);
+        }
+        if let Some(revision) = recorded {
+            agent.lock().revision = revision.id;
+            agent.reconcile(revision.spec);
+        }
+        crate::adopt::stop_unwanted(&agent).await;
+        Ok(agent)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records and shows one event.
+    pub fn emit(&self, service: &str, instance: &str, kind: &str, message: &str) {
+        let at_ms = now_ms();
+        let id = self
+            .store()
+            .record_event(at_ms, service, instance, kind, message)
+            .unwrap_or_else(|error| {
+                eprintln!("bow agent: cannot record event: {error}");
+                0
+            });
+        let event = Event {
+            id,
+            at_ms,
+            service: service.to_string(),
+            instance: instance.to_string(),
+            kind: kind.to_string(),
+            message: message.to_string(),
+        };
+        eprintln!(
+            "{} {instance:<12} {kind:<13} {message}",
+            crate::agent::clock(at_ms)
+        );
+        if let Some(sink) = &self.event_sink {
+            sink(&event);
+        }
+    }
+
+    /// Records `spec` as applied and reconciles towards it.
+    pub fn apply(self: &Arc<Self>, spec: Spec) -> Result<i64> {
+        if self.lock().shutting_down {
+            return Err(AgentError::Other("the agent is shutting down".into()));
+        }
+        {
+            let inner = self.lock();
+            if inner.spec.as_ref() == Some(&spec) && inner.revision > 0 {
+                return Ok(inner.revision);
+            }
+        }
+        let revision = self.store().record_revision(&spec, now_ms())?;
+        self.lock().revision = revision;
+        self.emit(
+            "",
+            "",
+            "applied",
+            &format!("revision {revision}: {} services", spec.services.len()),
+        );
+        self.reconcile(spec);
+        Ok(revision)
+    }
+
+    /// Moves the running system towards `spec`: removed services stop, each other service's
+    /// starter waits for its dependencies and then runs its replicas.
+    fn reconcile(self: &Arc<Self>, spec: Spec) {
+        let mut inner = self.lock();
+        let previous = inner.spec.replace(spec.clone());
+        let removed: Vec<String> = inner
+            .services
+            .keys()
+            .filter(|name| !spec.services.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(runtime) = inner.services.remove(&name) {
+                if let Some(starter) = runtime.starter {
+                    starter.abort();
+                }
+                let agent = self.clone();
+                tokio::spawn(async move { agent.stop_slots(&name, runtime.slots).await });
+            }
+        }
+        for name in bow_spec::dependency_order(&spec) {
+            let changed = previous
+                .as_ref()
+                .and_then(|p| p.services.get(&name))
+                .is_some_and(|old| {
+                    bow_plan::classify_service_change(old, &spec.services[&name])
+                        == Some(bow_plan::ChangeClass::Replace)
+                });
+            let runtime = inner.services.entry(name.clone()).or_default();
+            if let Some(starter) = runtime.starter.take() {
+                starter.abort();
+            }
+            let agent = self.clone();
+            runtime.starter = Some(tokio::spawn(async move {
+                agent.run_service(name, changed).await
+            }));
+        }
+    }
+
+    /// Waits until the service's dependencies are healthy, then makes its slots match
+    /// `replicas`; when the service changed, restarts existing instances one at a time.
+    async fn run_service(self: Arc<Self>, name: String, changed: bool) {
+        loop {
+            let waiting: Vec<String> = {
+                let inner = self.lock();
+                let Some(spec) = &inner.spec else { return };
+                let Some(service) = spec.services.get(&name) else {
+                    return;
+                };
+                service
+                    .depends_on
+                    .iter()
+                    .filter(|d| !self.service_healthy_locked(&inner, d))
+                    .cloned()
+                    .collect()
+            };
+            if waiting.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some(service) = self.service_spec(&name) else {
+            return;
+        };
+        if let Some(python) = &service.python {
+            let dir = service.dir.clone().unwrap_or_else(|| "/".to_string());
+            match crate::venv::ensure(
+                &self.state_dir,
+                Path::new(&dir),
+                &python.requirements,
+                python.version.as_deref(),
+            )
+            .await
+            {
+                Ok(venv) => {
+                    if let Some(runtime) = self.lock().services.get_mut(&name) {
+                        runtime.venv = Some(venv);
+                    }
+                }
+                Err(reason) => {
+                    self.emit(
+                        &name,
+                        &format!("{name}.1"),
+                        "start-failed",
+                        &format!("python environment: {reason}"),
+                    );
+                    return;
+                }
+            }
+        }
+        let replicas = service.replicas;
+        let mut restart_existing = Vec::new();
+        {
+            let mut inner = self.lock();
+            let adopted: Vec<(String, Adopted)> = (1..=replicas)
+                .filter_map(|index| {
+                    let id = format!("{name}.{index}");
+                    inner.adopted.remove(&id).map(|a| (id, a))
+                })
+                .collect();
+            let mut adopted: BTreeMap<String, Adopted> = adopted.into_iter().collect();
+            let Some(runtime) = inner.services.get_mut(&name) else {
+                return;
+            };
+            for index in 1..=replicas {
+                if runtime.slots.contains_key(&index) {
+                    if changed {
+                        restart_existing.push(index);
+                    }
+                    continue;
+                }
+                let id = format!("{name}.{index}");
+                let slot = supervisor::spawn(self.clone(), &name, index, adopted.remove(&id));
+                runtime.slots.insert(index, slot);
+            }
+            let extra: BTreeMap<u32, Slot> = runtime.slots.split_off(&(replicas + 1));
+            if !extra.is_empty() {
+                let agent = self.clone();
+                let service_name = name.clone();
+                tokio::spawn(async move { agent.stop_slots(&service_name, extra).await });
+            }
+        }
+        for index in restart_existing {
+            self.restart_slot(&name, index, service.deploy.timeout.as_std())
+                .await;
+        }
+    }
+
+    pub(crate) fn service_spec(&self, name: &str) -> Option<bow_spec::Service> {
+        self.lock().spec.as_ref()?.services.get(name).cloned()
+    }
+
+    fn service_healthy_locked(&self, inner: &Inner, name: &str) -> bool {
+        let Some(service) = inner.spec.as_ref().and_then(|s| s.services.get(name)) else {
+            return true;
+        };
+        let Some(runtime) = inner.services.get(name) else {
+            return service.replicas == 0;
+        };
+        let healthy = runtime
+            .slots
+            .range(1..=service.replicas)
+            .filter(|(_, slot)| slot.status.health == Health::Healthy)
+            .count();
+        healthy as u32 >= service.replicas
+    }
+
+    /// Updates one slot's status.
+    pub(crate) fn update(
+        &self,
+        service: &str,
+        index: u32,
+        change: impl FnOnce(&mut InstanceStatus),
+    ) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner
+            .services
+            .get_mut(service)
+            .and_then(|r| r.slots.get_mut(&index))
+        {
+            change(&mut slot.status);
+        }
+    }
+
+    pub(crate) fn venv(&self, service: &str) -> Option<PathBuf> {
+        self.lock().services.get(service)?.venv.clone()
+    }
+
+    /// Restarts one instance and waits (up to `timeout`) until it is healthy again.
+    async fn restart_slot(&self, service: &str, index: u32, timeout: Duration) {
+        let generation = {
+            let inner = self.lock();
+            let Some(slot) = inner
+                .services
+                .get(service)
+                .and_then(|r| r.slots.get(&index))
+            else {
+                return;
+            };
+            let mut control = *slot.control.borrow();
+            control.restart_generation += 1;
+            slot.control.send_replace(control);
+            control.restart_generation
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let inner = self.lock();
+            let Some(slot) = inner
+                .services
+                .get(service)
+                .and_then(|r| r.slots.get(&index))
+            else {
+                return;
+            };
+            if slot.status.health == Health::Healthy
+                && supervisor::restarted_generation(&slot.status) >= generation
+            {
+                return;
+            }
+        }
+    }
+
+    /// `bow restart SERVICE`: one instance at a time, each healthy before the next.
+    pub async fn restart_service(&self, service: &str) -> Result<Vec<String>> {
+        let (indexes, timeout) = {
+            let inner = self.lock();
+            let spec = inner
+                .spec
+                .as_ref()
+                .ok_or_else(|| AgentError::Other("nothing is applied yet".into()))?;
+            let definition = spec.services.get(service).ok_or_else(|| {
+                AgentError::Other(format!(
+                    "no service `{service}`; services: {}",
+                    spec.services.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let indexes: Vec<u32> = inner
+                .services
+                .get(service)
+                .map(|r| r.slots.keys().copied().collect())
+                .unwrap_or_default();
+            (indexes, definition.deploy.timeout.as_std())
+        };
+        let mut restarted = Vec::new();
+        for index in indexes {
+            self.restart_slot(service, index, timeout).await;
+            restarted.push(format!("{service}.{index}"));
+        }
+        Ok(restarted)
+    }
+
+    /// Stops the given slots of a service (in parallel) and waits for them.
+    async fn stop_slots(&self, service: &str, slots: BTreeMap<u32, Slot>) -> Vec<String> {
+        let mut stopped = Vec::new();
+        let mut tasks = Vec::new();
+        for (index, slot) in slots {
+            slot.control.send_modify(|c| c.stop = true);
+            stopped.push(format!("{service}.{index}"));
+            if let Some(task) = slot.task {
+                tasks.push(task);
+            }
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        stopped
+    }
+
+    /// Stops every instance, dependants first, and ends the agent.
+    pub async fn down(self: &Arc<Self>) -> Vec<String> {
+        let stopped = self.down_instances().await;
+        self.detach();
+        stopped
+    }
+
+    /// Stops every instance, dependants first; the agent keeps answering until `detach`.
+    pub async fn down_instances(self: &Arc<Self>) -> Vec<String> {
+        let (order, mut services) = {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            let order = inner
+                .spec
+                .as_ref()
+                .map(bow_spec::dependency_order)
+                .unwrap_or_default();
+            let services = std::mem::take(&mut inner.services);
+            (order, services)
+        };
+        for runtime in services.values_mut() {
+            if let Some(starter) = runtime.starter.take() {
+                starter.abort();
+            }
+        }
+        let mut stopped = Vec::new();
+        let mut names: Vec<String> = order.into_iter().rev().collect();
+        names.extend(
+            services
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        for name in names {
+            if let Some(runtime) = services.remove(&name) {
+                stopped.extend(self.stop_slots(&name, runtime.slots).await);
+            }
+        }
+        let leftovers: Vec<Adopted> = std::mem::take(&mut self.lock().adopted)
+            .into_values()
+            .collect();
+        for adopted in leftovers {
+            stopped.push(adopted.handle.instance_id.clone());
+            crate::adopt::stop_handle(self, &adopted.handle).await;
+        }
+        // Anything left in the project's cgroups (a child that escaped its process group).
+        if let Some(layout) = bow_driver::cgroup::detect_layout() {
+            let project = format!("{}-{}", self.project, self.environment);
+            for placement in bow_driver::cgroup::project_cgroups(
+                &layout,
+                bow_driver::DEFAULT_CGROUP_PARENT,
+                &project,
+            ) {
+                placement.kill_all(Duration::from_secs(2));
+            }
+            let _ = bow_driver::cgroup::remove_project_cgroups(
+                &layout,
+                bow_driver::DEFAULT_CGROUP_PARENT,
+                &project,
+            );
+        }
+        self.emit(
+            "",
+            "",
+            "stopped",
+            &format!("down: {} instances stopped", stopped.len()),
+        );
+        stopped
+    }
+
+    /// Ends the agent without stopping instances (they keep running and are adopted later).
+    pub fn detach(&self) {
+        self.lock().shutting_down = true;
+        self.shutdown.notify_waiters();
+        self.shutdown.notify_one();
+    }
+
+    /// Resolves when `down` or `detach` ran.
+    pub async fn wait_shutdown(&self) {
+        self.shutdown.notified().await;
+        let _ = std::fs::remove_file(self.state_dir.join(crate::api::SOCKET_FILE));
+        let _ = std::fs::remove_file(self.state_dir.join(crate::api::PID_FILE));
+    }
+
+    pub fn status(&self) -> StatusReport {
+        let inner = self.lock();
+        let now = now_ms() as u64;
+        let mut services = Vec::new();
+        if let Some(spec) = &inner.spec {
+            for (name, service) in &spec.services {
+                let mut instances: Vec<InstanceStatus> = inner
+                    .services
+                    .get(name)
+                    .map(|r| r.slots.values().map(|s| s.status.clone()).collect())
+                    .unwrap_or_default();
+                for instance in &mut instances {
+                    instance.uptime_ms = instance
+                        .started_at_ms
+                        .filter(|_| instance.pid.is_some())
+                        .map(|s| now.saturating_sub(s));
+                }
+                let state = if instances.len() < service.replicas as usize {
+                    instances
+                        .iter()
+                        .map(|i| i.health)
+                        .max()
+                        .unwrap_or(Health::Starting)
+                        .max(Health::Starting)
+                } else {
+                    instances
+                        .iter()
+                        .map(|i| i.health)
+                        .max()
+                        .unwrap_or(Health::Healthy)
+                };
+                services.push(ServiceStatus {
+                    name: name.clone(),
+                    kind: service.workload.kind().to_string(),
+                    replicas: service.replicas,
+                    state,
+                    instances,
+                });
+            }
+        }
+        let mut notes = Vec::new();
+        if !self.root {
+            notes.push(
+                "not running as root: services run as the agent's user, without resource limits"
+                    .to_string(),
+            );
+        }
+        StatusReport {
+            project: self.project.clone(),
+            environment: self.environment.clone(),
+            agent_pid: std::process::id(),
+            revision: inner.revision,
+            services,
+            notes,
+        }
+    }
+
+    pub fn events(&self, after_id: i64, limit: usize, last: bool) -> Result<Vec<Event>> {
+        let store = self.store();
+        let rows = if last {
+            store.last_events(limit)?
+        } else {
+            store.events_after(after_id, limit)?
+        };
+        Ok(rows
+            .into_iter()
+            .map(|row| Event {
+                id: row.id,
+                at_ms: row.at_ms,
+                service: row.service,
+                instance: row.instance,
+                kind: row.kind,
+                message: row.message,
+            })
+            .collect())
+    }
+
+    pub(crate) fn record_instance(&self, handle: &InstanceHandle, port: u16, restarts: u32) {
+        let row = bow_store::InstanceRow {
+            id: handle.instance_id.clone(),
+            service: handle.service.clone(),
+            index: handle.index,
+            port,
+            restarts,
+            handle_json: serde_json::to_string(handle).unwrap_or_default(),
+            updated_at_ms: now_ms(),
+        };
+        if let Err(error) = self.store().upsert_instance(&row) {
+            eprintln!(
+                "bow agent: cannot record instance {}: {error}",
+                handle.instance_id
+            );
+        }
+    }
+
+    pub(crate) fn forget_instance(&self, id: &str) {
+        if let Err(error) = self.store().delete_instance(id) {
+            eprintln!("bow agent: cannot forget instance {id}: {error}");
+        }
+    }
+}
+
+/// `HH:MM:SS.mmm` (UTC) for log lines.
+pub(crate) fn clock(at_ms: i64) -> String {
+    let seconds = at_ms.div_euclid(1000);
+    let millis = at_ms.rem_euclid(1000);
+    let day = seconds.rem_euclid(86_400);
+    format!(
+        "{:02}:{:02}:{:02}.{millis:03}",
+        day / 3600,
+        day / 60 % 60,
+        day % 60
+    )
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
+        what: format!("cannot create {}", dir.display()),
+        source,
+    })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        AgentError::Io {
+            what: format!("cannot restrict {}", dir.display()),
+            source,
+        }
+    })
+}
+
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join(crate::layout::LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::Io {
+            what: format!("cannot open {}", path.display()),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own; non-blocking.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        let pid = std::fs::read_to_string(state_dir.join(crate::api::PID_FILE))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        return Err(AgentError::AlreadyRunning { pid, path });
+    }
+    Ok(file)
+}

@@ -1,0 +1,146 @@
+//! The agent's API: one JSON request per line on `agent.sock`, one JSON response per line.
+//! Types only; the server is in `server`, the blocking client in `client`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use bow_spec::Spec;
+
+/// The socket's file name in the state dir.
+pub const SOCKET_FILE: &str = "agent.sock";
+/// The agent's pid file in the state dir.
+pub const PID_FILE: &str = "agent.pid";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    Ping,
+    /// Apply a validated spec whose paths are already absolute.
+    Apply {
+        spec: Box<Spec>,
+    },
+    Status,
+    /// Events with an id above `after_id` (0: from the start), at most `limit`; `last` takes
+    /// the newest `limit` instead.
+    Events {
+        after_id: i64,
+        limit: usize,
+        last: bool,
+    },
+    Restart {
+        service: String,
+    },
+    /// Stop every instance, then the agent.
+    Down,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "kebab-case")]
+pub enum Response {
+    Pong {
+        pid: u32,
+        project: String,
+        environment: String,
+    },
+    Applied {
+        revision: i64,
+    },
+    Status(StatusReport),
+    Events {
+        events: Vec<Event>,
+    },
+    Restarted {
+        service: String,
+        instances: Vec<String>,
+    },
+    Down {
+        stopped: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// `bow status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub project: String,
+    pub environment: String,
+    pub agent_pid: u32,
+    /// Revision of the applied spec, 0 when nothing was applied.
+    pub revision: i64,
+    pub services: Vec<ServiceStatus>,
+    /// Notes about capabilities (e.g. "not root: services run as the agent's user").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub kind: String,
+    pub replicas: u32,
+    pub state: Health,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub service: String,
+    pub index: u32,
+    pub pid: Option<i32>,
+    pub port: Option<u16>,
+    pub health: Health,
+    pub restarts: u32,
+    pub started_at_ms: Option<u64>,
+    pub uptime_ms: Option<u64>,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
+    pub user: Option<String>,
+    pub log_path: Option<PathBuf>,
+    /// The restart generation this instance's process answers to (internal).
+    #[serde(skip)]
+    pub generation: u64,
+}
+
+/// An instance's (or service's) state. Ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    Healthy,
+    Starting,
+    Stopping,
+    Stopped,
+    Unhealthy,
+    Backoff,
+    CrashLooping,
+    Failed,
+}
+
+impl Health {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Starting => "starting",
+            Health::Stopping => "stopping",
+            Health::Stopped => "stopped",
+            Health::Unhealthy => "unhealthy",
+            Health::Backoff => "backoff",
+            Health::CrashLooping => "crash-looping",
+            Health::Failed => "failed",
+        }
+    }
+}
+
+/// One event, as `bow events` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at_ms: i64,
+    pub service: String,
+    pub instance: String,
+    pub kind: String,
+    pub message: String,
+}

@@ -1,0 +1,104 @@
+//! A service of the spec → the driver's `InstanceSpec` for one instance.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bow_driver::{DEFAULT_PATH, InstanceSpec, LogRotation, Resources};
+use bow_spec::{CommandLine, Service, Workload};
+
+/// What the agent knows about where and how an instance runs.
+pub struct InstanceContext<'a> {
+    pub project: &'a str,
+    pub environment: &'a str,
+    pub state_dir: &'a Path,
+    pub service_name: &'a str,
+    pub index: u32,
+    pub port: u16,
+    pub venv: Option<&'a Path>,
+    pub root: bool,
+}
+
+/// The driver's view of one instance of `service`; `Err` says why it cannot run as a process.
+pub fn build(service: &Service, context: &InstanceContext<'_>) -> Result<InstanceSpec, String> {
+    let argv = match &service.workload {
+        Workload::Command(CommandLine::Shell(line)) => {
+            bow_driver::command_to_argv(line).map_err(|e| e.to_string())?
+        }
+        Workload::Command(CommandLine::Argv(argv)) => argv.clone(),
+        Workload::Image(image) => {
+            return Err(format!(
+                "image {image}: container services need the container driver, which this bow does not have yet"
+            ));
+        }
+        Workload::Postgres(_) => {
+            return Err(
+                "postgres services need the postgres driver, which this bow does not have yet"
+                    .to_string(),
+            );
+        }
+    };
+    if let Some((name, _)) = service
+        .env
+        .iter()
+        .find(|(_, value)| value.contains("${secret:"))
+    {
+        return Err(format!(
+            "env {name} uses a secret, and secret delivery is not available in this bow yet"
+        ));
+    }
+    let run_dir = crate::layout::run_dir(context.state_dir);
+    let log_dir = crate::layout::log_dir(context.state_dir);
+    let mut spec = InstanceSpec::new(
+        &format!("{}-{}", context.project, context.environment),
+        context.service_name,
+        context.index,
+        argv,
+        &run_dir,
+        &log_dir,
+    );
+    spec.working_dir = service
+        .dir
+        .as_deref()
+        .map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    spec.env = environment(service, context);
+    if context.root {
+        spec.user = Some(
+            service
+                .user
+                .clone()
+                .unwrap_or_else(|| bow_driver::default_service_user(context.service_name)),
+        );
+    }
+    spec.resources = Resources {
+        memory_bytes: service.resources.memory.map(|m| m.bytes()),
+        cpu_cores: service.resources.cpu,
+    };
+    spec.log_rotation = LogRotation::default();
+    spec.stop_timeout = service.stop_timeout.as_std();
+    Ok(spec)
+}
+
+/// The service's env plus what bow gives every instance.
+pub fn environment(service: &Service, context: &InstanceContext<'_>) -> BTreeMap<String, String> {
+    let mut env = service.env.clone();
+    env.insert("PORT".into(), context.port.to_string());
+    env.insert("BOW_SERVICE".into(), context.service_name.to_string());
+    env.insert(
+        "BOW_INSTANCE".into(),
+        format!("{}.{}", context.service_name, context.index),
+    );
+    env.insert("BOW_PROJECT".into(), context.project.to_string());
+    env.insert("BOW_ENV".into(), context.environment.to_string());
+    if let Some(venv) = context.venv {
+        let base = env
+            .get("PATH")
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_PATH.to_string());
+        env.insert(
+            "PATH".into(),
+            format!("{}:{base}", venv.join("bin").display()),
+        );
+        env.insert("VIRTUAL_ENV".into(), venv.display().to_string());
+    }
+    env
+}

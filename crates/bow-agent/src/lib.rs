@@ -1,0 +1,39 @@
+//! The agent: owns every instance of one project + environment.
+//!
+//! It carries applied specs out (start order by `depends_on`, replicas), supervises each
+//! instance (health checks, restarts with backoff, crash-loop detection), adopts instances
+//! that outlived a previous agent, records instances and events in the state store, and
+//! answers the CLI on a unix socket. See docs/agent.md for the contract.
+
+mod adopt;
+mod agent;
+pub mod api;
+pub mod backoff;
+pub mod client;
+mod error;
+pub mod health;
+mod instance_spec;
+mod pidfd;
+mod ports;
+mod server;
+mod supervisor;
+mod venv;
+
+pub use agent::{Agent, AgentConfig, EventSink, now_ms};
+pub use error::{AgentError, Result};
+
+/// The directories the agent keeps inside its state dir.
+pub mod layout {
+    use std::path::{Path, PathBuf};
+
+    pub fn run_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("run")
+    }
+
+    pub fn log_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("logs")
+    }
+
+    pub const LOCK_FILE: &str = "agent.lock";
+    pub const AGENT_LOG: &str = "agent.log";
+}

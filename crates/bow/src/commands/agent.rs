@@ -1,0 +1,78 @@
+//! `bow agent`: the agent alone, in the foreground (what a systemd unit runs).
+//!
+//! It resumes the last applied revision (adopting instances that still run) or, when nothing
+//! was applied yet, applies the file. SIGTERM and SIGINT end the agent but leave instances
+//! running for the next agent to adopt; `bow down` stops everything.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bow_agent::{Agent, AgentConfig};
+
+use crate::cli::StackArgs;
+use crate::session::Session;
+
+pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
+    let session = Session::load(args)?;
+    if print_systemd_unit {
+        print!("{}", systemd_unit(&session)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runtime = crate::runtime()?;
+    runtime.block_on(async move {
+        let agent = Agent::start(AgentConfig {
+            state_dir: session.state_dir.clone(),
+            project: session.spec.project.clone(),
+            environment: session.spec.environment.clone(),
+            shim: bow_driver::ShimCommand::current_exe(),
+            event_sink: None,
+            reconcile_on_start: true,
+        })
+        .await?;
+        if agent.status().revision == 0 {
+            agent.apply(session.spec.clone())?;
+        }
+        eprintln!(
+            "bow agent: serving {}-{} from {}",
+            agent.project,
+            agent.environment,
+            session.state_dir.display()
+        );
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = agent.wait_shutdown() => {}
+            _ = terminate.recv() => { agent.detach(); agent.wait_shutdown().await; }
+            _ = tokio::signal::ctrl_c() => { agent.detach(); agent.wait_shutdown().await; }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn systemd_unit(session: &Session) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the bow binary")?;
+    Ok(format!(
+        "# /etc/systemd/system/bow-{project}-{env}.service\n\
+         [Unit]\n\
+         Description=bow agent for {project} ({env})\n\
+         After=network-online.target\n\
+         Wants=network-online.target\n\
+         \n\
+         [Service]\n\
+         ExecStart={exe} agent --file {file} --env {env} --state-dir {state}\n\
+         # Instances run under their own shims and outlive the agent: stopping or restarting\n\
+         # the unit ends only the agent; the next one adopts them. `bow down` stops them.\n\
+         KillMode=process\n\
+         Restart=always\n\
+         RestartSec=1\n\
+         \n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        project = session.spec.project,
+        env = session.spec.environment,
+        exe = exe.display(),
+        file = session.file.display(),
+        state = session.state_dir.display(),
+    ))
+}

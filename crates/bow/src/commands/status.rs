@@ -1,0 +1,108 @@
+//! `bow status`: services and instances with pid, port, health, restarts, uptime.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use bow_agent::api::{Request, Response, StatusReport};
+
+use crate::cli::{Output, StackArgs};
+use crate::session;
+
+pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
+    let state_dir = session::state_dir_only(args)?;
+    let report = match session::call(&state_dir, &Request::Status, Duration::from_secs(10))? {
+        Some(Response::Status(report)) => report,
+        _ => return Err(session::no_agent(&state_dir)),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print!("{}", table(&report)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The status as a table, one row per instance.
+pub fn table(report: &StatusReport) -> String {
+    let mut out = format!(
+        "{} ({}), agent pid {}, revision {}\n\n",
+        report.project, report.environment, report.agent_pid, report.revision
+    );
+    let mut rows = vec![[
+        "SERVICE".to_string(),
+        "INSTANCE".into(),
+        "PID".into(),
+        "PORT".into(),
+        "HEALTH".into(),
+        "RESTARTS".into(),
+        "UPTIME".into(),
+        "LAST".into(),
+    ]];
+    for service in &report.services {
+        if service.instances.is_empty() {
+            rows.push([
+                service.name.clone(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                service.state.label().into(),
+                "-".into(),
+                "-".into(),
+                format!("{} replicas wanted", service.replicas),
+            ]);
+        }
+        for instance in &service.instances {
+            rows.push([
+                service.name.clone(),
+                instance.id.clone(),
+                instance.pid.map_or("-".into(), |p| p.to_string()),
+                instance.port.map_or("-".into(), |p| p.to_string()),
+                instance.health.label().into(),
+                instance.restarts.to_string(),
+                instance.uptime_ms.map_or("-".into(), uptime),
+                instance
+                    .last_error
+                    .clone()
+                    .or_else(|| instance.last_exit.clone())
+                    .unwrap_or_default(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            line.push_str(&format!("{cell:<width$}  "));
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    for note in &report.notes {
+        out.push_str(&format!("\nnote: {note}\n"));
+    }
+    out
+}
+
+fn uptime(ms: u64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{}s", seconds / 60, seconds % 60),
+        3600..86_400 => format!("{}h{}m", seconds / 3600, seconds / 60 % 60),
+        _ => format!("{}d{}h", seconds / 86_400, seconds / 3600 % 24),
+    }
+}
+
+/// Ensures the durations print compactly.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uptime_is_compact() {
+        assert_eq!(super::uptime(5_000), "5s");
+        assert_eq!(super::uptime(125_000), "2m5s");
+        assert_eq!(super::uptime(7_300_000), "2h1m");
+        let _ = std::time::Duration::ZERO;
+    }
+}

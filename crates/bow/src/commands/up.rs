@@ -1,0 +1,331 @@
+//! `bow up`: validate, start the agent (or talk to the running one), apply, and either follow
+//! a live view (foreground; Ctrl-C stops everything) or return once healthy (`-d`).
+
+use std::io::IsTerminal;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bow_agent::api::{Health, Request, Response, StatusReport};
+use bow_agent::{Agent, AgentConfig};
+
+use crate::cli::StackArgs;
+use crate::commands::status;
+use crate::session::Session;
+
+pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
+    let session = Session::load(args)?;
+    let running = session.call(&Request::Ping, Duration::from_secs(5))?;
+    match (running, detach) {
+        (Some(_), _) => {
+            apply(&session)?;
+            if detach {
+                wait_healthy(&session)
+            } else {
+                eprintln!(
+                    "an agent already runs for {}; following it (Ctrl-C detaches, `bow down` stops)",
+                    session.state_dir.display()
+                );
+                follow(&session)
+            }
+        }
+        (None, true) => {
+            spawn_agent(&session)?;
+            apply(&session)?;
+            wait_healthy(&session)
+        }
+        (None, false) => foreground(session),
+    }
+}
+
+fn apply(session: &Session) -> Result<()> {
+    match session.call(
+        &Request::Apply {
+            spec: Box::new(session.spec.clone()),
+        },
+        Duration::from_secs(30),
+    )? {
+        Some(Response::Applied { revision }) => {
+            eprintln!(
+                "applied {} ({}) as revision {revision}",
+                session.spec.project, session.spec.environment
+            );
+            Ok(())
+        }
+        Some(other) => bail!("unexpected answer from the agent: {other:?}"),
+        None => Err(crate::session::no_agent(&session.state_dir)),
+    }
+}
+
+/// Starts `bow agent` in its own session, its output in `<state-dir>/agent.log`, and waits
+/// until it answers.
+fn spawn_agent(session: &Session) -> Result<()> {
+    std::fs::create_dir_all(&session.state_dir)
+        .with_context(|| format!("cannot create {}", session.state_dir.display()))?;
+    let log_path = session.state_dir.join(bow_agent::layout::AGENT_LOG);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the bow binary")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("agent")
+        .arg("--file")
+        .arg(&session.file)
+        .arg("--env")
+        .arg(&session.spec.environment)
+        .arg("--state-dir")
+        .arg(&session.state_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    use std::os::unix::process::CommandExt;
+    command.process_group(0);
+    // SAFETY: setsid is async-signal-safe; the child detaches from our terminal and session.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("cannot start the agent")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last: Vec<&str> = tail.lines().rev().take(5).collect();
+            bail!(
+                "the agent exited ({status}): {}",
+                last.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if matches!(
+            session.call(&Request::Ping, Duration::from_secs(2)),
+            Ok(Some(_))
+        ) {
+            // The agent is in its own session now; it is not our child to wait for.
+            std::mem::forget(child);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "the agent did not answer within 15s; see {}",
+        log_path.display()
+    )
+}
+
+/// How long `up -d` waits: each dependency level may take its services' deploy timeout.
+fn wait_budget(session: &Session) -> Duration {
+    let spec = &session.spec;
+    let mut depth = std::collections::BTreeMap::new();
+    let mut budget = Duration::ZERO;
+    for name in bow_spec::dependency_order(spec) {
+        let service = &spec.services[&name];
+        let own = service.deploy.timeout.as_std()
+            + service
+                .health
+                .as_ref()
+                .map_or(Duration::ZERO, |h| h.start_period.as_std());
+        let before = service
+            .depends_on
+            .iter()
+            .filter_map(|d| depth.get(d))
+            .copied()
+            .max()
+            .unwrap_or(Duration::ZERO);
+        depth.insert(name, before + own);
+        budget = budget.max(before + own);
+    }
+    budget.max(Duration::from_secs(10))
+}
+
+fn wait_healthy(session: &Session) -> Result<ExitCode> {
+    let deadline = Instant::now() + wait_budget(session);
+    let started = Instant::now();
+    loop {
+        let report = match session.call(&Request::Status, Duration::from_secs(10))? {
+            Some(Response::Status(report)) => report,
+            _ => return Err(crate::session::no_agent(&session.state_dir)),
+        };
+        if all_healthy(&report) {
+            let count: usize = report.services.iter().map(|s| s.instances.len()).sum();
+            eprintln!(
+                "{} services, {count} instances healthy in {:.1}s",
+                report.services.len(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        let failing = report
+            .services
+            .iter()
+            .flat_map(|s| s.instances.iter())
+            .find(|i| {
+                matches!(i.health, Health::Failed | Health::CrashLooping)
+                    || (i.restarts >= 3 && i.health != Health::Healthy)
+            });
+        if let Some(instance) = failing.or_else(|| {
+            (Instant::now() >= deadline)
+                .then(|| worst(&report))
+                .flatten()
+        }) {
+            let reason = instance
+                .last_error
+                .clone()
+                .or_else(|| instance.last_exit.clone())
+                .unwrap_or_else(|| "did not become healthy in time".to_string());
+            eprintln!(
+                "error: {} is {}: {reason}",
+                instance.id,
+                instance.health.label()
+            );
+            if let Some(path) = instance.log_path.clone().or_else(|| {
+                Some(bow_driver::logs::current_log_path(
+                    &bow_agent::layout::log_dir(&session.state_dir),
+                    &instance.id,
+                ))
+            }) {
+                let lines = last_lines(&path, 20);
+                if !lines.is_empty() {
+                    eprintln!("last log lines of {}:", instance.id);
+                    for line in lines {
+                        eprintln!("  {line}");
+                    }
+                }
+            }
+            eprintln!(
+                "the agent keeps trying; see `bow status`, `bow events`, `bow logs {}`",
+                instance.service
+            );
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn worst(report: &StatusReport) -> Option<&bow_agent::api::InstanceStatus> {
+    report
+        .services
+        .iter()
+        .flat_map(|s| s.instances.iter())
+        .filter(|i| i.health != Health::Healthy)
+        .max_by_key(|i| i.health)
+}
+
+pub fn all_healthy(report: &StatusReport) -> bool {
+    report
+        .services
+        .iter()
+        .all(|s| s.state == Health::Healthy && s.instances.len() as u32 >= s.replicas)
+}
+
+fn last_lines(path: &std::path::Path, count: usize) -> Vec<String> {
+    let Some(dir) = path.parent() else {
+        return Vec::new();
+    };
+    let id = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".log"))
+        .unwrap_or_default();
+    let query = bow_driver::logs::LogQuery {
+        since: None,
+        tail: Some(count),
+    };
+    bow_driver::logs::read_instance_log(dir, id, query)
+        .map(|lines| {
+            lines
+                .into_iter()
+                .map(|l| format!("{} {}", l.stream.as_str(), l.text))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Foreground: this process is the agent. Events print as they happen; on a terminal a status
+/// table is redrawn; Ctrl-C or SIGTERM stops every instance gracefully.
+fn foreground(session: Session) -> Result<ExitCode> {
+    let runtime = crate::runtime()?;
+    let tty = std::io::stdout().is_terminal();
+    runtime.block_on(async move {
+        let sink: bow_agent::EventSink = Box::new(move |event| {
+            if !tty {
+                println!("{}", crate::commands::events::line(event));
+            }
+        });
+        let agent = Agent::start(AgentConfig {
+            state_dir: session.state_dir.clone(),
+            project: session.spec.project.clone(),
+            environment: session.spec.environment.clone(),
+            shim: bow_driver::ShimCommand::current_exe(),
+            event_sink: Some(sink),
+            reconcile_on_start: true,
+        })
+        .await?;
+        agent.apply(session.spec.clone())?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if tty {
+                        print!("\x1b[H\x1b[2J{}", status::table(&agent.status()));
+                        println!("\nCtrl-C stops everything");
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+                _ = agent.wait_shutdown() => return anyhow::Ok(()),
+            }
+        }
+        eprintln!("stopping every instance…");
+        let stopped = agent.down().await;
+        eprintln!("stopped {} instances", stopped.len());
+        agent.wait_shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Attached to an agent that already runs: prints its events until Ctrl-C.
+fn follow(session: &Session) -> Result<ExitCode> {
+    let mut after = match session.call(
+        &Request::Events {
+            after_id: 0,
+            limit: 20,
+            last: true,
+        },
+        Duration::from_secs(5),
+    )? {
+        Some(Response::Events { events }) => {
+            for event in &events {
+                println!("{}", crate::commands::events::line(event));
+            }
+            events.last().map_or(0, |e| e.id)
+        }
+        _ => 0,
+    };
+    loop {
+        match session.call(
+            &Request::Events {
+                after_id: after,
+                limit: 500,
+                last: false,
+            },
+            Duration::from_secs(5),
+        )? {
+            Some(Response::Events { events }) => {
+                for event in &events {
+                    println!("{}", crate::commands::events::line(event));
+                    after = event.id;
+                }
+            }
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
