@@ -57,10 +57,10 @@ pub fn run(args: &StackArgs) -> Result<ExitCode> {
 
 /// Project and environment for a state dir: from the recorded spec, else from the file.
 fn project_of(args: &StackArgs, state_dir: &std::path::Path) -> (String, String) {
-    if let Ok(Some(store)) = bow_store::Store::open_existing(state_dir) {
-        if let Ok(Some(revision)) = store.latest_revision() {
-            return (revision.spec.project, revision.spec.environment);
-        }
+    if let Ok(Some(store)) = bow_store::Store::open_existing(state_dir)
+        && let Ok(Some(revision)) = store.latest_revision()
+    {
+        return (revision.spec.project, revision.spec.environment);
     }
     let project = crate::stack::read(args)
         .ok()

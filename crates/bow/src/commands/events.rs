@@ -59,14 +59,16 @@ pub fn run(
     for event in &events {
         println!("{}", line(event));
     }
-    while follow {
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(250));
         for event in read(after, false)? {
             println!("{}", line(&event));
             after = event.id;
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `2026-11-22T10:00:00.123Z  web.1         started        pid 42 port 40001`
