@@ -13,7 +13,14 @@ fn record(state_dir: &Path, before: &str) {
         privileged,
         ..Default::default()
     };
-    let spec = bow_spec::load(&text, &options).expect("before.yaml is valid");
+    let mut spec = bow_spec::load(&text, &options).expect("before.yaml is valid");
+    // As the CLI does: paths relative to the file's directory become absolute.
+    let base = support::root()
+        .join(before)
+        .parent()
+        .expect("a directory")
+        .to_path_buf();
+    bow_spec::anchor_paths(&mut spec, &base);
     let store = bow_store::Store::open(state_dir).expect("open store");
     store.record_revision(&spec, 0).expect("record");
 }

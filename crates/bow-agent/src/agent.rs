@@ -258,6 +258,12 @@ impl Agent {
         };
         if let Some(python) = &service.python {
             let dir = service.dir.clone().unwrap_or_else(|| "/".to_string());
+            self.emit(
+                &name,
+                "",
+                "building",
+                &format!("python environment from {}", python.requirements),
+            );
             match crate::venv::ensure(
                 &self.state_dir,
                 Path::new(&dir),
@@ -267,6 +273,12 @@ impl Agent {
             .await
             {
                 Ok(venv) => {
+                    self.emit(
+                        &name,
+                        "",
+                        "built",
+                        &format!("python environment {}", venv.display()),
+                    );
                     if let Some(runtime) = self.lock().services.get_mut(&name) {
                         runtime.venv = Some(venv);
                     }

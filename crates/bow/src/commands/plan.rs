@@ -9,6 +9,11 @@ use crate::cli::{Output, StackArgs};
 
 pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
     let session = crate::session::Session::load(args)?;
+    let base = session
+        .file
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let (spec, state_dir) = (session.spec, session.state_dir);
     let recorded = match bow_store::Store::open_existing(&state_dir)
         .with_context(|| format!("cannot read the recorded state in {}", state_dir.display()))?
@@ -19,7 +24,13 @@ pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
     let plan = bow_plan::plan(&spec, recorded.as_ref());
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        Output::Text => print!("{plan}"),
+        // Paths are compared absolute; people read them relative to the stack file.
+        Output::Text => print!(
+            "{}",
+            plan.to_string()
+                .replace(&format!("\"{base}/"), "\"./")
+                .replace(&format!("\"{base}\""), "\".\"")
+        ),
     }
     Ok(if plan.has_changes() {
         ExitCode::from(2)
