@@ -34,6 +34,7 @@ pub struct AgentConfig {
     pub environment: String,
     /// How to start shims: `bow shim` (the running binary).
     pub shim: ShimCommand,
+    /// Receives every event; without one, events are logged to stderr.
     pub event_sink: Option<EventSink>,
     /// Resume the last applied revision at start (`bow agent`, `bow up`); `false` only adopts
     /// what runs (`bow down` without an agent).

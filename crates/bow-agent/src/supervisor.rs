@@ -95,6 +95,9 @@ async fn run(
     let mut generation = control.borrow().restart_generation;
     let mut first_start = true;
     let mut reported_crash_loop = false;
+    // A restarted instance keeps its port while the port is free, so what talks to it directly
+    // finds it again; one that never became healthy gets a fresh port.
+    let mut slot_port: Option<u16> = pending.as_ref().map(|a| a.port);
     loop {
         if control.borrow().stop {
             break;
@@ -111,7 +114,7 @@ async fn run(
                 agent.emit(&service, &id, "adopted", &message);
                 (adopted.handle, adopted.port)
             }
-            None => match start(&agent, &definition, &service, index).await {
+            None => match start(&agent, &definition, &service, index, slot_port).await {
                 Ok(started) => {
                     if !first_start {
                         agent.emit(&service, &id, "restarted", &format!("restart {restarts}"));
@@ -178,6 +181,7 @@ async fn run(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .map(|t| t.elapsed());
+        slot_port = healthy_for.map(|_| port);
         match ending {
             Ending::Stop => {
                 stop_instance(
@@ -308,11 +312,15 @@ async fn start(
     definition: &Service,
     service: &str,
     index: u32,
+    preferred: Option<u16>,
 ) -> Result<(InstanceHandle, u16), String> {
-    let port = agent
-        .ports
-        .pick()
-        .map_err(|e| format!("no free port: {e}"))?;
+    let port = match preferred.filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
+        Some(port) => port,
+        None => agent
+            .ports
+            .pick()
+            .map_err(|e| format!("no free port: {e}"))?,
+    };
     let venv = agent.venv(service);
     let context = InstanceContext {
         project: &agent.project,
