@@ -66,6 +66,12 @@ pub(crate) struct Inner {
     pub shutting_down: bool,
 }
 
+impl Inner {
+    pub(crate) fn slot(&self, service: &str, index: u32) -> Option<&Slot> {
+        self.services.get(service)?.slots.get(&index)
+    }
+}
+
 /// The agent of one project + environment.
 pub struct Agent {
     pub state_dir: PathBuf,
@@ -377,11 +383,7 @@ impl Agent {
     async fn restart_slot(&self, service: &str, index: u32, timeout: Duration) {
         let generation = {
             let inner = self.lock();
-            let Some(slot) = inner
-                .services
-                .get(service)
-                .and_then(|r| r.slots.get(&index))
-            else {
+            let Some(slot) = inner.slot(service, index) else {
                 return;
             };
             let mut control = *slot.control.borrow();
@@ -393,11 +395,7 @@ impl Agent {
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
             let inner = self.lock();
-            let Some(slot) = inner
-                .services
-                .get(service)
-                .and_then(|r| r.slots.get(&index))
-            else {
+            let Some(slot) = inner.slot(service, index) else {
                 return;
             };
             if slot.status.health == Health::Healthy

@@ -322,16 +322,7 @@ async fn start(
             .map_err(|e| format!("no free port: {e}"))?,
     };
     let venv = agent.venv(service);
-    let context = InstanceContext {
-        project: &agent.project,
-        environment: &agent.environment,
-        state_dir: &agent.state_dir,
-        service_name: service,
-        index,
-        port,
-        venv: venv.as_deref(),
-        root: agent.root,
-    };
+    let context = context(agent, service, index, port, venv.as_deref());
     let spec = instance_spec::build(definition, &context)?;
     let driver = agent.driver.clone();
     let handle = tokio::task::spawn_blocking(move || driver.start(&spec))
@@ -490,16 +481,7 @@ async fn health_loop(
         return std::future::pending().await;
     };
     let venv = agent.venv(service);
-    let context = InstanceContext {
-        project: &agent.project,
-        environment: &agent.environment,
-        state_dir: &agent.state_dir,
-        service_name: service,
-        index,
-        port,
-        venv: venv.as_deref(),
-        root: agent.root,
-    };
+    let context = context(agent, service, index, port, venv.as_deref());
     let env = instance_spec::environment(definition, &context);
     let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
     let exec = ExecContext {
@@ -549,6 +531,25 @@ async fn health_loop(
             interval.min(STARTUP_PROBE_PAUSE)
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+fn context<'a>(
+    agent: &'a Agent,
+    service: &'a str,
+    index: u32,
+    port: u16,
+    venv: Option<&'a std::path::Path>,
+) -> InstanceContext<'a> {
+    InstanceContext {
+        project: &agent.project,
+        environment: &agent.environment,
+        state_dir: &agent.state_dir,
+        service_name: service,
+        index,
+        port,
+        venv,
+        root: agent.root,
     }
 }
 

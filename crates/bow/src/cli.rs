@@ -93,7 +93,7 @@ pub enum Command {
     Logs {
         #[command(flatten)]
         stack: LogsStackArgs,
-        /// Only this service
+        /// Only this service (`web`) or instance (`web.2`)
         service: Option<String>,
         /// Keep printing new lines
         #[arg(short = 'f', long = "follow")]

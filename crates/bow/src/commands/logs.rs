@@ -26,7 +26,7 @@ pub fn run(args: &StackArgs, options: LogsArgs<'_>) -> Result<ExitCode> {
     let since = options.since.map(parse_since).transpose()?;
     let mut instances = bow_driver::logs::logged_instances(&log_dir).unwrap_or_default();
     if let Some(service) = options.service {
-        instances.retain(|id| id.rsplit_once('.').is_some_and(|(s, _)| s == service));
+        instances.retain(|id| selects(service, id));
         if instances.is_empty() && !options.follow {
             bail!("no logs for service `{service}` in {}", log_dir.display());
         }
@@ -91,9 +91,7 @@ fn follow(
     let mut first_scan = true;
     loop {
         for id in bow_driver::logs::logged_instances(log_dir).unwrap_or_default() {
-            if service.is_some_and(|s| id.rsplit_once('.').is_none_or(|(name, _)| name != s))
-                || followers.contains_key(&id)
-            {
+            if service.is_some_and(|s| !selects(s, &id)) || followers.contains_key(&id) {
                 continue;
             }
             let follower = if first_scan {
@@ -122,6 +120,14 @@ fn follow(
         drop(out);
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether `filter` (a service `web` or an instance `web.2`) selects the instance `id`.
+fn selects(filter: &str, id: &str) -> bool {
+    id == filter
+        || id
+            .rsplit_once('.')
+            .is_some_and(|(service, _)| service == filter)
 }
 
 /// `--since 10m` (a duration ago) or an RFC 3339 time.
