@@ -1,6 +1,10 @@
-//! Shared helpers for the end-to-end tests: the `bow` binary, the workspace root, snapshots.
+//! Shared helpers for the end-to-end tests: the `bow` binary, the workspace root, snapshots;
+//! running stacks under the agent ([`stack`]) and looking at their processes ([`procs`]).
 
 #![allow(dead_code)]
+
+pub mod procs;
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -93,12 +93,14 @@ impl Agent {
     pub async fn start(config: AgentConfig) -> Result<Arc<Agent>> {
         let state_dir = config.state_dir.clone();
         let config_reconcile = config.reconcile_on_start;
-        create_private_dir(&state_dir)?;
+        // Traverse-only for others: services reach their venv under it; everything sensitive
+        // inside (state.db, agent.sock, run/, logs/) is private on its own.
+        create_dir_with_mode(&state_dir, 0o711)?;
         for dir in [
             crate::layout::run_dir(&state_dir),
             crate::layout::log_dir(&state_dir),
         ] {
-            create_private_dir(&dir)?;
+            create_dir_with_mode(&dir, 0o700)?;
         }
         let lock = lock_state_dir(&state_dir)?;
         std::fs::write(
@@ -130,13 +132,21 @@ impl Agent {
         let adopted = crate::adopt::scan(&agent).await;
         agent.lock().adopted = adopted;
         crate::server::serve(agent.clone()).await?;
+        let Some(revision) = recorded else {
+            crate::adopt::stop_unwanted(&agent).await;
+            return Ok(agent);
+        };
         if !config_reconcile {
+            // Known but not run: `down` needs the stop timeouts and the dependency order.
+            {
+                let mut inner = agent.lock();
+                inner.revision = revision.id;
+                inner.spec = Some(revision.spec);
+            }
             return Ok(agent);
         }
-        if let Some(revision) = recorded {
-            agent.lock().revision = revision.id;
-            agent.reconcile(revision.spec);
-        }
+        agent.lock().revision = revision.id;
+        agent.reconcile(revision.spec);
         crate::adopt::stop_unwanted(&agent).await;
         Ok(agent)
     }
@@ -271,11 +281,16 @@ impl Agent {
                 "building",
                 &format!("python environment from {}", python.requirements),
             );
+            let search_path = service
+                .env
+                .get("PATH")
+                .map_or(bow_driver::DEFAULT_PATH, String::as_str);
             match crate::venv::ensure(
                 &self.state_dir,
                 Path::new(&dir),
                 &python.requirements,
                 python.version.as_deref(),
+                search_path,
             )
             .await
             {
@@ -491,13 +506,7 @@ impl Agent {
                 stopped.extend(self.stop_slots(&name, runtime.slots).await);
             }
         }
-        let leftovers: Vec<Adopted> = std::mem::take(&mut self.lock().adopted)
-            .into_values()
-            .collect();
-        for adopted in leftovers {
-            stopped.push(adopted.handle.instance_id.clone());
-            crate::adopt::stop_handle(self, &adopted.handle).await;
-        }
+        stopped.extend(self.stop_adopted_leftovers().await);
         // Anything left in the project's cgroups (a child that escaped its process group).
         if let Some(layout) = bow_driver::cgroup::detect_layout() {
             let project = format!("{}-{}", self.project, self.environment);
@@ -520,6 +529,58 @@ impl Agent {
             "stopped",
             &format!("down: {} instances stopped", stopped.len()),
         );
+        stopped
+    }
+
+    /// Stops adopted instances no slot took over: dependants first, a service's instances in
+    /// parallel.
+    async fn stop_adopted_leftovers(self: &Arc<Self>) -> Vec<String> {
+        let (leftovers, order) = {
+            let mut inner = self.lock();
+            let order = inner
+                .spec
+                .as_ref()
+                .map(bow_spec::dependency_order)
+                .unwrap_or_default();
+            (std::mem::take(&mut inner.adopted), order)
+        };
+        let mut by_service: BTreeMap<String, Vec<Adopted>> = BTreeMap::new();
+        for adopted in leftovers.into_values() {
+            by_service
+                .entry(adopted.handle.service.clone())
+                .or_default()
+                .push(adopted);
+        }
+        let mut names: Vec<String> = order
+            .into_iter()
+            .rev()
+            .filter(|n| by_service.contains_key(n))
+            .collect();
+        names.extend(
+            by_service
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let mut stopped = Vec::new();
+        for name in names {
+            let Some(group) = by_service.remove(&name) else {
+                continue;
+            };
+            let mut tasks = Vec::new();
+            for adopted in group {
+                stopped.push(adopted.handle.instance_id.clone());
+                let agent = self.clone();
+                tasks.push(tokio::spawn(async move {
+                    crate::adopt::stop_handle(&agent, &adopted.handle).await;
+                    agent.forget_instance(&adopted.handle.instance_id);
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
         stopped
     }
 
@@ -652,13 +713,13 @@ pub(crate) fn clock(at_ms: i64) -> String {
     )
 }
 
-fn create_private_dir(dir: &Path) -> Result<()> {
+fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(|source| AgentError::Io {
         what: format!("cannot create {}", dir.display()),
         source,
     })?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|source| {
         AgentError::Io {
             what: format!("cannot restrict {}", dir.display()),
             source,

@@ -154,13 +154,19 @@ async fn run(
         };
         first_start = false;
         agent.record_instance(&handle, port, restarts);
+        let crash_looping_now = backoff.crash_looping();
         agent.update(&service, index, |s| {
             s.pid = Some(handle.pid);
             s.port = Some(port);
             s.started_at_ms = Some(handle.started_at_unix_ms);
             s.user = Some(handle.user.clone());
             s.log_path = Some(handle.log_path.clone());
-            s.health = Health::Starting;
+            // A crash-looping instance shows so until it is healthy again.
+            s.health = if crash_looping_now {
+                Health::CrashLooping
+            } else {
+                Health::Starting
+            };
             s.last_error = None;
             s.generation = generation;
         });
@@ -268,7 +274,7 @@ async fn run(
                 "crash-looping",
                 &format!(
                     "{} restarts in a row without staying healthy for {}",
-                    backoff.consecutive() - 1,
+                    backoff.consecutive(),
                     bow_spec::units::Duration(STABLE_PERIOD)
                 ),
             );

@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// Builds (or reuses) the venv for `requirements` and returns its directory.
+/// Builds (or reuses) the venv for `requirements` and returns its directory. `search_path`
+/// is the PATH the service runs with: the interpreter is looked up there, not in the agent's
+/// own PATH, so that the service's user can run what the venv links to.
 pub async fn ensure(
     state_dir: &Path,
     service_dir: &Path,
     requirements: &str,
     version: Option<&str>,
+    search_path: &str,
 ) -> Result<PathBuf, String> {
     let requirements_path = service_dir.join(requirements);
     let content = tokio::fs::read(&requirements_path)
@@ -20,11 +23,19 @@ pub async fn ensure(
         Some(version) => format!("python{version}"),
         None => "python3".to_string(),
     };
+    let python = which(&python, search_path).ok_or_else(|| {
+        format!("{python} is not on PATH {search_path}; install it (Debian: python3 python3-venv)")
+    })?;
     let python_version = tokio::process::Command::new(&python)
         .arg("--version")
         .output()
         .await
-        .map_err(|e| format!("cannot run {python}: {e}; install it or change python.version"))?;
+        .map_err(|e| {
+            format!(
+                "cannot run {}: {e}; install it or change python.version",
+                python.display()
+            )
+        })?;
     let mut hasher = Sha256::new();
     hasher.update(&content);
     hasher.update(&python_version.stdout);
@@ -102,4 +113,16 @@ async fn run(command: &mut tokio::process::Command, what: &str) -> Result<(), St
         output.status,
         tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
     ))
+}
+
+/// The first executable `name` in `search_path`.
+fn which(name: &str, search_path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    search_path
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| {
+            path.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

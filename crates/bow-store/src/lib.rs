@@ -110,6 +110,17 @@ impl Store {
             path: path.clone(),
             source,
         })?;
+        // Private before WAL: SQLite gives the -wal and -shm files the database's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |error| StoreError::Open {
+                path: path.clone(),
+                source: rusqlite::Error::InvalidPath(PathBuf::from(format!(
+                    "{}: {error}",
+                    path.display()
+                ))),
+            },
+        )?;
         let store = Store { connection };
         store.prepare(&path)?;
         Ok(store)

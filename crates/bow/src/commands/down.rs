@@ -32,15 +32,27 @@ pub fn run(args: &StackArgs) -> Result<ExitCode> {
             let (project, environment) = project_of(args, &state_dir);
             let runtime = crate::runtime()?;
             let stopped = runtime.block_on(async {
-                let agent = Agent::start(AgentConfig {
-                    state_dir: state_dir.clone(),
-                    project,
-                    environment,
-                    shim: bow_driver::ShimCommand::current_exe(),
-                    event_sink: None,
-                    reconcile_on_start: false,
-                })
-                .await?;
+                // A dying agent may hold the state dir's lock for a moment longer.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let agent = loop {
+                    let started = Agent::start(AgentConfig {
+                        state_dir: state_dir.clone(),
+                        project: project.clone(),
+                        environment: environment.clone(),
+                        shim: bow_driver::ShimCommand::current_exe(),
+                        event_sink: None,
+                        reconcile_on_start: false,
+                    })
+                    .await;
+                    match started {
+                        Err(bow_agent::AgentError::AlreadyRunning { .. })
+                            if Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => break other?,
+                    }
+                };
                 let stopped = agent.down().await;
                 agent.wait_shutdown().await;
                 anyhow::Ok(stopped)
