@@ -458,7 +458,7 @@ async fn wait_exit(agent: Arc<Agent>, handle: InstanceHandle) -> Option<Instance
         {
             return agent.driver.exit_status(&handle).ok().flatten();
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -104,7 +104,8 @@ fn refuse_if_running(run_dir: &Path, instance_id: &str) -> Result<()> {
                 pid: previous.shim_pid,
             });
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // The shim exits right after recording the exit; a restart waits on this loop.
+        std::thread::sleep(Duration::from_micros(500));
     }
     Ok(())
 }
@@ -221,7 +222,7 @@ fn reap_first_shim_process(child: &mut Child) {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_micros(500));
     }
     let _ = child.kill();
     let _ = child.wait();

@@ -15,10 +15,10 @@ pub fn run(args: &StackArgs) -> Result<ExitCode> {
     let state_dir = session::state_dir_only(args)?;
     match session::call(&state_dir, &Request::Down, Duration::from_secs(3600))? {
         Some(Response::Down { stopped }) => {
-            // The agent exits right after answering; wait for it to release the state dir.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while state_dir.join(bow_agent::api::PID_FILE).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            // The agent exits right after answering; return once it has released the state
+            // dir, so that an `up` right after starts a new one.
+            if !bow_agent::wait_released(&state_dir, Duration::from_secs(10)) {
+                eprintln!("warning: the agent answered but has not exited yet");
             }
             eprintln!("stopped {} instances and the agent", stopped.len());
             Ok(ExitCode::SUCCESS)
