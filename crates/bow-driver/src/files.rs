@@ -1,4 +1,4 @@
-//! Small JSON state files, written atomically (temp file, fsync, rename) and read leniently.
+//! Small JSON state files, written atomically (temp file, rename) and read leniently.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -29,8 +29,9 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T, mode: u32) -> Res
         .map_err(|e| DriverError::io(context("creating"), e))?;
     file.write_all(&text)
         .map_err(|e| DriverError::io(context("writing"), e))?;
-    file.sync_all()
-        .map_err(|e| DriverError::io(context("syncing"), e))?;
+    // No fsync: these files describe processes, which do not outlive the machine either; the
+    // rename is atomic against a crash of any process, and an fsync costs a restart
+    // milliseconds.
     std::fs::rename(&temporary, path).map_err(|e| {
         DriverError::io(
             format!("renaming {} to {}", temporary.display(), path.display()),

@@ -67,6 +67,7 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         log_dir: spec.log_dir.clone(),
         log_rotation: spec.log_rotation,
         cgroup: placement.clone(),
+        join_cgroup_before_exec: !spec.resources.is_empty(),
         user: user.name.clone(),
         uid: user.uid,
         gid: user.gid,

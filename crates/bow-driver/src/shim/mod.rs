@@ -174,6 +174,7 @@ fn supervise(config: ShimConfig) -> i32 {
     shim_log(&format!("started pid {pid}: {:?}", config.argv));
     reply(&ShimReply::Started(handle.clone()));
     detach_stdio();
+    service::join_cgroup_after_exec(&config, pid);
 
     let (done_sender, pumps_done) = mpsc::channel();
     let pipes = [

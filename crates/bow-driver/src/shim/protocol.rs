@@ -27,6 +27,12 @@ pub struct ShimConfig {
     pub log_dir: PathBuf,
     pub log_rotation: LogRotation,
     pub cgroup: Option<CgroupPlacement>,
+    /// Join the cgroup before exec (the service has resource limits, which must hold from its
+    /// first instruction). Otherwise the cgroup only tracks the instance's processes and the
+    /// shim moves the service into it right after exec, off the restart's critical path
+    /// (moving a task between cgroup v1 groups waits for an RCU grace period, ~5-10 ms).
+    #[serde(default)]
+    pub join_cgroup_before_exec: bool,
     /// The user the service runs as, and whether the child must switch to it.
     pub user: String,
     pub uid: u32,

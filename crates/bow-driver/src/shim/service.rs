@@ -35,6 +35,7 @@ pub fn spawn_service(config: &ShimConfig) -> Result<Child, StartFailure> {
     let procs_files: Vec<CString> = config
         .cgroup
         .iter()
+        .filter(|_| config.join_cgroup_before_exec)
         .flat_map(|placement| placement.procs_files())
         .map(|path| CString::new(path.as_os_str().as_bytes()).expect("cgroup paths have no NUL"))
         .collect();
@@ -214,6 +215,78 @@ fn format_pid(pid: libc::pid_t, buffer: &mut [u8; 12]) -> &[u8] {
         }
     }
     &buffer[start..]
+}
+
+/// Moves a started service into its cgroup (when it did not join before exec), with every
+/// process it forked meanwhile. A failure is logged, not fatal: without limits the cgroup only
+/// tracks processes, and the process group does too.
+pub fn join_cgroup_after_exec(config: &ShimConfig, pid: i32) {
+    if config.join_cgroup_before_exec {
+        return;
+    }
+    let files: Vec<std::path::PathBuf> = config
+        .cgroup
+        .iter()
+        .flat_map(|placement| placement.procs_files())
+        .collect();
+    let move_pid = |member: i32| {
+        for file in &files {
+            if let Err(error) = std::fs::write(file, member.to_string())
+                && error.raw_os_error() != Some(libc::ESRCH)
+            {
+                super::shim_log(&format!(
+                    "could not move pid {member} into {}: {error}",
+                    file.display()
+                ));
+            }
+        }
+    };
+    if files.is_empty() {
+        return;
+    }
+    move_pid(pid);
+    // Processes forked before the move stayed behind. All of them descend from the shim (a
+    // child subreaper adopts orphans, so even a daemonized child stays below it), and one
+    // forked during a sweep follows its already-moved parent: two sweeps leave none outside.
+    let shim = std::process::id() as i32;
+    for _ in 0..2 {
+        for member in descendants(shim) {
+            if member != pid {
+                move_pid(member);
+            }
+        }
+    }
+}
+
+/// Every process below `root` in the process tree.
+fn descendants(root: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(i32, i32)> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let after_name = &stat[stat.rfind(')')? + 1..];
+            let ppid = after_name.split_whitespace().nth(1)?.parse().ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut next = 0;
+    while next < found.len() {
+        let parent = found[next];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        next += 1;
+    }
+    found.remove(0);
+    found
 }
 
 #[cfg(test)]

@@ -1,0 +1,289 @@
+//! In-memory counters and latency histograms per route and per service, read through
+//! [`crate::Edge::metrics`] as a [`MetricsSnapshot`] (later exported as `bow_edge_*`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds (the last bucket is +Inf).
+pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Requests counted by the first digit of their status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusClassCounts {
+    /// 1xx, such as 101 for WebSocket upgrades.
+    pub informational: u64,
+    /// 2xx.
+    pub success: u64,
+    /// 3xx.
+    pub redirection: u64,
+    /// 4xx.
+    pub client_error: u64,
+    /// 5xx.
+    pub server_error: u64,
+}
+
+impl StatusClassCounts {
+    /// All requests.
+    pub fn total(&self) -> u64 {
+        self.informational + self.success + self.redirection + self.client_error + self.server_error
+    }
+
+    /// `(label, count)` pairs with the label metrics use: `1xx` … `5xx`.
+    pub fn by_label(&self) -> [(&'static str, u64); 5] {
+        [
+            ("1xx", self.informational),
+            ("2xx", self.success),
+            ("3xx", self.redirection),
+            ("4xx", self.client_error),
+            ("5xx", self.server_error),
+        ]
+    }
+
+    fn add(&mut self, other: &StatusClassCounts) {
+        self.informational += other.informational;
+        self.success += other.success;
+        self.redirection += other.redirection;
+        self.client_error += other.client_error;
+        self.server_error += other.server_error;
+    }
+}
+
+/// A latency histogram: per-bucket (not cumulative) counts over [`LATENCY_BUCKETS_SECONDS`],
+/// with one more count for +Inf.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Count per bucket; `counts.len() == LATENCY_BUCKETS_SECONDS.len() + 1`.
+    pub counts: Vec<u64>,
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of the observations, in seconds.
+    pub sum_seconds: f64,
+}
+
+impl Default for HistogramSnapshot {
+    fn default() -> Self {
+        HistogramSnapshot {
+            counts: vec![0; LATENCY_BUCKETS_SECONDS.len() + 1],
+            count: 0,
+            sum_seconds: 0.0,
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    fn add(&mut self, other: &HistogramSnapshot) {
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.count += other.count;
+        self.sum_seconds += other.sum_seconds;
+    }
+}
+
+/// Counters of one route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteMetrics {
+    /// The service the route sends to.
+    pub service: String,
+    /// The route label, `host/prefix`.
+    pub route: String,
+    /// Requests by status class.
+    pub requests: StatusClassCounts,
+    /// Time from the request head to the end of the response body.
+    pub latency: HistogramSnapshot,
+}
+
+/// Counters of one service, summed over its routes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceMetrics {
+    /// The service.
+    pub service: String,
+    /// Requests by status class.
+    pub requests: StatusClassCounts,
+    /// Time from the request head to the end of the response body.
+    pub latency: HistogramSnapshot,
+}
+
+/// A point-in-time copy of every edge counter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    /// Per route, sorted by service then route.
+    pub routes: Vec<RouteMetrics>,
+    /// Per service, sorted by name.
+    pub services: Vec<ServiceMetrics>,
+    /// HTTPS requests that matched no route (answered 404).
+    pub unrouted_requests: u64,
+    /// Requests answered on the plain-HTTP port (redirects and ACME challenges).
+    pub http_port_requests: u64,
+    /// Requests sent again to another endpoint after a failed attempt.
+    pub upstream_retries: u64,
+    /// Times an endpoint was marked down after refusing or resetting a connection.
+    pub endpoints_marked_down: u64,
+    /// Connections being served now.
+    pub open_connections: u64,
+    /// Connections closed at once because `max_connections` were open.
+    pub rejected_connections: u64,
+    /// TLS handshakes that failed or timed out.
+    pub failed_handshakes: u64,
+}
+
+/// Atomic counters of one route; cheap to update on every request.
+#[derive(Debug)]
+pub(crate) struct RouteStats {
+    classes: [AtomicU64; 5],
+    buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl RouteStats {
+    fn new() -> Self {
+        RouteStats {
+            classes: Default::default(),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn observe(&self, status: u16, elapsed: Duration) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS_SECONDS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> (StatusClassCounts, HistogramSnapshot) {
+        let class = |index: usize| self.classes[index].load(Ordering::Relaxed);
+        let requests = StatusClassCounts {
+            informational: class(0),
+            success: class(1),
+            redirection: class(2),
+            client_error: class(3),
+            server_error: class(4),
+        };
+        let latency = HistogramSnapshot {
+            counts: self
+                .buckets
+                .iter()
+                .map(|bucket| bucket.load(Ordering::Relaxed))
+                .collect(),
+            count: self.count.load(Ordering::Relaxed),
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        };
+        (requests, latency)
+    }
+}
+
+/// The edge's counters. Route stats survive table swaps, so counters only grow.
+#[derive(Debug, Default)]
+pub(crate) struct MetricsRegistry {
+    routes: Mutex<HashMap<(String, String), Arc<RouteStats>>>,
+    pub(crate) unrouted_requests: AtomicU64,
+    pub(crate) http_port_requests: AtomicU64,
+    pub(crate) upstream_retries: AtomicU64,
+    pub(crate) endpoints_marked_down: AtomicU64,
+    pub(crate) open_connections: AtomicU64,
+    pub(crate) rejected_connections: AtomicU64,
+    pub(crate) failed_handshakes: AtomicU64,
+}
+
+impl MetricsRegistry {
+    /// The stats of a (service, route) pair, made on first use.
+    pub(crate) fn route_stats(&self, service: &str, route: &str) -> Arc<RouteStats> {
+        let mut routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        routes
+            .entry((service.to_string(), route.to_string()))
+            .or_insert_with(|| Arc::new(RouteStats::new()))
+            .clone()
+    }
+
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let routes: Vec<RouteMetrics> = {
+            let map = self
+                .routes
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let mut routes: Vec<RouteMetrics> = map
+                .iter()
+                .map(|((service, route), stats)| {
+                    let (requests, latency) = stats.snapshot();
+                    RouteMetrics {
+                        service: service.clone(),
+                        route: route.clone(),
+                        requests,
+                        latency,
+                    }
+                })
+                .collect();
+            routes.sort_by(|a, b| (&a.service, &a.route).cmp(&(&b.service, &b.route)));
+            routes
+        };
+        let mut services: BTreeMap<String, ServiceMetrics> = BTreeMap::new();
+        for route in &routes {
+            let service = services
+                .entry(route.service.clone())
+                .or_insert_with(|| ServiceMetrics {
+                    service: route.service.clone(),
+                    requests: StatusClassCounts::default(),
+                    latency: HistogramSnapshot::default(),
+                });
+            service.requests.add(&route.requests);
+            service.latency.add(&route.latency);
+        }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            routes,
+            services: services.into_values().collect(),
+            unrouted_requests: load(&self.unrouted_requests),
+            http_port_requests: load(&self.http_port_requests),
+            upstream_retries: load(&self.upstream_retries),
+            endpoints_marked_down: load(&self.endpoints_marked_down),
+            open_connections: load(&self.open_connections),
+            rejected_connections: load(&self.rejected_connections),
+            failed_handshakes: load(&self.failed_handshakes),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_sum_into_services() {
+        let registry = MetricsRegistry::default();
+        registry
+            .route_stats("web", "a.com/")
+            .observe(200, Duration::from_millis(3));
+        registry
+            .route_stats("web", "a.com/api")
+            .observe(503, Duration::from_secs(20));
+        registry
+            .route_stats("web", "a.com/")
+            .observe(101, Duration::from_millis(1));
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.routes.len(), 2);
+        let web = &snapshot.services[0];
+        assert_eq!(web.requests.total(), 3);
+        assert_eq!(web.requests.server_error, 1);
+        assert_eq!(web.requests.informational, 1);
+        assert_eq!(web.latency.counts[1], 1);
+        assert_eq!(web.latency.counts[LATENCY_BUCKETS_SECONDS.len()], 1);
+        assert_eq!(web.latency.count, 3);
+    }
+}

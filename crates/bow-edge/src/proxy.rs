@@ -1,0 +1,435 @@
+//! The HTTPS request path: route, rewrite headers, pick an endpoint, forward with a safe
+//! retry, stream the answer back (or tunnel an upgrade), and answer errors in plain text.
+
+use std::cell::OnceCell;
+use std::error::Error as _;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::{Body as _, Incoming};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use crate::access_log::{AccessLogSink, now_rfc3339};
+use crate::body::{BodySlot, EdgeBody, RequestRecord, UpstreamBody};
+use crate::config::EdgeConfig;
+use crate::forwarded::{
+    add_forwarded, join_cookies, restore_upgrade, strip_hop_by_hop, upgrade_request,
+};
+use crate::metrics::MetricsRegistry;
+use crate::redirect::strip_port;
+use crate::routes::normalize_host;
+use crate::server::{ConnContext, InFlight, Phase, closed};
+use crate::upstream::{ActiveTable, EndpointGuard, EndpointState, Upstreams};
+
+/// Attempts per request at most (the first one and its retries).
+const MAX_ATTEMPTS: usize = 3;
+
+/// How long an endpoint that refused or reset a connection is skipped.
+pub(crate) const DOWN_COOLOFF: Duration = Duration::from_secs(2);
+
+pub(crate) struct Proxy {
+    config: Arc<EdgeConfig>,
+    table: Arc<ArcSwap<ActiveTable>>,
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<MetricsRegistry>,
+    access_log: Arc<dyn AccessLogSink>,
+    client: Client<HttpConnector, UpstreamBody>,
+    hsts: Option<HeaderValue>,
+    phase: watch::Receiver<Phase>,
+}
+
+/// Why an attempt failed, for the 502 body.
+struct Failure {
+    endpoint: Arc<EndpointState>,
+    reason: String,
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        config: Arc<EdgeConfig>,
+        table: Arc<ArcSwap<ActiveTable>>,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<MetricsRegistry>,
+        access_log: Arc<dyn AccessLogSink>,
+        phase: watch::Receiver<Phase>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .set_host(false)
+            .build(connector);
+        let hsts = (!config.hsts_max_age.is_zero()).then(|| {
+            let value = format!(
+                "max-age={}; includeSubDomains",
+                config.hsts_max_age.as_secs()
+            );
+            HeaderValue::from_str(&value).expect("digits and ascii make a header value")
+        });
+        Proxy {
+            config,
+            table,
+            upstreams,
+            metrics,
+            access_log,
+            client,
+            hsts,
+            phase,
+        }
+    }
+
+    pub(crate) async fn handle(
+        &self,
+        context: Arc<ConnContext>,
+        mut request: Request<Incoming>,
+    ) -> Response<EdgeBody> {
+        let host_header = request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str().to_string())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let host = normalize_host(strip_port(&host_header));
+        let mut record = RequestRecord {
+            started: Instant::now(),
+            time: now_rfc3339(),
+            host: host.clone(),
+            method: request.method().to_string(),
+            path: request.uri().path().to_string(),
+            protocol: if request.version() == Version::HTTP_2 {
+                "HTTP/2.0"
+            } else {
+                "HTTP/1.1"
+            },
+            client: context.client,
+            status: 0,
+            bytes: 0,
+            service: None,
+            stats: None,
+            endpoint: None,
+            sink: self.access_log.clone(),
+            in_flight: Some(InFlight::new(&context.activity)),
+        };
+        let table = self.table.load_full();
+        // A table that replaced `table` while this request started, looked at when none of
+        // `table`'s endpoints could be picked because the swap had just retired them.
+        let newer: OnceCell<Arc<ActiveTable>> = OnceCell::new();
+        let Some(mut route) = table.lookup(&host, request.uri().path()) else {
+            self.metrics
+                .unrouted_requests
+                .fetch_add(1, Ordering::Relaxed);
+            let message = format!("404 no route for {host}");
+            return self.local(StatusCode::NOT_FOUND, message, record);
+        };
+        let mut service = route.service.clone();
+        record.service = Some(service.clone());
+        record.stats = Some(route.stats.clone());
+
+        let limit = self.config.max_body_size;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit) {
+            let message = format!("413 request body larger than {limit} bytes");
+            return self.local(StatusCode::PAYLOAD_TOO_LARGE, message, record);
+        }
+        let upgrade = (request.version() == Version::HTTP_11)
+            .then(|| upgrade_request(request.headers()))
+            .flatten();
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+
+        let (parts, body) = request.into_parts();
+        let body = if body.is_end_stream() {
+            None
+        } else {
+            Some(Arc::new(BodySlot::new(body, limit)))
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        join_cookies(&mut headers);
+        add_forwarded(&mut headers, context.client.ip(), &host_header);
+        if let Ok(value) = HeaderValue::from_str(&host_header) {
+            headers.insert(header::HOST, value);
+        }
+        if let Some(protocol) = upgrade {
+            restore_upgrade(&mut headers, protocol);
+        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|value| value.as_str())
+            .unwrap_or("/");
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+
+        let mut tried: Vec<Arc<EndpointState>> = Vec::new();
+        let mut failure: Option<Failure> = None;
+        while tried.len() < MAX_ATTEMPTS {
+            let Some(guard) = self.upstreams.pick(route, &tried) else {
+                if tried.is_empty() && newer.get().is_none() {
+                    let fresh = self.table.load_full();
+                    if !Arc::ptr_eq(&fresh, &table)
+                        && let Some(next) =
+                            newer.get_or_init(|| fresh).lookup(&host, parts.uri.path())
+                    {
+                        route = next;
+                        service = route.service.clone();
+                        record.service = Some(service.clone());
+                        record.stats = Some(route.stats.clone());
+                        continue;
+                    }
+                }
+                break;
+            };
+            let endpoint = guard.endpoint().clone();
+            tried.push(endpoint.clone());
+            if tried.len() > 1 {
+                self.metrics
+                    .upstream_retries
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let Ok(uri) = format!("http://{}{}", endpoint.addr, path_and_query).parse::<Uri>()
+            else {
+                let message = "400 the request target is not a valid path".to_string();
+                return self.local(StatusCode::BAD_REQUEST, message, record);
+            };
+            let upstream_body = match &body {
+                None => UpstreamBody::Empty,
+                Some(slot) => UpstreamBody::Streaming(slot.clone()),
+            };
+            let mut upstream_request = Request::new(upstream_body);
+            *upstream_request.method_mut() = parts.method.clone();
+            *upstream_request.uri_mut() = uri;
+            *upstream_request.version_mut() = Version::HTTP_11;
+            *upstream_request.headers_mut() = headers.clone();
+
+            let sent = self.client.request(upstream_request);
+            let answered = tokio::time::timeout(self.config.upstream_timeout, sent).await;
+            let error = match answered {
+                Ok(Ok(response)) => {
+                    return self.respond(response, guard, record, client_upgrade, context);
+                }
+                Err(_elapsed) => {
+                    record.endpoint = Some(guard);
+                    let message = format!(
+                        "504 service {service} did not answer within {}s (instance {})",
+                        self.config.upstream_timeout.as_secs_f64(),
+                        endpoint.id
+                    );
+                    return self.local(StatusCode::GATEWAY_TIMEOUT, message, record);
+                }
+                Ok(Err(error)) => error,
+            };
+            if body.as_ref().is_some_and(|slot| slot.too_large()) {
+                let message = format!("413 request body larger than {limit} bytes");
+                return self.local(StatusCode::PAYLOAD_TOO_LARGE, message, record);
+            }
+            let connect = error.is_connect();
+            if connect || connection_broken(&error) {
+                self.upstreams.mark_down(&endpoint);
+                self.metrics
+                    .endpoints_marked_down
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            failure = Some(Failure {
+                endpoint,
+                reason: failure_reason(&error),
+            });
+            let replayable = body.as_ref().is_none_or(|slot| !slot.started());
+            let body_empty = body.is_none();
+            if !(replayable && (connect || (idempotent && body_empty))) {
+                break;
+            }
+        }
+        match failure {
+            None => {
+                let message = format!("503 no healthy instance of service {service}");
+                self.local(StatusCode::SERVICE_UNAVAILABLE, message, record)
+            }
+            Some(Failure { endpoint, reason }) => {
+                let message = format!(
+                    "502 instance {} of service {service} failed: {reason}",
+                    endpoint.id
+                );
+                self.local(StatusCode::BAD_GATEWAY, message, record)
+            }
+        }
+    }
+
+    fn respond(
+        &self,
+        mut response: Response<Incoming>,
+        guard: EndpointGuard,
+        mut record: RequestRecord,
+        client_upgrade: Option<OnUpgrade>,
+        context: Arc<ConnContext>,
+    ) -> Response<EdgeBody> {
+        record.status = response.status().as_u16();
+        record.endpoint = Some(guard);
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                let message = "502 the upstream switched protocols unasked".to_string();
+                return self.local(StatusCode::BAD_GATEWAY, message, record);
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let protocol = response.headers().get(header::UPGRADE).cloned();
+            let (mut parts, _body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = protocol {
+                restore_upgrade(&mut parts.headers, protocol);
+            }
+            // The connection no longer counts as busy; the tunnel holds its slot instead.
+            record.in_flight = None;
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                record,
+                context,
+                self.phase.clone(),
+            ));
+            return Response::from_parts(parts, EdgeBody::full(Bytes::new(), None));
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        self.add_hsts(&mut parts.headers);
+        Response::from_parts(parts, EdgeBody::proxied(body, record))
+    }
+
+    /// A response made by the edge itself: `text` as a plain-text body.
+    fn local(
+        &self,
+        status: StatusCode,
+        text: String,
+        mut record: RequestRecord,
+    ) -> Response<EdgeBody> {
+        record.status = status.as_u16();
+        let body = Bytes::from(format!("{text}\n"));
+        let mut response = Response::new(EdgeBody::full(body, Some(record)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        self.add_hsts(response.headers_mut());
+        response
+    }
+
+    fn add_hsts(&self, headers: &mut http::HeaderMap) {
+        if let Some(hsts) = &self.hsts {
+            headers
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| hsts.clone());
+        }
+    }
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until
+/// either side closes or the edge closes. The record (and with it the endpoint's in-flight
+/// count and the connection slot) lives as long as the tunnel.
+async fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    mut record: RequestRecord,
+    context: Arc<ConnContext>,
+    phase: watch::Receiver<Phase>,
+) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let (Ok(client), Ok(upstream)) = (client, upstream) else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Ok((_to_upstream, to_client)) = copied {
+                record.bytes = to_client;
+            }
+        }
+        () = closed(phase) => {}
+    }
+    drop(record);
+    drop(context);
+}
+
+/// Whether the upstream refused, reset or closed the connection (as opposed to, say, a
+/// malformed response): such an endpoint is marked down.
+fn connection_broken(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>()
+            && (hyper_error.is_incomplete_message() || hyper_error.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
+            return matches!(
+                io_error.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// A short lowercase reason for a failed attempt.
+fn failure_reason(error: &hyper_util::client::legacy::Error) -> String {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
+            return match io_error.kind() {
+                io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                io::ErrorKind::ConnectionReset => "connection reset".to_string(),
+                io::ErrorKind::TimedOut => "connect timed out".to_string(),
+                _ => io_error.to_string().to_lowercase(),
+            };
+        }
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_incomplete_message() {
+                return "connection closed before the response".to_string();
+            }
+            if hyper_error.is_parse() {
+                return "invalid http response".to_string();
+            }
+        }
+        source = cause.source();
+    }
+    if error.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        error.to_string().to_lowercase()
+    }
+}

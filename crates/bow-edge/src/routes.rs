@@ -1,0 +1,208 @@
+//! The route table: host + path prefix → a backend (a service and its upstream endpoints).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::error::EdgeError;
+
+/// One upstream instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The instance id, such as `web.1`; [`crate::Edge::drain`] names endpoints by it.
+    pub id: String,
+    /// Where the instance listens.
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// An endpoint from its instance id and address.
+    pub fn new(id: impl Into<String>, addr: SocketAddr) -> Self {
+        Endpoint {
+            id: id.into(),
+            addr,
+        }
+    }
+}
+
+/// A service and the endpoints that may serve it (the healthy instances).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The service name, used in error bodies, logs and metrics.
+    pub service: String,
+    /// The instances requests are balanced over; empty means every request gets 503.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Backend {
+    /// A backend from its service name and endpoints.
+    pub fn new(service: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        Backend {
+            service: service.into(),
+            endpoints,
+        }
+    }
+}
+
+/// Requests for `host` whose path starts with `path_prefix` go to `backend`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The host name, matched exactly (case-insensitively, without port).
+    pub host: String,
+    /// The path prefix, matched on whole segments: `/api` matches `/api` and `/api/x`, not `/apix`.
+    pub path_prefix: String,
+    /// Where matching requests go.
+    pub backend: Backend,
+}
+
+impl Route {
+    /// A route; the host is normalised (lower case, no trailing dot).
+    pub fn new(host: impl Into<String>, path_prefix: impl Into<String>, backend: Backend) -> Self {
+        Route {
+            host: normalize_host(&host.into()),
+            path_prefix: path_prefix.into(),
+            backend,
+        }
+    }
+
+    /// The bounded label metrics use for this route: `host/prefix`, e.g. `example.com/api`.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.host, self.path_prefix)
+    }
+}
+
+/// A validated set of routes. The edge swaps whole tables atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// A table from routes. Refused: an empty host, a prefix not starting with `/`, the same
+    /// host and prefix twice, or one endpoint id with two different addresses.
+    pub fn new(routes: Vec<Route>) -> Result<Self, EdgeError> {
+        let mut seen = HashMap::new();
+        let mut endpoint_addrs: HashMap<&str, SocketAddr> = HashMap::new();
+        for route in &routes {
+            let invalid = |reason: &str| EdgeError::InvalidRoute {
+                route: route.label(),
+                reason: reason.to_string(),
+            };
+            if route.host.is_empty() || route.host.contains(['/', ' ', ':']) {
+                return Err(invalid("expected a plain host name such as example.com"));
+            }
+            if !route.path_prefix.starts_with('/') {
+                return Err(invalid("the path prefix must start with /"));
+            }
+            if seen
+                .insert((route.host.as_str(), route.path_prefix.as_str()), ())
+                .is_some()
+            {
+                return Err(invalid("the same host and path prefix appear twice"));
+            }
+            for endpoint in &route.backend.endpoints {
+                let known = endpoint_addrs
+                    .entry(endpoint.id.as_str())
+                    .or_insert(endpoint.addr);
+                if *known != endpoint.addr {
+                    return Err(invalid(&format!(
+                        "endpoint {} has two addresses, {} and {}",
+                        endpoint.id, known, endpoint.addr
+                    )));
+                }
+            }
+        }
+        Ok(RouteTable { routes })
+    }
+
+    /// The routes, in the order given.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for a request: exact host, then the longest matching path prefix.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
+        let host = normalize_host(host);
+        self.routes
+            .iter()
+            .filter(|route| route.host == host && prefix_matches(&route.path_prefix, path))
+            .max_by_key(|route| route.path_prefix.len())
+    }
+}
+
+/// Lower case, without a trailing dot.
+pub(crate) fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `prefix` matches `path` on segment boundaries.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if !path.starts_with(prefix) {
+        return false;
+    }
+    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(service: &str) -> Backend {
+        Backend::new(service, vec![])
+    }
+
+    #[test]
+    fn longest_prefix_wins_on_whole_segments() {
+        let table = RouteTable::new(vec![
+            Route::new("Example.com", "/", backend("front")),
+            Route::new("example.com", "/api", backend("back")),
+            Route::new("example.com", "/api/v2/", backend("v2")),
+        ])
+        .unwrap();
+        let service = |path| {
+            table
+                .lookup("example.com", path)
+                .unwrap()
+                .backend
+                .service
+                .clone()
+        };
+        assert_eq!(service("/"), "front");
+        assert_eq!(service("/api"), "back");
+        assert_eq!(service("/api/users"), "back");
+        assert_eq!(service("/apix"), "front");
+        assert_eq!(service("/api/v2/x"), "v2");
+        assert!(table.lookup("other.com", "/").is_none());
+        assert!(table.lookup("EXAMPLE.com.", "/").is_some());
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        let dup = RouteTable::new(vec![
+            Route::new("a.com", "/", backend("x")),
+            Route::new("a.com", "/", backend("y")),
+        ]);
+        assert!(dup.unwrap_err().to_string().contains("appear twice"));
+        let prefix = RouteTable::new(vec![Route::new("a.com", "api", backend("x"))]);
+        assert!(
+            prefix
+                .unwrap_err()
+                .to_string()
+                .contains("must start with /")
+        );
+        let addr1: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let addr2: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let two_addrs = RouteTable::new(vec![
+            Route::new(
+                "a.com",
+                "/",
+                Backend::new("x", vec![Endpoint::new("x.1", addr1)]),
+            ),
+            Route::new(
+                "b.com",
+                "/",
+                Backend::new("x", vec![Endpoint::new("x.1", addr2)]),
+            ),
+        ]);
+        assert!(two_addrs.unwrap_err().to_string().contains("two addresses"));
+    }
+}
