@@ -82,6 +82,7 @@ pub struct Agent {
     pub(crate) store: Mutex<Store>,
     pub(crate) ports: PortPicker,
     pub(crate) inner: Mutex<Inner>,
+    pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -125,6 +126,7 @@ impl Agent {
             store: Mutex::new(store),
             ports: PortPicker::default(),
             inner: Mutex::new(Inner::default()),
+            edge: tokio::sync::Mutex::new(None),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -246,6 +248,9 @@ impl Agent {
                 agent.run_service(name, changed).await
             }));
         }
+        drop(inner);
+        let agent = self.clone();
+        tokio::spawn(async move { agent.ensure_edge(&spec).await });
     }
 
     /// Waits until the service's dependencies are healthy, then makes its slots match
@@ -380,13 +385,23 @@ impl Agent {
         index: u32,
         change: impl FnOnce(&mut InstanceStatus),
     ) {
-        let mut inner = self.lock();
-        if let Some(slot) = inner
-            .services
-            .get_mut(service)
-            .and_then(|r| r.slots.get_mut(&index))
-        {
+        let routes_changed = {
+            let mut inner = self.lock();
+            let Some(slot) = inner
+                .services
+                .get_mut(service)
+                .and_then(|r| r.slots.get_mut(&index))
+            else {
+                return;
+            };
+            let (was_healthy, old_port) = (slot.status.health == Health::Healthy, slot.status.port);
             change(&mut slot.status);
+            (slot.status.health == Health::Healthy) != was_healthy
+                || (was_healthy && slot.status.port != old_port)
+        };
+        // Only healthy instances get traffic: the edge follows every change of that set.
+        if routes_changed {
+            self.refresh_routes();
         }
     }
 
@@ -507,6 +522,7 @@ impl Agent {
             }
         }
         stopped.extend(self.stop_adopted_leftovers().await);
+        self.stop_edge().await;
         // Anything left in the project's cgroups (a child that escaped its process group).
         if let Some(layout) = bow_driver::cgroup::detect_layout() {
             let project = format!("{}-{}", self.project, self.environment);
@@ -651,6 +667,7 @@ impl Agent {
             agent_pid: std::process::id(),
             revision: inner.revision,
             services,
+            edge: None,
             notes,
         }
     }

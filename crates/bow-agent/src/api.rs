@@ -71,9 +71,23 @@ pub struct StatusReport {
     /// Revision of the applied spec, 0 when nothing was applied.
     pub revision: i64,
     pub services: Vec<ServiceStatus>,
+    /// The HTTPS edge, when services have routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeStatus>,
     /// Notes about capabilities (e.g. "not root: services run as the agent's user").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// Where the edge listens and what it serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    pub https: String,
+    pub http: String,
+    /// The local CA's certificate when the edge uses it (`bow trust`).
+    pub ca_certificate: Option<PathBuf>,
+    /// `host/prefix → service (N healthy)`.
+    pub routes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,7 @@ mod agent;
 pub mod api;
 pub mod backoff;
 pub mod client;
+pub mod edge;
 mod error;
 pub mod health;
 mod instance_spec;

@@ -88,7 +88,11 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
                 },
             }
         }
-        Request::Status => Response::Status(agent.status()),
+        Request::Status => {
+            let mut report = agent.status();
+            report.edge = agent.edge_status().await;
+            Response::Status(report)
+        }
         Request::Events {
             after_id,
             limit,

@@ -190,25 +190,17 @@ async fn run(
         slot_port = healthy_for.map(|_| port);
         match ending {
             Ending::Stop => {
-                stop_instance(
-                    &agent,
-                    &service,
-                    &id,
-                    &handle,
-                    definition.stop_timeout.as_std(),
-                    "stopped",
-                )
-                .await;
+                stop_instance(&agent, &definition, &service, index, &handle, "stopped").await;
                 agent.forget_instance(&id);
                 break;
             }
             Ending::Restart => {
                 stop_instance(
                     &agent,
+                    &definition,
                     &service,
-                    &id,
+                    index,
                     &handle,
-                    definition.stop_timeout.as_std(),
                     "stopped for a restart",
                 )
                 .await;
@@ -233,6 +225,7 @@ async fn run(
                 agent.update(&service, index, |s| {
                     s.last_exit = Some(message.clone());
                     s.pid = None;
+                    s.health = Health::Stopped;
                 });
             }
             Ending::Unhealthy(reason) => {
@@ -240,10 +233,10 @@ async fn run(
                 agent.update(&service, index, |s| s.health = Health::Unhealthy);
                 stop_instance(
                     &agent,
+                    &definition,
                     &service,
-                    &id,
+                    index,
                     &handle,
-                    definition.stop_timeout.as_std(),
                     "stopped as unhealthy",
                 )
                 .await;
@@ -338,14 +331,34 @@ async fn start(
     Ok((handle, port))
 }
 
+/// Takes the instance out of the edge, lets its in-flight requests finish (up to the
+/// service's drain timeout), then stops it: SIGTERM, SIGKILL after `stop_timeout`.
 async fn stop_instance(
     agent: &Arc<Agent>,
+    definition: &Service,
     service: &str,
-    id: &str,
+    index: u32,
     handle: &InstanceHandle,
-    timeout: Duration,
     why: &str,
 ) {
+    let id = &handle.instance_id;
+    let timeout = definition.stop_timeout.as_std();
+    agent.update(service, index, |s| s.health = Health::Stopping);
+    if !definition.routes.is_empty()
+        && let Some(bow_edge::DrainOutcome::TimedOut { in_flight }) = agent
+            .drain_instance(id, definition.deploy.drain_timeout.as_std())
+            .await
+    {
+        agent.emit(
+            service,
+            id,
+            "drain-timeout",
+            &format!(
+                "{in_flight} requests still in flight after {}",
+                definition.deploy.drain_timeout
+            ),
+        );
+    }
     agent.emit(
         service,
         id,

@@ -135,6 +135,11 @@ pub enum Command {
         #[command(flatten)]
         stack: StackArgs,
     },
+    /// Where the local CA certificate is and how to trust it
+    Trust {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
         #[command(flatten)]

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             commands::restart::run(&stack.or(&cli.stack), &service)
         }
         Command::Down { stack } => commands::down::run(&stack.or(&cli.stack)),
+        Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Agent {
             stack,
             print_systemd_unit,

@@ -8,5 +8,6 @@ pub mod logs;
 pub mod plan;
 pub mod restart;
 pub mod status;
+pub mod trust;
 pub mod up;
 pub mod validate;

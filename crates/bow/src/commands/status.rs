@@ -79,6 +79,15 @@ pub fn table(report: &StatusReport) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    if let Some(edge) = &report.edge {
+        out.push_str(&format!(
+            "\nedge: https {} · http {} (redirects)\n",
+            edge.https, edge.http
+        ));
+        for route in &edge.routes {
+            out.push_str(&format!("  {route}\n"));
+        }
+    }
     for note in &report.notes {
         out.push_str(&format!("\nnote: {note}\n"));
     }

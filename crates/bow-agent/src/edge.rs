@@ -1,0 +1,233 @@
+//! The agent's edge: starts `bow-edge` when services have routes, feeds it the healthy
+//! instances of each routed service, and drains an instance before it is stopped.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bow_edge::{
+    Backend, Edge, EdgeConfig, EdgeHooks, Endpoint, JsonLinesSink, Route, RouteTable, TlsSource,
+};
+use bow_spec::{Spec, Tls};
+
+use crate::agent::{Agent, Inner};
+use crate::api::{EdgeStatus, Health};
+
+/// The running edge and the settings it was started with.
+pub(crate) struct EdgeRuntime {
+    pub edge: Arc<Edge>,
+    pub settings: bow_spec::Edge,
+}
+
+/// `<state-dir>/ca`: bow's local certificate authority (`bow trust` shows it).
+pub fn ca_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("ca")
+}
+
+/// The local CA's certificate, to hand to clients (`curl --cacert`).
+pub fn ca_certificate(state_dir: &Path) -> PathBuf {
+    bow_edge::LocalCa::certificate_path(&ca_dir(state_dir))
+}
+
+/// `<state-dir>/edge/access.log`: one JSON line per request.
+pub fn access_log(state_dir: &Path) -> PathBuf {
+    state_dir.join("edge").join("access.log")
+}
+
+impl Agent {
+    /// Starts, restarts (settings changed) or stops the edge to match `spec`.
+    pub(crate) async fn ensure_edge(self: &Arc<Self>, spec: &Spec) {
+        let routed = spec.services.values().any(|s| !s.routes.is_empty());
+        let mut guard = self.edge.lock().await;
+        if guard
+            .as_ref()
+            .is_some_and(|runtime| routed && runtime.settings == spec.edge)
+        {
+            drop(guard);
+            self.refresh_routes();
+            return;
+        }
+        if let Some(old) = guard.take() {
+            old.edge.shutdown().await;
+            self.emit(
+                "",
+                "",
+                "edge-stopped",
+                "edge settings changed, or no service has routes",
+            );
+        }
+        if !routed {
+            return;
+        }
+        match self.start_edge(spec).await {
+            Ok(edge) => {
+                let message = format!(
+                    "https on {}, http on {} (redirects to https)",
+                    edge.https_addr(),
+                    edge.http_addr()
+                );
+                *guard = Some(EdgeRuntime {
+                    edge: Arc::new(edge),
+                    settings: spec.edge.clone(),
+                });
+                drop(guard);
+                self.emit("", "", "edge-started", &message);
+                self.refresh_routes();
+            }
+            Err(reason) => self.emit("", "", "edge-failed", &reason),
+        }
+    }
+
+    async fn start_edge(&self, spec: &Spec) -> Result<Edge, String> {
+        let settings = &spec.edge;
+        let tls = match &settings.tls {
+            Tls::SelfSigned => TlsSource::SelfSigned {
+                ca_dir: ca_dir(&self.state_dir),
+            },
+            Tls::Files { cert, key } => TlsSource::Files {
+                cert: cert.into(),
+                key: key.into(),
+            },
+            Tls::Acme => {
+                self.emit("", "", "edge-warning", "tls: acme is not available in this bow yet; serving certificates from the local CA");
+                TlsSource::SelfSigned {
+                    ca_dir: ca_dir(&self.state_dir),
+                }
+            }
+        };
+        let any = Ipv4Addr::UNSPECIFIED;
+        let mut config = EdgeConfig::new(
+            SocketAddr::from((any, settings.http_port)),
+            SocketAddr::from((any, settings.https_port)),
+            tls,
+        );
+        config.hsts_max_age = settings.hsts_max_age.as_std();
+        config.max_body_size = settings.max_body_size.bytes();
+        config.max_header_size = settings.max_header_size.bytes() as usize;
+        config.header_timeout = settings.header_timeout.as_std();
+        config.idle_timeout = settings.idle_timeout.as_std();
+        config.max_connections = settings.max_connections as usize;
+        config.drain_timeout = spec
+            .services
+            .values()
+            .map(|s| s.deploy.drain_timeout.as_std())
+            .max()
+            .unwrap_or(Duration::from_secs(30));
+        let log_path = access_log(&self.state_dir);
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let hooks = EdgeHooks {
+            access_log: Arc::new(JsonLinesSink::new(log)),
+            ..EdgeHooks::default()
+        };
+        Edge::start_with(config, hooks)
+            .await
+            .map_err(|e| format!("cannot start the edge: {e}"))
+    }
+
+    /// Gives the edge the healthy instances of every routed service.
+    pub(crate) fn refresh_routes(&self) {
+        let Some(edge) = self
+            .edge
+            .try_lock()
+            .ok()
+            .and_then(|guard| guard.as_ref().map(|r| r.edge.clone()))
+        else {
+            // Being (re)started: it refreshes once it runs.
+            return;
+        };
+        let table = route_table(&self.lock());
+        match RouteTable::new(table) {
+            Ok(table) => edge.set_routes(table),
+            Err(error) => eprintln!("bow agent: route table rejected: {error}"),
+        }
+    }
+
+    /// Takes an instance out of the edge and waits (at most `timeout`) for its in-flight
+    /// requests. The caller has already marked it as not healthy.
+    pub(crate) async fn drain_instance(
+        &self,
+        instance_id: &str,
+        timeout: Duration,
+    ) -> Option<bow_edge::DrainOutcome> {
+        self.refresh_routes();
+        let edge = self.edge.lock().await.as_ref().map(|r| r.edge.clone())?;
+        tokio::time::timeout(timeout, edge.drain(instance_id))
+            .await
+            .ok()
+    }
+
+    pub(crate) async fn edge_status(&self) -> Option<EdgeStatus> {
+        let guard = self.edge.lock().await;
+        let runtime = guard.as_ref()?;
+        let routes = route_table(&self.lock())
+            .iter()
+            .map(|route| {
+                format!(
+                    "{} → {} ({} healthy)",
+                    route.label(),
+                    route.backend.service,
+                    route.backend.endpoints.len()
+                )
+            })
+            .collect();
+        Some(EdgeStatus {
+            https: runtime.edge.https_addr().to_string(),
+            http: runtime.edge.http_addr().to_string(),
+            ca_certificate: matches!(runtime.settings.tls, Tls::SelfSigned | Tls::Acme)
+                .then(|| ca_certificate(&self.state_dir)),
+            routes,
+        })
+    }
+
+    pub(crate) async fn stop_edge(&self) {
+        if let Some(runtime) = self.edge.lock().await.take() {
+            runtime.edge.shutdown().await;
+        }
+    }
+}
+
+fn route_table(inner: &Inner) -> Vec<Route> {
+    let Some(spec) = &inner.spec else {
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for (name, service) in &spec.services {
+        if service.routes.is_empty() {
+            continue;
+        }
+        let endpoints: Vec<Endpoint> = inner
+            .services
+            .get(name)
+            .map(|runtime| {
+                runtime
+                    .slots
+                    .values()
+                    .filter(|slot| slot.status.health == Health::Healthy)
+                    .filter_map(|slot| {
+                        Some(Endpoint::new(
+                            slot.status.id.clone(),
+                            SocketAddr::from((Ipv4Addr::LOCALHOST, slot.status.port?)),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for route in &service.routes {
+            routes.push(Route::new(
+                route.host.clone(),
+                route.path.clone(),
+                Backend::new(name.clone(), endpoints.clone()),
+            ));
+        }
+    }
+    routes
+}

@@ -1,0 +1,162 @@
+//! The edge inside the agent: HTTPS with the local CA (`bow trust`), 308 from HTTP, HSTS,
+//! only healthy instances get traffic, and SIGKILLs of instances under load fail no request.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::procs::{kill, wait_gone};
+use support::stack::{Stack, WAIT, instance, pid_in};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn stack(label: &str, host: &str) -> (Stack, u16, u16) {
+    let (http, https) = (free_port(), free_port());
+    let yaml = format!(
+        "edge: {{ http_port: {http}, https_port: {https} }}\n\
+         services:\n  web:\n    command: {{testapp}}\n    replicas: 3\n    routes: [\"{host}\"]\n    \
+         health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n    deploy: {{ drain_timeout: 5s }}\n"
+    );
+    (Stack::new(label, &yaml), http, https)
+}
+
+fn curl(args: &[&str]) -> String {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        output.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn https_with_the_local_ca_redirect_and_hsts() {
+    let (stack, http, https) = stack("edge-tls", "tls.bow.localhost");
+    stack.up_ok();
+    let trust = stack.run(&["trust"], WAIT);
+    assert_eq!(trust.code, 0, "{}", trust.describe());
+    let ca = trust.stdout.trim().to_string();
+    let resolve = format!("tls.bow.localhost:{https}:127.0.0.1");
+    let url = format!("https://tls.bow.localhost:{https}/");
+    let head = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    assert!(head.starts_with("HTTP/2 200"), "{head}");
+    assert!(
+        head.contains("strict-transport-security: max-age=31536000; includeSubDomains"),
+        "{head}"
+    );
+    let body = curl(&["--cacert", &ca, "--resolve", &resolve, &url]);
+    assert!(body.contains("\"service\":\"web\""), "{body}");
+    let redirect = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: tls.bow.localhost",
+        &format!("http://127.0.0.1:{http}/a/b?c=1"),
+    ]);
+    assert_eq!(
+        redirect,
+        format!("308 https://tls.bow.localhost:{https}/a/b?c=1")
+    );
+    let status = stack.status_ok();
+    let routes = status["edge"]["routes"].to_string();
+    assert!(
+        routes.contains("tls.bow.localhost/ → web (3 healthy)"),
+        "{routes}"
+    );
+}
+
+/// A Python client on loopback: keep-alive HTTPS GETs for `seconds`, counting failures.
+const LOAD: &str = r#"
+import http.client, json, ssl, sys, time
+host, port, ca, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+# SNI 127.0.0.1 gets the edge's default leaf (valid for 127.0.0.1); Host picks the route.
+context = ssl.create_default_context(cafile=ca)
+ok = failed = 0
+errors = []
+connection = None
+end = time.time() + seconds
+while time.time() < end and ok + failed < 200000:
+    try:
+        if connection is None:
+            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+        connection.request("GET", "/", headers={"Host": host})
+        response = connection.getresponse()
+        response.read()
+        if response.status == 200:
+            ok += 1
+        else:
+            failed += 1
+            errors.append(f"status {response.status}")
+    except Exception as error:
+        failed += 1
+        errors.append(repr(error))
+        connection = None
+    time.sleep(0.002)
+print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:10]}))
+"#;
+
+#[test]
+fn killing_instances_under_load_fails_no_request() {
+    let (stack, _http, https) = stack("edge-kill", "load.bow.localhost");
+    stack.up_ok();
+    let ca = stack.run(&["trust"], WAIT).stdout.trim().to_string();
+    let script = stack.write("load.py", LOAD);
+    let client = Command::new("python3")
+        .arg(&script)
+        .args(["load.bow.localhost", &https.to_string(), &ca, "12"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Kill one of the three instances, wait until it is healthy again, five times over.
+    for round in 0..5 {
+        let id = format!("web.{}", round % 3 + 1);
+        let status = stack.status_ok();
+        let pid = pid_in(&status, &id).expect("pid");
+        kill(pid, libc::SIGKILL);
+        wait_gone(pid, WAIT);
+        stack.wait_status("all three healthy again", WAIT, |s| {
+            (1..=3).all(|i| {
+                instance(s, &format!("web.{i}"))
+                    .is_some_and(|x| x["health"] == "healthy" && x["pid"] != pid)
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let output = client.wait_with_output().expect("load client");
+    let _ = std::io::stdout().write_all(&output.stdout);
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("client JSON");
+    assert!(
+        result["ok"].as_u64().unwrap() > 500,
+        "too few requests: {result}"
+    );
+    assert_eq!(
+        result["failed"], 0,
+        "failed requests through the edge: {result}"
+    );
+}
