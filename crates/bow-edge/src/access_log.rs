@@ -1,9 +1,10 @@
 //! One JSON line per request, handed to a pluggable [`AccessLogSink`].
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -49,17 +50,31 @@ pub trait AccessLogSink: Send + Sync + 'static {
     fn record(&self, entry: AccessLogEntry);
 }
 
-/// Writes JSON lines to a writer on a thread of its own; when the writer falls behind by
-/// more than the queue holds, entries are dropped and counted rather than slowing requests.
+/// Writes JSON lines to a writer from a thread of its own. Requests append their line to a
+/// shared buffer (no wake-up per request); the thread writes the buffer out every
+/// [`JsonLinesSink::FLUSH_EVERY`], or sooner once it holds [`JsonLinesSink::WAKE_AT`] bytes.
+/// When the writer falls behind by more than [`JsonLinesSink::MAX_PENDING`] bytes, lines are
+/// dropped and counted rather than slowing requests. Dropping the sink writes what is left.
 #[derive(Debug)]
 pub struct JsonLinesSink {
-    sender: SyncSender<AccessLogEntry>,
+    shared: Arc<Pending>,
     dropped: AtomicU64,
+    flusher: Option<thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    lines: Mutex<Vec<u8>>,
+    closed: AtomicBool,
 }
 
 impl JsonLinesSink {
-    /// Entries queued before new ones are dropped.
-    pub const QUEUE: usize = 16 * 1024;
+    /// How often buffered lines are written out.
+    pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+    /// Buffered bytes that wake the writer early.
+    pub const WAKE_AT: usize = 256 * 1024;
+    /// Buffered bytes beyond which new lines are dropped.
+    pub const MAX_PENDING: usize = 16 * 1024 * 1024;
 
     /// A sink writing to standard error.
     pub fn stderr() -> Self {
@@ -68,15 +83,19 @@ impl JsonLinesSink {
 
     /// A sink writing to any writer.
     pub fn new<W: Write + Send + 'static>(writer: W) -> Self {
-        let (sender, receiver) = mpsc::sync_channel(Self::QUEUE);
-        thread::Builder::new()
-            .name("bow-edge-access-log".to_string())
-            .spawn(move || write_lines(receiver, writer))
-            .map(drop)
-            .unwrap_or_else(|error| eprintln!("access log thread did not start: {error}"));
+        let shared = Arc::new(Pending::default());
+        let flusher = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("bow-edge-access-log".to_string())
+                .spawn(move || write_lines(&shared, writer))
+                .map_err(|error| eprintln!("access log thread did not start: {error}"))
+                .ok()
+        };
         JsonLinesSink {
-            sender,
+            shared,
             dropped: AtomicU64::new(0),
+            flusher,
         }
     }
 
@@ -88,28 +107,53 @@ impl JsonLinesSink {
 
 impl AccessLogSink for JsonLinesSink {
     fn record(&self, entry: AccessLogEntry) {
-        match self.sender.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let line = entry.to_json();
+        let mut lines = self
+            .shared
+            .lines
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if lines.len() + line.len() > Self::MAX_PENDING || self.flusher.is_none() {
+            drop(lines);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        lines.extend_from_slice(line.as_bytes());
+        lines.push(b'\n');
+        let wake = lines.len() >= Self::WAKE_AT;
+        drop(lines);
+        if wake && let Some(flusher) = &self.flusher {
+            flusher.thread().unpark();
         }
     }
 }
 
-fn write_lines<W: Write>(receiver: Receiver<AccessLogEntry>, writer: W) {
-    let mut writer = io::BufWriter::new(writer);
-    while let Ok(entry) = receiver.recv() {
-        let mut next = Some(entry);
-        while let Some(entry) = next {
-            if writeln!(writer, "{}", entry.to_json()).is_err() {
-                return;
-            }
-            next = receiver.try_recv().ok();
+impl Drop for JsonLinesSink {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if let Some(flusher) = self.flusher.take() {
+            flusher.thread().unpark();
+            let _ = flusher.join();
         }
-        if writer.flush().is_err() {
+    }
+}
+
+fn write_lines<W: Write>(shared: &Pending, mut writer: W) {
+    loop {
+        let closed = shared.closed.load(Ordering::SeqCst);
+        let batch = std::mem::take(
+            &mut *shared
+                .lines
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        if !batch.is_empty() && (writer.write_all(&batch).is_err() || writer.flush().is_err()) {
             return;
         }
+        if closed {
+            return;
+        }
+        thread::park_timeout(JsonLinesSink::FLUSH_EVERY);
     }
 }
 

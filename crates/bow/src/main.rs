@@ -75,10 +75,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The async runtime for commands that run an agent: two workers are plenty for one host.
+/// The async runtime for commands that run an agent: one worker per CPU the process may run
+/// on (its affinity mask and cgroup quota), so a pinned agent does not fight itself for a core.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()?)
 }
