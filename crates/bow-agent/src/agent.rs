@@ -179,12 +179,13 @@ impl Agent {
             kind: kind.to_string(),
             message: message.to_string(),
         };
-        eprintln!(
-            "{} {instance:<12} {kind:<13} {message}",
-            crate::agent::clock(at_ms)
-        );
-        if let Some(sink) = &self.event_sink {
-            sink(&event);
+        // The foreground view prints events itself; otherwise they go to the agent's log.
+        match &self.event_sink {
+            Some(sink) => sink(&event),
+            None => eprintln!(
+                "{} {instance:<12} {kind:<13} {message}",
+                crate::agent::clock(at_ms)
+            ),
         }
     }
 

@@ -4,7 +4,8 @@ import os
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-API_URL = os.environ.get("BOW_API_URL", "http://127.0.0.1:5001")
+# bow gives every instance BOW_<SERVICE>_URL for each service (service discovery).
+API_URL = os.environ.get("BOW_API_URL", "http://api:5001")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -15,7 +16,8 @@ class Handler(BaseHTTPRequestHandler):
             with urllib.request.urlopen(API_URL + "/index.json", timeout=2) as response:
                 api = json.load(response)
         except OSError as error:
-            return self.reply(502, {"error": f"api unreachable: {error}"})
+            # The page still answers; it says what it could not reach.
+            api = {"unreachable": API_URL, "error": str(error)}
         return self.reply(200, {"greeting": os.environ.get("GREETING", "hello"),
                                 "api": api, "instance": os.environ.get("BOW_INSTANCE", "")})
 
