@@ -119,10 +119,7 @@ impl Agent {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let log = RotatingFile::open(log_path.clone(), ACCESS_LOG_MAX_BYTES, ACCESS_LOG_KEEP)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
         let hooks = EdgeHooks {
             access_log: Arc::new(JsonLinesSink::new(log)),
@@ -195,6 +192,66 @@ impl Agent {
     }
 }
 
+/// The access log is rotated at this size…
+const ACCESS_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// …keeping this many old files (`access.log.1` newest).
+const ACCESS_LOG_KEEP: u32 = 3;
+
+/// An append-only file rotated by size: `path` → `path.1` → … → `path.<keep>`.
+pub(crate) struct RotatingFile {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    pub(crate) fn open(path: PathBuf, max_bytes: u64, keep: u32) -> std::io::Result<RotatingFile> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(RotatingFile {
+            path,
+            file,
+            written,
+            max_bytes,
+            keep,
+        })
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.path.display()));
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.written = 0;
+        Ok(())
+    }
+}
+
+impl std::io::Write for RotatingFile {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        if self.written > 0 && self.written + buffer.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        let written = self.file.write(buffer)?;
+        self.written += written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 fn route_table(inner: &Inner) -> Vec<Route> {
     let Some(spec) = &inner.spec else {
         return Vec::new();
@@ -230,4 +287,28 @@ fn route_table(inner: &Inner) -> Vec<Route> {
         }
     }
     routes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::RotatingFile;
+
+    #[test]
+    fn access_log_rotates_by_size_and_keeps_a_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let mut file = RotatingFile::open(path.clone(), 100, 2).unwrap();
+        for line in 0..30 {
+            file.write_all(format!("{line:040}\n").as_bytes()).unwrap();
+        }
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&path) <= 100 && size(&path) > 0);
+        assert!(dir.path().join("access.log.1").exists());
+        assert!(dir.path().join("access.log.2").exists());
+        assert!(!dir.path().join("access.log.3").exists());
+        let newest = std::fs::read_to_string(&path).unwrap();
+        assert!(newest.ends_with(&format!("{:040}\n", 29)));
+    }
 }
