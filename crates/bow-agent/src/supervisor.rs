@@ -139,13 +139,7 @@ async fn run(
                         s.pid = None;
                     });
                     let delay = backoff.next_delay().max(crate::backoff::FIRST_DELAY);
-                    agent.emit(
-                        &service,
-                        &id,
-                        "backoff",
-                        &format!("next start in {}", bow_spec::units::Duration(delay)),
-                    );
-                    if wait_or_stop(delay, &mut control).await {
+                    if back_off(&agent, &service, &id, "next start", delay, &mut control).await {
                         break;
                     }
                     continue;
@@ -272,22 +266,33 @@ async fn run(
                 ),
             );
         }
-        if !delay.is_zero() {
-            agent.emit(
-                &service,
-                &id,
-                "backoff",
-                &format!("restart in {}", bow_spec::units::Duration(delay)),
-            );
-            if wait_or_stop(delay, &mut control).await {
-                break;
-            }
+        if !delay.is_zero() && back_off(&agent, &service, &id, "restart", delay, &mut control).await
+        {
+            break;
         }
     }
     agent.update(&service, index, |s| {
         s.health = Health::Stopped;
         s.pid = None;
     });
+}
+
+/// Records a `backoff` event and waits it out; true when a stop was requested meanwhile.
+async fn back_off(
+    agent: &Agent,
+    service: &str,
+    id: &str,
+    what: &str,
+    delay: Duration,
+    control: &mut watch::Receiver<Control>,
+) -> bool {
+    agent.emit(
+        service,
+        id,
+        "backoff",
+        &format!("{what} in {}", bow_spec::units::Duration(delay)),
+    );
+    wait_or_stop(delay, control).await
 }
 
 /// Sleeps `delay`; true when a stop was requested meanwhile.

@@ -50,11 +50,8 @@ pub fn call(state_dir: &Path, request: &Request, timeout: Duration) -> Result<Op
 
 /// The state dir of the stack: from the file when it is readable, otherwise from the flags.
 pub fn state_dir_only(args: &StackArgs) -> Result<PathBuf> {
-    if let Some(dir) = &args.state_dir {
-        return Ok(dir.clone());
-    }
-    if let Some(dir) = std::env::var_os("BOW_STATE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+    if let Some(dir) = stack::explicit_state_dir(args) {
+        return Ok(dir);
     }
     let file = stack::read(args)?;
     let project = bow_spec::project_name(&file.text).with_context(|| {

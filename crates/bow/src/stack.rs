@@ -161,13 +161,19 @@ impl miette::Diagnostic for Rendered {
     }
 }
 
+/// The state dir named by `--state-dir` or `BOW_STATE_DIR`, if any.
+pub fn explicit_state_dir(args: &StackArgs) -> Option<PathBuf> {
+    args.state_dir.clone().or_else(|| {
+        std::env::var_os("BOW_STATE_DIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+    })
+}
+
 /// The state dir from `--state-dir`, `BOW_STATE_DIR`, or the documented default.
 pub fn state_dir(args: &StackArgs, project: &str, environment: &str) -> Result<PathBuf> {
-    if let Some(dir) = &args.state_dir {
-        return Ok(dir.clone());
-    }
-    if let Some(dir) = std::env::var_os("BOW_STATE_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
+    if let Some(dir) = explicit_state_dir(args) {
+        return Ok(dir);
     }
     let leaf = format!("{project}-{environment}");
     if is_root() {
