@@ -17,6 +17,9 @@ use crate::error::{AgentError, Result};
 use crate::ports::PortPicker;
 use crate::supervisor::{self, Adopted, Control};
 
+/// How a status note about an edge that could not start begins.
+pub const EDGE_FAILED_NOTE: &str = "the edge is not serving: ";
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -83,6 +86,8 @@ pub struct Agent {
     pub(crate) ports: PortPicker,
     pub(crate) inner: Mutex<Inner>,
     pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
+    /// Why the edge could not start, until it does.
+    pub(crate) edge_error: Mutex<Option<String>>,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -127,6 +132,7 @@ impl Agent {
             ports: PortPicker::default(),
             inner: Mutex::new(Inner::default()),
             edge: tokio::sync::Mutex::new(None),
+            edge_error: Mutex::new(None),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -656,6 +662,14 @@ impl Agent {
             }
         }
         let mut notes = Vec::new();
+        if let Some(reason) = self
+            .edge_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            notes.push(format!("{EDGE_FAILED_NOTE}{reason}"));
+        }
         if !self.root {
             notes.push(
                 "not running as root: services run as the agent's user, without resource limits"

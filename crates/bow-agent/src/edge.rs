@@ -67,6 +67,7 @@ impl Agent {
                     edge.https_addr(),
                     edge.http_addr()
                 );
+                *self.edge_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 *guard = Some(EdgeRuntime {
                     edge: Arc::new(edge),
                     settings: spec.edge.clone(),
@@ -75,7 +76,10 @@ impl Agent {
                 self.emit("", "", "edge-started", &message);
                 self.refresh_routes();
             }
-            Err(reason) => self.emit("", "", "edge-failed", &reason),
+            Err(reason) => {
+                self.emit("", "", "edge-failed", &reason);
+                *self.edge_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            }
         }
     }
 

@@ -20,7 +20,7 @@ mod server;
 mod supervisor;
 mod venv;
 
-pub use agent::{Agent, AgentConfig, EventSink, now_ms, wait_released};
+pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms, wait_released};
 pub use error::{AgentError, Result};
 
 /// The directories the agent keeps inside its state dir.

@@ -150,7 +150,17 @@ fn wait_healthy(session: &Session) -> Result<ExitCode> {
             Some(Response::Status(report)) => report,
             _ => return Err(crate::session::no_agent(&session.state_dir)),
         };
-        if all_healthy(&report) {
+        // Routed services are served only once the edge listens; an edge that cannot start
+        // (a port taken, a bad certificate) fails `up` with its reason.
+        let routed = session.spec.services.values().any(|s| !s.routes.is_empty());
+        if let Some(note) = report
+            .notes
+            .iter()
+            .find(|n| n.starts_with(bow_agent::EDGE_FAILED_NOTE))
+        {
+            bail!("{note}");
+        }
+        if all_healthy(&report) && (!routed || report.edge.is_some()) {
             let count: usize = report.services.iter().map(|s| s.instances.len()).sum();
             eprintln!(
                 "{} services, {count} instances healthy in {:.1}s",
