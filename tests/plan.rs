@@ -4,6 +4,17 @@ mod support;
 
 use std::path::Path;
 
+/// The code version of every process service in these tests: the fixtures live in this
+/// repository, whose commit changes.
+const FIXTURE_CODE: &str = "fixture";
+
+/// `bow` with the fixed code version.
+fn bow() -> std::process::Command {
+    let mut command = support::bow();
+    command.env("BOW_CODE_VERSION", FIXTURE_CODE);
+    command
+}
+
 /// Records `before` as the applied spec in `state_dir`, the way the agent does.
 fn record(state_dir: &Path, before: &str) {
     let text = std::fs::read_to_string(support::root().join(before)).expect("before.yaml");
@@ -21,6 +32,12 @@ fn record(state_dir: &Path, before: &str) {
         .expect("a directory")
         .to_path_buf();
     bow_spec::anchor_paths(&mut spec, &base);
+    // The code version `bow plan` gets from BOW_CODE_VERSION (see `support::bow`).
+    for service in spec.services.values_mut() {
+        if matches!(service.workload, bow_spec::Workload::Command(_)) {
+            service.code = Some(FIXTURE_CODE.to_string());
+        }
+    }
     let store = bow_store::Store::open(state_dir).expect("open store");
     store.record_revision(&spec, 0).expect("record");
 }
@@ -29,7 +46,7 @@ fn record(state_dir: &Path, before: &str) {
 fn first_plan_adds_every_service_and_exits_2() {
     let state = tempfile::tempdir().unwrap();
     let (code, stdout, stderr) = support::run(
-        support::bow()
+        bow()
             .args(["plan", "-f", "examples/hello/bow.yaml", "--state-dir"])
             .arg(state.path()),
     );
@@ -49,7 +66,7 @@ fn first_plan_adds_every_service_and_exits_2() {
 fn plan_json_is_valid_and_complete() {
     let state = tempfile::tempdir().unwrap();
     let (code, stdout, _) = support::run(
-        support::bow()
+        bow()
             .args([
                 "plan",
                 "-f",
@@ -95,7 +112,7 @@ fn plan_scenarios_match_their_snapshots() {
         let state = tempfile::tempdir().unwrap();
         record(state.path(), &format!("{base}/before.yaml"));
         let (code, stdout, stderr) = support::run(
-            support::bow()
+            bow()
                 .args(["plan", "-f", &format!("{base}/after.yaml"), "--state-dir"])
                 .arg(state.path()),
         );
@@ -119,7 +136,7 @@ fn plan_reads_bow_env_and_state_dir_from_the_environment() {
     let state = tempfile::tempdir().unwrap();
     record(state.path(), "examples/hello/bow.yaml");
     let (code, stdout, _) = support::run(
-        support::bow()
+        bow()
             .args(["plan", "-f", "examples/hello/bow.yaml"])
             .env("BOW_STATE_DIR", state.path())
             .env("BOW_ENV", "production"),
@@ -140,7 +157,7 @@ fn plan_reads_bow_env_and_state_dir_from_the_environment() {
 
 #[test]
 fn config_shows_the_environment_overrides() {
-    let (code, stdout, stderr) = support::run(support::bow().args([
+    let (code, stdout, stderr) = support::run(bow().args([
         "config",
         "-f",
         "examples/hello/bow.yaml",
@@ -151,7 +168,7 @@ fn config_shows_the_environment_overrides() {
     assert!(stdout.contains("environment: production"), "{stdout}");
     assert!(stdout.contains("- hello.example.com"), "{stdout}");
     assert!(stdout.contains("replicas: 3"), "{stdout}");
-    let (_, json, _) = support::run(support::bow().args([
+    let (_, json, _) = support::run(bow().args([
         "config",
         "-f",
         "examples/hello/bow.yaml",
@@ -165,7 +182,7 @@ fn config_shows_the_environment_overrides() {
 
 #[test]
 fn config_keeps_secret_references_as_references() {
-    let (code, stdout, stderr) = support::run(support::bow().args([
+    let (code, stdout, stderr) = support::run(bow().args([
         "config",
         "-f",
         "tests/fixtures/good/full.yaml",
@@ -180,7 +197,7 @@ fn config_keeps_secret_references_as_references() {
 #[test]
 fn unknown_environment_is_an_error_naming_the_declared_ones() {
     let (code, _, stderr) =
-        support::run(support::bow().args(["plan", "-f", "examples/hello/bow.yaml", "-e", "prod"]));
+        support::run(bow().args(["plan", "-f", "examples/hello/bow.yaml", "-e", "prod"]));
     assert_eq!(code, 1);
     assert!(stderr.contains("unknown environment `prod`"), "{stderr}");
     assert!(stderr.contains("did you mean `production`?"), "{stderr}");
@@ -189,7 +206,7 @@ fn unknown_environment_is_an_error_naming_the_declared_ones() {
 #[test]
 fn the_file_is_found_in_a_parent_directory() {
     let (code, stdout, stderr) = support::run(
-        support::bow()
+        bow()
             .arg("validate")
             .current_dir(support::root().join("examples/hello/web")),
     );

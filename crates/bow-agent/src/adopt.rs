@@ -82,12 +82,11 @@ pub async fn stop_unwanted(agent: &Arc<Agent>) {
             .adopted
             .iter()
             .filter(|(_, a)| {
+                // Extra instances of a wanted service are the deploy's to sort out (an agent
+                // killed mid-deploy leaves old and new ones running).
                 let wanted = spec
                     .as_ref()
-                    .and_then(|s| s.services.get(&a.handle.service))
-                    .is_some_and(|service| {
-                        a.handle.index >= 1 && a.handle.index <= service.replicas
-                    });
+                    .is_some_and(|s| s.services.contains_key(&a.handle.service));
                 !wanted
             })
             .map(|(id, _)| id.clone())

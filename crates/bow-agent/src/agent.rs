@@ -1,6 +1,6 @@
 //! The agent's shared state and its operations: apply, status, restart, down.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,14 +49,26 @@ pub(crate) struct Slot {
     pub status: InstanceStatus,
     pub control: watch::Sender<Control>,
     pub task: Option<JoinHandle<()>>,
+    /// The release this instance runs, and that release's definition (restarts use it, so
+    /// an old instance stays old while a deploy is under way).
+    pub release: i64,
+    pub definition: Arc<bow_spec::Service>,
+    /// Whether the edge may send it traffic once healthy; a blue-green set waits for the
+    /// switch.
+    pub routable: bool,
 }
 
 #[derive(Default)]
 pub(crate) struct ServiceRuntime {
     pub slots: BTreeMap<u32, Slot>,
-    /// The task that waits for dependencies and then creates or scales the slots.
+    /// The task that waits for dependencies and then converges the slots on the target
+    /// release (a deploy when they run another one).
     pub starter: Option<JoinHandle<()>>,
     pub venv: Option<PathBuf>,
+    /// The release the service converges on.
+    pub release: i64,
+    /// Indexes of instances being stopped: their ids stay taken until they are gone.
+    pub stopping: BTreeSet<u32>,
 }
 
 #[derive(Default)]
@@ -67,6 +79,10 @@ pub(crate) struct Inner {
     /// Instances found running at start, waiting for the reconciler to take them over.
     pub adopted: BTreeMap<String, Adopted>,
     pub shutting_down: bool,
+    /// The deploys of the last apply or rollback, by service.
+    pub progress: BTreeMap<String, crate::api::ServiceProgress>,
+    /// The revision `progress` belongs to.
+    pub progress_revision: i64,
 }
 
 impl Inner {
@@ -154,6 +170,14 @@ impl Agent {
             return Ok(agent);
         }
         agent.lock().revision = revision.id;
+        if let Err(error) = crate::deploy::open_releases(&agent, &revision.spec, revision.id) {
+            agent.emit(
+                "",
+                "",
+                "store-error",
+                &format!("cannot read releases: {error}"),
+            );
+        }
         agent.reconcile(revision.spec);
         crate::adopt::stop_unwanted(&agent).await;
         Ok(agent)
@@ -195,15 +219,16 @@ impl Agent {
         }
     }
 
-    /// Records `spec` as applied and reconciles towards it.
-    pub fn apply(self: &Arc<Self>, spec: Spec) -> Result<i64> {
+    /// Records `spec` as applied and reconciles towards it. Returns the revision and the
+    /// services it changes (a release each; their deploys report through `progress`).
+    pub fn apply(self: &Arc<Self>, spec: Spec) -> Result<(i64, Vec<String>)> {
         if self.lock().shutting_down {
             return Err(AgentError::Other("the agent is shutting down".into()));
         }
         {
             let inner = self.lock();
             if inner.spec.as_ref() == Some(&spec) && inner.revision > 0 {
-                return Ok(inner.revision);
+                return Ok((inner.revision, Vec::new()));
             }
         }
         let revision = self.store().record_revision(&spec, now_ms())?;
@@ -214,15 +239,16 @@ impl Agent {
             "applied",
             &format!("revision {revision}: {} services", spec.services.len()),
         );
+        let changed = crate::deploy::open_releases(self, &spec, revision)?;
         self.reconcile(spec);
-        Ok(revision)
+        Ok((revision, changed))
     }
 
     /// Moves the running system towards `spec`: removed services stop, each other service's
-    /// starter waits for its dependencies and then runs its replicas.
-    fn reconcile(self: &Arc<Self>, spec: Spec) {
+    /// starter waits for its dependencies and then converges on its target release.
+    pub(crate) fn reconcile(self: &Arc<Self>, spec: Spec) {
         let mut inner = self.lock();
-        let previous = inner.spec.replace(spec.clone());
+        inner.spec = Some(spec.clone());
         let removed: Vec<String> = inner
             .services
             .keys()
@@ -239,148 +265,99 @@ impl Agent {
             }
         }
         for name in bow_spec::dependency_order(&spec) {
-            let changed = previous
-                .as_ref()
-                .and_then(|p| p.services.get(&name))
-                .is_some_and(|old| {
-                    bow_plan::classify_service_change(old, &spec.services[&name])
-                        == Some(bow_plan::ChangeClass::Replace)
-                });
             let runtime = inner.services.entry(name.clone()).or_default();
             if let Some(starter) = runtime.starter.take() {
                 starter.abort();
             }
             let agent = self.clone();
-            runtime.starter = Some(tokio::spawn(async move {
-                agent.run_service(name, changed).await
-            }));
+            runtime.starter = Some(tokio::spawn(crate::deploy::converge(agent, name)));
         }
         drop(inner);
         let agent = self.clone();
         tokio::spawn(async move { agent.ensure_edge(&spec).await });
     }
 
-    /// Waits until the service's dependencies are healthy, then makes its slots match
-    /// `replicas`; when the service changed, restarts existing instances one at a time.
-    async fn run_service(self: Arc<Self>, name: String, changed: bool) {
-        loop {
-            let waiting: Vec<String> = {
-                let inner = self.lock();
-                let Some(spec) = &inner.spec else { return };
-                let Some(service) = spec.services.get(&name) else {
-                    return;
-                };
-                service
-                    .depends_on
-                    .iter()
-                    .filter(|d| !self.service_healthy_locked(&inner, d))
-                    .cloned()
-                    .collect()
-            };
-            if waiting.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let Some(service) = self.service_spec(&name) else {
-            return;
-        };
-        if let Some(python) = &service.python {
-            let dir = service.dir.clone().unwrap_or_else(|| "/".to_string());
-            self.emit(
-                &name,
-                "",
-                "building",
-                &format!("python environment from {}", python.requirements),
-            );
-            let search_path = service
-                .env
-                .get("PATH")
-                .map_or(bow_driver::DEFAULT_PATH, String::as_str);
-            match crate::venv::ensure(
-                &self.state_dir,
-                Path::new(&dir),
-                &python.requirements,
-                python.version.as_deref(),
-                search_path,
-            )
-            .await
-            {
-                Ok(venv) => {
-                    self.emit(
-                        &name,
-                        "",
-                        "built",
-                        &format!("python environment {}", venv.display()),
-                    );
-                    if let Some(runtime) = self.lock().services.get_mut(&name) {
-                        runtime.venv = Some(venv);
-                    }
-                }
-                Err(reason) => {
-                    self.emit(
-                        &name,
-                        &format!("{name}.1"),
-                        "start-failed",
-                        &format!("python environment: {reason}"),
-                    );
-                    return;
-                }
-            }
-        }
-        let replicas = service.replicas;
-        let mut restart_existing = Vec::new();
-        {
-            let mut inner = self.lock();
-            let adopted: Vec<(String, Adopted)> = (1..=replicas)
-                .filter_map(|index| {
-                    let id = format!("{name}.{index}");
-                    inner.adopted.remove(&id).map(|a| (id, a))
-                })
-                .collect();
-            let mut adopted: BTreeMap<String, Adopted> = adopted.into_iter().collect();
-            let Some(runtime) = inner.services.get_mut(&name) else {
-                return;
-            };
-            for index in 1..=replicas {
-                if runtime.slots.contains_key(&index) {
-                    if changed {
-                        restart_existing.push(index);
-                    }
-                    continue;
-                }
-                let id = format!("{name}.{index}");
-                let slot = supervisor::spawn(self.clone(), &name, index, adopted.remove(&id));
-                runtime.slots.insert(index, slot);
-            }
-            let extra: BTreeMap<u32, Slot> = runtime.slots.split_off(&(replicas + 1));
-            if !extra.is_empty() {
-                let agent = self.clone();
-                let service_name = name.clone();
-                tokio::spawn(async move { agent.stop_slots(&service_name, extra).await });
-            }
-        }
-        for index in restart_existing {
-            self.restart_slot(&name, index, service.deploy.timeout.as_std())
-                .await;
-        }
+    /// The definition and release a slot runs.
+    pub(crate) fn slot_definition(
+        &self,
+        service: &str,
+        index: u32,
+    ) -> Option<(Arc<bow_spec::Service>, i64)> {
+        let inner = self.lock();
+        let slot = inner.slot(service, index)?;
+        Some((slot.definition.clone(), slot.release))
     }
 
     pub(crate) fn service_spec(&self, name: &str) -> Option<bow_spec::Service> {
         self.lock().spec.as_ref()?.services.get(name).cloned()
     }
 
-    fn service_healthy_locked(&self, inner: &Inner, name: &str) -> bool {
+    /// Builds (or reuses) the python environment of a service for `definition`.
+    pub(crate) async fn build_venv(
+        &self,
+        name: &str,
+        definition: &bow_spec::Service,
+    ) -> std::result::Result<(), String> {
+        let Some(python) = &definition.python else {
+            return Ok(());
+        };
+        let dir = definition.dir.clone().unwrap_or_else(|| "/".to_string());
+        self.emit(
+            name,
+            "",
+            "building",
+            &format!("python environment from {}", python.requirements),
+        );
+        let search_path = definition
+            .env
+            .get("PATH")
+            .map_or(bow_driver::DEFAULT_PATH, String::as_str);
+        match crate::venv::ensure(
+            &self.state_dir,
+            Path::new(&dir),
+            &python.requirements,
+            python.version.as_deref(),
+            search_path,
+        )
+        .await
+        {
+            Ok(venv) => {
+                self.emit(
+                    name,
+                    "",
+                    "built",
+                    &format!("python environment {}", venv.display()),
+                );
+                if let Some(runtime) = self.lock().services.get_mut(name) {
+                    runtime.venv = Some(venv);
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.emit(
+                    name,
+                    &format!("{name}.1"),
+                    "start-failed",
+                    &format!("python environment: {reason}"),
+                );
+                Err(reason.to_string())
+            }
+        }
+    }
+
+    pub(crate) fn service_healthy(&self, inner: &Inner, name: &str) -> bool {
         let Some(service) = inner.spec.as_ref().and_then(|s| s.services.get(name)) else {
             return true;
         };
         let Some(runtime) = inner.services.get(name) else {
             return service.replicas == 0;
         };
+        // Healthy instances of any release count: an old release serving while a deploy of
+        // a dependency's new one is under way is still serving.
         let healthy = runtime
             .slots
-            .range(1..=service.replicas)
-            .filter(|(_, slot)| slot.status.health == Health::Healthy)
+            .values()
+            .filter(|slot| slot.status.health == Health::Healthy)
             .count();
         healthy as u32 >= service.replicas
     }
@@ -472,10 +449,19 @@ impl Agent {
         Ok(restarted)
     }
 
-    /// Stops the given slots of a service (in parallel) and waits for them.
-    async fn stop_slots(&self, service: &str, slots: BTreeMap<u32, Slot>) -> Vec<String> {
+    /// Stops the given slots of a service (in parallel: each is drained, then stopped) and
+    /// waits for them. Their indexes stay taken until they are gone.
+    pub(crate) async fn stop_slots(
+        &self,
+        service: &str,
+        slots: BTreeMap<u32, Slot>,
+    ) -> Vec<String> {
         let mut stopped = Vec::new();
         let mut tasks = Vec::new();
+        if let Some(runtime) = self.lock().services.get_mut(service) {
+            runtime.stopping.extend(slots.keys().copied());
+        }
+        let indexes: Vec<u32> = slots.keys().copied().collect();
         for (index, slot) in slots {
             slot.control.send_modify(|c| c.stop = true);
             stopped.push(format!("{service}.{index}"));
@@ -485,6 +471,11 @@ impl Agent {
         }
         for task in tasks {
             let _ = task.await;
+        }
+        if let Some(runtime) = self.lock().services.get_mut(service) {
+            for index in indexes {
+                runtime.stopping.remove(&index);
+            }
         }
         stopped
     }
@@ -656,6 +647,7 @@ impl Agent {
                     name: name.clone(),
                     kind: service.workload.kind().to_string(),
                     replicas: service.replicas,
+                    release: inner.services.get(name).map_or(0, |r| r.release),
                     state,
                     instances,
                 });

@@ -31,6 +31,16 @@ pub enum Request {
     Restart {
         service: String,
     },
+    /// How the deploys of revision `revision` are going.
+    Progress {
+        revision: i64,
+    },
+    /// Deploy a previous release of a service again: `to`, or the last good one before the
+    /// live release.
+    Rollback {
+        service: String,
+        to: Option<i64>,
+    },
     /// Stop every instance, then the agent.
     Down,
 }
@@ -45,7 +55,11 @@ pub enum Response {
     },
     Applied {
         revision: i64,
+        /// Services this apply changes (their progress is in `Progress`).
+        #[serde(default)]
+        services: Vec<String>,
     },
+    Progress(DeployReport),
     Status(StatusReport),
     Events {
         events: Vec<Event>,
@@ -60,6 +74,84 @@ pub enum Response {
     Error {
         message: String,
     },
+}
+
+/// The deploys one apply (or rollback) started, service by service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeployReport {
+    pub revision: i64,
+    pub services: Vec<ServiceProgress>,
+    /// Every service is done or failed.
+    pub done: bool,
+}
+
+/// Where one service's deploy stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceProgress {
+    pub service: String,
+    /// The release being deployed.
+    pub release: i64,
+    /// `initial`, `rolling`, `blue-green`, `in-place`.
+    pub strategy: String,
+    pub phase: Phase,
+    /// What the phase is about (`web.4`, `3 of 3 healthy`).
+    pub detail: String,
+    pub started_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// Why the release failed, when it did.
+    pub failure: Option<DeployFailure>,
+}
+
+/// The steps of a deploy, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Waiting for the services it depends on to be healthy.
+    Waiting,
+    /// Building its python environment.
+    Building,
+    Starting,
+    /// Waiting for new instances to pass their health check.
+    Health,
+    /// Moving the edge from the old set to the new one.
+    Switching,
+    /// Old instances finish their in-flight requests, then stop.
+    Draining,
+    /// New instances failed: the old release is being restored.
+    RollingBack,
+    Done,
+    Failed,
+}
+
+impl Phase {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting for dependencies",
+            Phase::Building => "building",
+            Phase::Starting => "starting",
+            Phase::Health => "waiting for health",
+            Phase::Switching => "switching",
+            Phase::Draining => "draining",
+            Phase::RollingBack => "rolling back",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        matches!(self, Phase::Done | Phase::Failed)
+    }
+}
+
+/// Why a release did not go live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployFailure {
+    pub reason: String,
+    /// The instance that failed, and the last lines it wrote.
+    pub instance: Option<String>,
+    pub last_lines: Vec<String>,
+    /// The release serving instead (rolled back to), if any.
+    pub serving: Option<i64>,
 }
 
 /// `bow status`.
@@ -95,6 +187,9 @@ pub struct ServiceStatus {
     pub name: String,
     pub kind: String,
     pub replicas: u32,
+    /// The release the service runs (or is deploying).
+    #[serde(default)]
+    pub release: i64,
     pub state: Health,
     pub instances: Vec<InstanceStatus>,
 }
@@ -114,6 +209,9 @@ pub struct InstanceStatus {
     pub last_error: Option<String>,
     pub user: Option<String>,
     pub log_path: Option<PathBuf>,
+    /// The release this instance runs.
+    #[serde(default)]
+    pub release: i64,
     /// The restart generation this instance's process answers to (internal).
     #[serde(skip)]
     pub generation: u64,

@@ -272,7 +272,7 @@ fn route_table(inner: &Inner) -> Vec<Route> {
                 runtime
                     .slots
                     .values()
-                    .filter(|slot| slot.status.health == Health::Healthy)
+                    .filter(|slot| slot.status.health == Health::Healthy && slot.routable)
                     .filter_map(|slot| {
                         Some(Endpoint::new(
                             slot.status.id.clone(),

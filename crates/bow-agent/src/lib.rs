@@ -10,6 +10,7 @@ mod agent;
 pub mod api;
 pub mod backoff;
 pub mod client;
+mod deploy;
 pub mod edge;
 mod error;
 pub mod health;

@@ -82,7 +82,7 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
                 };
             }
             match agent.apply(*spec) {
-                Ok(revision) => Response::Applied { revision },
+                Ok((revision, services)) => Response::Applied { revision, services },
                 Err(error) => Response::Error {
                     message: error.to_string(),
                 },
@@ -105,6 +105,16 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
         },
         Request::Restart { service } => match agent.restart_service(&service).await {
             Ok(instances) => Response::Restarted { service, instances },
+            Err(error) => Response::Error {
+                message: error.to_string(),
+            },
+        },
+        Request::Progress { revision } => Response::Progress(agent.progress(revision)),
+        Request::Rollback { service, to } => match agent.rollback(&service, to) {
+            Ok((revision, _)) => Response::Applied {
+                revision,
+                services: vec![service],
+            },
             Err(error) => Response::Error {
                 message: error.to_string(),
             },

@@ -42,12 +42,22 @@ pub fn restarted_generation(status: &InstanceStatus) -> u64 {
     status.generation
 }
 
-/// Creates a slot and its supervising task.
+/// What a new slot runs.
+pub(crate) struct SlotPlan {
+    pub release: i64,
+    pub definition: Arc<Service>,
+    /// False holds the instance out of the edge (a blue-green set before the switch).
+    pub routable: bool,
+}
+
+/// Creates a slot and its supervising task. The caller inserts it into the service's slots
+/// before the task first looks (the agent's lock is held around both).
 pub(crate) fn spawn(
     agent: Arc<Agent>,
     service: &str,
     index: u32,
     adopted: Option<Adopted>,
+    plan: SlotPlan,
 ) -> Slot {
     let (control, receiver) = watch::channel(Control::default());
     let status = InstanceStatus {
@@ -64,6 +74,7 @@ pub(crate) fn spawn(
         last_error: None,
         user: None,
         log_path: None,
+        release: plan.release,
         generation: 0,
     };
     let task = tokio::spawn(run(agent, service.to_string(), index, receiver, adopted));
@@ -71,6 +82,9 @@ pub(crate) fn spawn(
         status,
         control,
         task: Some(task),
+        release: plan.release,
+        definition: plan.definition,
+        routable: plan.routable,
     }
 }
 
@@ -102,7 +116,7 @@ async fn run(
         if control.borrow().stop {
             break;
         }
-        let Some(definition) = agent.service_spec(&service) else {
+        let Some((definition, release)) = agent.slot_definition(&service, index) else {
             break;
         };
         let (handle, port) = match pending.take() {
@@ -114,7 +128,7 @@ async fn run(
                 agent.emit(&service, &id, "adopted", &message);
                 (adopted.handle, adopted.port)
             }
-            None => match start(&agent, &definition, &service, index, slot_port).await {
+            None => match start(&agent, &definition, release, &service, index, slot_port).await {
                 Ok(started) => {
                     if !first_start {
                         agent.emit(&service, &id, "restarted", &format!("restart {restarts}"));
@@ -224,7 +238,10 @@ async fn run(
             }
             Ending::Unhealthy(reason) => {
                 agent.emit(&service, &id, "unhealthy", &reason);
-                agent.update(&service, index, |s| s.health = Health::Unhealthy);
+                agent.update(&service, index, |s| {
+                    s.health = Health::Unhealthy;
+                    s.last_error = Some(reason.clone());
+                });
                 stop_instance(
                     &agent,
                     &definition,
@@ -314,6 +331,7 @@ async fn wait_or_stop(delay: Duration, control: &mut watch::Receiver<Control>) -
 async fn start(
     agent: &Arc<Agent>,
     definition: &Service,
+    release: i64,
     service: &str,
     index: u32,
     preferred: Option<u16>,
@@ -327,7 +345,8 @@ async fn start(
     };
     let venv = agent.venv(service);
     let context = context(agent, service, index, port, venv.as_deref());
-    let spec = instance_spec::build(definition, &context)?;
+    let mut spec = instance_spec::build(definition, &context)?;
+    spec.release = release.max(0) as u64;
     let driver = agent.driver.clone();
     let handle = tokio::task::spawn_blocking(move || driver.start(&spec))
         .await

@@ -154,6 +154,7 @@ impl ProcessDriver for FakeProcessDriver {
             service: spec.service.clone(),
             index: spec.index,
             instance_id: spec.instance_id.clone(),
+            release: spec.release,
             pid,
             start_time: pid as u64 * 100,
             pgid: pid,

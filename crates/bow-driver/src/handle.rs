@@ -23,6 +23,9 @@ pub struct InstanceHandle {
     pub service: String,
     pub index: u32,
     pub instance_id: String,
+    /// The release number the caller gave in [`crate::InstanceSpec::release`].
+    #[serde(default)]
+    pub release: u64,
     /// The service process (the exec'd argv[0]).
     pub pid: i32,
     /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot).

@@ -32,6 +32,10 @@ pub struct InstanceSpec {
     /// dir, the cgroup and the log files. [`InstanceSpec::new`] sets `<service>.<index>`; a
     /// rolling deploy that overlaps old and new instances gives the new one another id.
     pub instance_id: String,
+    /// The caller's release number of what runs (0: none), kept in the handle so that an
+    /// instance found after an agent restart can be matched to the release that started it.
+    #[serde(default)]
+    pub release: u64,
     /// Program and arguments; see [`crate::command_to_argv`] for turning a command string into it.
     pub argv: Vec<String>,
     pub working_dir: PathBuf,
@@ -124,6 +128,7 @@ impl InstanceSpec {
             service: service.to_string(),
             index,
             instance_id: format!("{service}.{index}"),
+            release: 0,
             argv,
             working_dir: PathBuf::from("/"),
             env: BTreeMap::new(),

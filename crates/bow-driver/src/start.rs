@@ -60,6 +60,7 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         service: spec.service.clone(),
         index: spec.index,
         instance_id: spec.instance_id.clone(),
+        release: spec.release,
         argv: spec.argv.clone(),
         working_dir: spec.working_dir.clone(),
         env: spec.effective_env(&user.name, &user.home),

@@ -18,7 +18,7 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
     Some(match field {
         // What runs and how it is started: a new release.
         "command" | "image" | "postgres" | "dir" | "env" | "user" | "resources" | "python"
-        | "secrets" | "volumes" => ChangeClass::Replace,
+        | "secrets" | "volumes" | "code" => ChangeClass::Replace,
         // The edge's route table only.
         "routes" => ChangeClass::EdgeOnly,
         // The agent's own view: instance count, checks, ordering, schedules, timeouts, and

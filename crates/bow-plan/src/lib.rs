@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use bow_spec::Spec;
 
-pub use diff::{classify_edge_field, classify_service_field};
+pub use diff::{classify_edge_field, classify_service_field, service_fields};
 
 /// What carrying out a change takes. Ordered: a service's class is its largest field class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

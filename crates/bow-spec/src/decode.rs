@@ -382,6 +382,7 @@ fn service(node: &Node, path: &str, reader: &mut Reader) -> Option<Service> {
         volumes: Vec::new(),
         backup: None,
         stop_timeout: defaults::STOP_TIMEOUT,
+        code: None,
     };
     if let Some((n, p)) = fields.get("dir") {
         if workload.is_some() && !is_command {

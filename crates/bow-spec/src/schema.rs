@@ -97,6 +97,11 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<Backup>,
     pub stop_timeout: Duration,
+    /// The version of the code in `dir` (`git:<commit>[+<digest of uncommitted changes>]` or
+    /// `files:<content digest>`). Not written in bow.yaml: the CLI reads it from `dir` before
+    /// plan and apply, so that new code is a new release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// What runs: exactly one of `command`, `image` or `postgres`.

@@ -36,6 +36,21 @@ const MIGRATIONS: &[&str] = &[
         handle_json TEXT NOT NULL,
         updated_at_ms INTEGER NOT NULL
     );",
+    "CREATE TABLE releases (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        number INTEGER NOT NULL,
+        revision INTEGER NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        finished_at_ms INTEGER,
+        status TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        changes TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        service_json TEXT NOT NULL,
+        UNIQUE (service, number)
+    );",
 ];
 
 /// Events kept in the store; older ones are pruned as new ones arrive.
@@ -95,6 +110,62 @@ pub struct InstanceRow {
     /// The driver's handle (pid, start time, shim), as JSON.
     pub handle_json: String,
     pub updated_at_ms: i64,
+}
+
+/// Where a release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseStatus {
+    /// Its instances are being started (or it waits for its first healthy check).
+    Deploying,
+    /// What serves now.
+    Live,
+    /// Did not become healthy: rolled back, or (with nothing to roll back to) still retried.
+    Failed,
+    /// Was live; a later release replaced it.
+    Superseded,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReleaseStatus::Deploying => "deploying",
+            ReleaseStatus::Live => "live",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::Superseded => "superseded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ReleaseStatus> {
+        Some(match text {
+            "deploying" => ReleaseStatus::Deploying,
+            "live" => ReleaseStatus::Live,
+            "failed" => ReleaseStatus::Failed,
+            "superseded" => ReleaseStatus::Superseded,
+            _ => return None,
+        })
+    }
+}
+
+/// One release of a service: the definition its instances run, and how its deploy went.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRow {
+    pub service: String,
+    /// 1, 2, 3… per service.
+    pub number: i64,
+    /// The spec revision that asked for it.
+    pub revision: i64,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub status: ReleaseStatus,
+    /// `initial`, `rolling`, `blue-green`, `in-place`, `scale`.
+    pub strategy: String,
+    /// What changed, for `bow history` (`command, env.GREETING`).
+    pub changes: String,
+    /// SHA-256 of the definition (which carries references, never secret values).
+    pub digest: String,
+    /// Why it failed, or a note (`rollback to release 2`).
+    pub reason: String,
+    pub definition: bow_spec::Service,
 }
 
 /// A handle on `state.db`.
@@ -219,6 +290,103 @@ impl Store {
 }
 
 impl Store {
+    /// Records a new release of `release.service`; returns its number (one above the last).
+    pub fn create_release(&self, release: &ReleaseRow) -> Result<i64, StoreError> {
+        let json = serde_json::to_string(&release.definition)
+            .map_err(|source| StoreError::Decode { id: 0, source })?;
+        let number: i64 = self.connection.query_row(
+            "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE service = ?1",
+            params![release.service],
+            |row| row.get(0),
+        )?;
+        self.connection.execute(
+            "INSERT INTO releases (service, number, revision, created_at_ms, finished_at_ms, status,
+                 strategy, changes, digest, reason, service_json)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                release.service,
+                number,
+                release.revision,
+                release.created_at_ms,
+                release.finished_at_ms,
+                release.status.as_str(),
+                release.strategy,
+                release.changes,
+                release.digest,
+                release.reason,
+                json
+            ],
+        )?;
+        Ok(number)
+    }
+
+    /// Moves a release to `status`; a finished one (live, failed) gets its end time.
+    pub fn set_release_status(
+        &self,
+        service: &str,
+        number: i64,
+        status: ReleaseStatus,
+        reason: Option<&str>,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let finished = matches!(status, ReleaseStatus::Live | ReleaseStatus::Failed);
+        self.connection.execute(
+            "UPDATE releases SET status = ?3,
+                 finished_at_ms = CASE WHEN ?4 THEN ?5 ELSE finished_at_ms END,
+                 reason = COALESCE(?6, reason)
+             WHERE service = ?1 AND number = ?2",
+            params![service, number, status.as_str(), finished, at_ms, reason],
+        )?;
+        Ok(())
+    }
+
+    /// Releases, oldest first: of one service, or of all.
+    pub fn releases(&self, service: Option<&str>) -> Result<Vec<ReleaseRow>, StoreError> {
+        let mut statement = self.connection.prepare_cached(
+            "SELECT id, service, number, revision, created_at_ms, finished_at_ms, status, strategy,
+                    changes, digest, reason, service_json
+             FROM releases WHERE ?1 IS NULL OR service = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![service], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                ReleaseRowText {
+                    service: row.get(1)?,
+                    number: row.get(2)?,
+                    revision: row.get(3)?,
+                    created_at_ms: row.get(4)?,
+                    finished_at_ms: row.get(5)?,
+                    status: row.get(6)?,
+                    strategy: row.get(7)?,
+                    changes: row.get(8)?,
+                    digest: row.get(9)?,
+                    reason: row.get(10)?,
+                    json: row.get(11)?,
+                },
+            ))
+        })?;
+        let mut releases = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            let definition = serde_json::from_str(&text.json)
+                .map_err(|source| StoreError::Decode { id, source })?;
+            releases.push(ReleaseRow {
+                service: text.service,
+                number: text.number,
+                revision: text.revision,
+                created_at_ms: text.created_at_ms,
+                finished_at_ms: text.finished_at_ms,
+                status: ReleaseStatus::parse(&text.status).unwrap_or(ReleaseStatus::Failed),
+                strategy: text.strategy,
+                changes: text.changes,
+                digest: text.digest,
+                reason: text.reason,
+                definition,
+            });
+        }
+        Ok(releases)
+    }
+
     /// Appends an event; keeps the newest [`EVENTS_KEPT`].
     pub fn record_event(
         &self,
@@ -305,6 +473,21 @@ impl Store {
     }
 }
 
+/// A release row as SQLite returns it, before its definition is decoded.
+struct ReleaseRowText {
+    service: String,
+    number: i64,
+    revision: i64,
+    created_at_ms: i64,
+    finished_at_ms: Option<i64>,
+    status: String,
+    strategy: String,
+    changes: String,
+    digest: String,
+    reason: String,
+    json: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +543,42 @@ mod tests {
         assert_eq!(store.instances().unwrap()[0].restarts, 3);
         store.delete_instance("web.1").unwrap();
         assert!(store.instances().unwrap().is_empty());
+    }
+
+    #[test]
+    fn releases_number_per_service_and_move_through_statuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let spec = bow_spec::load(
+            "project: p\nservices:\n  a: {command: run}\n  b: {command: run}\n",
+            &Default::default(),
+        )
+        .unwrap();
+        let row = |service: &str| ReleaseRow {
+            service: service.into(),
+            number: 0,
+            revision: 1,
+            created_at_ms: 10,
+            finished_at_ms: None,
+            status: ReleaseStatus::Deploying,
+            strategy: "initial".into(),
+            changes: "created".into(),
+            digest: "d".into(),
+            reason: String::new(),
+            definition: spec.services[service].clone(),
+        };
+        assert_eq!(store.create_release(&row("a")).unwrap(), 1);
+        assert_eq!(store.create_release(&row("a")).unwrap(), 2);
+        assert_eq!(store.create_release(&row("b")).unwrap(), 1);
+        store
+            .set_release_status("a", 2, ReleaseStatus::Failed, Some("crashed"), 20)
+            .unwrap();
+        let a = store.releases(Some("a")).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].status, ReleaseStatus::Failed);
+        assert_eq!(a[1].reason, "crashed");
+        assert_eq!(a[1].finished_at_ms, Some(20));
+        assert_eq!(a[0].definition, spec.services["a"]);
+        assert_eq!(store.releases(None).unwrap().len(), 3);
     }
 }

@@ -82,6 +82,32 @@ pub enum Command {
         #[arg(short = 'd', long = "detach")]
         detach: bool,
     },
+    /// Apply the file to the running agent: a zero-downtime deploy of each changed service
+    Apply {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Do not ask for confirmation on a terminal
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
+    /// Deploy an earlier release of a service again (the last good one by default)
+    Rollback {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// The release to go back to (see `bow history`)
+        #[arg(long, value_name = "RELEASE")]
+        to: Option<i64>,
+    },
+    /// Releases (newest first): status, strategy, what changed
+    History {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Only this service
+        service: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Services and instances: pid, port, health, restarts, uptime
     Status {
         #[command(flatten)]

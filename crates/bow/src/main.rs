@@ -1,6 +1,7 @@
 //! The `bow` binary: parses the command line and runs one command.
 
 mod cli;
+mod code_version;
 mod commands;
 mod session;
 mod stack;
@@ -25,6 +26,15 @@ fn main() -> ExitCode {
         Command::Config { stack, output } => commands::config::run(&stack.or(&cli.stack), output),
         Command::Plan { stack, output } => commands::plan::run(&stack.or(&cli.stack), output),
         Command::Up { stack, detach } => commands::up::run(&stack.or(&cli.stack), detach),
+        Command::Apply { stack, yes } => commands::apply::run(&stack.or(&cli.stack), yes),
+        Command::Rollback { stack, service, to } => {
+            commands::rollback::run(&stack.or(&cli.stack), &service, to)
+        }
+        Command::History {
+            stack,
+            service,
+            output,
+        } => commands::history::run(&stack.or(&cli.stack), service.as_deref(), output),
         Command::Status { stack, output } => commands::status::run(&stack.or(&cli.stack), output),
         Command::Logs {
             stack,

@@ -25,6 +25,8 @@ impl Session {
         let base = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
         bow_spec::anchor_paths(&mut spec, &base);
         let state_dir = stack::state_dir(args, &spec.project, &spec.environment)?;
+        let state_dir = std::path::absolute(&state_dir).unwrap_or(state_dir);
+        crate::code_version::stamp(&mut spec, &absolute, &state_dir);
         Ok(Session {
             file: absolute,
             spec,

@@ -256,6 +256,7 @@ fn describe(config: &ShimConfig, pid: i32) -> Result<InstanceHandle, String> {
         service: config.service.clone(),
         index: config.index,
         instance_id: config.instance_id.clone(),
+        release: config.release,
         pid,
         start_time: service.start_time,
         pgid: service.pgid,

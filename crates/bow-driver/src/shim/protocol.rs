@@ -18,6 +18,8 @@ pub struct ShimConfig {
     pub service: String,
     pub index: u32,
     pub instance_id: String,
+    #[serde(default)]
+    pub release: u64,
     pub argv: Vec<String>,
     pub working_dir: PathBuf,
     /// The complete environment of the service.

@@ -1,12 +1,15 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod apply;
 pub mod config;
 pub mod down;
 pub mod events;
+pub mod history;
 pub mod logs;
 pub mod plan;
 pub mod restart;
+pub mod rollback;
 pub mod status;
 pub mod trust;
 pub mod up;

@@ -28,9 +28,10 @@ pub fn table(report: &StatusReport) -> String {
         "{} ({}), agent pid {}, revision {}\n\n",
         report.project, report.environment, report.agent_pid, report.revision
     );
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 9]> = vec![[
         "SERVICE".to_string(),
         "INSTANCE".into(),
+        "RELEASE".into(),
         "PID".into(),
         "PORT".into(),
         "HEALTH".into(),
@@ -43,6 +44,7 @@ pub fn table(report: &StatusReport) -> String {
             rows.push([
                 service.name.clone(),
                 "-".into(),
+                service.release.to_string(),
                 "-".into(),
                 "-".into(),
                 service.state.label().into(),
@@ -55,6 +57,7 @@ pub fn table(report: &StatusReport) -> String {
             rows.push([
                 service.name.clone(),
                 instance.id.clone(),
+                instance.release.to_string(),
                 instance.pid.map_or("-".into(), |p| p.to_string()),
                 instance.port.map_or("-".into(), |p| p.to_string()),
                 instance.health.label().into(),
@@ -68,7 +71,7 @@ pub fn table(report: &StatusReport) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for row in rows {

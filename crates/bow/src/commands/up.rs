@@ -18,8 +18,15 @@ pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
     let running = session.call(&Request::Ping, Duration::from_secs(5))?;
     match (running, detach) {
         (Some(_), _) => {
-            apply(&session)?;
+            let (revision, services) = apply(&session)?;
             if detach {
+                // A running agent deploys the changes: follow them like `bow apply`.
+                if !services.is_empty() {
+                    let code = crate::commands::apply::follow(&session.state_dir, revision)?;
+                    if code != ExitCode::SUCCESS {
+                        return Ok(code);
+                    }
+                }
                 wait_healthy(&session)
             } else {
                 eprintln!(
@@ -38,19 +45,19 @@ pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
     }
 }
 
-fn apply(session: &Session) -> Result<()> {
+fn apply(session: &Session) -> Result<(i64, Vec<String>)> {
     match session.call(
         &Request::Apply {
             spec: Box::new(session.spec.clone()),
         },
         Duration::from_secs(30),
     )? {
-        Some(Response::Applied { revision }) => {
+        Some(Response::Applied { revision, services }) => {
             eprintln!(
                 "applied {} ({}) as revision {revision}",
                 session.spec.project, session.spec.environment
             );
-            Ok(())
+            Ok((revision, services))
         }
         Some(other) => bail!("unexpected answer from the agent: {other:?}"),
         None => Err(crate::session::no_agent(&session.state_dir)),

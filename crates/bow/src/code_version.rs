@@ -1,0 +1,387 @@
+//! The version of the code a service runs from its `dir`, so that new code is a new release.
+//!
+//! In a git work tree: `git:<commit>`, plus `+<digest>` of the uncommitted changes (tracked
+//! and untracked files, honouring `.gitignore`). Elsewhere: `files:<digest>` of the content of
+//! the dir, where each file's content hash is cached by (size, mtime) in the state dir so that
+//! `plan` stays fast on large trees. The stack file, the `secrets/` dir, hidden entries and
+//! well-known build and cache dirs are left out: editing bow.yaml is not new code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use bow_spec::{Spec, Workload};
+
+/// Directory and file names never part of a service's code (besides hidden entries).
+const IGNORED: &[&str] = &["__pycache__", "node_modules", "target", "venv", "secrets"];
+/// A content digest gives up (and says so in the version) past this many files.
+const MAX_FILES: usize = 200_000;
+const CACHE_FILE: &str = "code-digests.json";
+
+/// Set to a build id (e.g. by CI), it is the code version of every process service instead
+/// of what bow reads from the dirs.
+pub const OVERRIDE_VARIABLE: &str = "BOW_CODE_VERSION";
+
+/// Fills `code` of every process service from its `dir`. `stack_file` is left out of the
+/// digest; the cache lives in `state_dir` when it can be written.
+pub fn stamp(spec: &mut Spec, stack_file: &Path, state_dir: &Path) {
+    if let Some(given) = std::env::var(OVERRIDE_VARIABLE)
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        for service in spec.services.values_mut() {
+            if matches!(service.workload, Workload::Command(_)) {
+                service.code = Some(given.clone());
+            }
+        }
+        return;
+    }
+    let mut cache = Cache::load(state_dir);
+    let mut versions: HashMap<String, Option<String>> = HashMap::new();
+    for service in spec.services.values_mut() {
+        if !matches!(service.workload, Workload::Command(_)) {
+            continue;
+        }
+        let Some(dir) = service.dir.clone() else {
+            continue;
+        };
+        let version = versions
+            .entry(dir.clone())
+            .or_insert_with(|| {
+                let skip = Skip {
+                    stack_file,
+                    state_dir,
+                };
+                version_of(Path::new(&dir), &skip, &mut cache)
+            })
+            .clone();
+        service.code = version;
+    }
+    cache.save(state_dir);
+}
+
+/// What is never code even when it sits in a service's dir.
+struct Skip<'a> {
+    stack_file: &'a Path,
+    /// A state dir kept inside the project (its logs change all the time).
+    state_dir: &'a Path,
+}
+
+impl Skip<'_> {
+    fn skips(&self, path: &Path) -> bool {
+        path == self.stack_file || path.starts_with(self.state_dir)
+    }
+}
+
+/// The version of `dir`; `None` when it cannot be read (start will say why).
+fn version_of(dir: &Path, skip: &Skip, cache: &mut Cache) -> Option<String> {
+    if !dir.is_dir() {
+        return None;
+    }
+    git_version(dir, skip).or_else(|| Some(files_version(dir, skip, cache)))
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<Vec<u8>> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output.status.success().then_some(output.stdout)
+}
+
+fn git_version(dir: &Path, skip: &Skip) -> Option<String> {
+    let head = git(dir, &["rev-parse", "--verify", "-q", "HEAD"])?;
+    let head = String::from_utf8_lossy(&head).trim().to_string();
+    let top = git(dir, &["rev-parse", "--show-toplevel"])?;
+    let top = PathBuf::from(String::from_utf8_lossy(&top).trim());
+    let status = git(
+        dir,
+        &[
+            "status",
+            "--porcelain=v1",
+            "-z",
+            "--untracked-files=all",
+            "--",
+            ".",
+        ],
+    )?;
+    let mut digest = Sha256::new();
+    let mut dirty = false;
+    // Entries: "XY path\0" (renames add "\0old-path").
+    let mut entries = status.split(|b| *b == 0).filter(|e| !e.is_empty());
+    while let Some(entry) = entries.next() {
+        if entry.len() < 4 {
+            continue;
+        }
+        let code = &entry[..2];
+        let relative = String::from_utf8_lossy(&entry[3..]).into_owned();
+        if code.contains(&b'R') || code.contains(&b'C') {
+            entries.next();
+        }
+        let path = top.join(&relative);
+        if skip.skips(&path) || ignored_path(&path, dir) {
+            continue;
+        }
+        dirty = true;
+        digest.update(relative.as_bytes());
+        digest.update([0]);
+        match std::fs::read(&path) {
+            Ok(content) => digest.update(Sha256::digest(&content)),
+            Err(_) => digest.update(b"(deleted)"),
+        }
+    }
+    let short = &head[..head.len().min(12)];
+    Some(if dirty {
+        format!("git:{short}+{}", &hex(&digest.finalize())[..8])
+    } else {
+        format!("git:{short}")
+    })
+}
+
+/// True when a path under `dir` is in a hidden or ignored directory (or is one).
+fn ignored_path(path: &Path, dir: &Path) -> bool {
+    let Ok(relative) = path.strip_prefix(dir) else {
+        return false;
+    };
+    relative.components().any(|c| {
+        let name = c.as_os_str().to_string_lossy();
+        name.starts_with('.') || IGNORED.contains(&name.as_ref())
+    })
+}
+
+fn files_version(dir: &Path, skip: &Skip, cache: &mut Cache) -> String {
+    let mut files = Vec::new();
+    let mut complete = true;
+    walk(dir, dir, skip, &mut files, &mut complete);
+    files.sort();
+    let mut digest = Sha256::new();
+    for relative in &files {
+        let path = dir.join(relative);
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let content = if meta.file_type().is_symlink() {
+            std::fs::read_link(&path)
+                .map(|target| hex(&Sha256::digest(target.as_os_str().as_encoded_bytes())))
+                .unwrap_or_default()
+        } else {
+            cache.content_digest(&path, &meta)
+        };
+        digest.update(relative.as_os_str().as_encoded_bytes());
+        digest.update([0]);
+        digest.update(content.as_bytes());
+        digest.update([0]);
+    }
+    let version = format!("files:{}", &hex(&digest.finalize())[..12]);
+    if complete {
+        version
+    } else {
+        format!("{version} (first {MAX_FILES} files)")
+    }
+}
+
+fn walk(root: &Path, dir: &Path, skip: &Skip, out: &mut Vec<PathBuf>, complete: &mut bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let text = name.to_string_lossy();
+        if text.starts_with('.') || IGNORED.contains(&text.as_ref()) {
+            continue;
+        }
+        let path = entry.path();
+        if skip.skips(&path) || text.ends_with(".pyc") {
+            continue;
+        }
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            walk(root, &path, skip, out, complete);
+        } else if out.len() >= MAX_FILES {
+            *complete = false;
+            return;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            out.push(relative.to_path_buf());
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Content digests by path, valid while size and mtime are unchanged.
+#[derive(Default, Serialize, Deserialize)]
+struct Cache {
+    entries: BTreeMap<PathBuf, CacheEntry>,
+    #[serde(skip)]
+    used: BTreeMap<PathBuf, CacheEntry>,
+    #[serde(skip)]
+    changed: bool,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: i128,
+    sha256: String,
+}
+
+impl Cache {
+    fn load(state_dir: &Path) -> Cache {
+        std::fs::read(state_dir.join(CACHE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    fn content_digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        if let Some(entry) = self.entries.get(path)
+            && entry.size == meta.len()
+            && entry.mtime_ns == mtime_ns
+        {
+            let entry = entry.clone();
+            let digest = entry.sha256.clone();
+            self.used.insert(path.to_path_buf(), entry);
+            return digest;
+        }
+        let sha256 = std::fs::read(path)
+            .map(|content| hex(&Sha256::digest(&content)))
+            .unwrap_or_else(|_| "(unreadable)".to_string());
+        self.changed = true;
+        self.used.insert(
+            path.to_path_buf(),
+            CacheEntry {
+                size: meta.len(),
+                mtime_ns,
+                sha256: sha256.clone(),
+            },
+        );
+        sha256
+    }
+
+    /// Keeps the entries this run used; silently skipped when the state dir is not writable
+    /// (e.g. `plan` as a user against root's state).
+    fn save(self, state_dir: &Path) {
+        if !self.changed && self.used.len() == self.entries.len() {
+            return;
+        }
+        if !state_dir.is_dir() {
+            return;
+        }
+        let cache = Cache {
+            entries: self.used,
+            ..Cache::default()
+        };
+        if let Ok(json) = serde_json::to_vec(&cache) {
+            let temporary = state_dir.join(format!("{CACHE_FILE}.tmp"));
+            if std::fs::write(&temporary, json).is_ok() {
+                let _ = std::fs::rename(&temporary, state_dir.join(CACHE_FILE));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(dir: &Path) -> String {
+        let mut cache = Cache::default();
+        let stack_file = dir.join("bow.yaml");
+        let state_dir = dir.join("state");
+        let skip = Skip {
+            stack_file: &stack_file,
+            state_dir: &state_dir,
+        };
+        version_of(dir, &skip, &mut cache).unwrap()
+    }
+
+    #[test]
+    fn content_digest_follows_code_not_the_stack_file_or_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bow.yaml"), "project: a").unwrap();
+        std::fs::write(dir.path().join("app.py"), "print(1)").unwrap();
+        let first = version(dir.path());
+        assert!(first.starts_with("files:"), "{first}");
+        std::fs::write(dir.path().join("bow.yaml"), "project: b").unwrap();
+        std::fs::create_dir_all(dir.path().join("__pycache__")).unwrap();
+        std::fs::write(dir.path().join("__pycache__/app.pyc"), "x").unwrap();
+        std::fs::write(dir.path().join(".env"), "x").unwrap();
+        std::fs::create_dir_all(dir.path().join("state/logs")).unwrap();
+        std::fs::write(dir.path().join("state/logs/a.log"), "x").unwrap();
+        assert_eq!(version(dir.path()), first);
+        std::fs::write(dir.path().join("app.py"), "print(2)").unwrap();
+        assert_ne!(version(dir.path()), first);
+    }
+
+    #[test]
+    fn cached_digests_are_reused_until_size_or_mtime_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one").unwrap();
+        let mut spec = bow_spec::load(
+            "project: p\nservices:\n  a: {command: run}\n",
+            &Default::default(),
+        )
+        .unwrap();
+        bow_spec::anchor_paths(&mut spec, dir.path());
+        stamp(&mut spec, &dir.path().join("bow.yaml"), state.path());
+        let first = spec.services["a"].code.clone().unwrap();
+        let cache = Cache::load(state.path());
+        assert_eq!(cache.entries.len(), 1);
+        std::fs::write(dir.path().join("a.txt"), "two").unwrap();
+        stamp(&mut spec, &dir.path().join("bow.yaml"), state.path());
+        assert_ne!(spec.services["a"].code.clone().unwrap(), first);
+    }
+
+    #[test]
+    fn git_work_trees_give_the_commit_and_uncommitted_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            Command::new("git")
+                .arg("-C")
+                .arg(dir.path())
+                .args(args)
+                .env("GIT_AUTHOR_NAME", "t")
+                .env("GIT_AUTHOR_EMAIL", "t@t")
+                .env("GIT_COMMITTER_NAME", "t")
+                .env("GIT_COMMITTER_EMAIL", "t@t")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if !run(&["init", "-q"]) {
+            eprintln!("git is not installed; the content digest covers this case");
+            return;
+        }
+        std::fs::write(dir.path().join("app.py"), "print(1)").unwrap();
+        std::fs::write(dir.path().join("bow.yaml"), "project: a").unwrap();
+        assert!(run(&["add", "."]));
+        assert!(run(&["commit", "-q", "-m", "one"]));
+        let clean = version(dir.path());
+        assert!(clean.starts_with("git:") && !clean.contains('+'), "{clean}");
+        std::fs::write(dir.path().join("bow.yaml"), "project: b").unwrap();
+        assert_eq!(
+            version(dir.path()),
+            clean,
+            "editing bow.yaml is not new code"
+        );
+        std::fs::write(dir.path().join("app.py"), "print(2)").unwrap();
+        let dirty = version(dir.path());
+        assert!(dirty.starts_with(&format!("{clean}+")), "{dirty}");
+        std::fs::write(dir.path().join("app.py"), "print(3)").unwrap();
+        assert_ne!(version(dir.path()), dirty);
+    }
+}
