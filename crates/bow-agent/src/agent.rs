@@ -88,6 +88,7 @@ pub struct Agent {
     pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
+    pub(crate) discovery: crate::discovery::Discovery,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -133,6 +134,7 @@ impl Agent {
             inner: Mutex::new(Inner::default()),
             edge: tokio::sync::Mutex::new(None),
             edge_error: Mutex::new(None),
+            discovery: Default::default(),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -221,6 +223,7 @@ impl Agent {
     /// Moves the running system towards `spec`: removed services stop, each other service's
     /// starter waits for its dependencies and then runs its replicas.
     fn reconcile(self: &Arc<Self>, spec: Spec) {
+        self.assign_addresses(&spec);
         let mut inner = self.lock();
         let previous = inner.spec.replace(spec.clone());
         let removed: Vec<String> = inner
@@ -257,7 +260,10 @@ impl Agent {
         }
         drop(inner);
         let agent = self.clone();
-        tokio::spawn(async move { agent.ensure_edge(&spec).await });
+        tokio::spawn(async move {
+            agent.ensure_discovery(&spec).await;
+            agent.ensure_edge(&spec).await;
+        });
     }
 
     /// Waits until the service's dependencies are healthy, then makes its slots match
@@ -530,6 +536,7 @@ impl Agent {
         }
         stopped.extend(self.stop_adopted_leftovers().await);
         self.stop_edge().await;
+        self.stop_discovery().await;
         // Anything left in the project's cgroups (a child that escaped its process group).
         if let Some(layout) = bow_driver::cgroup::detect_layout() {
             let project = format!("{}-{}", self.project, self.environment);
@@ -676,6 +683,9 @@ impl Agent {
                     .to_string(),
             );
         }
+        if let Some(note) = crate::discovery::status_note(self.root, inner.spec.as_ref()) {
+            notes.push(note.to_string());
+        }
         StatusReport {
             project: self.project.clone(),
             environment: self.environment.clone(),
@@ -683,6 +693,7 @@ impl Agent {
             revision: inner.revision,
             services,
             edge: None,
+            discovery: self.discovery_status(&inner),
             notes,
         }
     }

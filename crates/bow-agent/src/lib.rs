@@ -8,6 +8,7 @@
 mod adopt;
 mod agent;
 pub mod api;
+pub mod discovery;
 pub mod backoff;
 pub mod client;
 pub mod edge;

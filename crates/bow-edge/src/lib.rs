@@ -17,6 +17,8 @@
 //!   waits for their in-flight ones.
 //! - Each request yields one [`AccessLogEntry`] and feeds per-route counters and latency
 //!   histograms ([`Edge::metrics`]).
+//! - A [`ServiceListener`] serves one service on an internal address with the same
+//!   balancing, retries and draining: plain HTTP through the same proxy, or TCP forwarding.
 
 mod access_log;
 mod body;
@@ -28,6 +30,7 @@ mod proxy;
 mod redirect;
 mod routes;
 mod server;
+mod service_listener;
 mod tls;
 mod upstream;
 
@@ -42,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink};
-pub use config::{EdgeConfig, TlsSource};
+pub use config::{EdgeConfig, Scheme, TlsSource};
 pub use error::EdgeError;
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, ServiceMetrics,
@@ -50,6 +53,7 @@ pub use metrics::{
 };
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Route, RouteTable};
+pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
 pub use tls::{CertFiles, CertificateSource, LocalCa, crypto_provider};
 pub use upstream::DrainOutcome;
 
@@ -58,6 +62,9 @@ use proxy::{DOWN_COOLOFF, Proxy};
 use redirect::Redirect;
 use server::{Listeners, Phase, Port, accept_loop};
 use upstream::{ActiveTable, Upstreams};
+
+/// A route host that matches every host no other route names.
+pub const ANY_HOST: &str = "*";
 
 /// The pluggable parts of the edge.
 pub struct EdgeHooks {

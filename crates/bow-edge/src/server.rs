@@ -102,6 +102,22 @@ impl Drop for ConnContext {
     }
 }
 
+impl ConnContext {
+    /// A connection holding one of `max_connections` (the caller counted it as open).
+    pub(crate) fn new(
+        client: SocketAddr,
+        metrics: Arc<MetricsRegistry>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        ConnContext {
+            client,
+            activity: Arc::new(Activity::new()),
+            metrics,
+            _permit: permit,
+        }
+    }
+}
+
 /// What the accept loops share.
 pub(crate) struct Listeners {
     pub(crate) config: Arc<EdgeConfig>,
@@ -225,6 +241,28 @@ async fn serve_http(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<Li
         shared.phase.clone(),
     )
     .await;
+}
+
+/// Serves plain HTTP/1.1 (with upgrades) through `proxy`: a [`crate::ServiceListener`]'s
+/// connections, with the same idle timeout and graceful close as the edge's.
+pub(crate) async fn serve_plain(
+    stream: TcpStream,
+    context: Arc<ConnContext>,
+    config: Arc<EdgeConfig>,
+    proxy: Arc<Proxy>,
+    phase: watch::Receiver<Phase>,
+) {
+    let service_context = context.clone();
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        let context = service_context.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(context, request).await) }
+    });
+    let io = TokioIo::new(ActivityIo::new(stream, context.activity.clone()));
+    let connection = http1_builder(&config)
+        .serve_connection(io, service)
+        .with_upgrades();
+    drive(connection, &context.activity, config.idle_timeout, phase).await;
 }
 
 fn http1_builder(config: &EdgeConfig) -> http1::Builder {

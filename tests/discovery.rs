@@ -1,0 +1,143 @@
+//! Service discovery: a Python client service calls `http://other:PORT/` by name (and as
+//! `other.<project>.internal`) and gets the answer, has the `BOW_OTHER_*` variables, the
+//! internal address shows in `bow status`, and SIGKILLs of `other`'s instances while the
+//! client loops fail none of its requests.
+
+mod support;
+
+use std::time::Duration;
+
+use support::discovery::LoadClient;
+use support::procs::{kill, wait_gone};
+use support::stack::{Stack, WAIT, instance, pid_in};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Any port works (the address is the service's own); a free one keeps the test honest
+/// about not depending on a fixed number.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `other` (3 testapp instances, port `port`) and the client `caller`, made by `client`
+/// from the project's name.
+fn stack(
+    label: &str,
+    port: u16,
+    client: impl FnOnce(&str) -> LoadClient,
+) -> (Stack, LoadClient) {
+    let stack = Stack::new(label, "");
+    let client = client(&stack.project);
+    let yaml = format!(
+        "project: {}\nservices:\n  other:\n    command: {}\n    replicas: 3\n    port: {port}\n    \
+         health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n    \
+         deploy: {{ drain_timeout: 5s }}\n{}",
+        stack.project,
+        support::stack::testapp().display(),
+        client.service_yaml("other")
+    );
+    std::fs::write(&stack.file, yaml).unwrap();
+    client.install(&stack);
+    (stack, client)
+}
+
+#[test]
+fn a_client_calls_other_by_name_and_gets_the_answer() {
+    assert!(is_root(), "this test needs root: names live in a mount namespace");
+    let port = free_port();
+    let (stack, client) = stack("disc-names", port, |project| {
+        let by_name = format!("http://other:{port}/");
+        let internal = format!("http://other.{project}.internal:{port}/");
+        LoadClient::new("caller", &[&by_name, &internal], 1)
+    });
+    let status = stack.up_ok();
+
+    // bow status shows the internal address.
+    let discovery = &status["discovery"];
+    let other = discovery
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["service"] == "other"))
+        .unwrap_or_else(|| panic!("no discovery entry for other: {status:#}"));
+    let address = other["address"].as_str().unwrap().to_string();
+    let (ip, listed_port) = address.rsplit_once(':').unwrap();
+    assert_eq!(listed_port, port.to_string());
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    assert!(
+        ip.octets()[0] == 127 && (64..128).contains(&ip.octets()[1]),
+        "{ip} is not in 127.64.0.0/10"
+    );
+    assert_eq!(other["protocol"], "http");
+    let text = stack.run(&["status"], WAIT).stdout;
+    assert!(
+        text.contains(&format!("other  http://{address}  other, other.{}.internal", stack.project)),
+        "{text}"
+    );
+
+    // The client resolved both names to that address and got testapp's answer through it.
+    let probe = client.probe(&stack);
+    for url in &client.urls {
+        let answer = &probe["answers"][url];
+        assert_eq!(answer["address"], ip.to_string(), "{url}: {probe:#}");
+        assert_eq!(answer["answer"]["service"], "other", "{url}: {probe:#}");
+        let instance_id = answer["answer"]["instance"].as_str().unwrap_or_default();
+        assert!(instance_id.starts_with("other."), "{url}: {probe:#}");
+    }
+
+    // The variables, as the client saw them and as its process has them.
+    let env = &probe["env"];
+    assert_eq!(env["BOW_OTHER_HOST"], ip.to_string(), "{probe:#}");
+    assert_eq!(env["BOW_OTHER_PORT"], port.to_string(), "{probe:#}");
+    assert_eq!(env["BOW_OTHER_URL"], format!("http://{address}"), "{probe:#}");
+    let pid = pid_in(&stack.status_ok(), "caller.1").expect("caller pid");
+    let process = support::procs::process(pid).expect("caller process");
+    assert_eq!(process.env("BOW_OTHER_URL"), Some(format!("http://{address}").as_str()));
+
+    // The host's own /etc/hosts is untouched: the names live in the instances' namespaces.
+    let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
+    assert!(!host_hosts.contains(&format!("other.{}.internal", stack.project)));
+}
+
+#[test]
+fn killing_instances_of_the_callee_fails_no_request_of_the_caller() {
+    assert!(is_root(), "this test needs root: names live in a mount namespace");
+    let port = free_port();
+    let (stack, client) = stack("disc-kill", port, |_| {
+        LoadClient::new("caller", &[&format!("http://other:{port}/")], 12)
+    });
+    stack.up_ok();
+    let probe = client.probe(&stack);
+    assert!(
+        probe["answers"][&client.urls[0]]["answer"]["service"] == "other",
+        "the caller cannot reach other by name: {probe:#}"
+    );
+    client.start(&stack);
+    std::thread::sleep(Duration::from_millis(1000));
+    // Kill one of the three instances, wait until all are healthy again, three times over.
+    for round in 0..3 {
+        let id = format!("other.{}", round % 3 + 1);
+        let status = stack.status_ok();
+        let pid = pid_in(&status, &id).expect("pid");
+        kill(pid, libc::SIGKILL);
+        wait_gone(pid, WAIT);
+        stack.wait_status("all three healthy again", WAIT, |s| {
+            (1..=3).all(|i| {
+                instance(s, &format!("other.{i}"))
+                    .is_some_and(|x| x["health"] == "healthy" && x["pid"] != pid)
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let counts = client.counts(&stack);
+    eprintln!("caller: {counts:?}");
+    assert!(counts.ok > 300, "too few requests: {counts:?}");
+    assert_eq!(counts.failed, 0, "failed requests of the caller: {counts:?}");
+    let answered = counts.instances.as_object().map_or(0, |o| o.len());
+    assert_eq!(answered, 3, "requests were not spread over the instances: {counts:?}");
+}
