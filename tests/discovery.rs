@@ -1,7 +1,8 @@
 //! Service discovery: a Python client service calls `http://other:PORT/` by name (and as
 //! `other.<project>.internal`) and gets the answer, has the `BOW_OTHER_*` variables, the
-//! internal address shows in `bow status`, and SIGKILLs of `other`'s instances while the
-//! client loops fail none of its requests.
+//! internal address shows in `bow status`, a service added later resolves in the running
+//! client, addresses survive down/up, and SIGKILLs of `other`'s instances while the client
+//! loops fail none of its requests.
 
 mod support;
 
@@ -28,11 +29,7 @@ fn free_port() -> u16 {
 
 /// `other` (3 testapp instances, port `port`) and the client `caller`, made by `client`
 /// from the project's name.
-fn stack(
-    label: &str,
-    port: u16,
-    client: impl FnOnce(&str) -> LoadClient,
-) -> (Stack, LoadClient) {
+fn stack(label: &str, port: u16, client: impl FnOnce(&str) -> LoadClient) -> (Stack, LoadClient) {
     let stack = Stack::new(label, "");
     let client = client(&stack.project);
     let yaml = format!(
@@ -50,7 +47,10 @@ fn stack(
 
 #[test]
 fn a_client_calls_other_by_name_and_gets_the_answer() {
-    assert!(is_root(), "this test needs root: names live in a mount namespace");
+    assert!(
+        is_root(),
+        "this test needs root: names live in a mount namespace"
+    );
     let port = free_port();
     let (stack, client) = stack("disc-names", port, |project| {
         let by_name = format!("http://other:{port}/");
@@ -76,12 +76,16 @@ fn a_client_calls_other_by_name_and_gets_the_answer() {
     assert_eq!(other["protocol"], "http");
     let text = stack.run(&["status"], WAIT).stdout;
     assert!(
-        text.contains(&format!("other  http://{address}  other, other.{}.internal", stack.project)),
+        text.contains(&format!(
+            "other  http://{address}  other, other.{}.internal",
+            stack.project
+        )),
         "{text}"
     );
 
     // The client resolved both names to that address and got testapp's answer through it.
     let probe = client.probe(&stack);
+    eprintln!("{text}\ncaller saw: {probe:#}");
     for url in &client.urls {
         let answer = &probe["answers"][url];
         assert_eq!(answer["address"], ip.to_string(), "{url}: {probe:#}");
@@ -94,19 +98,86 @@ fn a_client_calls_other_by_name_and_gets_the_answer() {
     let env = &probe["env"];
     assert_eq!(env["BOW_OTHER_HOST"], ip.to_string(), "{probe:#}");
     assert_eq!(env["BOW_OTHER_PORT"], port.to_string(), "{probe:#}");
-    assert_eq!(env["BOW_OTHER_URL"], format!("http://{address}"), "{probe:#}");
+    assert_eq!(
+        env["BOW_OTHER_URL"],
+        format!("http://{address}"),
+        "{probe:#}"
+    );
     let pid = pid_in(&stack.status_ok(), "caller.1").expect("caller pid");
     let process = support::procs::process(pid).expect("caller process");
-    assert_eq!(process.env("BOW_OTHER_URL"), Some(format!("http://{address}").as_str()));
+    assert_eq!(
+        process.env("BOW_OTHER_URL"),
+        Some(format!("http://{address}").as_str())
+    );
 
     // The host's own /etc/hosts is untouched: the names live in the instances' namespaces.
     let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap();
     assert!(!host_hosts.contains(&format!("other.{}.internal", stack.project)));
+    let caller_hosts = || std::fs::read_to_string(format!("/proc/{pid}/root/etc/hosts")).unwrap();
+    assert!(
+        caller_hosts().contains(&format!("{ip}\tother other.{}.internal\n", stack.project)),
+        "{}",
+        caller_hosts()
+    );
+
+    // A service added later: the running caller (not restarted) resolves it at once.
+    let late_port = free_port();
+    let mut yaml = std::fs::read_to_string(&stack.file).unwrap();
+    yaml.push_str(&format!(
+        "  late:\n    command: {}\n    port: {late_port}\n    health: {{ http: /healthz, interval: 200ms }}\n",
+        support::stack::testapp().display()
+    ));
+    std::fs::write(&stack.file, yaml).unwrap();
+    let status = stack.up_ok();
+    assert_eq!(
+        pid_in(&status, "caller.1"),
+        Some(pid),
+        "the caller was restarted"
+    );
+    let late = status["discovery"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["service"] == "late"))
+        .unwrap_or_else(|| panic!("no discovery entry for late: {status:#}"));
+    let late_ip = late["address"]
+        .as_str()
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap()
+        .0;
+    assert!(
+        caller_hosts().contains(&format!(
+            "{late_ip}\tlate late.{}.internal\n",
+            stack.project
+        )),
+        "{}",
+        caller_hosts()
+    );
+    assert!(
+        caller_hosts().starts_with(&host_hosts),
+        "{}",
+        caller_hosts()
+    );
+
+    // Addresses never move: the same after down and up again.
+    let down = stack.down();
+    assert_eq!(down.code, 0, "bow down: {}", down.describe());
+    let again = stack.up_ok();
+    let entry = |status: &serde_json::Value, name: &str| {
+        status["discovery"]
+            .as_array()
+            .and_then(|entries| entries.iter().find(|e| e["service"] == name))
+            .map(|e| e["address"].clone())
+    };
+    assert_eq!(entry(&again, "other").unwrap(), address.as_str());
+    assert_eq!(entry(&again, "late"), entry(&status, "late"));
 }
 
 #[test]
 fn killing_instances_of_the_callee_fails_no_request_of_the_caller() {
-    assert!(is_root(), "this test needs root: names live in a mount namespace");
+    assert!(
+        is_root(),
+        "this test needs root: names live in a mount namespace"
+    );
     let port = free_port();
     let (stack, client) = stack("disc-kill", port, |_| {
         LoadClient::new("caller", &[&format!("http://other:{port}/")], 12)
@@ -137,7 +208,13 @@ fn killing_instances_of_the_callee_fails_no_request_of_the_caller() {
     let counts = client.counts(&stack);
     eprintln!("caller: {counts:?}");
     assert!(counts.ok > 300, "too few requests: {counts:?}");
-    assert_eq!(counts.failed, 0, "failed requests of the caller: {counts:?}");
+    assert_eq!(
+        counts.failed, 0,
+        "failed requests of the caller: {counts:?}"
+    );
     let answered = counts.instances.as_object().map_or(0, |o| o.len());
-    assert_eq!(answered, 3, "requests were not spread over the instances: {counts:?}");
+    assert_eq!(
+        answered, 3,
+        "requests were not spread over the instances: {counts:?}"
+    );
 }

@@ -151,7 +151,11 @@ impl LoadClient {
         let lines = stack.wait_log(&instance, prefix, 1, timeout);
         let text = lines
             .iter()
-            .find_map(|line| line.text.split_once(prefix).map(|(_, json)| json.to_string()))
+            .find_map(|line| {
+                line.text
+                    .split_once(prefix)
+                    .map(|(_, json)| json.to_string())
+            })
             .expect("the line waited for");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{prefix}line {text:?}: {e}"))
     }

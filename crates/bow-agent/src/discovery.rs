@@ -238,11 +238,10 @@ impl Agent {
                 );
                 continue;
             };
-            match self.store().record_service_address(
-                name,
-                &address.to_string(),
-                crate::now_ms(),
-            ) {
+            match self
+                .store()
+                .record_service_address(name, &address.to_string(), crate::now_ms())
+            {
                 Ok(()) => {
                     known.insert(name.clone(), address);
                 }
@@ -286,10 +285,7 @@ impl Agent {
                 if let Some(service) = spec.services.get(&name)
                     && let Some(port) = service.port
                 {
-                    services.insert(
-                        name,
-                        (SocketAddr::from((address, port)), protocol(service)),
-                    );
+                    services.insert(name, (SocketAddr::from((address, port)), protocol(service)));
                 }
             }
         }
@@ -481,12 +477,9 @@ impl Agent {
                 service: name.clone(),
                 address: SocketAddr::from((*address, port)).to_string(),
                 protocol: protocol.to_string(),
-                names: self.root.then(|| {
-                    vec![
-                        name.clone(),
-                        format!("{name}.{}.internal", self.project),
-                    ]
-                }),
+                names: self
+                    .root
+                    .then(|| vec![name.clone(), format!("{name}.{}.internal", self.project)]),
                 listening: listening.contains(name),
                 healthy: healthy_endpoints(inner, name).len(),
                 error: errors.get(name).cloned(),
@@ -515,7 +508,10 @@ mod tests {
             assert!(d != 0 && d != 255);
             seen.insert(address);
         }
-        assert!(seen.len() > 190, "candidates differ from attempt to attempt");
+        assert!(
+            seen.len() > 190,
+            "candidates differ from attempt to attempt"
+        );
         assert_ne!(
             candidate("hello", "development", "api", 0),
             candidate("hello", "production", "api", 0)
@@ -527,14 +523,12 @@ mod tests {
         let mut names = Names::default();
         names.services.insert(
             "dash-back".into(),
-            (
-                "127.64.1.2:5001".parse().unwrap(),
-                ServiceProtocol::Http,
-            ),
+            ("127.64.1.2:5001".parse().unwrap(), ServiceProtocol::Http),
         );
-        names
-            .services
-            .insert("db".into(), ("127.64.1.3:5432".parse().unwrap(), ServiceProtocol::Tcp));
+        names.services.insert(
+            "db".into(),
+            ("127.64.1.3:5432".parse().unwrap(), ServiceProtocol::Tcp),
+        );
         let env = environment(&names);
         assert_eq!(env["BOW_DASH_BACK_HOST"], "127.64.1.2");
         assert_eq!(env["BOW_DASH_BACK_PORT"], "5001");

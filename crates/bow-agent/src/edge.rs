@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bow_edge::{
-    Backend, Edge, EdgeConfig, EdgeHooks, JsonLinesSink, Route, RouteTable, TlsSource,
-};
+use bow_edge::{Backend, Edge, EdgeConfig, EdgeHooks, JsonLinesSink, Route, RouteTable, TlsSource};
 use bow_spec::{Spec, Tls};
 
 use crate::agent::{Agent, Inner};

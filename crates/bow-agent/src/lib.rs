@@ -8,9 +8,9 @@
 mod adopt;
 mod agent;
 pub mod api;
-pub mod discovery;
 pub mod backoff;
 pub mod client;
+pub mod discovery;
 pub mod edge;
 mod error;
 pub mod health;

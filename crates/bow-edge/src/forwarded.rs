@@ -184,7 +184,10 @@ mod tests {
             Scheme::Http,
         );
         assert_eq!(internal["x-forwarded-proto"], "http");
-        assert_eq!(internal["forwarded"], "for=127.0.0.1;proto=http;host=\"api:5001\"");
+        assert_eq!(
+            internal["forwarded"],
+            "for=127.0.0.1;proto=http;host=\"api:5001\""
+        );
     }
 
     #[test]

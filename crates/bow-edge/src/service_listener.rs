@@ -315,22 +315,18 @@ async fn forward(mut client: TcpStream, context: Arc<ConnContext>, shared: &Shar
                 .fetch_add(1, Ordering::Relaxed);
         }
         let connecting = TcpStream::connect(endpoint.addr);
-        let mut upstream = match tokio::time::timeout(
-            shared.config.upstream_connect_timeout,
-            connecting,
-        )
-        .await
-        {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(_)) | Err(_) => {
-                shared.upstreams.mark_down(&endpoint);
-                shared
-                    .metrics
-                    .endpoints_marked_down
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-        };
+        let mut upstream =
+            match tokio::time::timeout(shared.config.upstream_connect_timeout, connecting).await {
+                Ok(Ok(upstream)) => upstream,
+                Ok(Err(_)) | Err(_) => {
+                    shared.upstreams.mark_down(&endpoint);
+                    shared
+                        .metrics
+                        .endpoints_marked_down
+                        .fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            };
         let _ = upstream.set_nodelay(true);
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}

@@ -405,7 +405,11 @@ mod tests {
                 .record_service_address("web", "127.64.0.7", 2)
                 .is_err()
         );
-        assert!(store.record_service_address("api", "127.64.0.8", 2).is_err());
+        assert!(
+            store
+                .record_service_address("api", "127.64.0.8", 2)
+                .is_err()
+        );
         drop(store);
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(
