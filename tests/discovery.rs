@@ -9,8 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::discovery::LoadClient;
-use support::procs::{kill, wait_gone};
-use support::stack::{Stack, WAIT, instance, pid_in};
+use support::stack::{Stack, WAIT, pid_in};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -191,20 +190,7 @@ fn killing_instances_of_the_callee_fails_no_request_of_the_caller() {
     client.start(&stack);
     std::thread::sleep(Duration::from_millis(1000));
     // Kill one of the three instances, wait until all are healthy again, three times over.
-    for round in 0..3 {
-        let id = format!("other.{}", round % 3 + 1);
-        let status = stack.status_ok();
-        let pid = pid_in(&status, &id).expect("pid");
-        kill(pid, libc::SIGKILL);
-        wait_gone(pid, WAIT);
-        stack.wait_status("all three healthy again", WAIT, |s| {
-            (1..=3).all(|i| {
-                instance(s, &format!("other.{i}"))
-                    .is_some_and(|x| x["health"] == "healthy" && x["pid"] != pid)
-            })
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    stack.kill_instances_in_turn("other", 3, 3);
     let counts = client.counts(&stack);
     eprintln!("caller: {counts:?}");
     assert!(counts.ok > 300, "too few requests: {counts:?}");

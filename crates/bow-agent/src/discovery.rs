@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bow_edge::{DrainOutcome, Endpoint, ServiceListener, ServiceListenerConfig, ServiceProtocol};
 use bow_spec::{Check, Service, Spec};
@@ -203,6 +203,10 @@ pub(crate) fn both_drained(
     }
 }
 
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 fn bindable(address: Ipv4Addr, port: u16) -> bool {
     std::net::TcpListener::bind((address, port)).is_ok()
 }
@@ -263,21 +267,12 @@ impl Agent {
                 &format!("cannot write {}: {error}", path.display()),
             );
         }
-        *self
-            .discovery
-            .addresses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = current;
+        *locked(&self.discovery.addresses) = current;
     }
 
     /// What instances started from now on are told about the other services.
     pub(crate) fn names(&self) -> Names {
-        let addresses = self
-            .discovery
-            .addresses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let addresses = locked(&self.discovery.addresses).clone();
         let inner = self.lock();
         let mut services = BTreeMap::new();
         if let Some(spec) = &inner.spec {
@@ -300,11 +295,7 @@ impl Agent {
     pub(crate) async fn ensure_discovery(&self, spec: &Spec) {
         let _one_at_a_time = self.discovery.ensure.lock().await;
         let wanted = self.names();
-        let running: Vec<(String, Arc<RunningListener>)> = self
-            .discovery
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let running: Vec<(String, Arc<RunningListener>)> = locked(&self.discovery.listeners)
             .iter()
             .map(|(name, running)| (name.clone(), running.clone()))
             .collect();
@@ -319,22 +310,12 @@ impl Agent {
                     && Some(running.drain_timeout) == drain_timeout
             });
             if !keep {
-                self.discovery
-                    .listeners
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&name);
+                locked(&self.discovery.listeners).remove(&name);
                 running.listener.shutdown().await;
             }
         }
         for (name, (addr, protocol)) in &wanted.services {
-            if self
-                .discovery
-                .listeners
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(name)
-            {
+            if locked(&self.discovery.listeners).contains_key(name) {
                 continue;
             }
             let drain_timeout = spec.services[name].deploy.drain_timeout.as_std();
@@ -342,33 +323,21 @@ impl Agent {
             config.drain_timeout = drain_timeout;
             match ServiceListener::start(config).await {
                 Ok(listener) => {
-                    self.discovery
-                        .errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(name);
-                    self.discovery
-                        .listeners
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(
-                            name.clone(),
-                            Arc::new(RunningListener {
-                                listener,
-                                addr: *addr,
-                                protocol: *protocol,
-                                drain_timeout,
-                            }),
-                        );
+                    locked(&self.discovery.errors).remove(name);
+                    locked(&self.discovery.listeners).insert(
+                        name.clone(),
+                        Arc::new(RunningListener {
+                            listener,
+                            addr: *addr,
+                            protocol: *protocol,
+                            drain_timeout,
+                        }),
+                    );
                 }
                 Err(error) => {
                     let reason = format!("cannot listen on {addr}: {error}");
                     self.emit(name, "", "discovery-failed", &reason);
-                    self.discovery
-                        .errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.clone(), reason);
+                    locked(&self.discovery.errors).insert(name.clone(), reason);
                 }
             }
         }
@@ -377,11 +346,7 @@ impl Agent {
 
     /// Gives every service listener the healthy instances of its service.
     pub(crate) fn refresh_discovery(&self) {
-        let listeners: Vec<(String, Arc<RunningListener>)> = self
-            .discovery
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let listeners: Vec<(String, Arc<RunningListener>)> = locked(&self.discovery.listeners)
             .iter()
             .map(|(name, running)| (name.clone(), running.clone()))
             .collect();
@@ -404,11 +369,7 @@ impl Agent {
         timeout: std::time::Duration,
     ) -> Option<DrainOutcome> {
         self.refresh_discovery();
-        let listeners: Vec<Arc<RunningListener>> = self
-            .discovery
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let listeners: Vec<Arc<RunningListener>> = locked(&self.discovery.listeners)
             .values()
             .cloned()
             .collect();
@@ -427,13 +388,7 @@ impl Agent {
 
     /// Closes every service listener (`bow down`).
     pub(crate) async fn stop_discovery(&self) {
-        let listeners = std::mem::take(
-            &mut *self
-                .discovery
-                .listeners
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
         for running in listeners.into_values() {
             running.listener.shutdown().await;
         }
@@ -444,26 +399,9 @@ impl Agent {
         let Some(spec) = &inner.spec else {
             return Vec::new();
         };
-        let addresses = self
-            .discovery
-            .addresses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let listening: Vec<String> = self
-            .discovery
-            .listeners
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        let errors = self
-            .discovery
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let addresses = locked(&self.discovery.addresses).clone();
+        let listening: Vec<String> = locked(&self.discovery.listeners).keys().cloned().collect();
+        let errors = locked(&self.discovery.errors).clone();
         let mut status = Vec::new();
         for (name, service) in &spec.services {
             let (Some(port), Some(address)) = (service.port, addresses.get(name)) else {

@@ -192,13 +192,13 @@ impl Edge {
     /// Serves `table` from now on. Requests already running finish where they are;
     /// endpoints absent from `table` get no new request (see [`Edge::drain`]).
     pub fn set_routes(&self, table: RouteTable) {
-        let _one_at_a_time = self
-            .routes_update
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let (active, listed) = self.upstreams.activate(&table, &self.metrics);
-        self.table.store(Arc::new(active));
-        self.upstreams.retire_absent(&listed);
+        install_table(
+            &table,
+            &self.routes_update,
+            &self.upstreams,
+            &self.metrics,
+            &self.table,
+        );
     }
 
     /// Stops sending new requests to `endpoint_id` and resolves when its in-flight
@@ -219,25 +219,13 @@ impl Edge {
     /// Closes the listeners, lets connections finish their requests for up to the drain
     /// timeout, then closes whatever is left.
     pub async fn shutdown(&self) {
-        self.phase.send_replace(Phase::Draining);
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *self
-                .accept_tasks
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        );
-        for task in tasks {
-            let _ = task.await;
-        }
-        let all = self.config.max_connections as u32;
-        let idle = tokio::time::timeout(
-            self.config.drain_timeout,
-            self.connections.acquire_many(all),
-        );
-        if let Ok(Ok(permits)) = idle.await {
-            drop(permits);
-        }
-        self.phase.send_replace(Phase::Closed);
+        close_gracefully(
+            &self.phase,
+            &self.accept_tasks,
+            &self.connections,
+            &self.config,
+        )
+        .await;
     }
 }
 
@@ -245,6 +233,46 @@ impl Drop for Edge {
     fn drop(&mut self) {
         self.phase.send_replace(Phase::Closed);
     }
+}
+
+/// Serves `table` from now on (one swap at a time): endpoints are resolved against the known
+/// ones, the table is stored, then endpoints no longer listed are retired.
+fn install_table(
+    table: &RouteTable,
+    update: &std::sync::Mutex<()>,
+    upstreams: &Upstreams,
+    metrics: &MetricsRegistry,
+    active: &ArcSwap<ActiveTable>,
+) {
+    let _one_at_a_time = update.lock().unwrap_or_else(|poison| poison.into_inner());
+    let (resolved, listed) = upstreams.activate(table, metrics);
+    active.store(Arc::new(resolved));
+    upstreams.retire_absent(&listed);
+}
+
+/// Closes the listeners (their accept tasks end), lets connections finish their requests for
+/// up to the drain timeout, then closes whatever is left.
+async fn close_gracefully(
+    phase: &watch::Sender<Phase>,
+    accept_tasks: &std::sync::Mutex<Vec<JoinHandle<()>>>,
+    connections: &Semaphore,
+    config: &EdgeConfig,
+) {
+    phase.send_replace(Phase::Draining);
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(
+        &mut *accept_tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()),
+    );
+    for task in tasks {
+        let _ = task.await;
+    }
+    let all = config.max_connections as u32;
+    let idle = tokio::time::timeout(config.drain_timeout, connections.acquire_many(all));
+    if let Ok(Ok(permits)) = idle.await {
+        drop(permits);
+    }
+    phase.send_replace(Phase::Closed);
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {

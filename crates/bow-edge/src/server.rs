@@ -102,22 +102,6 @@ impl Drop for ConnContext {
     }
 }
 
-impl ConnContext {
-    /// A connection holding one of `max_connections` (the caller counted it as open).
-    pub(crate) fn new(
-        client: SocketAddr,
-        metrics: Arc<MetricsRegistry>,
-        permit: OwnedSemaphorePermit,
-    ) -> Self {
-        ConnContext {
-            client,
-            activity: Arc::new(Activity::new()),
-            metrics,
-            _permit: permit,
-        }
-    }
-}
-
 /// What the accept loops share.
 pub(crate) struct Listeners {
     pub(crate) config: Arc<EdgeConfig>,
@@ -137,7 +121,40 @@ pub(crate) enum Port {
 
 /// Accepts until the edge stops running; over-limit connections are closed at once.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Listeners>, port: Port) {
-    let mut phase = shared.phase.clone();
+    let connections = shared.connections.clone();
+    let metrics = shared.metrics.clone();
+    let phase = shared.phase.clone();
+    accept_connections(
+        listener,
+        connections,
+        metrics,
+        phase,
+        move |stream, context| {
+            let shared = shared.clone();
+            async move {
+                match port {
+                    Port::Https => serve_https(stream, context, shared).await,
+                    Port::Http => serve_http(stream, context, shared).await,
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The accept loop of every listener (the edge's and [`crate::ServiceListener`]s): accepts
+/// until `phase` leaves `Running`, closes connections over the `connections` limit at once,
+/// and serves each other one in a task of its own.
+pub(crate) async fn accept_connections<F, Fut>(
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    metrics: Arc<MetricsRegistry>,
+    mut phase: watch::Receiver<Phase>,
+    serve: F,
+) where
+    F: Fn(TcpStream, Arc<ConnContext>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         tokio::select! {
             changed = phase.changed() => {
@@ -154,26 +171,20 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Listeners>, p
                         continue;
                     }
                 };
-                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-                    shared.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
                     drop(stream);
                     continue;
                 };
-                shared.metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+                metrics.open_connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let context = Arc::new(ConnContext {
                     client,
                     activity: Arc::new(Activity::new()),
-                    metrics: shared.metrics.clone(),
+                    metrics: metrics.clone(),
                     _permit: permit,
                 });
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    match port {
-                        Port::Https => serve_https(stream, context, shared).await,
-                        Port::Http => serve_http(stream, context, shared).await,
-                    }
-                });
+                tokio::spawn(serve(stream, context));
             }
         }
     }

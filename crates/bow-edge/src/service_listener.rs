@@ -26,9 +26,9 @@ use crate::error::EdgeError;
 use crate::metrics::MetricsRegistry;
 use crate::proxy::{DOWN_COOLOFF, Proxy};
 use crate::routes::{Backend, Endpoint, Route, RouteTable};
-use crate::server::{ConnContext, Phase, closed, serve_plain};
+use crate::server::{ConnContext, Phase, accept_connections, closed, serve_plain};
 use crate::upstream::{ActiveTable, DrainOutcome, EndpointState, Upstreams};
-use crate::{MetricsSnapshot, bind, local_addr};
+use crate::{MetricsSnapshot, bind, close_gracefully, install_table, local_addr};
 
 /// What a service listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,7 +112,7 @@ pub struct ServiceListener {
     metrics: Arc<MetricsRegistry>,
     connections: Arc<Semaphore>,
     phase: watch::Sender<Phase>,
-    accept_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    accept_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     endpoints_update: std::sync::Mutex<()>,
 }
 
@@ -170,7 +170,7 @@ impl ServiceListener {
             metrics,
             connections,
             phase,
-            accept_task: std::sync::Mutex::new(Some(accept_task)),
+            accept_tasks: std::sync::Mutex::new(vec![accept_task]),
             endpoints_update: std::sync::Mutex::new(()),
         };
         listener.set_endpoints(Vec::new());
@@ -185,16 +185,16 @@ impl ServiceListener {
     /// Balances over `endpoints` from now on; endpoints no longer listed get no new request
     /// or connection (see [`ServiceListener::drain`]).
     pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
-        let _one_at_a_time = self
-            .endpoints_update
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
         let backend = Backend::new(self.service.clone(), endpoints);
         let table = RouteTable::new(vec![Route::new(crate::ANY_HOST, "/", backend)])
             .expect("one catch-all route with one service's endpoints is a valid table");
-        let (active, listed) = self.upstreams.activate(&table, &self.metrics);
-        self.table.store(Arc::new(active));
-        self.upstreams.retire_absent(&listed);
+        install_table(
+            &table,
+            &self.endpoints_update,
+            &self.upstreams,
+            &self.metrics,
+            &self.table,
+        );
     }
 
     /// Stops sending new requests or connections to `endpoint_id` and resolves when the open
@@ -214,81 +214,53 @@ impl ServiceListener {
     /// Closes the listener, lets open requests and connections finish for up to the drain
     /// timeout, then closes whatever is left.
     pub async fn shutdown(&self) {
-        self.phase.send_replace(Phase::Draining);
-        let task = self
-            .accept_task
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
-        let all = self.config.max_connections as u32;
-        let idle = tokio::time::timeout(
-            self.config.drain_timeout,
-            self.connections.acquire_many(all),
-        );
-        if let Ok(Ok(permits)) = idle.await {
-            drop(permits);
-        }
-        self.phase.send_replace(Phase::Closed);
+        close_gracefully(
+            &self.phase,
+            &self.accept_tasks,
+            &self.connections,
+            &self.config,
+        )
+        .await;
     }
 }
 
 impl Drop for ServiceListener {
     fn drop(&mut self) {
         self.phase.send_replace(Phase::Closed);
-        if let Some(task) = self
-            .accept_task
+        let tasks = self
+            .accept_tasks
             .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .take()
-        {
+            .unwrap_or_else(|poison| poison.into_inner());
+        for task in tasks.iter() {
             task.abort();
         }
     }
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut phase = shared.phase.clone();
-    loop {
-        tokio::select! {
-            changed = phase.changed() => {
-                if changed.is_err() || *phase.borrow() != Phase::Running {
-                    return;
+    let connections = shared.connections.clone();
+    let metrics = shared.metrics.clone();
+    let phase = shared.phase.clone();
+    accept_connections(
+        listener,
+        connections,
+        metrics,
+        phase,
+        move |stream, context| {
+            let shared = shared.clone();
+            async move {
+                match shared.protocol {
+                    ServiceProtocol::Http => {
+                        let config = shared.config.clone();
+                        let proxy = shared.proxy.clone();
+                        serve_plain(stream, context, config, proxy, shared.phase.clone()).await;
+                    }
+                    ServiceProtocol::Tcp => forward(stream, context, &shared).await,
                 }
             }
-            accepted = listener.accept() => {
-                let Ok((stream, client)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-                    shared.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                shared.metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                let _ = stream.set_nodelay(true);
-                let context = Arc::new(ConnContext::new(client, shared.metrics.clone(), permit));
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    match shared.protocol {
-                        ServiceProtocol::Http => {
-                            serve_plain(
-                                stream,
-                                context,
-                                shared.config.clone(),
-                                shared.proxy.clone(),
-                                shared.phase.clone(),
-                            )
-                            .await;
-                        }
-                        ServiceProtocol::Tcp => forward(stream, context, &shared).await,
-                    }
-                });
-            }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// How many endpoints a TCP connection tries before it is closed.

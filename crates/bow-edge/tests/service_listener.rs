@@ -40,7 +40,10 @@ async fn listener(upstreams: &[&Upstream]) -> ServiceListener {
 
 #[tokio::test]
 async fn any_host_is_balanced_over_the_endpoints_as_plain_http() {
-    let (one, two) = (Upstream::start("api.1").await, Upstream::start("api.2").await);
+    let (one, two) = (
+        Upstream::start("api.1").await,
+        Upstream::start("api.2").await,
+    );
     let listener = listener(&[&one, &two]).await;
     let mut sender = connect(listener.local_addr()).await;
     let mut seen = BTreeSet::new();

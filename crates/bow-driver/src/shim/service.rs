@@ -1,7 +1,7 @@
 //! Forking and exec'ing the service from the shim: own process group, cgroup joined and user
 //! switched in the child before exec, and exec failures turned into precise reasons.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -195,47 +195,28 @@ fn explain_spawn_error(error: &io::Error, config: &ShimConfig, program: &Path) -
 /// to the host's, with `hosts_file` bind-mounted read-only over `/etc/hosts`. The bind
 /// follows the file's inode, so the agent rewrites the file in place to publish new names.
 fn mount_hosts_file(hosts_file: &CString) -> io::Result<()> {
-    const ETC_HOSTS: &std::ffi::CStr = c"/etc/hosts";
-    const ROOT: &std::ffi::CStr = c"/";
-    // SAFETY: plain syscalls on NUL-terminated strings that outlive the calls.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(step_error(STEP_NAMESPACE, errno()));
-        }
-        let private = libc::MS_REC | libc::MS_PRIVATE;
-        if libc::mount(
-            std::ptr::null(),
-            ROOT.as_ptr(),
-            std::ptr::null(),
-            private,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(step_error(STEP_NAMESPACE, errno()));
-        }
-        if libc::mount(
-            hosts_file.as_ptr(),
-            ETC_HOSTS.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(step_error(STEP_HOSTS, errno()));
-        }
-        let read_only = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-        if libc::mount(
-            std::ptr::null(),
-            ETC_HOSTS.as_ptr(),
-            std::ptr::null(),
-            read_only,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(step_error(STEP_HOSTS, errno()));
-        }
+    const ETC_HOSTS: &CStr = c"/etc/hosts";
+    // SAFETY: unshare has no memory preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(step_error(STEP_NAMESPACE, errno()));
     }
-    Ok(())
+    let private = libc::MS_REC | libc::MS_PRIVATE;
+    mount(None, c"/", private).map_err(|errno| step_error(STEP_NAMESPACE, errno))?;
+    let read_only = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    mount(Some(hosts_file), ETC_HOSTS, libc::MS_BIND)
+        .and_then(|()| mount(None, ETC_HOSTS, read_only))
+        .map_err(|errno| step_error(STEP_HOSTS, errno))
+}
+
+/// `mount(source, target, NULL, flags, NULL)`; the errno on failure.
+fn mount(source: Option<&CStr>, target: &CStr, flags: libc::c_ulong) -> Result<(), i32> {
+    let source = source.map_or(std::ptr::null(), CStr::as_ptr);
+    let null = std::ptr::null();
+    // SAFETY: NUL-terminated strings that outlive the call, or null where mount allows it.
+    match unsafe { libc::mount(source, target.as_ptr(), null, flags, null.cast()) } {
+        0 => Ok(()),
+        _ => Err(errno()),
+    }
 }
 
 fn step_error(step: i32, errno: i32) -> io::Error {
