@@ -261,8 +261,7 @@ impl Agent {
         drop(inner);
         let agent = self.clone();
         tokio::spawn(async move {
-            agent.ensure_discovery(&spec).await;
-            agent.ensure_edge(&spec).await;
+            tokio::join!(agent.ensure_discovery(&spec), agent.ensure_edge(&spec));
         });
     }
 
