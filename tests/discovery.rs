@@ -26,18 +26,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `other` (3 testapp instances, port `port`) and the client `caller`, made by `client`
-/// from the project's name.
-fn stack(label: &str, port: u16, client: impl FnOnce(&str) -> LoadClient) -> (Stack, LoadClient) {
+/// `other` (3 testapp instances, port `port`), `extra` services and the client `caller`
+/// (depending on `callees`), made by `client` from the project's name.
+fn stack(
+    label: &str,
+    port: u16,
+    extra: &str,
+    callees: &str,
+    client: impl FnOnce(&str) -> LoadClient,
+) -> (Stack, LoadClient) {
     let stack = Stack::new(label, "");
     let client = client(&stack.project);
     let yaml = format!(
         "project: {}\nservices:\n  other:\n    command: {}\n    replicas: 3\n    port: {port}\n    \
          health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n    \
-         deploy: {{ drain_timeout: 5s }}\n{}",
+         deploy: {{ drain_timeout: 5s }}\n{}{}",
         stack.project,
         support::stack::testapp().display(),
-        client.service_yaml("other")
+        extra.replace("{testapp}", support::stack::testapp().to_str().unwrap()),
+        client.service_yaml(callees)
     );
     std::fs::write(&stack.file, yaml).unwrap();
     client.install(&stack);
@@ -51,10 +58,17 @@ fn a_client_calls_other_by_name_and_gets_the_answer() {
         "this test needs root: names live in a mount namespace"
     );
     let port = free_port();
-    let (stack, client) = stack("disc-names", port, |project| {
+    // `plain` has a tcp health check: discovery forwards TCP to it.
+    let plain_port = free_port();
+    let plain = format!(
+        "  plain:\n    command: {{testapp}}\n    port: {plain_port}\n    \
+         health: {{ tcp: true, interval: 200ms }}\n"
+    );
+    let (stack, client) = stack("disc-names", port, &plain, "other, plain", |project| {
         let by_name = format!("http://other:{port}/");
         let internal = format!("http://other.{project}.internal:{port}/");
-        LoadClient::new("caller", &[&by_name, &internal], 1)
+        let tcp = format!("http://plain:{plain_port}/");
+        LoadClient::new("caller", &[&by_name, &internal, &tcp], 1)
     });
     let status = stack.up_ok();
 
@@ -85,13 +99,27 @@ fn a_client_calls_other_by_name_and_gets_the_answer() {
     // The client resolved both names to that address and got testapp's answer through it.
     let probe = client.probe(&stack);
     eprintln!("{text}\ncaller saw: {probe:#}");
-    for url in &client.urls {
+    for url in &client.urls[..2] {
         let answer = &probe["answers"][url];
         assert_eq!(answer["address"], ip.to_string(), "{url}: {probe:#}");
         assert_eq!(answer["answer"]["service"], "other", "{url}: {probe:#}");
         let instance_id = answer["answer"]["instance"].as_str().unwrap_or_default();
         assert!(instance_id.starts_with("other."), "{url}: {probe:#}");
     }
+
+    // Through TCP forwarding to the service with a tcp check.
+    let plain_answer = &probe["answers"][&client.urls[2]];
+    assert_eq!(plain_answer["answer"]["service"], "plain", "{probe:#}");
+    let plain_entry = status["discovery"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["service"] == "plain"))
+        .unwrap_or_else(|| panic!("no discovery entry for plain: {status:#}"));
+    assert_eq!(plain_entry["protocol"], "tcp");
+    assert_eq!(
+        probe["env"]["BOW_PLAIN_URL"],
+        format!("tcp://{}", plain_entry["address"].as_str().unwrap()),
+        "{probe:#}"
+    );
 
     // The variables, as the client saw them and as its process has them.
     let env = &probe["env"];
@@ -178,7 +206,7 @@ fn killing_instances_of_the_callee_fails_no_request_of_the_caller() {
         "this test needs root: names live in a mount namespace"
     );
     let port = free_port();
-    let (stack, client) = stack("disc-kill", port, |_| {
+    let (stack, client) = stack("disc-kill", port, "", "other", |_| {
         LoadClient::new("caller", &[&format!("http://other:{port}/")], 12)
     });
     stack.up_ok();

@@ -99,10 +99,11 @@ impl LoadClient {
         format!("{}-client", self.name)
     }
 
-    /// The service's entry under `services:` (indented two spaces), depending on `callee`.
-    pub fn service_yaml(&self, callee: &str) -> String {
+    /// The service's entry under `services:` (indented two spaces), depending on `callees`
+    /// (`other` or `other, plain`): they are healthy before it starts.
+    pub fn service_yaml(&self, callees: &str) -> String {
         format!(
-            "  {name}:\n    command: /usr/bin/python3 -u client.py {urls} {seconds}\n    dir: ./{dir}\n    depends_on: [{callee}]\n",
+            "  {name}:\n    command: /usr/bin/python3 -u client.py {urls} {seconds}\n    dir: ./{dir}\n    depends_on: [{callees}]\n",
             name = self.name,
             urls = self.urls.join(","),
             seconds = self.seconds,
