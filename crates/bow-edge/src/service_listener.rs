@@ -47,6 +47,7 @@ pub struct ServiceListenerConfig {
     pub addr: SocketAddr,
     /// The service's name, used in error bodies and metrics.
     pub service: String,
+    /// HTTP request by request, or TCP connection by connection.
     pub protocol: ServiceProtocol,
     /// How long [`ServiceListener::drain`] and [`ServiceListener::shutdown`] wait.
     pub drain_timeout: Duration,
