@@ -682,9 +682,7 @@ impl Agent {
                     .to_string(),
             );
         }
-        if let Some(note) = crate::discovery::status_note(self.root, inner.spec.as_ref()) {
-            notes.push(note.to_string());
-        }
+        notes.extend(self.discovery_note(inner.spec.as_ref()));
         StatusReport {
             project: self.project.clone(),
             environment: self.environment.clone(),

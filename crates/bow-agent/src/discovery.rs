@@ -41,6 +41,8 @@ pub(crate) struct Discovery {
     errors: Mutex<BTreeMap<String, String>>,
     /// One `ensure_discovery` at a time.
     ensure: tokio::sync::Mutex<()>,
+    /// Whether mount namespaces can be made (checked once, as root).
+    mount_namespaces: std::sync::OnceLock<Result<(), String>>,
 }
 
 struct RunningListener {
@@ -62,10 +64,57 @@ pub struct Names {
 /// What `bow status` says when services cannot find each other by name.
 pub const NO_NAMES_NOTE: &str = "not running as root: service names are not in the instances' /etc/hosts; services reach each other through BOW_<SERVICE>_HOST, BOW_<SERVICE>_PORT and BOW_<SERVICE>_URL";
 
-/// The status note about names, when there is one to give.
-pub(crate) fn status_note(root: bool, spec: Option<&Spec>) -> Option<&'static str> {
-    let ports = spec.is_some_and(|spec| spec.services.values().any(|s| s.port.is_some()));
-    (ports && !root).then_some(NO_NAMES_NOTE)
+impl Agent {
+    /// The status note about names, when there is one to give.
+    pub(crate) fn discovery_note(&self, spec: Option<&Spec>) -> Option<String> {
+        let ports = spec.is_some_and(|spec| spec.services.values().any(|s| s.port.is_some()));
+        if !ports {
+            return None;
+        }
+        if !self.root {
+            return Some(NO_NAMES_NOTE.to_string());
+        }
+        self.names_available().err().map(|reason| {
+            format!(
+                "service names are not available: {reason}; services reach each other through BOW_<SERVICE>_HOST, BOW_<SERVICE>_PORT and BOW_<SERVICE>_URL"
+            )
+        })
+    }
+
+    /// Whether instances can get the names: root, and mount namespaces can be made here (a
+    /// container without CAP_SYS_ADMIN cannot); checked once.
+    fn names_available(&self) -> Result<(), String> {
+        if !self.root {
+            return Err("not running as root".to_string());
+        }
+        self.discovery
+            .mount_namespaces
+            .get_or_init(mount_namespaces_work)
+            .clone()
+    }
+}
+
+/// Runs `/bin/true` in a mount namespace of its own, as the shim would run a service.
+fn mount_namespaces_work() -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("/bin/true");
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: unshare is async-signal-safe; the closure does not allocate.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match command.status() {
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("cannot create a mount namespace ({error})")),
+    }
 }
 
 /// `<state-dir>/discovery/hosts`: the file instances see as `/etc/hosts`.
@@ -215,6 +264,8 @@ impl Agent {
     /// Gives every service with a port its address (recorded for good) and rewrites the hosts
     /// file. Runs before the spec's instances start, so they get every name.
     pub(crate) fn assign_addresses(&self, spec: &Spec) {
+        // Decided here, once, before any instance starts (it runs a short probe process).
+        let _ = self.names_available();
         let mut known: BTreeMap<String, Ipv4Addr> = match self.store().service_addresses() {
             Ok(rows) => rows
                 .into_iter()
@@ -286,7 +337,10 @@ impl Agent {
         }
         Names {
             services,
-            hosts_file: self.root.then(|| hosts_file(&self.state_dir)),
+            hosts_file: self
+                .names_available()
+                .is_ok()
+                .then(|| hosts_file(&self.state_dir)),
         }
     }
 
@@ -416,7 +470,8 @@ impl Agent {
                 address: SocketAddr::from((*address, port)).to_string(),
                 protocol: protocol.to_string(),
                 names: self
-                    .root
+                    .names_available()
+                    .is_ok()
                     .then(|| vec![name.clone(), format!("{name}.{}.internal", self.project)]),
                 listening: listening.contains(name),
                 healthy: healthy_endpoints(inner, name).len(),
