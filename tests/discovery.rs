@@ -9,21 +9,12 @@ mod support;
 use std::time::Duration;
 
 use support::discovery::LoadClient;
+use support::procs::free_port;
 use support::stack::{Stack, WAIT, pid_in};
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Any port works (the address is the service's own); a free one keeps the test honest
-/// about not depending on a fixed number.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `other` (3 testapp instances, port `port`), `extra` services and the client `caller`

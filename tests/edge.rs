@@ -7,15 +7,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::procs::free_port;
 use support::stack::{Stack, WAIT};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn stack(label: &str, host: &str) -> (Stack, u16, u16) {
     let (http, https) = (free_port(), free_port());
