@@ -195,8 +195,8 @@ pub(crate) fn hosts_text(
 }
 
 /// Rewrites `path` in place (same inode: bind mounts of it see the new text): the new text
-/// over the old from the start, then the file cut to its length. Readers never find it
-/// empty.
+/// over the old from the start, then the file cut to its length. Readers never find it empty
+/// or without the host's lines; for a moment they may see a stale tail of old bow lines.
 fn rewrite_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -531,6 +531,17 @@ mod tests {
         let text = hosts_text("127.0.0.1 localhost", "dash", "production", &addresses);
         assert!(text.starts_with("127.0.0.1 localhost\n"));
         assert!(text.ends_with("127.64.1.2\tdash-back dash-back.dash.internal\n"));
+    }
+
+    #[test]
+    fn a_drain_timed_out_when_either_did() {
+        let timed_out = |in_flight| Some(DrainOutcome::TimedOut { in_flight });
+        let drained = Some(DrainOutcome::Drained);
+        assert_eq!(both_drained(None, None), None);
+        assert_eq!(both_drained(drained, None), drained);
+        assert_eq!(both_drained(None, drained), drained);
+        assert_eq!(both_drained(drained, timed_out(2)), timed_out(2));
+        assert_eq!(both_drained(timed_out(1), timed_out(2)), timed_out(3));
     }
 
     #[test]
