@@ -8,9 +8,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::free_port;
 use support::load::Load;
-use support::procs::{kill, wait_for, wait_gone};
+use support::procs::{free_port, kill, wait_for, wait_gone};
 use support::stack::{Stack, WAIT, instances};
 
 /// A 3-replica service behind the edge answering with `APP_VERSION`.

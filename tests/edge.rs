@@ -7,9 +7,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::free_port;
-use support::procs::{kill, wait_gone};
-use support::stack::{Stack, WAIT, instance, pid_in};
+use support::procs::free_port;
+use support::stack::{Stack, WAIT};
 
 fn stack(label: &str, host: &str) -> (Stack, u16, u16) {
     let (http, https) = (free_port(), free_port());
@@ -127,20 +126,7 @@ fn killing_instances_under_load_fails_no_request() {
         .expect("python3");
     std::thread::sleep(Duration::from_millis(1500));
     // Kill one of the three instances, wait until it is healthy again, five times over.
-    for round in 0..5 {
-        let id = format!("web.{}", round % 3 + 1);
-        let status = stack.status_ok();
-        let pid = pid_in(&status, &id).expect("pid");
-        kill(pid, libc::SIGKILL);
-        wait_gone(pid, WAIT);
-        stack.wait_status("all three healthy again", WAIT, |s| {
-            (1..=3).all(|i| {
-                instance(s, &format!("web.{i}"))
-                    .is_some_and(|x| x["health"] == "healthy" && x["pid"] != pid)
-            })
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    stack.kill_instances_in_turn("web", 3, 5);
     let output = client.wait_with_output().expect("load client");
     let _ = std::io::stdout().write_all(&output.stdout);
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("client JSON");

@@ -3,21 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod discovery;
 pub mod load;
 pub mod procs;
 pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// A loopback port free right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The workspace root (tests run with paths relative to it).
 pub fn root() -> PathBuf {

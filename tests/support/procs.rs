@@ -279,6 +279,15 @@ pub fn now_micros() -> i64 {
         .as_micros() as i64
 }
 
+/// A port free on 127.0.0.1 right now (for settings such as `port:` or edge ports).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `GET path` on 127.0.0.1:port once. Returns the status and body.
 pub fn try_http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;

@@ -376,6 +376,24 @@ impl Stack {
         self.wait_status("every service healthy after up -d", WAIT, all_healthy)
     }
 
+    /// SIGKILLs instance `<service>.<round % replicas + 1>` for each of `rounds` rounds, each
+    /// time waiting until all `replicas` are healthy again (the killed one with a new pid).
+    pub fn kill_instances_in_turn(&self, service: &str, replicas: u32, rounds: u32) {
+        for round in 0..rounds {
+            let id = format!("{service}.{}", round % replicas + 1);
+            let pid = pid_in(&self.status_ok(), &id).expect("pid");
+            procs::kill(pid, libc::SIGKILL);
+            procs::wait_gone(pid, WAIT);
+            self.wait_status("all instances healthy again", WAIT, |s| {
+                (1..=replicas).all(|i| {
+                    instance(s, &format!("{service}.{i}"))
+                        .is_some_and(|x| x["health"] == "healthy" && x["pid"] != pid)
+                })
+            });
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// `bow down`.
     pub fn down(&self) -> Ran {
         self.run(&["down"], Duration::from_secs(60))

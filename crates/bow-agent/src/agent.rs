@@ -104,6 +104,7 @@ pub struct Agent {
     pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
+    pub(crate) discovery: crate::discovery::Discovery,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -149,6 +150,7 @@ impl Agent {
             inner: Mutex::new(Inner::default()),
             edge: tokio::sync::Mutex::new(None),
             edge_error: Mutex::new(None),
+            discovery: Default::default(),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -247,6 +249,7 @@ impl Agent {
     /// Moves the running system towards `spec`: removed services stop, each other service's
     /// starter waits for its dependencies and then converges on its target release.
     pub(crate) fn reconcile(self: &Arc<Self>, spec: Spec) {
+        self.assign_addresses(&spec);
         let mut inner = self.lock();
         inner.spec = Some(spec.clone());
         let removed: Vec<String> = inner
@@ -274,7 +277,9 @@ impl Agent {
         }
         drop(inner);
         let agent = self.clone();
-        tokio::spawn(async move { agent.ensure_edge(&spec).await });
+        tokio::spawn(async move {
+            tokio::join!(agent.ensure_discovery(&spec), agent.ensure_edge(&spec));
+        });
     }
 
     /// The definition and release a slot runs.
@@ -521,6 +526,7 @@ impl Agent {
         }
         stopped.extend(self.stop_adopted_leftovers().await);
         self.stop_edge().await;
+        self.stop_discovery().await;
         // Anything left in the project's cgroups (a child that escaped its process group).
         if let Some(layout) = bow_driver::cgroup::detect_layout() {
             let project = format!("{}-{}", self.project, self.environment);
@@ -668,6 +674,7 @@ impl Agent {
                     .to_string(),
             );
         }
+        notes.extend(self.discovery_note(inner.spec.as_ref()));
         StatusReport {
             project: self.project.clone(),
             environment: self.environment.clone(),
@@ -675,6 +682,7 @@ impl Agent {
             revision: inner.revision,
             services,
             edge: None,
+            discovery: self.discovery_status(&inner),
             notes,
         }
     }

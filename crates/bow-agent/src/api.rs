@@ -166,9 +166,32 @@ pub struct StatusReport {
     /// The HTTPS edge, when services have routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edge: Option<EdgeStatus>,
+    /// Each service's internal address (services with a `port:`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discovery: Vec<DiscoveryStatus>,
     /// Notes about capabilities (e.g. "not root: services run as the agent's user").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// Where other services reach a service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    pub service: String,
+    /// `address:port`, e.g. `127.64.12.7:5001`.
+    pub address: String,
+    /// `http` (request by request) or `tcp` (connection by connection).
+    pub protocol: String,
+    /// The names instances resolve to the address; `None` when names are not available (not
+    /// root), and the `BOW_<SERVICE>_*` variables are the way.
+    pub names: Option<Vec<String>>,
+    /// Whether the agent listens on the address.
+    pub listening: bool,
+    /// Healthy instances traffic goes to.
+    pub healthy: usize,
+    /// Why the agent does not listen, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where the edge listens and what it serves.

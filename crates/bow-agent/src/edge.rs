@@ -6,13 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bow_edge::{
-    Backend, Edge, EdgeConfig, EdgeHooks, Endpoint, JsonLinesSink, Route, RouteTable, TlsSource,
-};
+use bow_edge::{Backend, Edge, EdgeConfig, EdgeHooks, JsonLinesSink, Route, RouteTable, TlsSource};
 use bow_spec::{Spec, Tls};
 
 use crate::agent::{Agent, Inner};
-use crate::api::{EdgeStatus, Health};
+use crate::api::EdgeStatus;
 
 /// The running edge and the settings it was started with.
 pub(crate) struct EdgeRuntime {
@@ -136,6 +134,7 @@ impl Agent {
 
     /// Gives the edge the healthy instances of every routed service.
     pub(crate) fn refresh_routes(&self) {
+        self.refresh_discovery();
         let Some(edge) = self
             .edge
             .try_lock()
@@ -152,18 +151,24 @@ impl Agent {
         }
     }
 
-    /// Takes an instance out of the edge and waits (at most `timeout`) for its in-flight
-    /// requests. The caller has already marked it as not healthy.
+    /// Takes an instance out of the edge and its service listener and waits (at most
+    /// `timeout`) for its in-flight requests. The caller has already marked it as not healthy.
     pub(crate) async fn drain_instance(
         &self,
         instance_id: &str,
         timeout: Duration,
     ) -> Option<bow_edge::DrainOutcome> {
         self.refresh_routes();
-        let edge = self.edge.lock().await.as_ref().map(|r| r.edge.clone())?;
-        tokio::time::timeout(timeout, edge.drain(instance_id))
-            .await
-            .ok()
+        let edge = self.edge.lock().await.as_ref().map(|r| r.edge.clone());
+        let edge_drained = async {
+            let edge = edge?;
+            tokio::time::timeout(timeout, edge.drain(instance_id))
+                .await
+                .ok()
+        };
+        let (edge, internal) =
+            tokio::join!(edge_drained, self.drain_discovery(instance_id, timeout));
+        crate::discovery::both_drained(edge, internal)
     }
 
     pub(crate) async fn edge_status(&self) -> Option<EdgeStatus> {
@@ -265,23 +270,7 @@ fn route_table(inner: &Inner) -> Vec<Route> {
         if service.routes.is_empty() {
             continue;
         }
-        let endpoints: Vec<Endpoint> = inner
-            .services
-            .get(name)
-            .map(|runtime| {
-                runtime
-                    .slots
-                    .values()
-                    .filter(|slot| slot.status.health == Health::Healthy && slot.routable)
-                    .filter_map(|slot| {
-                        Some(Endpoint::new(
-                            slot.status.id.clone(),
-                            SocketAddr::from((Ipv4Addr::LOCALHOST, slot.status.port?)),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let endpoints = crate::discovery::healthy_endpoints(inner, name);
         for route in &service.routes {
             routes.push(Route::new(
                 route.host.clone(),

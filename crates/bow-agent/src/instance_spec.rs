@@ -16,6 +16,8 @@ pub struct InstanceContext<'a> {
     pub port: u16,
     pub venv: Option<&'a Path>,
     pub root: bool,
+    /// The other services' addresses and the hosts file (service discovery).
+    pub names: crate::discovery::Names,
 }
 
 /// The driver's view of one instance of `service`; `Err` says why it cannot run as a process.
@@ -75,12 +77,15 @@ pub fn build(service: &Service, context: &InstanceContext<'_>) -> Result<Instanc
     };
     spec.log_rotation = LogRotation::default();
     spec.stop_timeout = service.stop_timeout.as_std();
+    spec.hosts_file = context.names.hosts_file.clone();
     Ok(spec)
 }
 
-/// The service's env plus what bow gives every instance.
+/// The service's env plus what bow gives every instance: `PORT`, `BOW_*`, and
+/// `BOW_<SERVICE>_HOST/_PORT/_URL` of every service with a port (unless `env` sets them).
 pub fn environment(service: &Service, context: &InstanceContext<'_>) -> BTreeMap<String, String> {
-    let mut env = service.env.clone();
+    let mut env = crate::discovery::environment(&context.names);
+    env.extend(service.env.clone());
     env.insert("PORT".into(), context.port.to_string());
     env.insert("BOW_SERVICE".into(), context.service_name.to_string());
     env.insert(

@@ -11,6 +11,7 @@ pub mod api;
 pub mod backoff;
 pub mod client;
 mod deploy;
+pub mod discovery;
 pub mod edge;
 mod error;
 pub mod health;

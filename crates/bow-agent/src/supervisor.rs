@@ -368,7 +368,7 @@ async fn stop_instance(
     let id = &handle.instance_id;
     let timeout = definition.stop_timeout.as_std();
     agent.update(service, index, |s| s.health = Health::Stopping);
-    if !definition.routes.is_empty()
+    if (!definition.routes.is_empty() || definition.port.is_some())
         && let Some(bow_edge::DrainOutcome::TimedOut { in_flight }) = agent
             .drain_instance(id, definition.deploy.drain_timeout.as_std())
             .await
@@ -593,6 +593,7 @@ fn context<'a>(
         port,
         venv,
         root: agent.root,
+        names: agent.names(),
     }
 }
 

@@ -54,6 +54,12 @@ pub struct InstanceSpec {
     pub stop_timeout: Duration,
     /// Cgroup directory under each hierarchy's mount point, normally [`DEFAULT_CGROUP_PARENT`].
     pub cgroup_parent: String,
+    /// A file the service sees as `/etc/hosts` (service discovery names): the service starts
+    /// in its own mount namespace where this file is bind-mounted, read-only, over
+    /// `/etc/hosts`. Only honoured when the driver runs as root. Rewrite the file in place
+    /// (never replace it) and running instances see the new content.
+    #[serde(default)]
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// Resource limits, enforced with cgroups.
@@ -139,6 +145,7 @@ impl InstanceSpec {
             log_rotation: LogRotation::default(),
             stop_timeout: Duration::from_secs(10),
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
+            hosts_file: None,
         }
     }
 

@@ -74,6 +74,7 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         gid: user.gid,
         groups: user.groups.clone(),
         switch_user,
+        hosts_file: spec.hosts_file.clone().filter(|_| root),
     };
     let result = run_shim(shim, &config, &run_dir.join(SHIM_LOG_FILE));
     if result.is_err()

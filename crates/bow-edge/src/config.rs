@@ -36,6 +36,26 @@ pub struct EdgeConfig {
     pub upstream_timeout: Duration,
     /// Where server certificates come from.
     pub tls: TlsSource,
+    /// The scheme clients used, as told to upstreams in `X-Forwarded-Proto` and `Forwarded`.
+    pub scheme: Scheme,
+}
+
+/// The scheme a proxied request came in with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// The edge's HTTPS listener.
+    Https,
+    /// A plain-HTTP [`crate::ServiceListener`] (internal traffic between services).
+    Http,
+}
+
+impl Scheme {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
 }
 
 impl EdgeConfig {
@@ -56,6 +76,7 @@ impl EdgeConfig {
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             tls,
+            scheme: Scheme::Https,
         }
     }
 

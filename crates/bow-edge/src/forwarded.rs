@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::config::Scheme;
+
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
@@ -85,8 +87,8 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
 
 /// Adds the client's address and the original host and scheme: `X-Forwarded-For` is
 /// appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` are replaced, and a
-/// `Forwarded: for=…;proto=https;host=…` element is appended.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
+/// `Forwarded: for=…;proto=<proto>;host=…` element is appended.
+pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str, proto: Scheme) {
     let client_text = client.to_string();
     let forwarded_for = match headers
         .get(&X_FORWARDED_FOR)
@@ -96,13 +98,17 @@ pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str)
         _ => client_text,
     };
     set(headers, &X_FORWARDED_FOR, &forwarded_for);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto.as_str()));
     set(headers, &X_FORWARDED_HOST, host);
     let node = match client {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let element = format!("for={node};proto=https;host={}", forwarded_value(host));
+    let element = format!(
+        "for={node};proto={};host={}",
+        proto.as_str(),
+        forwarded_value(host)
+    );
     let forwarded = match headers
         .get(header::FORWARDED)
         .and_then(|value| value.to_str().ok())
@@ -157,13 +163,30 @@ mod tests {
     fn forwarded_headers_name_the_client() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut headers, "::1".parse().unwrap(), "app.example.com:8443");
+        add_forwarded(
+            &mut headers,
+            "::1".parse().unwrap(),
+            "app.example.com:8443",
+            Scheme::Https,
+        );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "app.example.com:8443");
         assert_eq!(
             headers["forwarded"],
             "for=\"[::1]\";proto=https;host=\"app.example.com:8443\""
+        );
+        let mut internal = HeaderMap::new();
+        add_forwarded(
+            &mut internal,
+            "127.0.0.1".parse().unwrap(),
+            "api:5001",
+            Scheme::Http,
+        );
+        assert_eq!(internal["x-forwarded-proto"], "http");
+        assert_eq!(
+            internal["forwarded"],
+            "for=127.0.0.1;proto=http;host=\"api:5001\""
         );
     }
 

@@ -17,6 +17,8 @@
 //!   waits for their in-flight ones.
 //! - Each request yields one [`AccessLogEntry`] and feeds per-route counters and latency
 //!   histograms ([`Edge::metrics`]).
+//! - A [`ServiceListener`] serves one service on an internal address with the same
+//!   balancing, retries and draining: plain HTTP through the same proxy, or TCP forwarding.
 
 mod access_log;
 mod body;
@@ -28,6 +30,7 @@ mod proxy;
 mod redirect;
 mod routes;
 mod server;
+mod service_listener;
 mod tls;
 mod upstream;
 
@@ -42,7 +45,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink};
-pub use config::{EdgeConfig, TlsSource};
+pub use config::{EdgeConfig, Scheme, TlsSource};
 pub use error::EdgeError;
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, ServiceMetrics,
@@ -50,6 +53,7 @@ pub use metrics::{
 };
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Route, RouteTable};
+pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
 pub use tls::{CertFiles, CertificateSource, LocalCa, crypto_provider};
 pub use upstream::DrainOutcome;
 
@@ -58,6 +62,9 @@ use proxy::{DOWN_COOLOFF, Proxy};
 use redirect::Redirect;
 use server::{Listeners, Phase, Port, accept_loop};
 use upstream::{ActiveTable, Upstreams};
+
+/// A route host that matches every host no other route names.
+pub const ANY_HOST: &str = "*";
 
 /// The pluggable parts of the edge.
 pub struct EdgeHooks {
@@ -185,13 +192,13 @@ impl Edge {
     /// Serves `table` from now on. Requests already running finish where they are;
     /// endpoints absent from `table` get no new request (see [`Edge::drain`]).
     pub fn set_routes(&self, table: RouteTable) {
-        let _one_at_a_time = self
-            .routes_update
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let (active, listed) = self.upstreams.activate(&table, &self.metrics);
-        self.table.store(Arc::new(active));
-        self.upstreams.retire_absent(&listed);
+        install_table(
+            &table,
+            &self.routes_update,
+            &self.upstreams,
+            &self.metrics,
+            &self.table,
+        );
     }
 
     /// Stops sending new requests to `endpoint_id` and resolves when its in-flight
@@ -212,25 +219,13 @@ impl Edge {
     /// Closes the listeners, lets connections finish their requests for up to the drain
     /// timeout, then closes whatever is left.
     pub async fn shutdown(&self) {
-        self.phase.send_replace(Phase::Draining);
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *self
-                .accept_tasks
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner()),
-        );
-        for task in tasks {
-            let _ = task.await;
-        }
-        let all = self.config.max_connections as u32;
-        let idle = tokio::time::timeout(
-            self.config.drain_timeout,
-            self.connections.acquire_many(all),
-        );
-        if let Ok(Ok(permits)) = idle.await {
-            drop(permits);
-        }
-        self.phase.send_replace(Phase::Closed);
+        close_gracefully(
+            &self.phase,
+            &self.accept_tasks,
+            &self.connections,
+            &self.config,
+        )
+        .await;
     }
 }
 
@@ -238,6 +233,46 @@ impl Drop for Edge {
     fn drop(&mut self) {
         self.phase.send_replace(Phase::Closed);
     }
+}
+
+/// Serves `table` from now on (one swap at a time): endpoints are resolved against the known
+/// ones, the table is stored, then endpoints no longer listed are retired.
+fn install_table(
+    table: &RouteTable,
+    update: &std::sync::Mutex<()>,
+    upstreams: &Upstreams,
+    metrics: &MetricsRegistry,
+    active: &ArcSwap<ActiveTable>,
+) {
+    let _one_at_a_time = update.lock().unwrap_or_else(|poison| poison.into_inner());
+    let (resolved, listed) = upstreams.activate(table, metrics);
+    active.store(Arc::new(resolved));
+    upstreams.retire_absent(&listed);
+}
+
+/// Closes the listeners (their accept tasks end), lets connections finish their requests for
+/// up to the drain timeout, then closes whatever is left.
+async fn close_gracefully(
+    phase: &watch::Sender<Phase>,
+    accept_tasks: &std::sync::Mutex<Vec<JoinHandle<()>>>,
+    connections: &Semaphore,
+    config: &EdgeConfig,
+) {
+    phase.send_replace(Phase::Draining);
+    let tasks: Vec<JoinHandle<()>> = std::mem::take(
+        &mut *accept_tasks
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()),
+    );
+    for task in tasks {
+        let _ = task.await;
+    }
+    let all = config.max_connections as u32;
+    let idle = tokio::time::timeout(config.drain_timeout, connections.acquire_many(all));
+    if let Ok(Ok(permits)) = idle.await {
+        drop(permits);
+    }
+    phase.send_replace(Phase::Closed);
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {

@@ -169,7 +169,12 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         join_cookies(&mut headers);
-        add_forwarded(&mut headers, context.client.ip(), &host_header);
+        add_forwarded(
+            &mut headers,
+            context.client.ip(),
+            &host_header,
+            self.config.scheme,
+        );
         if let Ok(value) = HeaderValue::from_str(&host_header) {
             headers.insert(header::HOST, value);
         }

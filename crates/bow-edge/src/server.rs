@@ -121,7 +121,40 @@ pub(crate) enum Port {
 
 /// Accepts until the edge stops running; over-limit connections are closed at once.
 pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Listeners>, port: Port) {
-    let mut phase = shared.phase.clone();
+    let connections = shared.connections.clone();
+    let metrics = shared.metrics.clone();
+    let phase = shared.phase.clone();
+    accept_connections(
+        listener,
+        connections,
+        metrics,
+        phase,
+        move |stream, context| {
+            let shared = shared.clone();
+            async move {
+                match port {
+                    Port::Https => serve_https(stream, context, shared).await,
+                    Port::Http => serve_http(stream, context, shared).await,
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The accept loop of every listener (the edge's and [`crate::ServiceListener`]s): accepts
+/// until `phase` leaves `Running`, closes connections over the `connections` limit at once,
+/// and serves each other one in a task of its own.
+pub(crate) async fn accept_connections<F, Fut>(
+    listener: TcpListener,
+    connections: Arc<Semaphore>,
+    metrics: Arc<MetricsRegistry>,
+    mut phase: watch::Receiver<Phase>,
+    serve: F,
+) where
+    F: Fn(TcpStream, Arc<ConnContext>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         tokio::select! {
             changed = phase.changed() => {
@@ -138,26 +171,20 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Listeners>, p
                         continue;
                     }
                 };
-                let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-                    shared.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
                     drop(stream);
                     continue;
                 };
-                shared.metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+                metrics.open_connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let context = Arc::new(ConnContext {
                     client,
                     activity: Arc::new(Activity::new()),
-                    metrics: shared.metrics.clone(),
+                    metrics: metrics.clone(),
                     _permit: permit,
                 });
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    match port {
-                        Port::Https => serve_https(stream, context, shared).await,
-                        Port::Http => serve_http(stream, context, shared).await,
-                    }
-                });
+                tokio::spawn(serve(stream, context));
             }
         }
     }
@@ -225,6 +252,28 @@ async fn serve_http(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<Li
         shared.phase.clone(),
     )
     .await;
+}
+
+/// Serves plain HTTP/1.1 (with upgrades) through `proxy`: a [`crate::ServiceListener`]'s
+/// connections, with the same idle timeout and graceful close as the edge's.
+pub(crate) async fn serve_plain(
+    stream: TcpStream,
+    context: Arc<ConnContext>,
+    config: Arc<EdgeConfig>,
+    proxy: Arc<Proxy>,
+    phase: watch::Receiver<Phase>,
+) {
+    let service_context = context.clone();
+    let service = service_fn(move |request| {
+        let proxy = proxy.clone();
+        let context = service_context.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(context, request).await) }
+    });
+    let io = TokioIo::new(ActivityIo::new(stream, context.activity.clone()));
+    let connection = http1_builder(&config)
+        .serve_connection(io, service)
+        .with_upgrades();
+    drive(connection, &context.activity, config.idle_timeout, phase).await;
 }
 
 fn http1_builder(config: &EdgeConfig) -> http1::Builder {

@@ -89,9 +89,13 @@ pub(crate) struct ActiveTable {
 }
 
 impl ActiveTable {
-    /// The route for a normalised host and a path: longest matching prefix.
+    /// The route for a normalised host and a path: longest matching prefix. Routes of the
+    /// host [`crate::ANY_HOST`] serve hosts no route names.
     pub(crate) fn lookup(&self, host: &str, path: &str) -> Option<&ActiveRoute> {
-        let routes = self.hosts.get(host)?;
+        let routes = self
+            .hosts
+            .get(host)
+            .or_else(|| self.hosts.get(crate::ANY_HOST))?;
         routes
             .iter()
             .find(|route| prefix_matches(&route.prefix, path))

@@ -51,6 +51,13 @@ const MIGRATIONS: &[&str] = &[
         service_json TEXT NOT NULL,
         UNIQUE (service, number)
     );",
+    // Service discovery: each service's internal address, kept once given (also after the
+    // service is removed, so that re-adding it brings back the same address).
+    "CREATE TABLE service_addresses (
+        service TEXT PRIMARY KEY,
+        address TEXT NOT NULL UNIQUE,
+        assigned_at_ms INTEGER NOT NULL
+    );",
 ];
 
 /// Events kept in the store; older ones are pruned as new ones arrive.
@@ -448,6 +455,30 @@ impl Store {
         Ok(())
     }
 
+    /// Every service address ever given: service name → IPv4 address text.
+    pub fn service_addresses(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare_cached("SELECT service, address FROM service_addresses ORDER BY service")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Gives `service` the address `address` for good. A service that already has one, or an
+    /// address another service has, is refused (`Query` error with a constraint violation).
+    pub fn record_service_address(
+        &self,
+        service: &str,
+        address: &str,
+        assigned_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.connection.execute(
+            "INSERT INTO service_addresses (service, address, assigned_at_ms) VALUES (?1, ?2, ?3)",
+            params![service, address, assigned_at_ms],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_instance(&self, id: &str) -> Result<(), StoreError> {
         self.connection
             .execute("DELETE FROM instances WHERE id = ?1", params![id])?;
@@ -580,5 +611,30 @@ mod tests {
         assert_eq!(a[1].finished_at_ms, Some(20));
         assert_eq!(a[0].definition, spec.services["a"]);
         assert_eq!(store.releases(None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn service_addresses_are_unique_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .record_service_address("api", "127.64.0.7", 1)
+            .unwrap();
+        assert!(
+            store
+                .record_service_address("web", "127.64.0.7", 2)
+                .is_err()
+        );
+        assert!(
+            store
+                .record_service_address("api", "127.64.0.8", 2)
+                .is_err()
+        );
+        drop(store);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.service_addresses().unwrap(),
+            vec![("api".to_string(), "127.64.0.7".to_string())]
+        );
     }
 }

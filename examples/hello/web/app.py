@@ -4,8 +4,22 @@ import os
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# bow gives every instance BOW_<SERVICE>_URL for each service (service discovery).
-API_URL = os.environ.get("BOW_API_URL", "http://api:5001")
+# Service discovery: the api is reachable by its name and port, as with Docker's DNS. When
+# bow does not run as root the name does not resolve, and BOW_API_URL (which bow gives every
+# instance for every service with a port) says where the api is.
+API_URLS = ["http://api:5001", os.environ.get("BOW_API_URL", "http://api:5001")]
+
+
+def ask_api():
+    """The api's answer and the URL that gave it."""
+    error = None
+    for url in dict.fromkeys(API_URLS):
+        try:
+            with urllib.request.urlopen(url + "/index.json", timeout=2) as response:
+                return json.load(response), url
+        except OSError as failure:
+            error = failure
+    raise error
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -13,13 +27,13 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             return self.reply(200, {"status": "ok"})
         try:
-            with urllib.request.urlopen(API_URL + "/index.json", timeout=2) as response:
-                api = json.load(response)
+            api, via = ask_api()
         except OSError as error:
             # The page still answers; it says what it could not reach.
-            api = {"unreachable": API_URL, "error": str(error)}
+            api, via = {"unreachable": API_URLS, "error": str(error)}, None
         return self.reply(200, {"greeting": os.environ.get("GREETING", "hello"),
-                                "api": api, "instance": os.environ.get("BOW_INSTANCE", "")})
+                                "api": api, "via": via,
+                                "instance": os.environ.get("BOW_INSTANCE", "")})
 
     def reply(self, status, body):
         data = json.dumps(body).encode()

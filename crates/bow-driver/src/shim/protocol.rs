@@ -41,6 +41,9 @@ pub struct ShimConfig {
     pub gid: u32,
     pub groups: Vec<u32>,
     pub switch_user: bool,
+    /// Bind-mounted over `/etc/hosts` in a mount namespace of the service's own.
+    #[serde(default)]
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// The shim's answer: the service was exec'd, or why it could not be.

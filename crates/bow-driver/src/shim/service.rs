@@ -1,7 +1,7 @@
 //! Forking and exec'ing the service from the shim: own process group, cgroup joined and user
 //! switched in the child before exec, and exec failures turned into precise reasons.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +18,8 @@ const STEP_JOIN_CGROUP: i32 = 1;
 const STEP_SET_GROUPS: i32 = 2;
 const STEP_SET_GID: i32 = 3;
 const STEP_SET_UID: i32 = 4;
+const STEP_NAMESPACE: i32 = 5;
+const STEP_HOSTS: i32 = 6;
 
 /// Starts the service process; its stdout and stderr are pipes, stdin is /dev/null.
 ///
@@ -42,6 +44,10 @@ pub fn spawn_service(config: &ShimConfig) -> Result<Child, StartFailure> {
     let identity = config
         .switch_user
         .then(|| (config.uid, config.gid, config.groups.clone()));
+    let hosts_file = config
+        .hosts_file
+        .as_ref()
+        .map(|path| CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL"));
 
     let mut command = Command::new(&program);
     command
@@ -55,11 +61,15 @@ pub fn spawn_service(config: &ShimConfig) -> Result<Child, StartFailure> {
         .stderr(Stdio::piped())
         .process_group(0);
     // SAFETY: the closure only makes async-signal-safe calls (open, write, close, getpid,
-    // setgroups, setgid, setuid) and does not allocate; the shim is single-threaded here.
+    // unshare, mount, setgroups, setgid, setuid) and does not allocate; the shim is
+    // single-threaded here.
     unsafe {
         command.pre_exec(move || {
             for file in &procs_files {
                 join_cgroup(file).map_err(|errno| step_error(STEP_JOIN_CGROUP, errno))?;
+            }
+            if let Some(hosts_file) = &hosts_file {
+                mount_hosts_file(hosts_file)?;
             }
             if let Some((uid, gid, groups)) = &identity {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
@@ -141,6 +151,15 @@ fn explain_spawn_error(error: &io::Error, config: &ShimConfig, program: &Path) -
                 config.user
             ),
             STEP_SET_GID => format!("switching to gid {} failed: {reason}", config.gid),
+            STEP_NAMESPACE => format!("entering a mount namespace of its own failed: {reason}"),
+            STEP_HOSTS => format!(
+                "mounting {} over /etc/hosts failed: {reason}",
+                config
+                    .hosts_file
+                    .as_deref()
+                    .unwrap_or(Path::new("?"))
+                    .display()
+            ),
             _ => format!(
                 "switching to user {} (uid {}) failed: {reason}",
                 config.user, config.uid
@@ -169,6 +188,34 @@ fn explain_spawn_error(error: &io::Error, config: &ShimConfig, program: &Path) -
             command,
             message: error.to_string(),
         },
+    }
+}
+
+/// In the child before exec: a mount namespace of its own, whose mounts no longer propagate
+/// to the host's, with `hosts_file` bind-mounted read-only over `/etc/hosts`. The bind
+/// follows the file's inode, so the agent rewrites the file in place to publish new names.
+fn mount_hosts_file(hosts_file: &CString) -> io::Result<()> {
+    const ETC_HOSTS: &CStr = c"/etc/hosts";
+    // SAFETY: unshare has no memory preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(step_error(STEP_NAMESPACE, errno()));
+    }
+    let private = libc::MS_REC | libc::MS_PRIVATE;
+    mount(None, c"/", private).map_err(|errno| step_error(STEP_NAMESPACE, errno))?;
+    let read_only = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    mount(Some(hosts_file), ETC_HOSTS, libc::MS_BIND)
+        .and_then(|()| mount(None, ETC_HOSTS, read_only))
+        .map_err(|errno| step_error(STEP_HOSTS, errno))
+}
+
+/// `mount(source, target, NULL, flags, NULL)`; the errno on failure.
+fn mount(source: Option<&CStr>, target: &CStr, flags: libc::c_ulong) -> Result<(), i32> {
+    let source = source.map_or(std::ptr::null(), CStr::as_ptr);
+    let null = std::ptr::null();
+    // SAFETY: NUL-terminated strings that outlive the call, or null where mount allows it.
+    match unsafe { libc::mount(source, target.as_ptr(), null, flags, null.cast()) } {
+        0 => Ok(()),
+        _ => Err(errno()),
     }
 }
 

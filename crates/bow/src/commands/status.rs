@@ -82,6 +82,24 @@ pub fn table(report: &StatusReport) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    if !report.discovery.is_empty() {
+        out.push_str("\ninternal addresses (other services call these):\n");
+        for entry in &report.discovery {
+            let names = entry
+                .names
+                .as_ref()
+                .map_or("env BOW_*_URL only".to_string(), |names| names.join(", "));
+            let state = match &entry.error {
+                Some(error) => error.clone(),
+                None if !entry.listening => "starting".to_string(),
+                None => format!("{} healthy", entry.healthy),
+            };
+            out.push_str(&format!(
+                "  {}  {}://{}  {names}  ({state})\n",
+                entry.service, entry.protocol, entry.address
+            ));
+        }
+    }
     if let Some(edge) = &report.edge {
         out.push_str(&format!(
             "\nedge: https {} · http {} (redirects)\n",
