@@ -223,3 +223,55 @@ fn killing_instances_of_the_callee_fails_no_request_of_the_caller() {
         "requests were not spread over the instances: {counts:?}"
     );
 }
+
+#[test]
+fn a_rolling_deploy_of_the_callee_fails_no_request_of_the_caller() {
+    assert!(
+        is_root(),
+        "this test needs root: names live in a mount namespace"
+    );
+    let port = free_port();
+    let (stack, client) = stack("disc-deploy", port, "", "other", |_| {
+        LoadClient::new("caller", &[&format!("http://other:{port}/")], 12)
+    });
+    // The client writes into its own dir: a fixed code version keeps it out of the deploy.
+    let with_version = |args: &[&str]| {
+        let mut command = stack.command(args);
+        command.env("BOW_CODE_VERSION", "test");
+        support::stack::run_for(&mut command, Duration::from_secs(90))
+    };
+    let up = with_version(&["up", "-d"]);
+    assert_eq!(up.code, 0, "{}", up.describe());
+    stack.wait_status("all healthy", WAIT, support::stack::all_healthy);
+    client.probe(&stack);
+    client.start(&stack);
+    std::thread::sleep(Duration::from_millis(1000));
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(
+        &stack.file,
+        text.replace(
+            "    replicas: 3\n    port:",
+            "    replicas: 3\n    env: { APP_VERSION: v2 }\n    port:",
+        ),
+    )
+    .unwrap();
+    let apply = with_version(&["apply", "--yes"]);
+    assert_eq!(apply.code, 0, "{}", apply.describe());
+    assert!(
+        apply.stdout.contains("other: release 2 live (rolling"),
+        "{}",
+        apply.describe()
+    );
+    assert!(
+        !apply.stdout.contains("caller: release"),
+        "{}",
+        apply.stdout
+    );
+    let counts = client.counts(&stack);
+    eprintln!("caller: {counts:?}");
+    assert!(counts.ok > 300, "too few requests: {counts:?}");
+    assert_eq!(
+        counts.failed, 0,
+        "failed requests of the caller during the deploy: {counts:?}"
+    );
+}

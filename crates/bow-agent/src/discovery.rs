@@ -202,6 +202,10 @@ fn rewrite_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    // Unchanged (most applies): leave it alone, so no reader ever races a rewrite.
+    if std::fs::read_to_string(path).is_ok_and(|current| current == text) {
+        return Ok(());
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
