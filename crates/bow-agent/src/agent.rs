@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// Resume the last applied revision at start (`bow agent`, `bow up`); `false` only adopts
     /// what runs (`bow down` without an agent).
     pub reconcile_on_start: bool,
+    /// The secrets file and key instances' secrets come from (`None`: services that use
+    /// secrets cannot start).
+    pub secrets: Option<bow_secrets::Source>,
 }
 
 /// One supervised instance slot (`<service>.<index>`).
@@ -88,6 +91,7 @@ pub struct Agent {
     pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
+    pub(crate) secrets: crate::secrets::Supply,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -133,11 +137,13 @@ impl Agent {
             inner: Mutex::new(Inner::default()),
             edge: tokio::sync::Mutex::new(None),
             edge_error: Mutex::new(None),
+            secrets: crate::secrets::Supply::new(config.secrets),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
         });
         let adopted = crate::adopt::scan(&agent).await;
+        crate::secrets::sweep(&agent, &|id| adopted.contains_key(id));
         agent.lock().adopted = adopted;
         crate::server::serve(agent.clone()).await?;
         let Some(revision) = recorded else {

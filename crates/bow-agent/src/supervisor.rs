@@ -327,7 +327,8 @@ async fn start(
     };
     let venv = agent.venv(service);
     let context = context(agent, service, index, port, venv.as_deref());
-    let spec = instance_spec::build(definition, &context)?;
+    let secrets = crate::secrets::files_for(agent, service, definition)?;
+    let spec = instance_spec::build(definition, &context, secrets)?;
     let driver = agent.driver.clone();
     let handle = tokio::task::spawn_blocking(move || driver.start(&spec))
         .await

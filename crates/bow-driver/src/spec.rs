@@ -50,6 +50,10 @@ pub struct InstanceSpec {
     pub stop_timeout: Duration,
     /// Cgroup directory under each hierarchy's mount point, normally [`DEFAULT_CGROUP_PARENT`].
     pub cgroup_parent: String,
+    /// Secrets delivered as files in the instance's secrets dir (see [`crate::secret_files`]);
+    /// `BOW_SECRETS_DIR` names it. Empty: no dir, no variable.
+    #[serde(default)]
+    pub secrets: Vec<crate::SecretFile>,
 }
 
 /// Resource limits, enforced with cgroups.
@@ -134,6 +138,7 @@ impl InstanceSpec {
             log_rotation: LogRotation::default(),
             stop_timeout: Duration::from_secs(10),
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
+            secrets: Vec::new(),
         }
     }
 
@@ -185,6 +190,16 @@ impl InstanceSpec {
         {
             return invalid(format!(
                 "user {user:?} must match [a-z_][a-z0-9_-]* and be at most 32 characters"
+            ));
+        }
+        if let Some(secret) = self
+            .secrets
+            .iter()
+            .find(|s| !crate::secret_files::is_valid_secret_name(&s.name))
+        {
+            return invalid(format!(
+                "secret name {:?} must match [A-Za-z0-9_-]+",
+                secret.name
             ));
         }
         if self.resources.memory_bytes == Some(0) {

@@ -70,8 +70,8 @@ pub fn decrypt(
 
 /// HMAC-SHA256 of `name` NUL `value` keyed by the digest key; the first 16 bytes, in hex.
 pub fn digest(digest_key: &[u8], name: &str, value: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(digest_key)
-        .expect("HMAC accepts keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(digest_key).expect("HMAC accepts keys of any length");
     mac.update(name.as_bytes());
     mac.update(&[0]);
     mac.update(value);

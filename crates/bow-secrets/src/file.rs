@@ -88,7 +88,8 @@ impl SecretsFile {
             path: path.to_path_buf(),
             message,
         };
-        let file: SecretsFile = serde_saphyr::from_str(text).map_err(|e| malformed(e.to_string()))?;
+        let file: SecretsFile =
+            serde_saphyr::from_str(text).map_err(|e| malformed(e.to_string()))?;
         if file.version != VERSION {
             return Err(malformed(format!(
                 "version {} is not one this bow reads (it reads {VERSION}); upgrade bow",
@@ -224,7 +225,12 @@ impl SecretsFile {
     }
 
     /// The digests of the named secrets (see the crate docs).
-    pub fn digests(&self, path: &Path, key: &Key, names: &[&str]) -> Result<BTreeMap<String, String>> {
+    pub fn digests(
+        &self,
+        path: &Path,
+        key: &Key,
+        names: &[&str],
+    ) -> Result<BTreeMap<String, String>> {
         Ok(self
             .reveal_many(path, key, names)?
             .into_iter()
@@ -272,9 +278,11 @@ mod tests {
     fn key() -> Key {
         use age::secrecy::ExposeSecret;
         let identity = age::x25519::Identity::generate();
-        KeySource::Inline(Zeroizing::new(identity.to_string().expose_secret().to_string()))
-            .load()
-            .unwrap()
+        KeySource::Inline(Zeroizing::new(
+            identity.to_string().expose_secret().to_string(),
+        ))
+        .load()
+        .unwrap()
     }
 
     #[test]
@@ -293,7 +301,10 @@ mod tests {
             &*parsed.reveal(path, &alice, "db_password").unwrap(),
             b"hunter2-unique"
         );
-        assert_eq!(&*parsed.reveal(path, &alice, "api-key").unwrap(), b"line1\nline2\n");
+        assert_eq!(
+            &*parsed.reveal(path, &alice, "api-key").unwrap(),
+            b"line1\nline2\n"
+        );
     }
 
     #[test]
@@ -304,15 +315,22 @@ mod tests {
         file.set("b", b"same", "t").unwrap();
         let before = file.digests(path, &alice, &["a", "b"]).unwrap();
         assert_ne!(before["a"], before["b"], "the name is part of the digest");
-        file.reencrypt(path, &alice, vec![alice.recipient.clone(), bob.recipient.clone()])
-            .unwrap();
+        file.reencrypt(
+            path,
+            &alice,
+            vec![alice.recipient.clone(), bob.recipient.clone()],
+        )
+        .unwrap();
         assert_eq!(file.digests(path, &bob, &["a", "b"]).unwrap(), before);
         file.set("a", b"other", "t2").unwrap();
         assert_ne!(file.digests(path, &bob, &["a"]).unwrap()["a"], before["a"]);
         // Another environment (another digest key) gives another digest for the same value.
         let mut other = SecretsFile::create(vec![alice.recipient.clone()]).unwrap();
         other.set("b", b"same", "t").unwrap();
-        assert_ne!(other.digests(path, &alice, &["b"]).unwrap()["b"], before["b"]);
+        assert_ne!(
+            other.digests(path, &alice, &["b"]).unwrap()["b"],
+            before["b"]
+        );
     }
 
     #[test]
@@ -321,7 +339,10 @@ mod tests {
         let mut file = SecretsFile::create(vec![alice.recipient.clone()]).unwrap();
         file.set("x", b"v", "t").unwrap();
         let message = file.reveal(path, &mallory, "x").err().unwrap().to_string();
-        assert!(message.contains("cannot decrypt secrets/staging.yaml"), "{message}");
+        assert!(
+            message.contains("cannot decrypt secrets/staging.yaml"),
+            "{message}"
+        );
         assert!(message.contains(&alice.recipient), "{message}");
         assert!(
             message.contains(&format!("bow secret recipients add {}", mallory.recipient)),
@@ -332,16 +353,25 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(message.starts_with("secrets `y`, `z` are not set"), "{message}");
+        assert!(
+            message.starts_with("secrets `y`, `z` are not set"),
+            "{message}"
+        );
     }
 
     #[test]
     fn bad_files_are_explained() {
         let path = Path::new("s.yaml");
         for (text, expected) in [
-            ("version: 1\nrecipients: []\ndigest_key: x\nextra: 1\n", "extra"),
+            (
+                "version: 1\nrecipients: []\ndigest_key: x\nextra: 1\n",
+                "extra",
+            ),
             ("version: 2\nrecipients: []\ndigest_key: x\n", "version 2"),
-            ("version: 1\nrecipients: [nope]\ndigest_key: x\n", "`nope` is not an age recipient"),
+            (
+                "version: 1\nrecipients: [nope]\ndigest_key: x\n",
+                "`nope` is not an age recipient",
+            ),
         ] {
             let message = SecretsFile::parse(text, path).err().unwrap().to_string();
             assert!(message.contains(expected), "{message} lacks {expected}");

@@ -52,12 +52,12 @@ impl KeySource {
         let path = match std::env::var_os(crate::KEY_FILE_ENV).filter(|p| !p.is_empty()) {
             Some(path) => PathBuf::from(path),
             None => {
-                let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
-                    SecretsError::BadKey {
+                let home = std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .ok_or_else(|| SecretsError::BadKey {
                         origin: "the default key path".into(),
                         message: "HOME is not set; set BOW_AGE_KEY_FILE to the key's path".into(),
-                    }
-                })?;
+                    })?;
                 default_key_path(Path::new(&home), project, environment)
             }
         };
@@ -194,7 +194,10 @@ mod tests {
         let loaded = file_source(&path).load().unwrap();
         assert_eq!(loaded.recipient, created.recipient);
         assert!(loaded.recipient.starts_with("age1"));
-        assert!(write_new_key(&path).is_err(), "an existing key is never replaced");
+        assert!(
+            write_new_key(&path).is_err(),
+            "an existing key is never replaced"
+        );
     }
 
     #[test]
@@ -205,7 +208,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         let message = file_source(&path).load().err().unwrap().to_string();
         assert!(message.contains("mode 0640"), "{message}");
-        assert!(message.contains(&format!("chmod 600 {}", path.display())), "{message}");
+        assert!(
+            message.contains(&format!("chmod 600 {}", path.display())),
+            "{message}"
+        );
     }
 
     #[test]
@@ -216,7 +222,10 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(message.contains("/nonexistent/k.key"), "{message}");
-        assert!(message.contains("bow secret init -e production"), "{message}");
+        assert!(
+            message.contains("bow secret init -e production"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -230,6 +239,9 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(message.starts_with("BOW_AGE_KEY does not hold"), "{message}");
+        assert!(
+            message.starts_with("BOW_AGE_KEY does not hold"),
+            "{message}"
+        );
     }
 }

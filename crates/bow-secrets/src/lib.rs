@@ -29,7 +29,9 @@ pub const KEY_FILE_ENV: &str = "BOW_AGE_KEY_FILE";
 
 /// `<stack dir>/secrets/<environment>.yaml`.
 pub fn secrets_file_path(stack_dir: &Path, environment: &str) -> PathBuf {
-    stack_dir.join("secrets").join(format!("{environment}.yaml"))
+    stack_dir
+        .join("secrets")
+        .join(format!("{environment}.yaml"))
 }
 
 /// Whether `name` can name a secret: letters, digits, `_`, `-`, at most 64 characters

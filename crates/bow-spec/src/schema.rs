@@ -97,6 +97,11 @@ pub struct Service {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<Backup>,
     pub stop_timeout: Duration,
+    /// The digest of each secret the service uses (name → keyed digest, never a value), filled
+    /// in by the binary from the secrets store before plan and apply; never read from the
+    /// file. Part of the release: a changed value is a changed service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_digests: BTreeMap<String, String>,
 }
 
 /// What runs: exactly one of `command`, `image` or `postgres`.

@@ -39,6 +39,12 @@ pub struct ShimConfig {
     pub gid: u32,
     pub groups: Vec<u32>,
     pub switch_user: bool,
+    /// Where the secret files go (`None`: the service has no secrets).
+    #[serde(default)]
+    pub secrets_dir: Option<PathBuf>,
+    /// The secrets to write there; their values are also redacted from the captured output.
+    #[serde(default)]
+    pub secrets: Vec<crate::SecretFile>,
 }
 
 /// The shim's answer: the service was exec'd, or why it could not be.

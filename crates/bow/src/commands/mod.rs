@@ -7,6 +7,7 @@ pub mod events;
 pub mod logs;
 pub mod plan;
 pub mod restart;
+pub mod secret;
 pub mod status;
 pub mod trust;
 pub mod up;
