@@ -1,0 +1,136 @@
+//! A secret's digest is part of the release of the services that use it: a new value shows
+//! in `plan` as `~ secret NAME (changed)` and `up` replaces those services (only those) with
+//! the new value; re-encryption, rotation and setting the same value change nothing. The
+//! agent reads the key itself, so it restarts a crashed instance with its secrets also after
+//! an agent restart.
+
+mod support;
+
+use std::time::Duration;
+
+use support::procs;
+use support::secrets::{init_and_set, run_with_stdin, secrets_dir_of, use_key};
+use support::stack::{Stack, WAIT};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+fn delivered(stack: &Stack) -> String {
+    let dir = secrets_dir_of(stack.pid("web.1")).expect("BOW_SECRETS_DIR");
+    std::fs::read_to_string(dir.join("token")).unwrap()
+}
+
+fn plan_is_empty(stack: &Stack, why: &str) {
+    let plan = stack.run(&["plan"], LIMIT);
+    assert_eq!(plan.code, 0, "{why}: {}", plan.describe());
+}
+
+#[test]
+fn a_changed_secret_replaces_the_services_using_it() {
+    let stack = Stack::new(
+        "schange",
+        "
+services:
+  web:
+    command: {testapp}
+    secrets: [token]
+    health: { http: /healthz, interval: 200ms, timeout: 1s, retries: 3 }
+  plain:
+    command: {testapp}
+    health: { http: /healthz, interval: 200ms, timeout: 1s, retries: 3 }
+",
+    );
+    let key = use_key(&stack, "me");
+    init_and_set(&stack, &[("token", "value-one")]);
+    stack.up_ok();
+    let (web, plain) = (stack.pid("web.1"), stack.pid("plain.1"));
+    assert_eq!(delivered(&stack), "value-one");
+    plan_is_empty(&stack, "nothing changed");
+
+    // Re-encryption to one more recipient and setting the same value again: no change.
+    use_key(&stack, "teammate");
+    let init = stack.run(&["secret", "init"], LIMIT);
+    let teammate = init
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("your public key (recipient): "))
+        .unwrap()
+        .to_string();
+    use_key(&stack, "me");
+    let file = stack.dir.path().join("secrets/development.yaml");
+    let before = std::fs::read_to_string(&file).unwrap();
+    let add = stack.run(&["secret", "recipients", "add", &teammate], LIMIT);
+    assert_eq!(add.code, 0, "{}", add.describe());
+    assert_ne!(
+        std::fs::read_to_string(&file).unwrap(),
+        before,
+        "re-encrypted"
+    );
+    plan_is_empty(&stack, "re-encryption keeps the digests");
+    let after_add = std::fs::read_to_string(&file).unwrap();
+    let same = run_with_stdin(&stack, &["secret", "set", "token"], b"value-one\n");
+    assert!(
+        same.stderr.contains("already has this value"),
+        "{}",
+        same.describe()
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), after_add);
+
+    // A new value: plan shows it (not the value, not the digest) as a replace of web only.
+    let set = run_with_stdin(&stack, &["secret", "set", "token"], b"value-two");
+    assert_eq!(set.code, 0, "{}", set.describe());
+    let plan = stack.run(&["plan"], LIMIT);
+    assert_eq!(plan.code, 2, "{}", plan.describe());
+    assert!(
+        plan.stdout
+            .contains("~ web  (replace)\n    ~ secret token (changed)  (replace)\n"),
+        "{}",
+        plan.describe()
+    );
+    assert!(
+        plan.stdout.contains("deploy a new release of web"),
+        "{}",
+        plan.describe()
+    );
+    assert!(!plan.stdout.contains("plain"), "{}", plan.describe());
+    assert!(!plan.stdout.contains("value-"), "{}", plan.describe());
+    let json = stack.run(&["plan", "--output", "json"], LIMIT);
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(json["actions"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["actions"][0]["action"], "replace");
+    assert_eq!(json["actions"][0]["service"], "web");
+
+    let up = stack.up();
+    assert_eq!(up.code, 0, "{}", up.describe());
+    stack.wait_status("web restarted", WAIT, |s| {
+        support::stack::pid_in(s, "web.1").is_some_and(|p| p != web)
+            && support::stack::all_healthy(s)
+    });
+    assert_eq!(delivered(&stack), "value-two");
+    assert_eq!(stack.pid("plain.1"), plain, "plain does not use the secret");
+    plan_is_empty(&stack, "applied");
+
+    // Rotation: a new key, the same digests; the running agent reads the new key.
+    let rotate = stack.run(&["secret", "rotate"], LIMIT);
+    assert_eq!(rotate.code, 0, "{}", rotate.describe());
+    assert!(key.with_extension("key.old").exists());
+    plan_is_empty(&stack, "rotation keeps the digests");
+    let web = stack.pid("web.1");
+    let restart = stack.run(&["restart", "web"], LIMIT);
+    assert_eq!(restart.code, 0, "{}", restart.describe());
+    assert_ne!(stack.pid("web.1"), web);
+    assert_eq!(delivered(&stack), "value-two");
+
+    // A new agent (the old one killed) restarts a crashed instance with its secrets by itself.
+    let agent = stack.agent_pid_file().unwrap();
+    procs::kill(agent, libc::SIGKILL);
+    procs::wait_gone(agent, Duration::from_secs(10));
+    let up = stack.up();
+    assert_eq!(up.code, 0, "{}", up.describe());
+    let web = stack.pid("web.1");
+    procs::kill(web, libc::SIGKILL);
+    stack.wait_status("web came back", WAIT, |s| {
+        support::stack::pid_in(s, "web.1").is_some_and(|p| p != web)
+            && support::stack::all_healthy(s)
+    });
+    assert_eq!(delivered(&stack), "value-two");
+}
