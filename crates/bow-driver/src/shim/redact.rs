@@ -32,7 +32,7 @@ impl Redactor {
                 }
             }
         }
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        patterns.sort_by(|a, b| (b.0.len(), &a.0).cmp(&(a.0.len(), &b.0)));
         patterns.dedup_by(|a, b| a.0 == b.0);
         let mut first_bytes = [false; 256];
         for (value, _) in &patterns {
