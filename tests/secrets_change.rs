@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::procs;
-use support::secrets::{init_and_set, run_with_stdin, secrets_dir_of, use_key};
+use support::secrets::{init_and_set, init_recipient, run_with_stdin, secrets_dir_of, use_key};
 use support::stack::{Stack, WAIT};
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -48,13 +48,7 @@ services:
 
     // Re-encryption to one more recipient and setting the same value again: no change.
     use_key(&stack, "teammate");
-    let init = stack.run(&["secret", "init"], LIMIT);
-    let teammate = init
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("your public key (recipient): "))
-        .unwrap()
-        .to_string();
+    let (_, teammate) = init_recipient(&stack);
     use_key(&stack, "me");
     let file = stack.dir.path().join("secrets/development.yaml");
     let before = std::fs::read_to_string(&file).unwrap();

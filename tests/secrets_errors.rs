@@ -7,8 +7,8 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::secrets::{init_and_set, run_with_stdin, use_key};
-use support::stack::Stack;
+use support::secrets::{init_and_set, init_recipient, run_with_stdin, use_key};
+use support::stack::{Ran, Stack};
 
 const STACK: &str = "
 services:
@@ -19,48 +19,36 @@ services:
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// Asserts the exit code and that stderr says each of `texts`.
+fn says(ran: &Ran, code: i32, texts: &[&str]) {
+    assert_eq!(ran.code, code, "{}", ran.describe());
+    for text in texts {
+        assert!(
+            ran.stderr.contains(text),
+            "lacks {text:?}: {}",
+            ran.describe()
+        );
+    }
+}
+
 #[test]
 fn a_secret_never_set_is_refused_by_plan_and_up_but_not_validate() {
     let stack = Stack::new("snotset", STACK);
     use_key(&stack, "me");
-    let validate = stack.run(&["validate"], LIMIT);
-    assert_eq!(
-        validate.code,
-        0,
-        "validate checks only the file: {}",
-        validate.describe()
-    );
+    says(&stack.run(&["validate"], LIMIT), 0, &[]);
     for args in [&["plan"][..], &["up", "-d"]] {
-        let ran = stack.run(args, LIMIT);
-        assert_eq!(ran.code, 1, "{}", ran.describe());
-        assert!(
-            ran.stderr.contains("secret `db_password` (used by web)"),
-            "{}",
-            ran.describe()
-        );
-        assert!(
-            ran.stderr
-                .contains("bow secret set db_password -e development"),
-            "{}",
-            ran.describe()
-        );
-        assert!(
-            ran.stderr.contains("bow secret init -e development"),
-            "{}",
-            ran.describe()
-        );
+        let expected = [
+            "secret `db_password` (used by web)",
+            "bow secret set db_password -e development",
+            "bow secret init -e development",
+        ];
+        says(&stack.run(args, LIMIT), 1, &expected);
     }
     assert!(stack.status().is_none(), "nothing was started");
     // With the file but still without the secret: the same refusal, without the init hint.
     init_and_set(&stack, &[]);
     let ran = stack.run(&["plan"], LIMIT);
-    assert_eq!(ran.code, 1, "{}", ran.describe());
-    assert!(
-        ran.stderr
-            .contains("bow secret set db_password -e development"),
-        "{}",
-        ran.describe()
-    );
+    says(&ran, 1, &["bow secret set db_password -e development"]);
     assert!(!ran.stderr.contains("secret init"), "{}", ran.describe());
 }
 
@@ -76,26 +64,14 @@ fn no_key_names_the_expected_path_and_init() {
     let expected = home
         .join(".config/bow/keys")
         .join(format!("{}-development.key", stack.project));
+    let expected = format!("no age key: expected it in {}", expected.display());
     for args in [
         &["plan"][..],
         &["up", "-d"],
         &["secret", "get", "db_password", "--reveal"],
     ] {
         let ran = stack.run(args, LIMIT);
-        assert_eq!(ran.code, 1, "{}", ran.describe());
-        assert!(
-            ran.stderr.contains(&format!(
-                "no age key: expected it in {}",
-                expected.display()
-            )),
-            "{}",
-            ran.describe()
-        );
-        assert!(
-            ran.stderr.contains("bow secret init -e development"),
-            "{}",
-            ran.describe()
-        );
+        says(&ran, 1, &[&expected, "bow secret init -e development"]);
     }
     assert!(stack.status().is_none(), "nothing was started");
 }
@@ -110,47 +86,25 @@ fn a_key_that_cannot_decrypt_lists_the_recipients() {
     assert!(owner.starts_with("age1"), "{owner}");
     // A teammate makes a key; the file is not encrypted to it yet.
     use_key(&stack, "teammate");
-    let init = stack.run(&["secret", "init"], LIMIT);
-    assert_eq!(init.code, 0, "{}", init.describe());
-    assert!(
-        init.stderr.contains("is not encrypted to your key"),
-        "{}",
-        init.describe()
-    );
-    let mine = init
-        .stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("your public key (recipient): "))
-        .unwrap()
-        .to_string();
+    let (init, mine) = init_recipient(&stack);
+    says(&init, 0, &["is not encrypted to your key"]);
+    let encrypted_to = format!("it is encrypted to {owner}");
+    let fix = format!("bow secret recipients add {mine}");
     for args in [&["plan"][..], &["secret", "get", "db_password", "--reveal"]] {
         let ran = stack.run(args, LIMIT);
-        assert_eq!(ran.code, 1, "{}", ran.describe());
-        assert!(ran.stderr.contains("cannot decrypt"), "{}", ran.describe());
-        assert!(
-            ran.stderr.contains(&format!("it is encrypted to {owner}")),
-            "{}",
-            ran.describe()
-        );
-        assert!(
-            ran.stderr
-                .contains(&format!("bow secret recipients add {mine}")),
-            "{}",
-            ran.describe()
-        );
+        says(&ran, 1, &["cannot decrypt", &encrypted_to, &fix]);
     }
     // The owner adds the teammate: now the teammate's key works.
     use_key(&stack, "owner");
-    let add = stack.run(&["secret", "recipients", "add", &mine], LIMIT);
-    assert_eq!(add.code, 0, "{}", add.describe());
+    says(
+        &stack.run(&["secret", "recipients", "add", &mine], LIMIT),
+        0,
+        &[],
+    );
     use_key(&stack, "teammate");
     let get = stack.run(&["secret", "get", "db_password", "--reveal"], LIMIT);
-    assert_eq!(
-        (get.code, get.stdout.as_str()),
-        (0, "v"),
-        "{}",
-        get.describe()
-    );
+    says(&get, 0, &[]);
+    assert_eq!(get.stdout, "v");
 }
 
 #[test]
@@ -159,19 +113,9 @@ fn a_key_file_others_can_read_is_refused_with_the_fix() {
     let key = use_key(&stack, "me");
     init_and_set(&stack, &[("db_password", "v")]);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let fix = format!("chmod 600 {}", key.display());
     let ran = stack.run(&["plan"], LIMIT);
-    assert_eq!(ran.code, 1, "{}", ran.describe());
-    assert!(
-        ran.stderr
-            .contains("can be read by other users (mode 0644)"),
-        "{}",
-        ran.describe()
-    );
-    assert!(
-        ran.stderr.contains(&format!("chmod 600 {}", key.display())),
-        "{}",
-        ran.describe()
-    );
+    says(&ran, 1, &["can be read by other users (mode 0644)", &fix]);
 }
 
 #[test]
@@ -179,20 +123,14 @@ fn values_never_come_from_arguments_nor_go_to_pipes_unasked() {
     let stack = Stack::new("sargv", STACK);
     use_key(&stack, "me");
     init_and_set(&stack, &[("db_password", "v")]);
+    // No argument takes a value.
     let ran = stack.run(&["secret", "set", "db_password", "in-argv"], LIMIT);
-    assert_eq!(ran.code, 2, "no argument takes a value: {}", ran.describe());
+    says(&ran, 2, &[]);
     let ran = stack.run(&["secret", "get", "db_password"], LIMIT);
-    assert_eq!(ran.code, 1, "{}", ran.describe());
-    assert!(ran.stderr.contains("pass --reveal"), "{}", ran.describe());
+    says(&ran, 1, &["pass --reveal"]);
     assert!(ran.stdout.is_empty());
     let ran = run_with_stdin(&stack, &["secret", "set", "db_password"], b"");
-    assert_eq!(ran.code, 1, "{}", ran.describe());
-    assert!(ran.stderr.contains("is empty"), "{}", ran.describe());
+    says(&ran, 1, &["is empty"]);
     let ran = run_with_stdin(&stack, &["secret", "set", "bad/name"], b"x");
-    assert_eq!(ran.code, 1, "{}", ran.describe());
-    assert!(
-        ran.stderr.contains("is not a secret name"),
-        "{}",
-        ran.describe()
-    );
+    says(&ran, 1, &["is not a secret name"]);
 }

@@ -49,6 +49,19 @@ pub fn init_and_set(stack: &Stack, values: &[(&str, &str)]) -> Vec<Ran> {
     ran
 }
 
+/// `bow secret init` with the current key; returns the public key (recipient) it printed.
+pub fn init_recipient(stack: &Stack) -> (Ran, String) {
+    let init = stack.run(&["secret", "init"], Duration::from_secs(30));
+    assert_eq!(init.code, 0, "{}", init.describe());
+    let recipient = init
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("your public key (recipient): "))
+        .unwrap_or_else(|| panic!("no recipient in {}", init.describe()))
+        .to_string();
+    (init, recipient)
+}
+
 /// Every regular file under `root` (not following symlinks) whose bytes contain `needle`.
 pub fn files_containing(root: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();

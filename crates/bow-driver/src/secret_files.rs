@@ -45,7 +45,7 @@ pub fn project_secrets_base(project: &str, run_dir: &Path, root: bool) -> PathBu
 /// Whether `name` can be a file name in the secrets dir: letters, digits, `_`, `-`.
 pub fn is_valid_secret_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 128
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

@@ -34,14 +34,9 @@ pub fn secrets_file_path(stack_dir: &Path, environment: &str) -> PathBuf {
         .join(format!("{environment}.yaml"))
 }
 
-/// Whether `name` can name a secret: letters, digits, `_`, `-`, at most 64 characters
-/// (the same rule as the stack file's `secrets:`).
+/// Whether `name` can name a secret: the stack file's rule (letters, digits, `_`, `-`).
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    bow_spec::is_secret_name(name)
 }
 
 /// One decrypted secret with its digest.

@@ -231,7 +231,7 @@ fn plural(count: usize, noun: &str) -> String {
 
 fn check_name(name: &str) -> Result<()> {
     if !bow_secrets::is_valid_name(name) {
-        bail!("`{name}` is not a secret name: use letters, digits, `_` and `-` (at most 64)");
+        bail!("`{name}` is not a secret name: use letters, digits, `_` and `-` (at most 128)");
     }
     Ok(())
 }
