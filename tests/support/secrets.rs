@@ -25,7 +25,8 @@ pub fn run_with_stdin(stack: &Stack, args: &[&str], input: &[u8]) -> Ran {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start bow");
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    // bow may refuse before it reads stdin (a bad name): a broken pipe is its answer.
+    let _ = child.stdin.take().unwrap().write_all(input);
     let output = child.wait_with_output().expect("wait for bow");
     Ran {
         code: output.status.code().unwrap_or(-1),
