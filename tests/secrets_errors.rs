@@ -133,4 +133,8 @@ fn values_never_come_from_arguments_nor_go_to_pipes_unasked() {
     says(&ran, 1, &["is empty"]);
     let ran = run_with_stdin(&stack, &["secret", "set", "bad/name"], b"x");
     says(&ran, 1, &["is not a secret name"]);
+    // A typo in the environment would make a secrets file nobody reads.
+    let ran = stack.run(&["secret", "init", "-e", "prodution"], LIMIT);
+    says(&ran, 1, &["no environment `prodution`"]);
+    assert!(!stack.dir.path().join("secrets/prodution.yaml").exists());
 }

@@ -30,6 +30,16 @@ impl Stack {
                 let usage = crate::secret_store::usage(&spec);
                 (spec.project, Some(usage))
             }
+            // A typo in the environment would make a file nobody reads: refuse it.
+            Err(diagnostics)
+                if diagnostics
+                    .iter()
+                    .any(|d| d.message.starts_with("unknown environment")) =>
+            {
+                eprint!("{}", crate::stack::render_diagnostics(&file, &diagnostics));
+                bail!("no environment `{environment}` in {}", file.path.display());
+            }
+            // Secrets stay manageable while the stack file has other problems.
             Err(_) => (
                 bow_spec::project_name(&file.text)
                     .with_context(|| format!("{} has no valid `project:`", file.path.display()))?,
