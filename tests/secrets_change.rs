@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::procs;
@@ -120,11 +121,39 @@ services:
     procs::wait_gone(agent, Duration::from_secs(10));
     let up = stack.up();
     assert_eq!(up.code, 0, "{}", up.describe());
+    crash_and_wait(&stack);
+    assert_eq!(delivered(&stack), "value-two");
+
+    // Set but not applied: a crashed instance comes back with the applied value.
+    let set = run_with_stdin(&stack, &["secret", "set", "token"], b"value-three");
+    assert_eq!(set.code, 0, "{}", set.describe());
+    crash_and_wait(&stack);
+    assert_eq!(delivered(&stack), "value-two");
+    // ... unless the agent no longer holds it (restarted alone, as systemd does): then the
+    // instance gets the file's value, and an event says the release and the file differ.
+    let agent = stack.agent_pid_file().unwrap();
+    procs::kill(agent, libc::SIGKILL);
+    procs::wait_gone(agent, Duration::from_secs(10));
+    let mut alone = stack.command(&["agent"]);
+    alone
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut alone = alone.spawn().unwrap();
+    stack.wait_status("the agent adopted web", WAIT, support::stack::all_healthy);
+    crash_and_wait(&stack);
+    assert_eq!(delivered(&stack), "value-three");
+    stack.wait_event("secret-changed", WAIT, |e| e.kind == "secret-changed");
+    assert_eq!(stack.down().code, 0);
+    let _ = alone.wait();
+}
+
+/// SIGKILLs web's process and waits until the agent has restarted it and it is healthy.
+fn crash_and_wait(stack: &Stack) {
     let web = stack.pid("web.1");
     procs::kill(web, libc::SIGKILL);
     stack.wait_status("web came back", WAIT, |s| {
         support::stack::pid_in(s, "web.1").is_some_and(|p| p != web)
             && support::stack::all_healthy(s)
     });
-    assert_eq!(delivered(&stack), "value-two");
 }
