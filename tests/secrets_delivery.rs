@@ -1,6 +1,6 @@
 //! Secrets reach a service as files: one private tmpfs per instance, one 0400 file per
 //! secret owned by the service's user, `BOW_SECRETS_DIR` pointing at it, `${secret:NAME}` in
-//! `env` resolved; the files are gone when the instance stops, also when its shim was killed.
+//! `env` resolved (for exec health checks too); the files are gone when the instance stops, also when its shim was killed.
 
 mod support;
 
@@ -17,7 +17,8 @@ services:
     command: {testapp}
     secrets: [db_password, api_key]
     env: { API_KEY: '${secret:api_key}' }
-    health: { http: /healthz, interval: 200ms, timeout: 1s, retries: 3 }
+    # The exec check sees what the service sees: the files and the resolved env.
+    health: { exec: 'test -s $BOW_SECRETS_DIR/db_password && expr \"$API_KEY\" : key- >/dev/null', interval: 200ms, timeout: 1s, retries: 3 }
   plain:
     command: {testapp}
     health: { http: /healthz, interval: 200ms, timeout: 1s, retries: 3 }

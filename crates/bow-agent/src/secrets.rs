@@ -100,6 +100,34 @@ pub(crate) fn files_for(
         .collect())
 }
 
+/// The environment of an instance's exec health check: like the instance's, with
+/// `BOW_SECRETS_DIR` and `${secret:NAME}` resolved (a reference that cannot be is left as it
+/// is: the check then fails visibly rather than the instance).
+pub(crate) fn health_env(
+    agent: &Agent,
+    service_name: &str,
+    service: &Service,
+    handle: &bow_driver::InstanceHandle,
+    mut env: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    if let Some(dir) = &handle.secrets_dir {
+        env.insert(
+            bow_driver::SECRETS_DIR_ENV.to_string(),
+            dir.display().to_string(),
+        );
+    }
+    if env.values().any(|v| v.contains("${secret:"))
+        && let Ok(files) = files_for(agent, service_name, service)
+    {
+        for value in env.values_mut() {
+            if let Ok(resolved) = resolve_references(value, &files) {
+                *value = resolved;
+            }
+        }
+    }
+    env
+}
+
 /// Replaces each `${secret:NAME}` in an env value by the secret's text. (The spec loader has
 /// already turned `$${` into a literal `${`, and checked that NAME is among the service's
 /// secrets.)

@@ -507,7 +507,13 @@ async fn health_loop(
     };
     let venv = agent.venv(service);
     let context = context(agent, service, index, port, venv.as_deref());
-    let env = instance_spec::environment(definition, &context);
+    let env = crate::secrets::health_env(
+        agent,
+        service,
+        definition,
+        handle,
+        instance_spec::environment(definition, &context),
+    );
     let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
     let exec = ExecContext {
         dir: &dir,
