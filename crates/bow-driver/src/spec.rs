@@ -305,6 +305,15 @@ mod tests {
             (|s| s.user = Some("Root User".into()), "user \"Root User\""),
             (|s| s.resources.cpu_cores = Some(0.0), "resources.cpu"),
             (|s| s.resources.memory_bytes = Some(0), "resources.memory"),
+            (
+                |s| {
+                    s.secrets.push(crate::SecretFile {
+                        name: "../etc".into(),
+                        value: b"x".to_vec(),
+                    })
+                },
+                "secret name \"../etc\"",
+            ),
             (|s| s.run_dir = "relative".into(), "run_dir relative"),
         ];
         for (break_it, expected) in cases {
