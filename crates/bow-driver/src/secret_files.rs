@@ -147,6 +147,8 @@ pub fn remove(dir: &Path) -> std::io::Result<()> {
         // SAFETY: a NUL-terminated path. EINVAL (not a mount point) and EPERM are expected.
         unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
     }
+    // The dir is 0500: its owner (not root) may delete its files only once it is writable.
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     match std::fs::remove_dir_all(dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
         _ => Ok(()),
@@ -170,4 +172,33 @@ pub fn sweep(base: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivered_files_are_read_only_and_removed_whole() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("web.1");
+        let files = [SecretFile {
+            name: "token".into(),
+            value: b"v".to_vec(),
+        }];
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        // Not as root: no mount, which this unit test must not leave behind either way.
+        deliver(&dir, &files, uid, gid, false).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), 0o500);
+        assert_eq!(mode(&dir.join("token")), 0o400);
+        assert_eq!(std::fs::read(dir.join("token")).unwrap(), b"v");
+        // Delivering again replaces what a previous run left.
+        deliver(&dir, &files, uid, gid, false).unwrap();
+        remove(&dir).unwrap();
+        assert!(!dir.exists());
+        remove(&dir).unwrap();
+        assert_eq!(format!("{:?}", files[0]), "SecretFile(token, 1 bytes)");
+    }
 }
