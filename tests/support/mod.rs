@@ -6,6 +6,7 @@
 pub mod discovery;
 pub mod load;
 pub mod procs;
+pub mod secrets;
 pub mod stack;
 
 use std::path::{Path, PathBuf};

@@ -267,6 +267,8 @@ pub struct Stack {
     unique_project: bool,
     /// (pid, start time) of every process the test saw as part of the stack.
     seen: Mutex<BTreeSet<(i32, u64)>>,
+    /// Variables every `bow` command of the stack gets (e.g. `BOW_AGE_KEY_FILE`).
+    env: Mutex<Vec<(String, String)>>,
 }
 
 impl Stack {
@@ -291,6 +293,7 @@ impl Stack {
             state_dir,
             unique_project: true,
             seen: Mutex::new(BTreeSet::new()),
+            env: Mutex::new(Vec::new()),
         }
     }
 
@@ -305,6 +308,7 @@ impl Stack {
             state_dir,
             unique_project: false,
             seen: Mutex::new(BTreeSet::new()),
+            env: Mutex::new(Vec::new()),
         }
     }
 
@@ -344,8 +348,21 @@ impl Stack {
             .arg(&self.file)
             .arg("--state-dir")
             .arg(&self.state_dir)
-            .env(MARK_VARIABLE, &self.project);
+            .env(MARK_VARIABLE, &self.project)
+            // Tests write keys, scripts and markers next to bow.yaml: a fixed code version keeps
+            // those files from being new releases (code versions have their own unit tests).
+            .env("BOW_CODE_VERSION", "e2e");
+        for (name, value) in self.env.lock().unwrap().iter() {
+            command.env(name, value);
+        }
         command
+    }
+
+    /// Gives every later `bow` command of the stack the variable `name`.
+    pub fn set_env(&self, name: &str, value: &str) {
+        let mut env = self.env.lock().unwrap();
+        env.retain(|(n, _)| n != name);
+        env.push((name.to_string(), value.to_string()));
     }
 
     /// Runs `bow <args>` for at most `timeout`.

@@ -42,6 +42,9 @@ pub struct AgentConfig {
     /// Resume the last applied revision at start (`bow agent`, `bow up`); `false` only adopts
     /// what runs (`bow down` without an agent).
     pub reconcile_on_start: bool,
+    /// The secrets file and key instances' secrets come from (`None`: services that use
+    /// secrets cannot start).
+    pub secrets: Option<bow_secrets::Source>,
 }
 
 /// One supervised instance slot (`<service>.<index>`).
@@ -105,6 +108,7 @@ pub struct Agent {
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) discovery: crate::discovery::Discovery,
+    pub(crate) secrets: crate::secrets::Supply,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -151,11 +155,13 @@ impl Agent {
             edge: tokio::sync::Mutex::new(None),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
+            secrets: crate::secrets::Supply::new(config.secrets),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
         });
         let adopted = crate::adopt::scan(&agent).await;
+        crate::secrets::sweep(&agent, &|id| adopted.contains_key(id));
         agent.lock().adopted = adopted;
         crate::server::serve(agent.clone()).await?;
         let Some(revision) = recorded else {

@@ -20,8 +20,13 @@ pub struct InstanceContext<'a> {
     pub names: crate::discovery::Names,
 }
 
-/// The driver's view of one instance of `service`; `Err` says why it cannot run as a process.
-pub fn build(service: &Service, context: &InstanceContext<'_>) -> Result<InstanceSpec, String> {
+/// The driver's view of one instance of `service`, with its secrets (delivered as files;
+/// `${secret:NAME}` in `env` resolved); `Err` says why it cannot run as a process.
+pub fn build(
+    service: &Service,
+    context: &InstanceContext<'_>,
+    secrets: Vec<bow_driver::SecretFile>,
+) -> Result<InstanceSpec, String> {
     let argv = match &service.workload {
         Workload::Command(CommandLine::Shell(line)) => {
             bow_driver::command_to_argv(line).map_err(|e| e.to_string())?
@@ -39,15 +44,6 @@ pub fn build(service: &Service, context: &InstanceContext<'_>) -> Result<Instanc
             );
         }
     };
-    if let Some((name, _)) = service
-        .env
-        .iter()
-        .find(|(_, value)| value.contains("${secret:"))
-    {
-        return Err(format!(
-            "env {name} uses a secret, and secret delivery is not available in this bow yet"
-        ));
-    }
     let run_dir = crate::layout::run_dir(context.state_dir);
     let log_dir = crate::layout::log_dir(context.state_dir);
     let mut spec = InstanceSpec::new(
@@ -63,6 +59,13 @@ pub fn build(service: &Service, context: &InstanceContext<'_>) -> Result<Instanc
         .as_deref()
         .map_or_else(|| PathBuf::from("/"), PathBuf::from);
     spec.env = environment(service, context);
+    for (name, value) in spec.env.iter_mut() {
+        if value.contains("${secret:") {
+            *value = crate::secrets::resolve_references(value, &secrets)
+                .map_err(|reason| format!("env {name}: {reason}"))?;
+        }
+    }
+    spec.secrets = secrets;
     if context.root {
         spec.user = Some(
             service

@@ -18,6 +18,7 @@ pub mod health;
 mod instance_spec;
 mod pidfd;
 mod ports;
+mod secrets;
 mod server;
 mod supervisor;
 mod venv;

@@ -345,7 +345,8 @@ async fn start(
     };
     let venv = agent.venv(service);
     let context = context(agent, service, index, port, venv.as_deref());
-    let mut spec = instance_spec::build(definition, &context)?;
+    let secrets = crate::secrets::files_for(agent, service, definition)?;
+    let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
     let driver = agent.driver.clone();
     let handle = tokio::task::spawn_blocking(move || driver.start(&spec))
@@ -525,7 +526,13 @@ async fn health_loop(
     };
     let venv = agent.venv(service);
     let context = context(agent, service, index, port, venv.as_deref());
-    let env = instance_spec::environment(definition, &context);
+    let env = crate::secrets::health_env(
+        agent,
+        service,
+        definition,
+        handle,
+        instance_spec::environment(definition, &context),
+    );
     let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
     let exec = ExecContext {
         dir: &dir,

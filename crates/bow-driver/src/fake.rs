@@ -167,6 +167,7 @@ impl ProcessDriver for FakeProcessDriver {
             uid: 0,
             gid: 0,
             started_at_unix_ms: unix_millis(SystemTime::now()),
+            secrets_dir: None,
         };
         let exit = state.exit_on_start.get(&spec.service).cloned();
         state.instances.insert(pid, (handle.clone(), exit));

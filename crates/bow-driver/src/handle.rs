@@ -46,6 +46,9 @@ pub struct InstanceHandle {
     pub gid: u32,
     /// When the service was exec'd, in milliseconds since the Unix epoch.
     pub started_at_unix_ms: u64,
+    /// The instance's secrets dir, removed when it has ended.
+    #[serde(default)]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 impl InstanceHandle {

@@ -22,6 +22,7 @@ mod files;
 mod handle;
 pub mod logs;
 pub mod procfs;
+pub mod secret_files;
 mod shim;
 mod spec;
 mod start;
@@ -38,6 +39,7 @@ pub use handle::{
     EXIT_FILE, InstanceExit, InstanceHandle, ProcessState, SHIM_LOG_FILE, STATE_FILE, StopOutcome,
     signal_name,
 };
+pub use secret_files::{SECRETS_DIR_ENV, SecretFile};
 pub use shim::shim_main;
 pub use spec::{
     DEFAULT_CGROUP_PARENT, DEFAULT_LANG, DEFAULT_PATH, InstanceSpec, LogRotation, Resources,

@@ -60,6 +60,10 @@ pub struct InstanceSpec {
     /// (never replace it) and running instances see the new content.
     #[serde(default)]
     pub hosts_file: Option<PathBuf>,
+    /// Secrets delivered as files in the instance's secrets dir (see [`crate::secret_files`]);
+    /// `BOW_SECRETS_DIR` names it. Empty: no dir, no variable.
+    #[serde(default)]
+    pub secrets: Vec<crate::SecretFile>,
 }
 
 /// Resource limits, enforced with cgroups.
@@ -146,6 +150,7 @@ impl InstanceSpec {
             stop_timeout: Duration::from_secs(10),
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             hosts_file: None,
+            secrets: Vec::new(),
         }
     }
 
@@ -197,6 +202,16 @@ impl InstanceSpec {
         {
             return invalid(format!(
                 "user {user:?} must match [a-z_][a-z0-9_-]* and be at most 32 characters"
+            ));
+        }
+        if let Some(secret) = self
+            .secrets
+            .iter()
+            .find(|s| !crate::secret_files::is_valid_secret_name(&s.name))
+        {
+            return invalid(format!(
+                "secret name {:?} must match [A-Za-z0-9_-]+",
+                secret.name
             ));
         }
         if self.resources.memory_bytes == Some(0) {
@@ -302,6 +317,15 @@ mod tests {
             (|s| s.user = Some("Root User".into()), "user \"Root User\""),
             (|s| s.resources.cpu_cores = Some(0.0), "resources.cpu"),
             (|s| s.resources.memory_bytes = Some(0), "resources.memory"),
+            (
+                |s| {
+                    s.secrets.push(crate::SecretFile {
+                        name: "../etc".into(),
+                        value: b"x".to_vec(),
+                    })
+                },
+                "secret name \"../etc\"",
+            ),
             (|s| s.run_dir = "relative".into(), "run_dir relative"),
         ];
         for (break_it, expected) in cases {

@@ -55,6 +55,17 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         &spec.instance_id,
         &spec.resources,
     )?;
+    let secrets_dir = (!spec.secrets.is_empty()).then(|| {
+        crate::secret_files::project_secrets_base(&spec.project, &spec.run_dir, root)
+            .join(&spec.instance_id)
+    });
+    let mut env = spec.effective_env(&user.name, &user.home);
+    if let Some(dir) = &secrets_dir {
+        env.insert(
+            crate::SECRETS_DIR_ENV.to_string(),
+            dir.display().to_string(),
+        );
+    }
     let config = ShimConfig {
         project: spec.project.clone(),
         service: spec.service.clone(),
@@ -63,7 +74,7 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         release: spec.release,
         argv: spec.argv.clone(),
         working_dir: spec.working_dir.clone(),
-        env: spec.effective_env(&user.name, &user.home),
+        env,
         run_dir: run_dir.clone(),
         log_dir: spec.log_dir.clone(),
         log_rotation: spec.log_rotation,
@@ -75,6 +86,8 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         groups: user.groups.clone(),
         switch_user,
         hosts_file: spec.hosts_file.clone().filter(|_| root),
+        secrets_dir,
+        secrets: spec.secrets.clone(),
     };
     let result = run_shim(shim, &config, &run_dir.join(SHIM_LOG_FILE));
     if result.is_err()

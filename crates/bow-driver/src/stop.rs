@@ -113,6 +113,13 @@ fn wait_for_exit_record(handle: &InstanceHandle) -> Result<Option<InstanceExit>>
 
 /// When the shim is gone (killed), nobody else removes what is left of the cgroup.
 fn clean_up_without_shim(handle: &InstanceHandle) -> Result<()> {
+    if let Some(dir) = &handle.secrets_dir
+        && verify_shim(handle)? != ProcessState::Running
+        && is_latest_run(handle)
+    {
+        crate::secret_files::remove(dir)
+            .map_err(|e| crate::error::DriverError::io(format!("removing {}", dir.display()), e))?;
+    }
     let Some(cgroup) = &handle.cgroup else {
         return Ok(());
     };

@@ -19,6 +19,8 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         // What runs and how it is started: a new release.
         "command" | "image" | "postgres" | "dir" | "env" | "user" | "resources" | "python"
         | "secrets" | "volumes" | "code" => ChangeClass::Replace,
+        // A secret's value changed (its digest is part of the release).
+        SECRET_DIGESTS_FIELD => ChangeClass::Replace,
         // The edge's route table only.
         "routes" => ChangeClass::EdgeOnly,
         // The agent's own view: instance count, checks, ordering, schedules, timeouts, and
@@ -28,6 +30,17 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         }
         _ => return None,
     })
+}
+
+/// The service field that carries the digests of its secrets' values.
+pub const SECRET_DIGESTS_FIELD: &str = "secret_digests";
+
+/// The secret a change is about, when it is a change of a secret's value
+/// (`services.<service>.secret_digests.<name>`).
+pub fn changed_secret(change: &FieldChange) -> Option<&str> {
+    let mut parts = change.path.splitn(4, '.');
+    let (_, _, field, name) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (field == SECRET_DIGESTS_FIELD).then_some(name)
 }
 
 /// Every `edge:` setting is applied by the edge alone.

@@ -12,7 +12,10 @@ use serde_json::Value;
 
 use bow_spec::Spec;
 
-pub use diff::{classify_edge_field, classify_service_field, service_fields};
+pub use diff::{
+    SECRET_DIGESTS_FIELD, changed_secret, classify_edge_field, classify_service_field,
+    service_fields,
+};
 
 /// What carrying out a change takes. Ordered: a service's class is its largest field class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -169,6 +172,35 @@ mod tests {
                 "classify `{key}` in bow-plan's diff.rs"
             );
         }
+    }
+
+    #[test]
+    fn a_changed_secret_replaces_the_services_using_it_without_showing_digests() {
+        let text =
+            "project: p\nservices:\n  a: {command: run, secrets: [db]}\n  b: {command: run}\n";
+        let with = |digest: &str| {
+            let mut spec = bow_spec::load(text, &Default::default()).unwrap();
+            let a = spec.services.get_mut("a").unwrap();
+            a.secret_digests.insert("db".into(), digest.into());
+            spec
+        };
+        let (before, after) = (with("0011"), with("2233"));
+        let plan = plan(&after, Some(&before));
+        assert_eq!(plan.diff.to_change.len(), 1);
+        assert_eq!(plan.diff.to_change[0].service, "a");
+        assert_eq!(plan.diff.to_change[0].class, ChangeClass::Replace);
+        assert_eq!(
+            changed_secret(&plan.diff.to_change[0].fields[0]),
+            Some("db")
+        );
+        assert!(matches!(&plan.actions[..], [Action::Replace { service, .. }] if service == "a"));
+        let text = plan.to_string();
+        assert!(
+            text.contains("    ~ secret db (changed)  (replace)"),
+            "{text}"
+        );
+        assert!(!text.contains("2233") && !text.contains("0011"), "{text}");
+        assert!(!super::plan(&after, Some(&after)).has_changes());
     }
 
     #[test]

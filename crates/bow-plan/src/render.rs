@@ -14,6 +14,19 @@ fn value(value: &Option<Value>) -> String {
 }
 
 fn field_line(f: &mut fmt::Formatter<'_>, change: &FieldChange) -> fmt::Result {
+    // A secret's digest is shown as the fact that the value changed, never as data.
+    if let Some(name) = crate::changed_secret(change) {
+        let (sign, what) = match (&change.before, &change.after) {
+            (None, _) => ("+", "added"),
+            (_, None) => ("-", "removed"),
+            _ => ("~", "changed"),
+        };
+        return writeln!(
+            f,
+            "    {sign} secret {name} ({what})  ({})",
+            change.class.label()
+        );
+    }
     let (sign, text) = match (&change.before, &change.after) {
         (None, _) => ("+", format!("{}: {}", change.path, value(&change.after))),
         (_, None) => ("-", format!("{}: {}", change.path, value(&change.before))),

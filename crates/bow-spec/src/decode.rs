@@ -383,6 +383,7 @@ fn service(node: &Node, path: &str, reader: &mut Reader) -> Option<Service> {
         backup: None,
         stop_timeout: defaults::STOP_TIMEOUT,
         code: None,
+        secret_digests: BTreeMap::new(),
     };
     if let Some((n, p)) = fields.get("dir") {
         if workload.is_some() && !is_command {

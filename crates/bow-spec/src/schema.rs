@@ -102,6 +102,11 @@ pub struct Service {
     /// plan and apply, so that new code is a new release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// The digest of each secret the service uses (name → keyed digest, never a value), filled
+    /// in by the binary from the secrets store before plan and apply; never read from the
+    /// file. Part of the release: a changed value is a changed service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_digests: BTreeMap<String, String>,
 }
 
 /// What runs: exactly one of `command`, `image` or `postgres`.

@@ -166,6 +166,11 @@ pub enum Command {
         #[command(flatten)]
         stack: StackArgs,
     },
+    /// Manage the environment's encrypted secrets (values from stdin, never from arguments)
+    Secret {
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
         #[command(flatten)]
@@ -173,6 +178,79 @@ pub enum Command {
         /// Print a systemd unit that runs this agent, and exit
         #[arg(long)]
         print_systemd_unit: bool,
+    },
+}
+
+/// `bow secret …`: the age-encrypted `secrets/<env>.yaml` beside the stack file.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create your key (if missing) and the environment's secrets file encrypted to it
+    Init {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Set a secret from stdin (typed without echo on a terminal) or --from-file
+    Set {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+        /// Read the value from this file (exact bytes) instead of stdin
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// Print a secret's value (only to a terminal, unless --reveal)
+    Get {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+        /// Also print it to a pipe or file
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Names, when each last changed, and which services use it (never values)
+    List {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Remove a secret
+    Rm {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+    },
+    /// Who can decrypt: add or remove age public keys (re-encrypts every secret)
+    Recipients {
+        #[command(subcommand)]
+        command: RecipientsCommand,
+    },
+    /// Replace your key with a new one and re-encrypt every secret to it
+    Rotate {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+}
+
+/// `bow secret recipients …`
+#[derive(Debug, Subcommand)]
+pub enum RecipientsCommand {
+    /// Encrypt every secret to one more age public key (age1…)
+    Add {
+        #[command(flatten)]
+        stack: StackArgs,
+        recipient: String,
+    },
+    /// Stop encrypting to an age public key
+    Rm {
+        #[command(flatten)]
+        stack: StackArgs,
+        recipient: String,
+    },
+    /// The public keys the secrets are encrypted to
+    List {
+        #[command(flatten)]
+        stack: StackArgs,
     },
 }
 

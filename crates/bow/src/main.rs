@@ -3,6 +3,7 @@
 mod cli;
 mod code_version;
 mod commands;
+mod secret_store;
 mod session;
 mod stack;
 
@@ -70,6 +71,7 @@ fn main() -> ExitCode {
             commands::restart::run(&stack.or(&cli.stack), &service)
         }
         Command::Down { stack } => commands::down::run(&stack.or(&cli.stack)),
+        Command::Secret { command } => commands::secret::run(command, &cli.stack),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Agent {
             stack,

@@ -117,7 +117,12 @@ fn remove_if_exists(path: &Path) -> io::Result<()> {
 /// Reads a pipe until EOF and writes each line to the log. Lines are split at `\n` (a
 /// trailing `\r` is dropped); invalid UTF-8 is replaced; output without a newline is flushed
 /// as a line when it reaches [`MAX_LINE_BYTES`] or at EOF.
-pub fn pump(mut pipe: impl Read, stream: LogStream, log: Arc<Mutex<RotatingLog>>) {
+pub fn pump(
+    mut pipe: impl Read,
+    stream: LogStream,
+    log: Arc<Mutex<RotatingLog>>,
+    mut redactor: super::redact::Redactor,
+) {
     let mut buffer = vec![0u8; 64 * 1024];
     let mut pending: Vec<u8> = Vec::new();
     let emit = |bytes: &[u8]| {
@@ -140,7 +145,7 @@ pub fn pump(mut pipe: impl Read, stream: LogStream, log: Arc<Mutex<RotatingLog>>
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        pending.extend_from_slice(&buffer[..read]);
+        redactor.feed(&buffer[..read], &mut pending);
         let mut start = 0;
         while let Some(newline) = pending[start..].iter().position(|&b| b == b'\n') {
             emit(&pending[start..start + newline]);
@@ -153,6 +158,7 @@ pub fn pump(mut pipe: impl Read, stream: LogStream, log: Arc<Mutex<RotatingLog>>
         }
         pending.drain(..start);
     }
+    redactor.finish(&mut pending);
     if !pending.is_empty() {
         emit(&pending);
     }
@@ -190,7 +196,12 @@ mod tests {
         let log = Arc::new(Mutex::new(log));
         let long = "x".repeat(MAX_LINE_BYTES + 5);
         let input = format!("one\r\ntwo\n\n{long}\nlast-without-newline");
-        pump(input.as_bytes(), LogStream::Stderr, Arc::clone(&log));
+        pump(
+            input.as_bytes(),
+            LogStream::Stderr,
+            Arc::clone(&log),
+            crate::shim::redact::Redactor::new(&[]),
+        );
         let lines = lines_of(&dir.path().join("web.0.log"));
         assert_eq!(lines.len(), 6);
         assert_eq!(&lines[..3], ["one", "two", ""]);

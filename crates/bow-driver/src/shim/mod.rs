@@ -17,6 +17,7 @@
 
 pub mod log_writer;
 pub mod protocol;
+pub mod redact;
 pub mod service;
 
 use std::ffi::OsString;
@@ -147,9 +148,27 @@ fn supervise(config: ShimConfig) -> i32 {
             return fail(StartFailure::Shim { message });
         }
     };
+    if let Some(dir) = &config.secrets_dir {
+        match crate::secret_files::deliver(dir, &config.secrets, config.uid, config.gid, is_root())
+        {
+            Ok(Some(note)) => shim_log(&note),
+            Ok(None) => {}
+            Err(message) => return fail(StartFailure::Shim { message }),
+        }
+    }
+    let remove_secrets = || {
+        if let Some(dir) = &config.secrets_dir
+            && let Err(error) = crate::secret_files::remove(dir)
+        {
+            shim_log(&format!("could not remove {}: {error}", dir.display()));
+        }
+    };
     let mut child = match service::spawn_service(&config) {
         Ok(child) => child,
-        Err(failure) => return fail(failure),
+        Err(failure) => {
+            remove_secrets();
+            return fail(failure);
+        }
     };
     let pid = child.id() as i32;
     let handle = match describe(&config, pid) {
@@ -157,6 +176,7 @@ fn supervise(config: ShimConfig) -> i32 {
         Err(message) => {
             let _ = child.kill();
             let _ = child.wait();
+            remove_secrets();
             return fail(StartFailure::Shim { message });
         }
     };
@@ -165,6 +185,7 @@ fn supervise(config: ShimConfig) -> i32 {
     {
         let _ = child.kill();
         let _ = child.wait();
+        remove_secrets();
         return fail(StartFailure::Shim {
             message: error.to_string(),
         });
@@ -191,8 +212,9 @@ fn supervise(config: ShimConfig) -> i32 {
     for (pipe, stream) in pipes.into_iter().flatten() {
         let log = Arc::clone(&log);
         let done = done_sender.clone();
+        let redactor = redact::Redactor::new(&config.secrets);
         std::thread::spawn(move || {
-            log_writer::pump(pipe, stream, log);
+            log_writer::pump(pipe, stream, log, redactor);
             let _ = done.send(());
         });
     }
@@ -219,6 +241,7 @@ fn supervise(config: ShimConfig) -> i32 {
     {
         shim_log(&format!("could not remove the cgroup: {error}"));
     }
+    remove_secrets();
     let exit = InstanceExit {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
@@ -269,6 +292,7 @@ fn describe(config: &ShimConfig, pid: i32) -> Result<InstanceHandle, String> {
         uid: config.uid,
         gid: config.gid,
         started_at_unix_ms: unix_millis(SystemTime::now()),
+        secrets_dir: config.secrets_dir.clone(),
     })
 }
 
@@ -325,6 +349,11 @@ fn wait_for_main_process(pid: i32) -> libc::c_int {
             return 0;
         }
     }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn reap_orphans() {

@@ -44,6 +44,12 @@ pub struct ShimConfig {
     /// Bind-mounted over `/etc/hosts` in a mount namespace of the service's own.
     #[serde(default)]
     pub hosts_file: Option<PathBuf>,
+    /// Where the secret files go (`None`: the service has no secrets).
+    #[serde(default)]
+    pub secrets_dir: Option<PathBuf>,
+    /// The secrets to write there; their values are also redacted from the captured output.
+    #[serde(default)]
+    pub secrets: Vec<crate::SecretFile>,
 }
 
 /// The shim's answer: the service was exec'd, or why it could not be.

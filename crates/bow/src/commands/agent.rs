@@ -13,7 +13,7 @@ use crate::cli::StackArgs;
 use crate::session::Session;
 
 pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
-    let session = Session::load(args)?;
+    let mut session = Session::load(args)?;
     if print_systemd_unit {
         print!("{}", systemd_unit(&session)?);
         return Ok(ExitCode::SUCCESS);
@@ -27,9 +27,11 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
             shim: bow_driver::ShimCommand::current_exe(),
             event_sink: None,
             reconcile_on_start: true,
+            secrets: crate::secret_store::source(&session),
         })
         .await?;
         if agent.status().revision == 0 {
+            crate::secret_store::attach_digests(&mut session)?;
             agent.apply(session.spec.clone())?;
         }
         eprintln!(
@@ -60,6 +62,8 @@ fn systemd_unit(session: &Session) -> Result<String> {
          Wants=network-online.target\n\
          \n\
          [Service]\n\
+         # The agent decrypts secrets itself (to restart instances on its own) with this key.\n\
+         Environment=BOW_AGE_KEY_FILE={key}\n\
          ExecStart={exe} agent --file {file} --env {env} --state-dir {state}\n\
          # Instances run under their own shims and outlive the agent: stopping or restarting\n\
          # the unit ends only the agent; the next one adopts them. `bow down` stops them.\n\
@@ -74,5 +78,8 @@ fn systemd_unit(session: &Session) -> Result<String> {
         exe = exe.display(),
         file = session.file.display(),
         state = session.state_dir.display(),
+        key = crate::secret_store::source(session)
+            .and_then(|s| s.key.path().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "/root/.config/bow/keys/PROJECT-ENV.key".to_string()),
     ))
 }

@@ -15,7 +15,8 @@ use crate::cli::StackArgs;
 use crate::session::{self, Session};
 
 pub fn run(args: &StackArgs, yes: bool) -> Result<ExitCode> {
-    let session = Session::load(args)?;
+    let mut session = Session::load(args)?;
+    crate::secret_store::attach_digests(&mut session)?;
     if session
         .call(&Request::Ping, Duration::from_secs(5))?
         .is_none()

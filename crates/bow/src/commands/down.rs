@@ -42,6 +42,7 @@ pub fn run(args: &StackArgs) -> Result<ExitCode> {
                         shim: bow_driver::ShimCommand::current_exe(),
                         event_sink: None,
                         reconcile_on_start: false,
+                        secrets: None,
                     })
                     .await;
                     match started {

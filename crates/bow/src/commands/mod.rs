@@ -10,6 +10,7 @@ pub mod logs;
 pub mod plan;
 pub mod restart;
 pub mod rollback;
+pub mod secret;
 pub mod status;
 pub mod trust;
 pub mod up;

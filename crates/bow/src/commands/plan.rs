@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use crate::cli::{Output, StackArgs};
 
 pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
-    let session = crate::session::Session::load(args)?;
+    let mut session = crate::session::Session::load(args)?;
+    crate::secret_store::attach_digests(&mut session)?;
     let recorded = recorded_spec(&session.state_dir)?;
     let plan = bow_plan::plan(&session.spec, recorded.as_ref());
     match output {

@@ -14,7 +14,8 @@ use crate::commands::status;
 use crate::session::Session;
 
 pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
-    let session = Session::load(args)?;
+    let mut session = Session::load(args)?;
+    crate::secret_store::attach_digests(&mut session)?;
     let running = session.call(&Request::Ping, Duration::from_secs(5))?;
     match (running, detach) {
         (Some(_), _) => {
@@ -280,6 +281,7 @@ fn foreground(session: Session) -> Result<ExitCode> {
             shim: bow_driver::ShimCommand::current_exe(),
             event_sink: Some(sink),
             reconcile_on_start: true,
+            secrets: crate::secret_store::source(&session),
         })
         .await?;
         agent.apply(session.spec.clone())?;
