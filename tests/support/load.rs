@@ -7,51 +7,8 @@ use std::process::{Child, Command, Stdio};
 
 use super::stack::Stack;
 
-/// A Python client on loopback: keep-alive HTTPS GETs for `seconds`, counting failures and,
-/// after the time written in the marker file, the `version` of each answer.
-const CLIENT: &str = r#"
-import http.client, json, os, ssl, sys, time
-host, port, ca, seconds, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
-# SNI 127.0.0.1 gets the edge's default leaf (valid for 127.0.0.1); Host picks the route.
-context = ssl.create_default_context(cafile=ca)
-ok = failed = 0
-errors = []
-seen = []
-connection = None
-end = time.time() + seconds
-while time.time() < end and ok + failed < 200000:
-    try:
-        if connection is None:
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
-        connection.request("GET", "/", headers={"Host": host})
-        response = connection.getresponse()
-        body = response.read()
-        if response.status == 200:
-            ok += 1
-            try:
-                seen.append((time.time(), json.loads(body).get("version", "?")))
-            except ValueError:
-                seen.append((time.time(), "?"))
-        else:
-            failed += 1
-            errors.append(f"status {response.status}: {body[:200]!r}")
-    except Exception as error:
-        failed += 1
-        errors.append(repr(error))
-        connection = None
-    time.sleep(0.002)
-after = {}
-if os.path.exists(marker):
-    mark = float(open(marker).read())
-    for at, version in seen:
-        if at > mark:
-            after[version] = after.get(version, 0) + 1
-versions = {}
-for _, version in seen:
-    versions[version] = versions.get(version, 0) + 1
-print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:10], "versions": versions,
-                  "after_mark": after, "seconds": seconds}))
-"#;
+/// The client: bench/load_client.py (one copy for the tests and bench/deploy.sh).
+const CLIENT: &str = include_str!("../../bench/load_client.py");
 
 /// A running load client.
 pub struct Load {
