@@ -288,3 +288,44 @@ fn assert_no_failures_short(load: &Value) {
     );
     assert_eq!(load["failed"], 0, "failed requests: {load}");
 }
+
+#[test]
+fn in_place_changes_keep_the_processes_and_scaling_keeps_the_others() {
+    let host = "inplace.bow.localhost";
+    let (stack, _https) = stack("inplace", host, "{ drain_timeout: 5s }");
+    stack.up_ok();
+    let before = stack.status_ok();
+    let pids: Vec<i64> = instances(&before)
+        .iter()
+        .map(|i| i["pid"].as_i64().unwrap())
+        .collect();
+    // A slower check and 4 replicas: an in-place release, one more instance, nobody restarted.
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(
+        &stack.file,
+        text.replace("interval: 200ms", "interval: 1s")
+            .replace("replicas: 3", "replicas: 4"),
+    )
+    .unwrap();
+    let ran = apply(&stack);
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    assert!(
+        ran.stdout.contains("web: release 2 live (in-place"),
+        "{}",
+        ran.stdout
+    );
+    let status = stack.wait_status("four healthy", WAIT, |s| {
+        instances(s).len() == 4 && support::stack::all_healthy(s)
+    });
+    for pid in &pids {
+        assert!(
+            instances(&status).iter().any(|i| i["pid"] == *pid),
+            "instance with pid {pid} was replaced: {status}"
+        );
+    }
+    assert_eq!(running_releases(&status), [2, 2, 2, 2], "{status}");
+    stack.wait_event("reconfigured", WAIT, |e| e.kind == "reconfigured");
+    let releases = history(&stack);
+    assert_eq!(releases[0]["strategy"], "in-place", "{releases:?}");
+    assert_eq!(releases[0]["status"], "live");
+}

@@ -431,6 +431,7 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
                 slot.release = release;
                 slot.definition = definition.clone();
                 slot.status.release = release;
+                slot.control.send_modify(|c| c.reconfigure += 1);
             }
         }
         stale

@@ -27,6 +27,9 @@ pub struct Control {
     pub stop: bool,
     /// Bumped to ask for one restart.
     pub restart_generation: u64,
+    /// Bumped when the slot's definition changed in place (checks, timeouts): the process
+    /// keeps running and is watched again with the new definition.
+    pub reconfigure: u64,
 }
 
 /// An instance found running when the agent started.
@@ -90,6 +93,8 @@ pub(crate) fn spawn(
 
 enum Ending {
     Stop,
+    /// The definition changed in place: watch the same process again.
+    Reconfigure,
     Restart,
     Exited(Option<InstanceExit>),
     Unhealthy(String),
@@ -107,6 +112,9 @@ async fn run(
     let mut restarts = adopted.as_ref().map_or(0, |a| a.restarts);
     let mut pending = adopted;
     let mut generation = control.borrow().restart_generation;
+    let mut reconfigured = control.borrow().reconfigure;
+    // The running process, watched again after an in-place change of the definition.
+    let mut resume: Option<(InstanceHandle, u16)> = None;
     let mut first_start = true;
     let mut reported_crash_loop = false;
     // A restarted instance keeps its port while the port is free, so what talks to it directly
@@ -119,8 +127,18 @@ async fn run(
         let Some((definition, release)) = agent.slot_definition(&service, index) else {
             break;
         };
-        let (handle, port) = match pending.take() {
-            Some(adopted) => {
+        let resumed = resume.is_some();
+        let (handle, port) = match resume.take().map(Ok).unwrap_or(Err(pending.take())) {
+            Ok((handle, port)) => {
+                agent.emit(
+                    &service,
+                    &id,
+                    "reconfigured",
+                    &format!("release {release}: checks and timeouts changed in place, pid {} keeps running", handle.pid),
+                );
+                (handle, port)
+            }
+            Err(Some(adopted)) => {
                 let message = format!(
                     "pid {} port {} (still running from a previous agent)",
                     adopted.handle.pid, adopted.port
@@ -128,42 +146,49 @@ async fn run(
                 agent.emit(&service, &id, "adopted", &message);
                 (adopted.handle, adopted.port)
             }
-            None => match start(&agent, &definition, release, &service, index, slot_port).await {
-                Ok(started) => {
-                    if !first_start {
-                        agent.emit(&service, &id, "restarted", &format!("restart {restarts}"));
+            Err(None) => {
+                match start(&agent, &definition, release, &service, index, slot_port).await {
+                    Ok(started) => {
+                        if !first_start {
+                            agent.emit(&service, &id, "restarted", &format!("restart {restarts}"));
+                        }
+                        agent.emit(
+                            &service,
+                            &id,
+                            "started",
+                            &format!(
+                                "pid {} port {} user {}",
+                                started.0.pid, started.1, started.0.user
+                            ),
+                        );
+                        started
                     }
-                    agent.emit(
-                        &service,
-                        &id,
-                        "started",
-                        &format!(
-                            "pid {} port {} user {}",
-                            started.0.pid, started.1, started.0.user
-                        ),
-                    );
-                    started
-                }
-                Err(reason) => {
-                    first_start = false;
-                    agent.emit(&service, &id, "start-failed", &reason);
-                    agent.update(&service, index, |s| {
-                        s.health = Health::Failed;
-                        s.last_error = Some(reason.clone());
-                        s.pid = None;
-                    });
-                    let delay = backoff.next_delay().max(crate::backoff::FIRST_DELAY);
-                    if back_off(&agent, &service, &id, "next start", delay, &mut control).await {
-                        break;
+                    Err(reason) => {
+                        first_start = false;
+                        agent.emit(&service, &id, "start-failed", &reason);
+                        agent.update(&service, index, |s| {
+                            s.health = Health::Failed;
+                            s.last_error = Some(reason.clone());
+                            s.pid = None;
+                        });
+                        let delay = backoff.next_delay().max(crate::backoff::FIRST_DELAY);
+                        if back_off(&agent, &service, &id, "next start", delay, &mut control).await
+                        {
+                            break;
+                        }
+                        continue;
                     }
-                    continue;
                 }
-            },
+            }
         };
         first_start = false;
         agent.record_instance(&handle, port, restarts);
         let crash_looping_now = backoff.crash_looping();
         agent.update(&service, index, |s| {
+            s.release = release;
+            if resumed {
+                return;
+            }
             s.pid = Some(handle.pid);
             s.port = Some(port);
             s.started_at_ms = Some(handle.started_at_unix_ms);
@@ -187,7 +212,7 @@ async fn run(
             &handle,
             port,
             &mut control,
-            &mut generation,
+            (&mut generation, &mut reconfigured),
             &healthy_since,
         )
         .await;
@@ -197,6 +222,10 @@ async fn run(
             .map(|t| t.elapsed());
         slot_port = healthy_for.map(|_| port);
         match ending {
+            Ending::Reconfigure => {
+                resume = Some((handle, port));
+                continue;
+            }
             Ending::Stop => {
                 stop_instance(&agent, &definition, &service, index, &handle, "stopped").await;
                 agent.forget_instance(&id);
@@ -442,7 +471,7 @@ async fn watch_instance(
     handle: &InstanceHandle,
     port: u16,
     control: &mut watch::Receiver<Control>,
-    generation: &mut u64,
+    (generation, reconfigured): (&mut u64, &mut u64),
     healthy_since: &Mutex<Option<Instant>>,
 ) -> Ending {
     let exit = wait_exit(agent.clone(), handle.clone());
@@ -469,6 +498,10 @@ async fn watch_instance(
                 if current.restart_generation != *generation {
                     *generation = current.restart_generation;
                     return Ending::Restart;
+                }
+                if current.reconfigure != *reconfigured {
+                    *reconfigured = current.reconfigure;
+                    return Ending::Reconfigure;
                 }
             }
         }
