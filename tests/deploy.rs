@@ -329,3 +329,51 @@ fn in_place_changes_keep_the_processes_and_scaling_keeps_the_others() {
     assert_eq!(releases[0]["strategy"], "in-place", "{releases:?}");
     assert_eq!(releases[0]["status"], "live");
 }
+
+#[test]
+fn dependencies_deploy_before_dependants() {
+    let stack = Stack::new(
+        "deporder",
+        "services:
+  api:
+    command: {testapp}
+    replicas: 2
+    env: { APP_VERSION: v1 }
+    health: { http: /healthz, interval: 200ms }
+  web:
+    command: {testapp}
+    replicas: 2
+    env: { APP_VERSION: v1 }
+    health: { http: /healthz, interval: 200ms }
+    depends_on: [api]
+",
+    );
+    stack.up_ok();
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(
+        &stack.file,
+        text.replace("APP_VERSION: v1", "APP_VERSION: v2"),
+    )
+    .unwrap();
+    let ran = apply(&stack);
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    let events = stack.events();
+    let at = |service: &str, kind: &str| {
+        support::stack::position(&events, |e| {
+            e.service.as_deref() == Some(service)
+                && e.kind == kind
+                && e.message.contains("release 2")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} of {service}: {}",
+                support::stack::show_events(&events)
+            )
+        })
+    };
+    assert!(
+        at("api", "deployed") < at("web", "deploying"),
+        "web deployed before api finished: {}",
+        support::stack::show_events(&events)
+    );
+}

@@ -384,10 +384,15 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
             let Some(service) = inner.spec.as_ref().and_then(|s| s.services.get(&name)) else {
                 return;
             };
+            // A dependency is ready when it is healthy and its own deploy of this apply (if
+            // any) has finished: dependencies deploy before dependants.
             service
                 .depends_on
                 .iter()
-                .filter(|d| !agent.service_healthy(&inner, d))
+                .filter(|d| {
+                    !agent.service_healthy(&inner, d)
+                        || inner.progress.get(*d).is_some_and(|p| !p.phase.finished())
+                })
                 .cloned()
                 .collect()
         };
