@@ -2,6 +2,7 @@
 //! `X-Forwarded-*` and `Forwarded` headers in.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -23,6 +24,10 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header and the headers the
 /// `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none: one pass over the names tells.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -44,6 +49,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in proxy_headers {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`] or a `Proxy-*` header.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
@@ -83,34 +99,101 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// What the forwarding headers say about one client connection, made once per connection.
+#[derive(Debug)]
+pub(crate) struct ClientForwarding {
+    /// The client's address as `X-Forwarded-For` names it.
+    address: HeaderValue,
+    /// The client as the `for=` node of a `Forwarded` element.
+    node: String,
+    /// The host last asked for on the connection and its `Forwarded` element.
+    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
+}
+
+impl ClientForwarding {
+    pub(crate) fn new(client: IpAddr) -> Self {
+        let node = match client {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        ClientForwarding {
+            address: HeaderValue::from_str(&client.to_string())
+                .expect("an ip address is a header value"),
+            node,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `for=…;proto=https;host=…` for `host`; remembered, as a connection keeps to one host.
+    fn element(&self, host: &HeaderValue) -> Option<HeaderValue> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some((last_host, element)) = &*last
+            && last_host == host
+        {
+            return Some(element.clone());
+        }
+        let text = format!(
+            "for={};proto=https;host={}",
+            self.node,
+            forwarded_value(host.to_str().ok()?)
+        );
+        let element = HeaderValue::from_str(&text).ok()?;
+        *last = Some((host.clone(), element.clone()));
+        Some(element)
+    }
+}
+
 /// Adds the client's address and the original host and scheme: `X-Forwarded-For` is
 /// appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` are replaced, and a
 /// `Forwarded: for=…;proto=https;host=…` element is appended.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
-    let client_text = client.to_string();
-    let forwarded_for = match headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client_text}"),
-        _ => client_text,
-    };
-    set(headers, &X_FORWARDED_FOR, &forwarded_for);
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientForwarding,
+    host: &HeaderValue,
+) {
+    match earlier(headers, &X_FORWARDED_FOR) {
+        Some(earlier) => {
+            let client_text = client.address.to_str().unwrap_or_default();
+            set(
+                headers,
+                &X_FORWARDED_FOR,
+                &format!("{earlier}, {client_text}"),
+            );
+        }
+        None => {
+            headers.insert(&X_FORWARDED_FOR, client.address.clone());
+        }
+    }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    set(headers, &X_FORWARDED_HOST, host);
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+    let Some(element) = client.element(host) else {
+        return;
     };
-    let element = format!("for={node};proto=https;host={}", forwarded_value(host));
-    let forwarded = match headers
-        .get(header::FORWARDED)
+    match earlier(headers, &header::FORWARDED) {
+        Some(earlier) => {
+            let element = element.to_str().unwrap_or_default();
+            set(
+                headers,
+                &header::FORWARDED,
+                &format!("{earlier}, {element}"),
+            );
+        }
+        None => {
+            headers.insert(header::FORWARDED, element);
+        }
+    }
+}
+
+/// A forwarding header's value from an earlier proxy, when there is a non-blank one.
+fn earlier(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
         .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {element}"),
-        _ => element,
-    };
-    set(headers, &header::FORWARDED, &forwarded);
+        .filter(|value| !value.trim().is_empty())
+        .map(str::to_string)
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
@@ -157,13 +240,39 @@ mod tests {
     fn forwarded_headers_name_the_client() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut headers, "::1".parse().unwrap(), "app.example.com:8443");
+        let client = ClientForwarding::new("::1".parse().unwrap());
+        let host = HeaderValue::from_static("app.example.com:8443");
+        add_forwarded(&mut headers, &client, &host);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "app.example.com:8443");
         assert_eq!(
             headers["forwarded"],
             "for=\"[::1]\";proto=https;host=\"app.example.com:8443\""
+        );
+        // The next request on the connection, to another host, with no earlier proxy.
+        let mut headers = HeaderMap::new();
+        add_forwarded(
+            &mut headers,
+            &client,
+            &HeaderValue::from_static("b.example.com"),
+        );
+        assert_eq!(headers["x-forwarded-for"], "::1");
+        assert_eq!(
+            headers["forwarded"],
+            "for=\"[::1]\";proto=https;host=b.example.com"
+        );
+        let v4 = ClientForwarding::new("10.1.2.3".parse().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        add_forwarded(
+            &mut headers,
+            &v4,
+            &HeaderValue::from_static("b.example.com"),
+        );
+        assert_eq!(
+            headers["forwarded"],
+            "for=1.1.1.1, for=10.1.2.3;proto=https;host=b.example.com"
         );
     }
 

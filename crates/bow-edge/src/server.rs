@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::EdgeConfig;
+use crate::forwarded::ClientForwarding;
 use crate::metrics::MetricsRegistry;
 use crate::proxy::Proxy;
 use crate::redirect::Redirect;
@@ -89,6 +90,7 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub(crate) struct ConnContext {
     pub(crate) client: SocketAddr,
+    pub(crate) forwarding: ClientForwarding,
     pub(crate) activity: Arc<Activity>,
     metrics: Arc<MetricsRegistry>,
     _permit: OwnedSemaphorePermit,
@@ -147,6 +149,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Listeners>, p
                 let _ = stream.set_nodelay(true);
                 let context = Arc::new(ConnContext {
                     client,
+                    forwarding: ClientForwarding::new(client.ip()),
                     activity: Arc::new(Activity::new()),
                     metrics: shared.metrics.clone(),
                     _permit: permit,
