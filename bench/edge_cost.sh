@@ -12,8 +12,8 @@
 #
 #   bash bench/edge_cost.sh                       DUR=5s CONNS="64 256" TARGETS="bow nginx"
 #   CALLGRIND=1 DUR=10s CONNS=64 bash bench/edge_cost.sh
-#   PERF=1 ...: also a flat perf profile per run in bench/results/perf.<target>.<conns>.data
-#   STRACE=1 ...: syscall counts per run in bench/results/strace.<target>.<conns>.txt
+#   PERF=1 ...: also a flat perf profile per run in $RESULTS/perf.<target>.<conns>.data
+#   STRACE=1 ...: syscall counts per run in $RESULTS/strace.<target>.<conns>.txt
 #   STAT=1 ...: syscalls, context switches and wake-ups per request (perf tracepoints)
 #   EDGE_BIN=/path/to/edge_load bash bench/edge_cost.sh   (compare another build)
 set -uo pipefail
@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DUR=${DUR:-5s}; CONNS=${CONNS:-"64 256"}; TARGETS=${TARGETS:-"bow nginx"}
 WRK_CPU=${WRK_CPU:-0}; PROXY_CPU=${PROXY_CPU:-1}; CALLGRIND=${CALLGRIND:-0}; REPS=${REPS:-1}
+RESULTS=${RESULTS:-/tmp/bow-edge-cost}; mkdir -p "$RESULTS"
 HOST=bench.localhost; BE=19701; BOWP=19743; NGXP=19744
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
@@ -130,10 +131,10 @@ for c in $CONNS; do
     in_ns taskset -c "$WRK_CPU" wrk -t1 -c"$c" -d2s "$u" >/dev/null 2>&1   # connect + warm
     if [ "$CALLGRIND" = 1 ]; then callgrind_control -i on "$p" >/dev/null; callgrind_control -z "$p" >/dev/null; fi
     n0=$(cpu_ns "$p"); t0=$(ticks "$p")
-    [ "${STRACE:-0}" = 1 ] && { strace -c -f -o "$ROOT/bench/results/strace.$t.$c.txt" -p "$(ls /proc/"$p"/task | paste -sd, -),$(cat /proc/"$p"/task/*/children | tr ' ' ,)" 2>/dev/null & STRACE_PID=$!; sleep 0.5; }
+    [ "${STRACE:-0}" = 1 ] && { strace -c -f -o "$RESULTS/strace.$t.$c.txt" -p "$(ls /proc/"$p"/task | paste -sd, -),$(cat /proc/"$p"/task/*/children | tr ' ' ,)" 2>/dev/null & STRACE_PID=$!; sleep 0.5; }
     [ "${STAT:-0}" = 1 ] && { perf stat -x, -o "$WORK/stat.txt" -e raw_syscalls:sys_enter,sched:sched_switch,sched:sched_wakeup,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_futex,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_writev,syscalls:sys_enter_write,syscalls:sys_enter_sendto \
       -p "$p$(for ch in $(cat /proc/"$p"/task/*/children); do printf ',%s' "$ch"; done)" >/dev/null 2>&1 & STAT_PID=$!; sleep 0.2; }
-    [ "${PERF:-0}" = 1 ] && { perf record -q ${PERF_ARGS:-} -e cpu-clock -F 4999 -p "$p" -o "$ROOT/bench/results/perf.$t.$c.data" >/dev/null 2>&1 & PERF_PID=$!; }
+    [ "${PERF:-0}" = 1 ] && { perf record -q ${PERF_ARGS:-} -e cpu-clock -F 4999 -p "$p$(for ch in $(cat /proc/"$p"/task/*/children); do printf ",%s" "$ch"; done)" -o "$RESULTS/perf.$t.$c.data" >/dev/null 2>&1 & PERF_PID=$!; }
     in_ns taskset -c "$WRK_CPU" wrk -t1 -c"$c" -d"$DUR" --latency "$u" > "$WORK/wrk.out" 2>&1
     [ "${PERF:-0}" = 1 ] && { kill -INT "$PERF_PID"; wait "$PERF_PID"; }
     [ "${STRACE:-0}" = 1 ] && { kill -INT "$STRACE_PID"; wait "$STRACE_PID"; }
