@@ -1,6 +1,7 @@
 //! A bare edge for profiling: serves `https://bench.localhost:$EDGE_PORT/` (self-signed, CA
 //! in `$EDGE_DIR/ca`) to `127.0.0.1:$BACKEND_PORT`, access log to `$EDGE_DIR/access.log`,
-//! on the runtime shape the agent uses. Runs until stdin closes. Used by bench/edge_cost.sh.
+//! on the runtime shape the agent uses (`EDGE_RUNTIME=current`: a current-thread runtime).
+//! Runs until stdin closes. Used by bench/edge_cost.sh.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,11 +21,19 @@ fn main() {
     let port: u16 = var("EDGE_PORT").parse().expect("EDGE_PORT is a port");
     let backend: u16 = var("BACKEND_PORT").parse().expect("BACKEND_PORT is a port");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    // EDGE_RUNTIME=current: a current-thread runtime instead, to compare runtime shapes.
+    let runtime = if std::env::var("EDGE_RUNTIME").is_ok_and(|shape| shape == "current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
     runtime.block_on(async move {
         let config = EdgeConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
