@@ -64,8 +64,9 @@ if ((${#need[@]})); then
 fi
 
 cargo build --release -q -p bow -p bow-testapp || die "cargo build"
-BOW=${BOW_BIN:-$ROOT/target/release/bow}   # BOW_BIN: compare another build of bow
-APP=$ROOT/target/release/bow-testapp
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}   # where cargo just built them
+BOW=${BOW_BIN:-$TARGET_DIR/release/bow}   # BOW_BIN: compare another build of bow
+APP=$TARGET_DIR/release/bow-testapp
 for p in $BOW_HTTP $BOW_HTTPS $NGX_HTTP $NGX_HTTPS $HAP_HTTP $HAP_HTTPS; do
   (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && die "port $p is already in use"
 done

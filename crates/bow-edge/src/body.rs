@@ -6,14 +6,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLogEntry, AccessLogSink};
+use crate::access_log::{AccessLogSink, RequestLog};
 use crate::metrics::RouteStats;
+use crate::pool::Lent;
 use crate::server::InFlight;
 use crate::upstream::EndpointGuard;
 
@@ -136,10 +137,11 @@ impl Body for UpstreamBody {
 /// metrics) when dropped, that is when the response body or the tunnel ended.
 pub(crate) struct RequestRecord {
     pub(crate) started: Instant,
-    pub(crate) time: String,
-    pub(crate) host: String,
-    pub(crate) method: String,
-    pub(crate) path: String,
+    pub(crate) time: SystemTime,
+    pub(crate) host: Arc<str>,
+    pub(crate) method: http::Method,
+    /// The request target as received; the log shows its path only.
+    pub(crate) target: http::Uri,
     pub(crate) protocol: &'static str,
     pub(crate) client: SocketAddr,
     pub(crate) status: u16,
@@ -157,21 +159,18 @@ impl Drop for RequestRecord {
         if let Some(stats) = &self.stats {
             stats.observe(self.status, elapsed);
         }
-        self.sink.record(AccessLogEntry {
-            time: std::mem::take(&mut self.time),
-            host: std::mem::take(&mut self.host),
-            method: std::mem::take(&mut self.method),
-            path: std::mem::take(&mut self.path),
+        self.sink.record_request(&RequestLog {
+            time: self.time,
+            host: &self.host,
+            method: self.method.as_str(),
+            path: self.target.path(),
             status: self.status,
             bytes: self.bytes,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            service: self.service.as_deref().map(str::to_string),
-            upstream: self
-                .endpoint
-                .as_ref()
-                .map(|guard| guard.endpoint().id.to_string()),
-            client: self.client.to_string(),
-            protocol: self.protocol.to_string(),
+            duration: elapsed,
+            service: self.service.as_deref(),
+            upstream: self.endpoint.as_ref().map(|guard| &*guard.endpoint().id),
+            client: self.client,
+            protocol: self.protocol,
         });
         // The endpoint guard and the in-flight mark drop after the entry was recorded.
     }
@@ -179,7 +178,8 @@ impl Drop for RequestRecord {
 
 enum Content {
     Full(Option<Bytes>),
-    Proxied(Incoming),
+    /// An upstream's response body, and its connection until the body ended.
+    Proxied(Incoming, Option<Lent>),
 }
 
 /// The body of every response the edge sends on HTTPS.
@@ -196,9 +196,9 @@ impl EdgeBody {
         }
     }
 
-    pub(crate) fn proxied(body: Incoming, record: RequestRecord) -> Self {
+    pub(crate) fn proxied(body: Incoming, connection: Lent, record: RequestRecord) -> Self {
         EdgeBody {
-            content: Content::Proxied(body),
+            content: Content::Proxied(body, Some(connection)),
             record: Some(record),
         }
     }
@@ -221,10 +221,16 @@ impl Body for EdgeBody {
         let this = self.get_mut();
         let polled = match &mut this.content {
             Content::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Content::Proxied(body) => match Pin::new(body).poll_frame(cx) {
+            Content::Proxied(body, connection) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(BoxError::from(error)))),
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Ready(None) => {
+                    // The whole response was read: the connection can take another request.
+                    if let Some(connection) = connection.take() {
+                        connection.give_back();
+                    }
+                    Poll::Ready(None)
+                }
                 Poll::Pending => Poll::Pending,
             },
         };
@@ -245,7 +251,7 @@ impl Body for EdgeBody {
     fn is_end_stream(&self) -> bool {
         match &self.content {
             Content::Full(bytes) => bytes.is_none(),
-            Content::Proxied(body) => body.is_end_stream(),
+            Content::Proxied(body, _) => body.is_end_stream(),
         }
     }
 
@@ -254,7 +260,20 @@ impl Body for EdgeBody {
             Content::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |bytes| bytes.len() as u64))
             }
-            Content::Proxied(body) => body.size_hint(),
+            Content::Proxied(body, _) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for EdgeBody {
+    fn drop(&mut self) {
+        // A body that was empty from the start may never be polled; a connection whose
+        // response was cut short is closed (dropped) instead.
+        if let Content::Proxied(body, connection) = &mut self.content
+            && body.is_end_stream()
+            && let Some(connection) = connection.take()
+        {
+            connection.give_back();
         }
     }
 }

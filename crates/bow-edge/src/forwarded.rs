@@ -2,20 +2,21 @@
 //! `X-Forwarded-*` and `Forwarded` headers in.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::Scheme;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1); with them go
+/// every `Proxy-*` header (such as `Proxy-Connection`) and the headers `Connection` names.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -25,27 +26,31 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header and the headers the
 /// `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Most requests and responses carry none: one pass over the names tells.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    let proxy_headers: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
+        .filter(|name| is_hop_by_hop(name))
         .cloned()
         .collect();
-    for name in proxy_headers {
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
+    );
+    for name in doomed {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`] or a `Proxy-*` header.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
 }
 
 /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
@@ -85,38 +90,108 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// What the forwarding headers say about one client connection, made once per connection.
+#[derive(Debug)]
+pub(crate) struct ClientForwarding {
+    /// The client's address as `X-Forwarded-For` names it.
+    address: HeaderValue,
+    /// The client as the `for=` node of a `Forwarded` element.
+    node: String,
+    /// The host last asked for on the connection and its `Forwarded` element.
+    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
+    /// The scheme the client used (`https` at the edge, `http` at a service listener).
+    proto: Scheme,
+}
+
+impl ClientForwarding {
+    pub(crate) fn new(client: IpAddr, proto: Scheme) -> Self {
+        let node = match client {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        ClientForwarding {
+            address: HeaderValue::from_str(&client.to_string())
+                .expect("an ip address is a header value"),
+            node,
+            last: Mutex::new(None),
+            proto,
+        }
+    }
+
+    /// `for=…;proto=<scheme>;host=…` for `host`; remembered, as a connection keeps to one host.
+    fn element(&self, host: &HeaderValue) -> Option<HeaderValue> {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some((last_host, element)) = &*last
+            && last_host == host
+        {
+            return Some(element.clone());
+        }
+        let text = format!(
+            "for={};proto={};host={}",
+            self.node,
+            self.proto.as_str(),
+            forwarded_value(host.to_str().ok()?)
+        );
+        let element = HeaderValue::from_str(&text).ok()?;
+        *last = Some((host.clone(), element.clone()));
+        Some(element)
+    }
+}
+
 /// Adds the client's address and the original host and scheme: `X-Forwarded-For` is
 /// appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` are replaced, and a
-/// `Forwarded: for=…;proto=<proto>;host=…` element is appended.
-pub(crate) fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str, proto: Scheme) {
-    let client_text = client.to_string();
-    let forwarded_for = match headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {client_text}"),
-        _ => client_text,
-    };
-    set(headers, &X_FORWARDED_FOR, &forwarded_for);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto.as_str()));
-    set(headers, &X_FORWARDED_HOST, host);
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let element = format!(
-        "for={node};proto={};host={}",
-        proto.as_str(),
-        forwarded_value(host)
+/// `Forwarded: for=…;proto=<scheme>;host=…` element is appended.
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &ClientForwarding,
+    host: &HeaderValue,
+) {
+    match earlier(headers, &X_FORWARDED_FOR) {
+        Some(earlier) => {
+            let client_text = client.address.to_str().unwrap_or_default();
+            set(
+                headers,
+                &X_FORWARDED_FOR,
+                &format!("{earlier}, {client_text}"),
+            );
+        }
+        None => {
+            headers.insert(&X_FORWARDED_FOR, client.address.clone());
+        }
+    }
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(client.proto.as_str()),
     );
-    let forwarded = match headers
-        .get(header::FORWARDED)
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) if !earlier.trim().is_empty() => format!("{earlier}, {element}"),
-        _ => element,
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+    let Some(element) = client.element(host) else {
+        return;
     };
-    set(headers, &header::FORWARDED, &forwarded);
+    match earlier(headers, &header::FORWARDED) {
+        Some(earlier) => {
+            let element = element.to_str().unwrap_or_default();
+            set(
+                headers,
+                &header::FORWARDED,
+                &format!("{earlier}, {element}"),
+            );
+        }
+        None => {
+            headers.insert(header::FORWARDED, element);
+        }
+    }
+}
+
+/// A forwarding header's value from an earlier proxy, when there is a non-blank one.
+fn earlier(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.trim().is_empty())
+        .map(str::to_string)
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
@@ -163,12 +238,9 @@ mod tests {
     fn forwarded_headers_name_the_client() {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(
-            &mut headers,
-            "::1".parse().unwrap(),
-            "app.example.com:8443",
-            Scheme::Https,
-        );
+        let client = ClientForwarding::new("::1".parse().unwrap(), Scheme::Https);
+        let host = HeaderValue::from_static("app.example.com:8443");
+        add_forwarded(&mut headers, &client, &host);
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["x-forwarded-host"], "app.example.com:8443");
@@ -176,17 +248,29 @@ mod tests {
             headers["forwarded"],
             "for=\"[::1]\";proto=https;host=\"app.example.com:8443\""
         );
-        let mut internal = HeaderMap::new();
+        // The next request on the connection, to another host, with no earlier proxy.
+        let mut headers = HeaderMap::new();
         add_forwarded(
-            &mut internal,
-            "127.0.0.1".parse().unwrap(),
-            "api:5001",
-            Scheme::Http,
+            &mut headers,
+            &client,
+            &HeaderValue::from_static("b.example.com"),
         );
-        assert_eq!(internal["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-for"], "::1");
         assert_eq!(
-            internal["forwarded"],
-            "for=127.0.0.1;proto=http;host=\"api:5001\""
+            headers["forwarded"],
+            "for=\"[::1]\";proto=https;host=b.example.com"
+        );
+        let v4 = ClientForwarding::new("10.1.2.3".parse().unwrap(), Scheme::Https);
+        let mut headers = HeaderMap::new();
+        headers.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
+        add_forwarded(
+            &mut headers,
+            &v4,
+            &HeaderValue::from_static("b.example.com"),
+        );
+        assert_eq!(
+            headers["forwarded"],
+            "for=1.1.1.1, for=10.1.2.3;proto=https;host=b.example.com"
         );
     }
 

@@ -26,6 +26,7 @@ mod config;
 mod error;
 mod forwarded;
 mod metrics;
+mod pool;
 mod proxy;
 mod redirect;
 mod routes;
@@ -44,7 +45,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink};
+pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink, RequestLog};
 pub use config::{EdgeConfig, Scheme, TlsSource};
 pub use error::EdgeError;
 pub use metrics::{

@@ -2,31 +2,29 @@
 //! retry, stream the answer back (or tunnel an upgrade), and answer errors in plain text.
 
 use std::cell::OnceCell;
-use std::error::Error as _;
-use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::access_log::{AccessLogSink, now_rfc3339};
+use crate::access_log::AccessLogSink;
 use crate::body::{BodySlot, EdgeBody, RequestRecord, UpstreamBody};
 use crate::config::EdgeConfig;
 use crate::forwarded::{
     add_forwarded, join_cookies, restore_upgrade, strip_hop_by_hop, upgrade_request,
 };
 use crate::metrics::MetricsRegistry;
+use crate::pool::{self, AttemptError, Lent};
 use crate::redirect::strip_port;
-use crate::routes::normalize_host;
+use crate::routes::normalized_host;
 use crate::server::{ConnContext, InFlight, Phase, closed};
 use crate::upstream::{ActiveTable, EndpointGuard, EndpointState, Upstreams};
 
@@ -42,7 +40,6 @@ pub(crate) struct Proxy {
     upstreams: Arc<Upstreams>,
     metrics: Arc<MetricsRegistry>,
     access_log: Arc<dyn AccessLogSink>,
-    client: Client<HttpConnector, UpstreamBody>,
     hsts: Option<HeaderValue>,
     phase: watch::Receiver<Phase>,
 }
@@ -62,17 +59,6 @@ impl Proxy {
         access_log: Arc<dyn AccessLogSink>,
         phase: watch::Receiver<Phase>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .set_host(false)
-            .build(connector);
         let hsts = (!config.hsts_max_age.is_zero()).then(|| {
             let value = format!(
                 "max-age={}; includeSubDomains",
@@ -86,7 +72,6 @@ impl Proxy {
             upstreams,
             metrics,
             access_log,
-            client,
             hsts,
             phase,
         }
@@ -97,25 +82,26 @@ impl Proxy {
         context: Arc<ConnContext>,
         mut request: Request<Incoming>,
     ) -> Response<EdgeBody> {
-        let host_header = request
-            .uri()
-            .authority()
-            .map(|authority| authority.as_str().to_string())
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::to_string)
-            })
-            .unwrap_or_default();
-        let host = normalize_host(strip_port(&host_header));
+        let started = Instant::now();
+        let time = SystemTime::now();
+        // HTTP/2 names the host in the request target, HTTP/1.1 in the Host header.
+        let host_value = match request.uri().authority() {
+            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+            None => request.headers().get(header::HOST).cloned(),
+        }
+        .unwrap_or_else(|| HeaderValue::from_static(""));
+        let host = normalized_host(strip_port(host_value.to_str().unwrap_or_default()));
+        let table = self.table.load_full();
+        // A table that replaced `table` while this request started, looked at when none of
+        // `table`'s endpoints could be picked because the swap had just retired them.
+        let newer: OnceCell<Arc<ActiveTable>> = OnceCell::new();
+        let found = table.lookup(&host, request.uri().path());
         let mut record = RequestRecord {
-            started: Instant::now(),
-            time: now_rfc3339(),
-            host: host.clone(),
-            method: request.method().to_string(),
-            path: request.uri().path().to_string(),
+            started,
+            time,
+            host: found.map_or_else(|| Arc::from(&*host), |route| route.host.clone()),
+            method: request.method().clone(),
+            target: request.uri().clone(),
             protocol: if request.version() == Version::HTTP_2 {
                 "HTTP/2.0"
             } else {
@@ -130,11 +116,7 @@ impl Proxy {
             sink: self.access_log.clone(),
             in_flight: Some(InFlight::new(&context.activity)),
         };
-        let table = self.table.load_full();
-        // A table that replaced `table` while this request started, looked at when none of
-        // `table`'s endpoints could be picked because the swap had just retired them.
-        let newer: OnceCell<Arc<ActiveTable>> = OnceCell::new();
-        let Some(mut route) = table.lookup(&host, request.uri().path()) else {
+        let Some(mut route) = found else {
             self.metrics
                 .unrouted_requests
                 .fetch_add(1, Ordering::Relaxed);
@@ -169,14 +151,9 @@ impl Proxy {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         join_cookies(&mut headers);
-        add_forwarded(
-            &mut headers,
-            context.client.ip(),
-            &host_header,
-            self.config.scheme,
-        );
-        if let Ok(value) = HeaderValue::from_str(&host_header) {
-            headers.insert(header::HOST, value);
+        add_forwarded(&mut headers, &context.forwarding, &host_value);
+        if headers.get(header::HOST) != Some(&host_value) {
+            headers.insert(header::HOST, host_value.clone());
         }
         if let Some(protocol) = upgrade {
             restore_upgrade(&mut headers, protocol);
@@ -184,8 +161,8 @@ impl Proxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map(|value| value.as_str())
-            .unwrap_or("/");
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let idempotent = matches!(
             parts.method,
             Method::GET
@@ -222,8 +199,7 @@ impl Proxy {
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let Ok(uri) = format!("http://{}{}", endpoint.addr, path_and_query).parse::<Uri>()
-            else {
+            let Some(uri) = upstream_uri(&path_and_query) else {
                 let message = "400 the request target is not a valid path".to_string();
                 return self.local(StatusCode::BAD_REQUEST, message, record);
             };
@@ -237,11 +213,18 @@ impl Proxy {
             *upstream_request.version_mut() = Version::HTTP_11;
             *upstream_request.headers_mut() = headers.clone();
 
-            let sent = self.client.request(upstream_request);
+            let sent = self.send(&endpoint, upstream_request);
             let answered = tokio::time::timeout(self.config.upstream_timeout, sent).await;
             let error = match answered {
-                Ok(Ok(response)) => {
-                    return self.respond(response, guard, record, client_upgrade, context);
+                Ok(Ok((response, connection))) => {
+                    return self.respond(
+                        response,
+                        connection,
+                        guard,
+                        record,
+                        client_upgrade,
+                        context,
+                    );
                 }
                 Err(_elapsed) => {
                     record.endpoint = Some(guard);
@@ -259,7 +242,7 @@ impl Proxy {
                 return self.local(StatusCode::PAYLOAD_TOO_LARGE, message, record);
             }
             let connect = error.is_connect();
-            if connect || connection_broken(&error) {
+            if connect || error.connection_broken() {
                 self.upstreams.mark_down(&endpoint);
                 self.metrics
                     .endpoints_marked_down
@@ -267,7 +250,7 @@ impl Proxy {
             }
             failure = Some(Failure {
                 endpoint,
-                reason: failure_reason(&error),
+                reason: error.reason(),
             });
             let replayable = body.as_ref().is_none_or(|slot| !slot.started());
             let body_empty = body.is_none();
@@ -290,9 +273,42 @@ impl Proxy {
         }
     }
 
+    /// Sends `request` to `endpoint` over an idle keep-alive connection, or a new one when
+    /// none is left or the idle ones closed before taking the request.
+    async fn send(
+        &self,
+        endpoint: &Arc<EndpointState>,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lent), AttemptError> {
+        loop {
+            let (mut sender, reused) = match endpoint.connections.take() {
+                Some(sender) => (sender, true),
+                None => {
+                    let timeout = self.config.upstream_connect_timeout;
+                    (pool::connect(endpoint, timeout).await?, false)
+                }
+            };
+            if let Err(error) = sender.ready().await {
+                if reused {
+                    continue;
+                }
+                return Err(AttemptError::Http(error));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Lent::new(endpoint.clone(), sender))),
+                Err(mut error) => match error.take_message() {
+                    // An idle connection the upstream had just closed: nothing was sent.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(AttemptError::Http(error.into_error())),
+                },
+            }
+        }
+    }
+
     fn respond(
         &self,
         mut response: Response<Incoming>,
+        connection: Lent,
         guard: EndpointGuard,
         mut record: RequestRecord,
         client_upgrade: Option<OnUpgrade>,
@@ -326,7 +342,7 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         self.add_hsts(&mut parts.headers);
-        Response::from_parts(parts, EdgeBody::proxied(body, record))
+        Response::from_parts(parts, EdgeBody::proxied(body, connection, record))
     }
 
     /// A response made by the edge itself: `text` as a plain-text body.
@@ -385,56 +401,11 @@ async fn tunnel(
     drop(context);
 }
 
-/// Whether the upstream refused, reset or closed the connection (as opposed to, say, a
-/// malformed response): such an endpoint is marked down.
-fn connection_broken(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>()
-            && (hyper_error.is_incomplete_message() || hyper_error.is_canceled())
-        {
-            return true;
-        }
-        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
-            return matches!(
-                io_error.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            );
-        }
-        source = cause.source();
-    }
-    false
-}
-
-/// A short lowercase reason for a failed attempt.
-fn failure_reason(error: &hyper_util::client::legacy::Error) -> String {
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
-            return match io_error.kind() {
-                io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-                io::ErrorKind::ConnectionReset => "connection reset".to_string(),
-                io::ErrorKind::TimedOut => "connect timed out".to_string(),
-                _ => io_error.to_string().to_lowercase(),
-            };
-        }
-        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>() {
-            if hyper_error.is_incomplete_message() {
-                return "connection closed before the response".to_string();
-            }
-            if hyper_error.is_parse() {
-                return "invalid http response".to_string();
-            }
-        }
-        source = cause.source();
-    }
-    if error.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        error.to_string().to_lowercase()
-    }
+/// The request target for the upstream in origin form (`/path?query`), or `None` for one
+/// that is not a path (`*`).
+fn upstream_uri(path_and_query: &PathAndQuery) -> Option<Uri> {
+    path_and_query
+        .as_str()
+        .starts_with('/')
+        .then(|| Uri::from(path_and_query.clone()))
 }

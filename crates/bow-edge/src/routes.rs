@@ -134,6 +134,15 @@ pub(crate) fn normalize_host(host: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// [`normalize_host`] without a copy when `host` is normal already (the usual case).
+pub(crate) fn normalized_host(host: &str) -> std::borrow::Cow<'_, str> {
+    if host.ends_with('.') || host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(normalize_host(host))
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
+}
+
 /// Whether `prefix` matches `path` on segment boundaries.
 pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     if !path.starts_with(prefix) {

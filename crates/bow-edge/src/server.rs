@@ -19,6 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::EdgeConfig;
+use crate::forwarded::ClientForwarding;
 use crate::metrics::MetricsRegistry;
 use crate::proxy::Proxy;
 use crate::redirect::Redirect;
@@ -89,6 +90,7 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub(crate) struct ConnContext {
     pub(crate) client: SocketAddr,
+    pub(crate) forwarding: ClientForwarding,
     pub(crate) activity: Arc<Activity>,
     metrics: Arc<MetricsRegistry>,
     _permit: OwnedSemaphorePermit,
@@ -129,6 +131,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Listeners>, p
         connections,
         metrics,
         phase,
+        crate::config::Scheme::Https,
         move |stream, context| {
             let shared = shared.clone();
             async move {
@@ -150,6 +153,7 @@ pub(crate) async fn accept_connections<F, Fut>(
     connections: Arc<Semaphore>,
     metrics: Arc<MetricsRegistry>,
     mut phase: watch::Receiver<Phase>,
+    scheme: crate::config::Scheme,
     serve: F,
 ) where
     F: Fn(TcpStream, Arc<ConnContext>) -> Fut,
@@ -180,6 +184,7 @@ pub(crate) async fn accept_connections<F, Fut>(
                 let _ = stream.set_nodelay(true);
                 let context = Arc::new(ConnContext {
                     client,
+                    forwarding: ClientForwarding::new(client.ip(), scheme),
                     activity: Arc::new(Activity::new()),
                     metrics: metrics.clone(),
                     _permit: permit,

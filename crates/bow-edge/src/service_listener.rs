@@ -247,6 +247,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         connections,
         metrics,
         phase,
+        Scheme::Http,
         move |stream, context| {
             let shared = shared.clone();
             async move {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::metrics::{MetricsRegistry, RouteStats};
+use crate::pool::IdleConnections;
 use crate::routes::{RouteTable, normalize_host, prefix_matches};
 
 /// How a call to [`crate::Edge::drain`] ended.
@@ -35,6 +36,8 @@ pub(crate) struct EndpointState {
     /// Milliseconds since the registry's epoch until which the endpoint counts as down.
     down_until_ms: AtomicU64,
     idle: Notify,
+    /// Keep-alive connections to the endpoint not in use now.
+    pub(crate) connections: IdleConnections,
 }
 
 impl EndpointState {
@@ -46,6 +49,7 @@ impl EndpointState {
             retired: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             idle: Notify::new(),
+            connections: IdleConnections::default(),
         }
     }
 
@@ -75,6 +79,8 @@ impl Drop for EndpointGuard {
 /// A route of the active table, with its endpoints resolved to their shared state.
 #[derive(Debug)]
 pub(crate) struct ActiveRoute {
+    /// The normalised host, shared with the access-log records of its requests.
+    pub(crate) host: Arc<str>,
     prefix: String,
     pub(crate) service: Arc<str>,
     endpoints: Vec<Arc<EndpointState>>,
@@ -163,16 +169,15 @@ impl Upstreams {
                 endpoints.push(state);
             }
             let label = route.label();
-            hosts
-                .entry(normalize_host(&route.host))
-                .or_default()
-                .push(ActiveRoute {
-                    prefix: route.path_prefix.clone(),
-                    service: Arc::from(route.backend.service.as_str()),
-                    stats: metrics.route_stats(&route.backend.service, &label),
-                    endpoints,
-                    next: AtomicUsize::new(0),
-                });
+            let host = normalize_host(&route.host);
+            hosts.entry(host.clone()).or_default().push(ActiveRoute {
+                host: Arc::from(host),
+                prefix: route.path_prefix.clone(),
+                service: Arc::from(route.backend.service.as_str()),
+                stats: metrics.route_stats(&route.backend.service, &label),
+                endpoints,
+                next: AtomicUsize::new(0),
+            });
         }
         for routes in hosts.values_mut() {
             routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
