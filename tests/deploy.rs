@@ -355,8 +355,13 @@ fn dependencies_deploy_before_dependants() {
         text.replace("APP_VERSION: v1", "APP_VERSION: v2"),
     )
     .unwrap();
-    let ran = apply(&stack);
+    // Without a terminal, apply proceeds without asking.
+    let ran = stack.run(&["apply"], Duration::from_secs(90));
     assert_eq!(ran.code, 0, "{}", ran.describe());
+    assert!(!ran.stdout.contains("[y/N]"), "{}", ran.stdout);
+    let again = stack.run(&["apply"], WAIT);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
     let events = stack.events();
     let at = |service: &str, kind: &str| {
         support::stack::position(&events, |e| {
