@@ -24,7 +24,8 @@ pub struct EdgeConfig {
     pub max_header_size: usize,
     /// Time a client has to complete the TLS handshake and each request head (slowloris guard).
     pub header_timeout: Duration,
-    /// A connection with no request in flight and no traffic for this long is closed.
+    /// A connection with no request in flight and no traffic for this long is closed (looked
+    /// at every quarter of it, so within 1.25× of it).
     pub idle_timeout: Duration,
     /// Connections served at once over both listeners; further ones are closed at once.
     pub max_connections: usize,

@@ -30,21 +30,39 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_hop_by_hop(name))
-        .cloned()
-        .collect();
-    doomed.extend(
-        headers
+    // What `Connection` lists goes too. Usually it is one value (`keep-alive`, `close`):
+    // that needs no list of names, and removing by `&str` parses each name on the stack.
+    let (first, more) = {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        (values.next().cloned(), values.next().is_some())
+    };
+    if more {
+        let listed: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
-    );
-    for name in doomed {
+            .cloned()
+            .collect();
+        for value in &listed {
+            remove_listed(headers, value);
+        }
+    } else if let Some(value) = first {
+        remove_listed(headers, &value);
+    }
+    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
         headers.remove(name);
+    }
+}
+
+/// Removes the headers a `Connection` value names.
+fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(names) = connection.to_str() else {
+        return;
+    };
+    for name in names.split(',') {
+        let name = name.trim();
+        if !name.is_empty() {
+            headers.remove(name);
+        }
     }
 }
 

@@ -211,7 +211,14 @@ impl Proxy {
             *upstream_request.method_mut() = parts.method.clone();
             *upstream_request.uri_mut() = uri;
             *upstream_request.version_mut() = Version::HTTP_11;
-            *upstream_request.headers_mut() = headers.clone();
+            // The last attempt the route allows takes the headers; an earlier one sends a copy
+            // the retry needs (with a single instance every request is its own last attempt).
+            let last = tried.len() >= MAX_ATTEMPTS.min(route.endpoint_count());
+            *upstream_request.headers_mut() = if last {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
 
             let sent = self.send(&endpoint, upstream_request);
             let answered = tokio::time::timeout(self.config.upstream_timeout, sent).await;

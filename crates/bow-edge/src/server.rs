@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::EdgeConfig;
@@ -34,36 +35,38 @@ pub(crate) enum Phase {
     Closed,
 }
 
-/// When a connection last moved bytes and how many of its requests are in flight.
-#[derive(Debug)]
+/// What a connection is doing, counted without reading the clock on every read and write:
+/// [`drive`] looks at it to close idle connections and slow request heads.
+#[derive(Debug, Default)]
 pub(crate) struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
+    /// Reads and writes that moved bytes (and requests that ended).
+    moves: AtomicU64,
     in_flight: AtomicUsize,
+    /// Requests begun on the connection.
+    requests: AtomicU64,
+    /// Bytes came in while no request was in flight and no request began since: a request
+    /// head is (partly) in.
+    head_pending: AtomicBool,
 }
 
 impl Activity {
-    fn new() -> Self {
-        Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
     fn touch(&self) {
-        self.last_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.moves.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// When the connection becomes idle if nothing happens, or `None` if it is idle now.
-    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
-        let now = Instant::now();
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return Some(now + idle_timeout);
+    fn read(&self) {
+        self.touch();
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.head_pending.store(true, Ordering::Relaxed);
         }
-        let last = self.epoch + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        Some(last + idle_timeout).filter(|deadline| *deadline > now)
+    }
+
+    /// Which request a partly read head belongs to (the count of requests begun), or `None`
+    /// when no head is pending.
+    fn pending_head(&self) -> Option<u64> {
+        let pending =
+            self.in_flight.load(Ordering::SeqCst) == 0 && self.head_pending.load(Ordering::Relaxed);
+        pending.then(|| self.requests.load(Ordering::Relaxed))
     }
 }
 
@@ -74,6 +77,8 @@ pub(crate) struct InFlight(Arc<Activity>);
 impl InFlight {
     pub(crate) fn new(activity: &Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.head_pending.store(false, Ordering::Relaxed);
         InFlight(activity.clone())
     }
 }
@@ -185,7 +190,7 @@ pub(crate) async fn accept_connections<F, Fut>(
                 let context = Arc::new(ConnContext {
                     client,
                     forwarding: ClientForwarding::new(client.ip(), scheme),
-                    activity: Arc::new(Activity::new()),
+                    activity: Arc::new(Activity::default()),
                     metrics: metrics.clone(),
                     _permit: permit,
                 });
@@ -225,17 +230,19 @@ async fn serve_https(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<L
             connection,
             &context.activity,
             config.idle_timeout,
+            None,
             shared.phase.clone(),
         )
         .await;
     } else {
-        let connection = http1_builder(config)
+        let connection = http1_builder(config, HeadTimeout::Watchdog)
             .serve_connection(io, service)
             .with_upgrades();
         drive(
             connection,
             &context.activity,
             config.idle_timeout,
+            Some(config.header_timeout),
             shared.phase.clone(),
         )
         .await;
@@ -249,11 +256,14 @@ async fn serve_http(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<Li
         async move { Ok::<_, std::convert::Infallible>(redirect.handle(request)) }
     });
     let io = TokioIo::new(ActivityIo::new(stream, context.activity.clone()));
-    let connection = http1_builder(&shared.config).serve_connection(io, service);
+    // The redirect begins no request in flight, so hyper's own timer guards its heads.
+    let connection =
+        http1_builder(&shared.config, HeadTimeout::Hyper).serve_connection(io, service);
     drive(
         connection,
         &context.activity,
         shared.config.idle_timeout,
+        None,
         shared.phase.clone(),
     )
     .await;
@@ -275,19 +285,45 @@ pub(crate) async fn serve_plain(
         async move { Ok::<_, std::convert::Infallible>(proxy.handle(context, request).await) }
     });
     let io = TokioIo::new(ActivityIo::new(stream, context.activity.clone()));
-    let connection = http1_builder(&config)
+    let connection = http1_builder(&config, HeadTimeout::Watchdog)
         .serve_connection(io, service)
         .with_upgrades();
-    drive(connection, &context.activity, config.idle_timeout, phase).await;
+    let header_timeout = Some(config.header_timeout);
+    drive(
+        connection,
+        &context.activity,
+        config.idle_timeout,
+        header_timeout,
+        phase,
+    )
+    .await;
 }
 
-fn http1_builder(config: &EdgeConfig) -> http1::Builder {
+/// Who cuts off a client whose request head is slower than the header timeout.
+#[derive(Clone, Copy)]
+enum HeadTimeout {
+    /// hyper, with a timer per request.
+    Hyper,
+    /// [`drive`]'s watchdog, with one timer per connection armed only while a head is partly
+    /// in; for connections whose requests go through [`Proxy`] (which counts them).
+    Watchdog,
+}
+
+fn http1_builder(config: &EdgeConfig, head_timeout: HeadTimeout) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
         .max_header_size(config.max_header_size)
         .keep_alive(true);
+    match head_timeout {
+        HeadTimeout::Hyper => {
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_timeout);
+        }
+        HeadTimeout::Watchdog => {
+            builder.header_read_timeout(None);
+        }
+    }
     builder
 }
 
@@ -336,12 +372,99 @@ where
     }
 }
 
+/// How a connection's own checks turned out.
+enum Step {
+    /// The connection future ended.
+    Done,
+    /// No request in flight and no traffic for the idle timeout: close gracefully.
+    Idle,
+    /// A request head took longer than the header timeout: drop the connection.
+    SlowHead,
+}
+
+/// The idle and slow-head checks of one connection, with one timer each for the whole
+/// connection (not one per request): the idle timer looks every quarter idle timeout at
+/// whether bytes moved since it last looked, the head timer runs only while a request head
+/// is partly in.
+struct Watchdog<'a> {
+    activity: &'a Activity,
+    idle_timeout: Duration,
+    header_timeout: Option<Duration>,
+    idle_timer: Pin<Box<Sleep>>,
+    /// `activity.moves` when the idle timer last fired.
+    moves_seen: u64,
+    /// The last time the idle timer saw traffic or a request in flight.
+    active_at: Instant,
+    /// The request count a pending head was first seen at, and the head timer for it.
+    head: Option<(u64, Pin<Box<Sleep>>)>,
+}
+
+impl<'a> Watchdog<'a> {
+    fn new(
+        activity: &'a Activity,
+        idle_timeout: Duration,
+        header_timeout: Option<Duration>,
+    ) -> Self {
+        let now = Instant::now();
+        Watchdog {
+            activity,
+            idle_timeout,
+            header_timeout,
+            idle_timer: Box::pin(tokio::time::sleep_until((now + idle_timeout / 4).into())),
+            moves_seen: activity.moves.load(Ordering::Relaxed),
+            active_at: now,
+            head: None,
+        }
+    }
+
+    /// Looks at the connection after each poll of it; ready when it must close.
+    fn poll(&mut self, cx: &mut Context<'_>, closing: bool) -> Poll<Step> {
+        if let Some(limit) = self.header_timeout {
+            match (self.activity.pending_head(), &mut self.head) {
+                (Some(requests), Some((seen, timer))) if *seen == requests => {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Step::SlowHead);
+                    }
+                }
+                (Some(requests), _) => {
+                    let mut timer = Box::pin(tokio::time::sleep(limit));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Step::SlowHead);
+                    }
+                    self.head = Some((requests, timer));
+                }
+                (None, _) => self.head = None,
+            }
+        }
+        if closing {
+            return Poll::Pending;
+        }
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let moves = self.activity.moves.load(Ordering::Relaxed);
+            if moves != self.moves_seen || self.activity.in_flight.load(Ordering::SeqCst) > 0 {
+                self.moves_seen = moves;
+                self.active_at = now;
+            }
+            let idle_at = self.active_at + self.idle_timeout;
+            if now >= idle_at {
+                return Poll::Ready(Step::Idle);
+            }
+            let next = idle_at.min(now + self.idle_timeout / 4);
+            self.idle_timer.as_mut().reset(next.into());
+        }
+        Poll::Pending
+    }
+}
+
 /// Runs a connection to its end: closes it gracefully when idle too long or when the edge
-/// drains, and drops it at once when the edge closes.
+/// drains, drops it when a request head is slower than `header_timeout` (slowloris; `None`
+/// when hyper or the protocol guards that) and at once when the edge closes.
 async fn drive<C: Graceful>(
     connection: C,
     activity: &Activity,
     idle_timeout: Duration,
+    header_timeout: Option<Duration>,
     mut phase: watch::Receiver<Phase>,
 ) {
     tokio::pin!(connection);
@@ -350,34 +473,36 @@ async fn drive<C: Graceful>(
         closing = true;
         connection.as_mut().begin_shutdown();
     }
+    let mut watchdog = Watchdog::new(activity, idle_timeout, header_timeout);
     loop {
-        let idle_deadline = activity.idle_deadline(idle_timeout);
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            changed = phase.changed() => {
-                let now = if changed.is_err() { Phase::Closed } else { *phase.borrow_and_update() };
-                match now {
-                    Phase::Closed => return,
-                    Phase::Draining if !closing => {
-                        closing = true;
-                        connection.as_mut().begin_shutdown();
+        let step = {
+            let served = std::future::poll_fn(|cx| {
+                if connection.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Done);
+                }
+                watchdog.poll(cx, closing)
+            });
+            tokio::select! {
+                biased;
+                step = served => Some(step),
+                changed = phase.changed() => {
+                    let now = if changed.is_err() { Phase::Closed } else { *phase.borrow_and_update() };
+                    match now {
+                        Phase::Closed => return,
+                        Phase::Draining if !closing => Some(Step::Idle),
+                        _ => None,
                     }
-                    _ => {}
                 }
             }
-            _ = sleep_until(idle_deadline), if !closing => {
-                if activity.idle_deadline(idle_timeout).is_none() {
-                    closing = true;
-                    connection.as_mut().begin_shutdown();
-                }
+        };
+        match step {
+            Some(Step::Done | Step::SlowHead) => return,
+            Some(Step::Idle) => {
+                closing = true;
+                connection.as_mut().begin_shutdown();
             }
+            None => {}
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(deadline) = deadline {
-        tokio::time::sleep_until(deadline.into()).await;
     }
 }
 
@@ -408,7 +533,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         polled
     }
