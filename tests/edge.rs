@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::procs::free_port;
@@ -82,54 +81,15 @@ fn https_with_the_local_ca_redirect_and_hsts() {
     );
 }
 
-/// A Python client on loopback: keep-alive HTTPS GETs for `seconds`, counting failures.
-const LOAD: &str = r#"
-import http.client, json, ssl, sys, time
-host, port, ca, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-# SNI 127.0.0.1 gets the edge's default leaf (valid for 127.0.0.1); Host picks the route.
-context = ssl.create_default_context(cafile=ca)
-ok = failed = 0
-errors = []
-connection = None
-end = time.time() + seconds
-while time.time() < end and ok + failed < 200000:
-    try:
-        if connection is None:
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
-        connection.request("GET", "/", headers={"Host": host})
-        response = connection.getresponse()
-        response.read()
-        if response.status == 200:
-            ok += 1
-        else:
-            failed += 1
-            errors.append(f"status {response.status}")
-    except Exception as error:
-        failed += 1
-        errors.append(repr(error))
-        connection = None
-    time.sleep(0.002)
-print(json.dumps({"ok": ok, "failed": failed, "errors": errors[:10]}))
-"#;
-
 #[test]
 fn killing_instances_under_load_fails_no_request() {
     let (stack, _http, https) = stack("edge-kill", "load.bow.localhost");
     stack.up_ok();
-    let ca = stack.run(&["trust"], WAIT).stdout.trim().to_string();
-    let script = stack.write("load.py", LOAD);
-    let client = Command::new("python3")
-        .arg(&script)
-        .args(["load.bow.localhost", &https.to_string(), &ca, "12"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
+    let load = support::load::Load::start(&stack, "load.bow.localhost", https, 12.0);
     std::thread::sleep(Duration::from_millis(1500));
     // Kill one of the three instances, wait until it is healthy again, five times over.
     stack.kill_instances_in_turn("web", 3, 5);
-    let output = client.wait_with_output().expect("load client");
-    let _ = std::io::stdout().write_all(&output.stdout);
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).expect("client JSON");
+    let result = load.finish();
     assert!(
         result["ok"].as_u64().unwrap() > 500,
         "too few requests: {result}"
