@@ -3,9 +3,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -13,122 +12,121 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLogSink, RequestLog};
+use crate::client::ResponseBody;
 use crate::metrics::RouteStats;
-use crate::pool::Lent;
 use crate::server::InFlight;
 use crate::upstream::EndpointGuard;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client sent more body than allowed.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than {limit} bytes")]
-pub(crate) struct BodyTooLarge {
+/// Where a request body comes from: hyper's body of an HTTP/2 request, or the client's
+/// HTTP/1.1 connection itself.
+pub(crate) trait BodySource: Send {
+    /// The body's next bytes; `None` at its end, `Err` when the client's side failed.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>>;
+}
+
+impl BodySource for Incoming {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+        loop {
+            match ready!(Pin::new(&mut *self).poll_frame(cx)) {
+                // Trailers are not forwarded.
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => return Poll::Ready(Some(Ok(data))),
+                    Err(_trailers) => continue,
+                },
+                Some(Err(_)) => return Poll::Ready(Some(Err(()))),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// A client's request body as it goes upstream: size-limited, and sent again to another
+/// endpoint when the first attempt failed before reading any of it.
+pub(crate) struct RequestBody<'a> {
+    source: Option<&'a mut dyn BodySource>,
+    /// Its length is not known: it goes upstream chunked.
+    chunked: bool,
+    started: bool,
+    too_large: bool,
+    received: u64,
     limit: u64,
 }
 
-/// A client's request body, shared so that it can be sent again to another endpoint when
-/// the first attempt failed before reading any of it.
-#[derive(Debug)]
-pub(crate) struct BodySlot {
-    inner: Mutex<Option<Incoming>>,
-    started: AtomicBool,
-    received: AtomicU64,
-    too_large: AtomicBool,
-    limit: u64,
-}
+impl<'a> RequestBody<'a> {
+    /// No body.
+    pub(crate) fn empty() -> Self {
+        RequestBody {
+            source: None,
+            chunked: false,
+            started: false,
+            too_large: false,
+            received: 0,
+            limit: 0,
+        }
+    }
 
-impl BodySlot {
-    pub(crate) fn new(body: Incoming, limit: u64) -> Self {
-        BodySlot {
-            inner: Mutex::new(Some(body)),
-            started: AtomicBool::new(false),
-            received: AtomicU64::new(0),
-            too_large: AtomicBool::new(false),
+    /// A body from `source`; `chunked` when its length is not known.
+    pub(crate) fn new(source: &'a mut dyn BodySource, chunked: bool, limit: u64) -> Self {
+        RequestBody {
+            source: Some(source),
+            chunked,
+            started: false,
+            too_large: false,
+            received: 0,
             limit,
         }
     }
 
+    /// Whether there is no body to send.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.source.is_none() && !self.started
+    }
+
+    pub(crate) fn is_chunked(&self) -> bool {
+        self.chunked
+    }
+
     /// Whether any of the body was read (and so sent upstream).
     pub(crate) fn started(&self) -> bool {
-        self.started.load(Ordering::SeqCst)
+        self.started
     }
 
     pub(crate) fn too_large(&self) -> bool {
-        self.too_large.load(Ordering::SeqCst)
+        self.too_large
     }
-}
 
-/// The body of a request sent upstream.
-#[derive(Debug)]
-pub(crate) enum UpstreamBody {
-    Empty,
-    Streaming(Arc<BodySlot>),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let slot = match &*self {
-            UpstreamBody::Empty => return Poll::Ready(None),
-            UpstreamBody::Streaming(slot) => slot,
-        };
-        slot.started.store(true, Ordering::SeqCst);
-        let mut inner = slot
-            .inner
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        let Some(body) = inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(body).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let total = slot.received.fetch_add(data.len() as u64, Ordering::SeqCst)
-                        + data.len() as u64;
-                    if total > slot.limit {
-                        slot.too_large.store(true, Ordering::SeqCst);
-                        *inner = None;
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: slot.limit,
-                        }))));
+    /// The body's next bytes; `None` at its end, `Err` when the client's body failed or
+    /// went over the limit (see [`RequestBody::too_large`]).
+    pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+        self.started = true;
+        loop {
+            let Some(source) = self.source.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match ready!(source.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    self.received += data.len() as u64;
+                    if self.received > self.limit {
+                        self.too_large = true;
+                        self.source = None;
+                        return Poll::Ready(Some(Err(())));
                     }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Some(Err(())) => {
+                    self.source = None;
+                    return Poll::Ready(Some(Err(())));
+                }
+                None => {
+                    self.source = None;
+                    return Poll::Ready(None);
+                }
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Streaming(slot) => slot
-                .inner
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .as_ref()
-                .is_none_or(|body| body.is_end_stream()),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Streaming(slot) => slot
-                .inner
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .as_ref()
-                .map(|body| body.size_hint())
-                .unwrap_or_else(|| SizeHint::with_exact(0)),
         }
     }
 }
@@ -140,8 +138,8 @@ pub(crate) struct RequestRecord {
     pub(crate) time: SystemTime,
     pub(crate) host: Arc<str>,
     pub(crate) method: http::Method,
-    /// The request target as received; the log shows its path only.
-    pub(crate) target: http::Uri,
+    /// The path of the request target, without the query.
+    pub(crate) path: String,
     pub(crate) protocol: &'static str,
     pub(crate) client: SocketAddr,
     pub(crate) status: u16,
@@ -150,7 +148,8 @@ pub(crate) struct RequestRecord {
     pub(crate) stats: Option<Arc<RouteStats>>,
     pub(crate) endpoint: Option<EndpointGuard>,
     pub(crate) sink: Arc<dyn AccessLogSink>,
-    pub(crate) in_flight: Option<InFlight>,
+    /// Held for its drop: the connection is busy while the request lives.
+    pub(crate) _in_flight: InFlight,
 }
 
 impl Drop for RequestRecord {
@@ -163,7 +162,7 @@ impl Drop for RequestRecord {
             time: self.time,
             host: &self.host,
             method: self.method.as_str(),
-            path: self.target.path(),
+            path: &self.path,
             status: self.status,
             bytes: self.bytes,
             duration: elapsed,
@@ -178,8 +177,8 @@ impl Drop for RequestRecord {
 
 enum Content {
     Full(Option<Bytes>),
-    /// An upstream's response body, and its connection until the body ended.
-    Proxied(Incoming, Option<Lent>),
+    /// An upstream's response body, read from its connection.
+    Proxied(ResponseBody),
 }
 
 /// The body of every response the edge sends on HTTPS.
@@ -196,9 +195,9 @@ impl EdgeBody {
         }
     }
 
-    pub(crate) fn proxied(body: Incoming, connection: Lent, record: RequestRecord) -> Self {
+    pub(crate) fn proxied(body: ResponseBody, record: RequestRecord) -> Self {
         EdgeBody {
-            content: Content::Proxied(body, Some(connection)),
+            content: Content::Proxied(body),
             record: Some(record),
         }
     }
@@ -221,18 +220,7 @@ impl Body for EdgeBody {
         let this = self.get_mut();
         let polled = match &mut this.content {
             Content::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Content::Proxied(body, connection) => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(BoxError::from(error)))),
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(None) => {
-                    // The whole response was read: the connection can take another request.
-                    if let Some(connection) = connection.take() {
-                        connection.give_back();
-                    }
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            Content::Proxied(body) => Pin::new(body).poll_frame(cx),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -251,7 +239,7 @@ impl Body for EdgeBody {
     fn is_end_stream(&self) -> bool {
         match &self.content {
             Content::Full(bytes) => bytes.is_none(),
-            Content::Proxied(body, _) => body.is_end_stream(),
+            Content::Proxied(body) => body.is_end_stream(),
         }
     }
 
@@ -260,20 +248,7 @@ impl Body for EdgeBody {
             Content::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |bytes| bytes.len() as u64))
             }
-            Content::Proxied(body, _) => body.size_hint(),
-        }
-    }
-}
-
-impl Drop for EdgeBody {
-    fn drop(&mut self) {
-        // A body that was empty from the start may never be polled; a connection whose
-        // response was cut short is closed (dropped) instead.
-        if let Content::Proxied(body, connection) = &mut self.content
-            && body.is_end_stream()
-            && let Some(connection) = connection.take()
-        {
-            connection.give_back();
+            Content::Proxied(body) => body.size_hint(),
         }
     }
 }

@@ -1,110 +1,79 @@
-//! Header rewriting between client and upstream: hop-by-hop headers out, the
-//! `X-Forwarded-*` and `Forwarded` headers in.
+//! Header rewriting between client and upstream, on the bytes of the heads: hop-by-hop
+//! headers out (RFC 9110 §7.6.1: the fixed list, every `Proxy-*` header and the headers
+//! `Connection` names), `Host` and the `X-Forwarded-*` and `Forwarded` headers in.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
 use crate::config::Scheme;
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1); with them go
-/// every `Proxy-*` header (such as `Proxy-Connection`) and the headers `Connection` names.
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers that describe one connection, never forwarded.
+const HOP_BY_HOP: [&[u8]; 6] = [
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
 ];
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Whether `name` is a hop-by-hop header of the fixed list or a `Proxy-*` one.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+        || (name.len() > 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+}
 
-/// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header and the headers the
-/// `Connection` header names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests and responses carry none: one pass over the names tells.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    // What `Connection` lists goes too. Usually it is one value (`keep-alive`, `close`):
-    // that needs no list of names, and removing by `&str` parses each name on the stack.
-    let (first, more) = {
-        let mut values = headers.get_all(header::CONNECTION).iter();
-        (values.next().cloned(), values.next().is_some())
-    };
-    if more {
-        let listed: Vec<HeaderValue> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .cloned()
-            .collect();
-        for value in &listed {
-            remove_listed(headers, value);
+/// The comma-separated tokens of a header value, trimmed, empty ones left out.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&byte| byte == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty())
+}
+
+/// Whether a `Connection` value names headers besides the options every connection has.
+fn names_headers(connection: &[u8]) -> bool {
+    tokens(connection).any(|token| {
+        !(token.eq_ignore_ascii_case(b"close")
+            || token.eq_ignore_ascii_case(b"keep-alive")
+            || token.eq_ignore_ascii_case(b"upgrade"))
+    })
+}
+
+/// Decides which of a head's headers are hop-by-hop: the fixed list, `Proxy-*`, and what
+/// its `Connection` headers name.
+#[derive(Clone, Copy)]
+pub(crate) struct HopByHop<'h, I> {
+    headers: I,
+    /// Some `Connection` value names other headers (rare): those are looked up in `headers`.
+    listed: bool,
+    _head: std::marker::PhantomData<&'h [u8]>,
+}
+
+impl<'h, I> HopByHop<'h, I>
+where
+    I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    pub(crate) fn new(headers: I) -> Self {
+        let listed = headers
+            .clone()
+            .any(|(name, value)| name.eq_ignore_ascii_case(b"connection") && names_headers(value));
+        HopByHop {
+            headers,
+            listed,
+            _head: std::marker::PhantomData,
         }
-    } else if let Some(value) = first {
-        remove_listed(headers, &value);
     }
-    while let Some(name) = headers.keys().find(|name| is_hop_by_hop(name)).cloned() {
-        headers.remove(name);
-    }
-}
 
-/// Removes the headers a `Connection` value names.
-fn remove_listed(headers: &mut HeaderMap, connection: &HeaderValue) {
-    let Ok(names) = connection.to_str() else {
-        return;
-    };
-    for name in names.split(',') {
-        let name = name.trim();
-        if !name.is_empty() {
-            headers.remove(name);
+    pub(crate) fn contains(&self, name: &[u8]) -> bool {
+        if is_hop_by_hop(name) {
+            return true;
         }
-    }
-}
-
-/// Whether `name` is one of [`HOP_BY_HOP`] or a `Proxy-*` header.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
-}
-
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
-pub(crate) fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
-}
-
-/// Puts back what an upgrade needs after hop-by-hop headers were stripped.
-pub(crate) fn restore_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
-}
-
-/// HTTP/2 may split cookies over several headers; HTTP/1.1 wants one, joined by `; `.
-pub(crate) fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().count() < 2 {
-        return;
-    }
-    let joined = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|value| value.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b"; "[..]);
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, value);
+        self.listed
+            && self.headers.clone().any(|(header, value)| {
+                header.eq_ignore_ascii_case(b"connection")
+                    && tokens(value).any(|token| token.eq_ignore_ascii_case(name))
+            })
     }
 }
 
@@ -112,11 +81,11 @@ pub(crate) fn join_cookies(headers: &mut HeaderMap) {
 #[derive(Debug)]
 pub(crate) struct ClientForwarding {
     /// The client's address as `X-Forwarded-For` names it.
-    address: HeaderValue,
+    address: String,
     /// The client as the `for=` node of a `Forwarded` element.
     node: String,
     /// The host last asked for on the connection and its `Forwarded` element.
-    last: Mutex<Option<(HeaderValue, HeaderValue)>>,
+    last: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
     /// The scheme the client used (`https` at the edge, `http` at a service listener).
     proto: Scheme,
 }
@@ -128,16 +97,16 @@ impl ClientForwarding {
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
         ClientForwarding {
-            address: HeaderValue::from_str(&client.to_string())
-                .expect("an ip address is a header value"),
+            address: client.to_string(),
             node,
             last: Mutex::new(None),
             proto,
         }
     }
 
-    /// `for=…;proto=<scheme>;host=…` for `host`; remembered, as a connection keeps to one host.
-    fn element(&self, host: &HeaderValue) -> Option<HeaderValue> {
+    /// Appends `for=…;proto=<scheme>;host=…` for `host`; remembered, as a connection keeps to
+    /// one host.
+    fn write_element(&self, out: &mut Vec<u8>, host: &[u8]) {
         let mut last = self
             .last
             .lock()
@@ -145,165 +114,311 @@ impl ClientForwarding {
         if let Some((last_host, element)) = &*last
             && last_host == host
         {
-            return Some(element.clone());
+            out.extend_from_slice(element);
+            return;
         }
-        let text = format!(
-            "for={};proto={};host={}",
-            self.node,
-            self.proto.as_str(),
-            forwarded_value(host.to_str().ok()?)
-        );
-        let element = HeaderValue::from_str(&text).ok()?;
-        *last = Some((host.clone(), element.clone()));
-        Some(element)
-    }
-}
-
-/// Adds the client's address and the original host and scheme: `X-Forwarded-For` is
-/// appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` are replaced, and a
-/// `Forwarded: for=…;proto=<scheme>;host=…` element is appended.
-pub(crate) fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: &ClientForwarding,
-    host: &HeaderValue,
-) {
-    match earlier(headers, &X_FORWARDED_FOR) {
-        Some(earlier) => {
-            let client_text = client.address.to_str().unwrap_or_default();
-            set(
-                headers,
-                &X_FORWARDED_FOR,
-                &format!("{earlier}, {client_text}"),
-            );
-        }
-        None => {
-            headers.insert(&X_FORWARDED_FOR, client.address.clone());
-        }
-    }
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(client.proto.as_str()),
-    );
-    headers.insert(&X_FORWARDED_HOST, host.clone());
-    let Some(element) = client.element(host) else {
-        return;
-    };
-    match earlier(headers, &header::FORWARDED) {
-        Some(earlier) => {
-            let element = element.to_str().unwrap_or_default();
-            set(
-                headers,
-                &header::FORWARDED,
-                &format!("{earlier}, {element}"),
-            );
-        }
-        None => {
-            headers.insert(header::FORWARDED, element);
-        }
-    }
-}
-
-/// A forwarding header's value from an earlier proxy, when there is a non-blank one.
-fn earlier(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| !value.trim().is_empty())
-        .map(str::to_string)
-}
-
-fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), value);
+        let mut element = Vec::new();
+        element.extend_from_slice(b"for=");
+        element.extend_from_slice(self.node.as_bytes());
+        element.extend_from_slice(b";proto=");
+        element.extend_from_slice(self.proto.as_str().as_bytes());
+        element.extend_from_slice(b";host=");
+        push_forwarded_value(&mut element, host);
+        out.extend_from_slice(&element);
+        *last = Some((host.to_vec(), element));
     }
 }
 
 /// A `Forwarded` parameter value: a token as is, anything else quoted (RFC 7239 §4).
-fn forwarded_value(value: &str) -> String {
+fn push_forwarded_value(out: &mut Vec<u8>, value: &[u8]) {
     let token = !value.is_empty()
         && value
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(byte));
     if token {
-        value.to_string()
-    } else {
-        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+        out.extend_from_slice(value);
+        return;
     }
+    out.push(b'"');
+    for &byte in value {
+        if byte == b'\\' || byte == b'"' {
+            out.push(b'\\');
+        }
+        out.push(byte);
+    }
+    out.push(b'"');
+}
+
+/// What goes into the head of a request sent upstream besides the client's headers.
+pub(crate) struct UpstreamHead<'a> {
+    pub(crate) method: &'a str,
+    /// In origin form (`/path?query`).
+    pub(crate) target: &'a [u8],
+    /// The host the client asked for, as it named it (with a port, if it gave one).
+    pub(crate) host: &'a [u8],
+    /// The protocol of an HTTP/1.1 upgrade the client asked for.
+    pub(crate) upgrade: Option<&'a [u8]>,
+    /// The body goes upstream chunked (its length is not known).
+    pub(crate) chunked: bool,
+    pub(crate) forwarding: &'a ClientForwarding,
+}
+
+/// Writes the request head for the upstream: the request line, `Host`, the client's
+/// headers without hop-by-hop ones, `Expect` (the edge answers it) and its own framing,
+/// `Cookie` headers joined into one (as HTTP/2 may split them), `X-Forwarded-For` and
+/// `Forwarded` appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` replaced.
+pub(crate) fn write_upstream_head<'h, I>(out: &mut Vec<u8>, head: &UpstreamHead<'_>, headers: I)
+where
+    I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    let hop = HopByHop::new(headers.clone());
+    out.clear();
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target);
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(head.host);
+    out.extend_from_slice(b"\r\n");
+    let mut forwarded_for = false;
+    let mut forwarded = false;
+    let mut cookies = 0;
+    for (name, value) in headers.clone() {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            forwarded_for |= !value.trim_ascii().is_empty();
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"forwarded") {
+            forwarded |= !value.trim_ascii().is_empty();
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"cookie") {
+            cookies += 1;
+            continue;
+        }
+        let replaced = name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
+            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || name.eq_ignore_ascii_case(b"expect")
+            || (head.chunked && name.eq_ignore_ascii_case(b"content-length"));
+        if replaced || hop.contains(name) {
+            continue;
+        }
+        push_header(out, name, value);
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        join_values(out, headers.clone(), b"cookie", b"; ");
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if forwarded_for {
+        join_values(out, headers.clone(), b"x-forwarded-for", b", ");
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(head.forwarding.address.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(head.forwarding.proto.as_str().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
+    out.extend_from_slice(head.host);
+    out.extend_from_slice(b"\r\nforwarded: ");
+    if forwarded {
+        join_values(out, headers, b"forwarded", b", ");
+        out.extend_from_slice(b", ");
+    }
+    head.forwarding.write_element(out, head.host);
+    out.extend_from_slice(b"\r\n");
+    if let Some(protocol) = head.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\nupgrade: ");
+        out.extend_from_slice(protocol);
+        out.extend_from_slice(b"\r\n");
+    }
+    if head.chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value\r\n`.
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The non-blank values of every `name` header, joined by `separator`.
+fn join_values<'h, I>(out: &mut Vec<u8>, headers: I, name: &[u8], separator: &[u8])
+where
+    I: Iterator<Item = (&'h [u8], &'h [u8])>,
+{
+    let mut first = true;
+    for (header, value) in headers {
+        let value = value.trim_ascii();
+        if !header.eq_ignore_ascii_case(name) || value.is_empty() {
+            continue;
+        }
+        if !first {
+            out.extend_from_slice(separator);
+        }
+        out.extend_from_slice(value);
+        first = false;
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+pub(crate) fn upgrade_request<'h, I>(headers: I) -> Option<&'h [u8]>
+where
+    I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
+{
+    let asks = headers.clone().any(|(name, value)| {
+        name.eq_ignore_ascii_case(b"connection")
+            && tokens(value).any(|token| token.eq_ignore_ascii_case(b"upgrade"))
+    });
+    if !asks {
+        return None;
+    }
+    headers
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"upgrade"))
+        .map(|(_, value)| value.trim_ascii())
+        .find(|value| !value.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn hop_by_hop_headers_go() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert("proxy-authorization", HeaderValue::from_static("basic x"));
-        headers.insert("te", HeaderValue::from_static("trailers"));
-        headers.insert("accept", HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key("accept"));
+    fn head(headers: &[(&str, &str)], upstream: &UpstreamHead<'_>) -> String {
+        let list: Vec<(&[u8], &[u8])> = headers
+            .iter()
+            .map(|(name, value)| (name.as_bytes(), value.as_bytes()))
+            .collect();
+        let mut out = Vec::new();
+        write_upstream_head(&mut out, upstream, list.iter().copied());
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
-    fn forwarded_headers_name_the_client() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let client = ClientForwarding::new("10.1.2.3".parse().unwrap(), Scheme::Https);
+        let upstream = UpstreamHead {
+            method: "GET",
+            target: b"/a?b=1",
+            host: b"app.example.com",
+            upgrade: None,
+            chunked: false,
+            forwarding: &client,
+        };
+        let text = head(
+            &[
+                ("Host", "app.example.com"),
+                ("Connection", "keep-alive, X-Secret"),
+                ("X-Secret", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Proxy-Authorization", "basic x"),
+                ("TE", "trailers"),
+                ("Expect", "100-continue"),
+                ("X-Forwarded-Proto", "http"),
+                ("Accept", "*/*"),
+            ],
+            &upstream,
+        );
+        assert_eq!(
+            text,
+            "GET /a?b=1 HTTP/1.1\r\nhost: app.example.com\r\nAccept: */*\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: app.example.com\r\n\
+             forwarded: for=10.1.2.3;proto=https;host=app.example.com\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn earlier_proxies_are_kept_and_cookies_joined() {
         let client = ClientForwarding::new("::1".parse().unwrap(), Scheme::Https);
-        let host = HeaderValue::from_static("app.example.com:8443");
-        add_forwarded(&mut headers, &client, &host);
-        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, ::1");
-        assert_eq!(headers["x-forwarded-proto"], "https");
-        assert_eq!(headers["x-forwarded-host"], "app.example.com:8443");
-        assert_eq!(
-            headers["forwarded"],
-            "for=\"[::1]\";proto=https;host=\"app.example.com:8443\""
+        let upstream = UpstreamHead {
+            method: "POST",
+            target: b"/",
+            host: b"app.example.com:8443",
+            upgrade: None,
+            chunked: true,
+            forwarding: &client,
+        };
+        let text = head(
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("forwarded", "for=1.1.1.1"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+                ("content-length", "5"),
+            ],
+            &upstream,
         );
-        // The next request on the connection, to another host, with no earlier proxy.
-        let mut headers = HeaderMap::new();
-        add_forwarded(
-            &mut headers,
-            &client,
-            &HeaderValue::from_static("b.example.com"),
+        assert!(text.contains("\r\ncookie: a=1; b=2\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nx-forwarded-for: 10.0.0.1, ::1\r\n"),
+            "{text}"
         );
-        assert_eq!(headers["x-forwarded-for"], "::1");
-        assert_eq!(
-            headers["forwarded"],
-            "for=\"[::1]\";proto=https;host=b.example.com"
+        assert!(
+            text.contains(
+                "\r\nforwarded: for=1.1.1.1, for=\"[::1]\";proto=https;host=\"app.example.com:8443\"\r\n"
+            ),
+            "{text}"
         );
-        let v4 = ClientForwarding::new("10.1.2.3".parse().unwrap(), Scheme::Https);
-        let mut headers = HeaderMap::new();
-        headers.insert("forwarded", HeaderValue::from_static("for=1.1.1.1"));
-        add_forwarded(
-            &mut headers,
-            &v4,
-            &HeaderValue::from_static("b.example.com"),
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(
+            text.ends_with("transfer-encoding: chunked\r\n\r\n"),
+            "{text}"
         );
-        assert_eq!(
-            headers["forwarded"],
-            "for=1.1.1.1, for=10.1.2.3;proto=https;host=b.example.com"
+        // The element is remembered per connection and made anew for another host.
+        let other = UpstreamHead {
+            host: b"b.example.com",
+            chunked: false,
+            ..upstream
+        };
+        assert!(
+            head(&[], &other)
+                .contains("forwarded: for=\"[::1]\";proto=https;host=b.example.com\r\n")
         );
     }
 
     #[test]
-    fn upgrades_and_cookies() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, Upgrade"),
+    fn upgrades_are_asked_with_connection_and_upgrade() {
+        let list: Vec<(&[u8], &[u8])> = vec![
+            (b"Connection", b"keep-alive, Upgrade"),
+            (b"Upgrade", b"websocket"),
+        ];
+        assert_eq!(
+            upgrade_request(list.iter().copied()),
+            Some(&b"websocket"[..])
         );
-        headers.insert("upgrade", HeaderValue::from_static("websocket"));
-        assert_eq!(upgrade_request(&headers).unwrap(), "websocket");
-        headers.append("cookie", HeaderValue::from_static("a=1"));
-        headers.append("cookie", HeaderValue::from_static("b=2"));
-        join_cookies(&mut headers);
-        assert_eq!(headers["cookie"], "a=1; b=2");
+        let list: Vec<(&[u8], &[u8])> = vec![(b"Upgrade", b"websocket")];
+        assert_eq!(upgrade_request(list.iter().copied()), None);
+        let client = ClientForwarding::new("10.1.2.3".parse().unwrap(), Scheme::Http);
+        let upstream = UpstreamHead {
+            method: "GET",
+            target: b"/ws",
+            host: b"a",
+            upgrade: Some(b"websocket"),
+            chunked: false,
+            forwarding: &client,
+        };
+        let text = head(
+            &[("Connection", "Upgrade"), ("Upgrade", "websocket")],
+            &upstream,
+        );
+        assert!(
+            text.contains("\r\nconnection: upgrade\r\nupgrade: websocket\r\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("pgrade").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn hop_by_hop_lookup_covers_what_connection_names() {
+        let list: Vec<(&[u8], &[u8])> = vec![(b"connection", b"close, x-private")];
+        let hop = HopByHop::new(list.iter().copied());
+        assert!(hop.contains(b"X-Private"));
+        assert!(hop.contains(b"proxy-connection"));
+        assert!(!hop.contains(b"content-type"));
+        assert!(!hop.contains(b"proxy"));
     }
 }

@@ -22,9 +22,11 @@
 
 mod access_log;
 mod body;
+mod client;
 mod config;
 mod error;
 mod forwarded;
+mod h1;
 mod metrics;
 mod pool;
 mod proxy;

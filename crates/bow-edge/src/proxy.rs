@@ -1,5 +1,7 @@
-//! The HTTPS request path: route, rewrite headers, pick an endpoint, forward with a safe
-//! retry, stream the answer back (or tunnel an upgrade), and answer errors in plain text.
+//! The request path every front end shares: route, pick an endpoint, forward with a safe
+//! retry, or answer with the edge's own plain-text error. Also the HTTP/2 front end (hyper),
+//! which turns its requests into that path and its outcomes into hyper responses; HTTP/1.1
+//! clients are served by [`crate::h1`].
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -8,25 +10,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::{Body as _, Incoming};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::access_log::AccessLogSink;
-use crate::body::{BodySlot, EdgeBody, RequestRecord, UpstreamBody};
+use crate::body::{EdgeBody, RequestBody, RequestRecord};
+use crate::client::{self, Connection, Framing, ResponseBody, ResponseHead};
 use crate::config::EdgeConfig;
-use crate::forwarded::{
-    add_forwarded, join_cookies, restore_upgrade, strip_hop_by_hop, upgrade_request,
-};
+use crate::forwarded::{HopByHop, UpstreamHead, write_upstream_head};
 use crate::metrics::MetricsRegistry;
-use crate::pool::{self, AttemptError, Lent};
+use crate::pool::AttemptError;
 use crate::redirect::strip_port;
 use crate::routes::normalized_host;
-use crate::server::{ConnContext, InFlight, Phase, closed};
-use crate::upstream::{ActiveTable, EndpointGuard, EndpointState, Upstreams};
+use crate::server::{ConnContext, InFlight, Phase};
+use crate::upstream::{ActiveTable, EndpointState, Upstreams};
 
 /// Attempts per request at most (the first one and its retries).
 const MAX_ATTEMPTS: usize = 3;
@@ -35,13 +33,44 @@ const MAX_ATTEMPTS: usize = 3;
 pub(crate) const DOWN_COOLOFF: Duration = Duration::from_secs(2);
 
 pub(crate) struct Proxy {
-    config: Arc<EdgeConfig>,
+    pub(crate) config: Arc<EdgeConfig>,
     table: Arc<ArcSwap<ActiveTable>>,
     upstreams: Arc<Upstreams>,
     metrics: Arc<MetricsRegistry>,
     access_log: Arc<dyn AccessLogSink>,
-    hsts: Option<HeaderValue>,
-    phase: watch::Receiver<Phase>,
+    /// The `Strict-Transport-Security` value, when HSTS is on.
+    pub(crate) hsts: Option<HeaderValue>,
+    pub(crate) phase: watch::Receiver<Phase>,
+}
+
+/// A request as the shared path sees it, whatever protocol the client spoke.
+pub(crate) struct Inbound<'a> {
+    pub(crate) method: &'a Method,
+    /// The host as the client named it (`Host`, or the authority of the target), port included.
+    pub(crate) host: &'a str,
+    /// The path of the target (no query).
+    pub(crate) path: &'a str,
+    /// `HTTP/1.1` or `HTTP/2.0`, for the access log.
+    pub(crate) protocol: &'static str,
+    /// The length the client declared for its body.
+    pub(crate) declared_length: Option<u64>,
+}
+
+/// How a request ended on the shared path.
+pub(crate) enum Outcome {
+    /// An endpoint answered; its response head is at the front of the connection's buffer.
+    Answered {
+        record: RequestRecord,
+        head: ResponseHead,
+        connection: Connection,
+        endpoint: Arc<EndpointState>,
+    },
+    /// The edge answers itself: `message` as the plain-text body.
+    Local {
+        record: RequestRecord,
+        status: StatusCode,
+        message: String,
+    },
 }
 
 /// Why an attempt failed, for the 502 body.
@@ -77,36 +106,28 @@ impl Proxy {
         }
     }
 
-    pub(crate) async fn handle(
+    /// Routes `inbound` and sends it (its head already written for the upstream in `head`,
+    /// then `body`) to an endpoint of the route, retrying elsewhere when that is safe.
+    pub(crate) async fn forward(
         &self,
-        context: Arc<ConnContext>,
-        mut request: Request<Incoming>,
-    ) -> Response<EdgeBody> {
-        let started = Instant::now();
-        let time = SystemTime::now();
-        // HTTP/2 names the host in the request target, HTTP/1.1 in the Host header.
-        let host_value = match request.uri().authority() {
-            Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-            None => request.headers().get(header::HOST).cloned(),
-        }
-        .unwrap_or_else(|| HeaderValue::from_static(""));
-        let host = normalized_host(strip_port(host_value.to_str().unwrap_or_default()));
+        context: &ConnContext,
+        inbound: &Inbound<'_>,
+        head: &[u8],
+        body: &mut RequestBody<'_>,
+    ) -> Outcome {
+        let host = normalized_host(strip_port(inbound.host));
         let table = self.table.load_full();
         // A table that replaced `table` while this request started, looked at when none of
         // `table`'s endpoints could be picked because the swap had just retired them.
         let newer: OnceCell<Arc<ActiveTable>> = OnceCell::new();
-        let found = table.lookup(&host, request.uri().path());
+        let found = table.lookup(&host, inbound.path);
         let mut record = RequestRecord {
-            started,
-            time,
+            started: Instant::now(),
+            time: SystemTime::now(),
             host: found.map_or_else(|| Arc::from(&*host), |route| route.host.clone()),
-            method: request.method().clone(),
-            target: request.uri().clone(),
-            protocol: if request.version() == Version::HTTP_2 {
-                "HTTP/2.0"
-            } else {
-                "HTTP/1.1"
-            },
+            method: inbound.method.clone(),
+            path: inbound.path.to_string(),
+            protocol: inbound.protocol,
             client: context.client,
             status: 0,
             bytes: 0,
@@ -114,57 +135,33 @@ impl Proxy {
             stats: None,
             endpoint: None,
             sink: self.access_log.clone(),
-            in_flight: Some(InFlight::new(&context.activity)),
+            _in_flight: InFlight::new(&context.activity),
+        };
+        let local = |record, status, message| Outcome::Local {
+            record,
+            status,
+            message,
         };
         let Some(mut route) = found else {
             self.metrics
                 .unrouted_requests
                 .fetch_add(1, Ordering::Relaxed);
-            let message = format!("404 no route for {host}");
-            return self.local(StatusCode::NOT_FOUND, message, record);
+            return local(
+                record,
+                StatusCode::NOT_FOUND,
+                format!("404 no route for {host}"),
+            );
         };
         let mut service = route.service.clone();
         record.service = Some(service.clone());
         record.stats = Some(route.stats.clone());
-
         let limit = self.config.max_body_size;
-        let declared = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > limit) {
+        if inbound.declared_length.is_some_and(|length| length > limit) {
             let message = format!("413 request body larger than {limit} bytes");
-            return self.local(StatusCode::PAYLOAD_TOO_LARGE, message, record);
+            return local(record, StatusCode::PAYLOAD_TOO_LARGE, message);
         }
-        let upgrade = (request.version() == Version::HTTP_11)
-            .then(|| upgrade_request(request.headers()))
-            .flatten();
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
-
-        let (parts, body) = request.into_parts();
-        let body = if body.is_end_stream() {
-            None
-        } else {
-            Some(Arc::new(BodySlot::new(body, limit)))
-        };
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        join_cookies(&mut headers);
-        add_forwarded(&mut headers, &context.forwarding, &host_value);
-        if headers.get(header::HOST) != Some(&host_value) {
-            headers.insert(header::HOST, host_value.clone());
-        }
-        if let Some(protocol) = upgrade {
-            restore_upgrade(&mut headers, protocol);
-        }
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let idempotent = matches!(
-            parts.method,
+            *inbound.method,
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS
@@ -180,8 +177,7 @@ impl Proxy {
                 if tried.is_empty() && newer.get().is_none() {
                     let fresh = self.table.load_full();
                     if !Arc::ptr_eq(&fresh, &table)
-                        && let Some(next) =
-                            newer.get_or_init(|| fresh).lookup(&host, parts.uri.path())
+                        && let Some(next) = newer.get_or_init(|| fresh).lookup(&host, inbound.path)
                     {
                         route = next;
                         service = route.service.clone();
@@ -199,39 +195,18 @@ impl Proxy {
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let Some(uri) = upstream_uri(&path_and_query) else {
-                let message = "400 the request target is not a valid path".to_string();
-                return self.local(StatusCode::BAD_REQUEST, message, record);
-            };
-            let upstream_body = match &body {
-                None => UpstreamBody::Empty,
-                Some(slot) => UpstreamBody::Streaming(slot.clone()),
-            };
-            let mut upstream_request = Request::new(upstream_body);
-            *upstream_request.method_mut() = parts.method.clone();
-            *upstream_request.uri_mut() = uri;
-            *upstream_request.version_mut() = Version::HTTP_11;
-            // The last attempt the route allows takes the headers; an earlier one sends a copy
-            // the retry needs (with a single instance every request is its own last attempt).
-            let last = tried.len() >= MAX_ATTEMPTS.min(route.endpoint_count());
-            *upstream_request.headers_mut() = if last {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-
-            let sent = self.send(&endpoint, upstream_request);
+            let sent = self.send(&endpoint, inbound.method, head, body, idempotent);
             let answered = tokio::time::timeout(self.config.upstream_timeout, sent).await;
             let error = match answered {
                 Ok(Ok((response, connection))) => {
-                    return self.respond(
-                        response,
-                        connection,
-                        guard,
+                    record.status = response.status.as_u16();
+                    record.endpoint = Some(guard);
+                    return Outcome::Answered {
                         record,
-                        client_upgrade,
-                        context,
-                    );
+                        head: response,
+                        connection,
+                        endpoint,
+                    };
                 }
                 Err(_elapsed) => {
                     record.endpoint = Some(guard);
@@ -240,13 +215,13 @@ impl Proxy {
                         self.config.upstream_timeout.as_secs_f64(),
                         endpoint.id
                     );
-                    return self.local(StatusCode::GATEWAY_TIMEOUT, message, record);
+                    return local(record, StatusCode::GATEWAY_TIMEOUT, message);
                 }
                 Ok(Err(error)) => error,
             };
-            if body.as_ref().is_some_and(|slot| slot.too_large()) {
+            if body.too_large() {
                 let message = format!("413 request body larger than {limit} bytes");
-                return self.local(StatusCode::PAYLOAD_TOO_LARGE, message, record);
+                return local(record, StatusCode::PAYLOAD_TOO_LARGE, message);
             }
             let connect = error.is_connect();
             if connect || error.connection_broken() {
@@ -259,97 +234,186 @@ impl Proxy {
                 endpoint,
                 reason: error.reason(),
             });
-            let replayable = body.as_ref().is_none_or(|slot| !slot.started());
-            let body_empty = body.is_none();
-            if !(replayable && (connect || (idempotent && body_empty))) {
+            let replayable = !body.started();
+            if !(replayable && (connect || (idempotent && body.is_empty()))) {
                 break;
             }
         }
         match failure {
             None => {
                 let message = format!("503 no healthy instance of service {service}");
-                self.local(StatusCode::SERVICE_UNAVAILABLE, message, record)
+                local(record, StatusCode::SERVICE_UNAVAILABLE, message)
             }
             Some(Failure { endpoint, reason }) => {
                 let message = format!(
                     "502 instance {} of service {service} failed: {reason}",
                     endpoint.id
                 );
-                self.local(StatusCode::BAD_GATEWAY, message, record)
+                local(record, StatusCode::BAD_GATEWAY, message)
             }
         }
     }
 
-    /// Sends `request` to `endpoint` over an idle keep-alive connection, or a new one when
-    /// none is left or the idle ones closed before taking the request.
+    /// Sends a request to `endpoint` over an idle keep-alive connection, or a new one when
+    /// none is left. A request the upstream dropped unanswered on a kept-alive connection (one
+    /// the upstream was closing as it went out) goes once more on a new connection, when it
+    /// may be sent twice.
     async fn send(
         &self,
         endpoint: &Arc<EndpointState>,
-        mut request: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Lent), AttemptError> {
+        method: &Method,
+        head: &[u8],
+        body: &mut RequestBody<'_>,
+        idempotent: bool,
+    ) -> Result<(ResponseHead, Connection), AttemptError> {
+        let mut reuse = true;
         loop {
-            let (mut sender, reused) = match endpoint.connections.take() {
-                Some(sender) => (sender, true),
+            let idle = if reuse {
+                endpoint.connections.take()
+            } else {
+                None
+            };
+            let (mut connection, reused) = match idle {
+                Some(connection) => (connection, true),
                 None => {
                     let timeout = self.config.upstream_connect_timeout;
-                    (pool::connect(endpoint, timeout).await?, false)
+                    (client::connect(endpoint.addr, timeout).await?, false)
                 }
             };
-            if let Err(error) = sender.ready().await {
-                if reused {
-                    continue;
+            match connection.exchange(method, head, body).await {
+                Ok(response) => return Ok((response, connection)),
+                Err(error)
+                    if reused
+                        && idempotent
+                        && !body.started()
+                        && !connection.answered()
+                        && error.connection_broken() =>
+                {
+                    reuse = false;
                 }
-                return Err(AttemptError::Http(error));
-            }
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Lent::new(endpoint.clone(), sender))),
-                Err(mut error) => match error.take_message() {
-                    // An idle connection the upstream had just closed: nothing was sent.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(AttemptError::Http(error.into_error())),
-                },
+                Err(error) => return Err(error),
             }
         }
     }
 
-    fn respond(
+    /// The HTTP/2 front end: one request of a client's HTTP/2 connection.
+    pub(crate) async fn handle_http2(
         &self,
-        mut response: Response<Incoming>,
-        connection: Lent,
-        guard: EndpointGuard,
-        mut record: RequestRecord,
-        client_upgrade: Option<OnUpgrade>,
         context: Arc<ConnContext>,
+        request: Request<Incoming>,
     ) -> Response<EdgeBody> {
-        record.status = response.status().as_u16();
-        record.endpoint = Some(guard);
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                let message = "502 the upstream switched protocols unasked".to_string();
-                return self.local(StatusCode::BAD_GATEWAY, message, record);
-            };
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
-            let protocol = response.headers().get(header::UPGRADE).cloned();
-            let (mut parts, _body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            if let Some(protocol) = protocol {
-                restore_upgrade(&mut parts.headers, protocol);
-            }
-            // The connection no longer counts as busy; the tunnel holds its slot instead.
-            record.in_flight = None;
-            tokio::spawn(tunnel(
-                client_upgrade,
-                upstream_upgrade,
+        let (parts, mut incoming) = request.into_parts();
+        // HTTP/2 names the host in the request target; a Host header may stand in for it.
+        let host = match parts.uri.authority() {
+            Some(authority) => authority.as_str(),
+            None => parts
+                .headers
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default(),
+        };
+        let declared_length = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<u64>().ok());
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |target| target.as_str());
+        let inbound = Inbound {
+            method: &parts.method,
+            host,
+            path: parts.uri.path(),
+            protocol: "HTTP/2.0",
+            declared_length,
+        };
+        let empty = incoming.is_end_stream();
+        let headers: Vec<(&[u8], &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+            .collect();
+        let mut head = Vec::with_capacity(512);
+        write_upstream_head(
+            &mut head,
+            &UpstreamHead {
+                method: parts.method.as_str(),
+                target: target.as_bytes(),
+                host: host.as_bytes(),
+                upgrade: None,
+                chunked: !empty && declared_length.is_none(),
+                forwarding: &context.forwarding,
+            },
+            headers.iter().copied(),
+        );
+        let mut body = if empty {
+            RequestBody::empty()
+        } else {
+            let limit = self.config.max_body_size;
+            RequestBody::new(&mut incoming, declared_length.is_none(), limit)
+        };
+        let outcome = self.forward(&context, &inbound, &head, &mut body).await;
+        match outcome {
+            Outcome::Local {
                 record,
-                context,
-                self.phase.clone(),
-            ));
-            return Response::from_parts(parts, EdgeBody::full(Bytes::new(), None));
+                status,
+                message,
+            } => self.local(status, message, record),
+            Outcome::Answered {
+                record,
+                head,
+                connection,
+                endpoint,
+            } => self.respond_http2(head, connection, endpoint, record),
         }
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        self.add_hsts(&mut parts.headers);
-        Response::from_parts(parts, EdgeBody::proxied(body, connection, record))
+    }
+
+    fn respond_http2(
+        &self,
+        head: ResponseHead,
+        mut connection: Connection,
+        endpoint: Arc<EndpointState>,
+        record: RequestRecord,
+    ) -> Response<EdgeBody> {
+        if head.status == StatusCode::SWITCHING_PROTOCOLS {
+            let message = "502 the upstream switched protocols unasked".to_string();
+            return self.local(StatusCode::BAD_GATEWAY, message, record);
+        }
+        let mut headers = HeaderMap::new();
+        {
+            let keep_length = matches!(head.framing, Framing::Empty | Framing::Length(_));
+            let hop = HopByHop::new(connection.response_headers());
+            for (name, value) in connection.response_headers() {
+                if hop.contains(name)
+                    || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+                {
+                    continue;
+                }
+                let (Ok(name), Ok(value)) =
+                    (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+                else {
+                    continue;
+                };
+                headers.append(name, value);
+            }
+        }
+        self.add_hsts(&mut headers);
+        // Usually the whole body came with the head: the connection is free at once.
+        let body = match connection.take_whole_body(head.framing) {
+            Some(whole) => {
+                connection.release(head.keep_alive, &endpoint);
+                EdgeBody::full(whole, Some(record))
+            }
+            None => {
+                let body = ResponseBody::new(connection, head.framing, head.keep_alive, endpoint);
+                EdgeBody::proxied(body, record)
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.headers_mut() = headers;
+        response
     }
 
     /// A response made by the edge itself: `text` as a plain-text body.
@@ -371,48 +435,11 @@ impl Proxy {
         response
     }
 
-    fn add_hsts(&self, headers: &mut http::HeaderMap) {
+    fn add_hsts(&self, headers: &mut HeaderMap) {
         if let Some(hsts) = &self.hsts {
             headers
                 .entry(header::STRICT_TRANSPORT_SECURITY)
                 .or_insert_with(|| hsts.clone());
         }
     }
-}
-
-/// Copies bytes both ways between the upgraded client and upstream connections until
-/// either side closes or the edge closes. The record (and with it the endpoint's in-flight
-/// count and the connection slot) lives as long as the tunnel.
-async fn tunnel(
-    client: OnUpgrade,
-    upstream: OnUpgrade,
-    mut record: RequestRecord,
-    context: Arc<ConnContext>,
-    phase: watch::Receiver<Phase>,
-) {
-    let (client, upstream) = tokio::join!(client, upstream);
-    let (Ok(client), Ok(upstream)) = (client, upstream) else {
-        return;
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-            if let Ok((_to_upstream, to_client)) = copied {
-                record.bytes = to_client;
-            }
-        }
-        () = closed(phase) => {}
-    }
-    drop(record);
-    drop(context);
-}
-
-/// The request target for the upstream in origin form (`/path?query`), or `None` for one
-/// that is not a path (`*`).
-fn upstream_uri(path_and_query: &PathAndQuery) -> Option<Uri> {
-    path_and_query
-        .as_str()
-        .starts_with('/')
-        .then(|| Uri::from(path_and_query.clone()))
 }

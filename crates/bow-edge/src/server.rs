@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::EdgeConfig;
 use crate::forwarded::ClientForwarding;
+use crate::h1;
 use crate::metrics::MetricsRegistry;
 use crate::proxy::Proxy;
 use crate::redirect::Redirect;
@@ -47,6 +48,8 @@ pub(crate) struct Activity {
     /// Bytes came in while no request was in flight and no request began since: a request
     /// head is (partly) in.
     head_pending: AtomicBool,
+    /// The connection is to close once the response in progress is written.
+    pub(crate) closing: AtomicBool,
 }
 
 impl Activity {
@@ -213,19 +216,18 @@ async fn serve_https(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<L
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let proxy = shared.proxy.clone();
-    let service_context = context.clone();
-    let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        let context = service_context.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(context, request).await) }
-    });
-    let io = TokioIo::new(tls);
     if h2 {
+        let service_context = context.clone();
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let context = service_context.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle_http2(context, request).await) }
+        });
         let connection = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_size as u32)
             .max_concurrent_streams(256)
-            .serve_connection(io, service);
+            .serve_connection(TokioIo::new(tls), service);
         drive(
             connection,
             &context.activity,
@@ -235,9 +237,7 @@ async fn serve_https(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<L
         )
         .await;
     } else {
-        let connection = http1_builder(config, HeadTimeout::Watchdog)
-            .serve_connection(io, service)
-            .with_upgrades();
+        let connection = h1::serve(tls, context.clone(), proxy);
         drive(
             connection,
             &context.activity,
@@ -257,8 +257,7 @@ async fn serve_http(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<Li
     });
     let io = TokioIo::new(ActivityIo::new(stream, context.activity.clone()));
     // The redirect begins no request in flight, so hyper's own timer guards its heads.
-    let connection =
-        http1_builder(&shared.config, HeadTimeout::Hyper).serve_connection(io, service);
+    let connection = http1_builder(&shared.config).serve_connection(io, service);
     drive(
         connection,
         &context.activity,
@@ -278,70 +277,38 @@ pub(crate) async fn serve_plain(
     proxy: Arc<Proxy>,
     phase: watch::Receiver<Phase>,
 ) {
-    let service_context = context.clone();
-    let service = service_fn(move |request| {
-        let proxy = proxy.clone();
-        let context = service_context.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(context, request).await) }
-    });
-    let io = TokioIo::new(ActivityIo::new(stream, context.activity.clone()));
-    let connection = http1_builder(&config, HeadTimeout::Watchdog)
-        .serve_connection(io, service)
-        .with_upgrades();
-    let header_timeout = Some(config.header_timeout);
+    let io = ActivityIo::new(stream, context.activity.clone());
+    let connection = h1::serve(io, context.clone(), proxy);
     drive(
         connection,
         &context.activity,
         config.idle_timeout,
-        header_timeout,
+        Some(config.header_timeout),
         phase,
     )
     .await;
 }
 
-/// Who cuts off a client whose request head is slower than the header timeout.
-#[derive(Clone, Copy)]
-enum HeadTimeout {
-    /// hyper, with a timer per request.
-    Hyper,
-    /// [`drive`]'s watchdog, with one timer per connection armed only while a head is partly
-    /// in; for connections whose requests go through [`Proxy`] (which counts them).
-    Watchdog,
-}
-
-fn http1_builder(config: &EdgeConfig, head_timeout: HeadTimeout) -> http1::Builder {
+/// hyper's HTTP/1.1 server, for the redirecting HTTP port only: it begins no request in
+/// flight, so hyper's own timer guards its heads.
+fn http1_builder(config: &EdgeConfig) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
         .max_header_size(config.max_header_size)
-        .keep_alive(true);
-    match head_timeout {
-        HeadTimeout::Hyper => {
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.header_timeout);
-        }
-        HeadTimeout::Watchdog => {
-            builder.header_read_timeout(None);
-        }
-    }
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout);
     builder
 }
 
-/// Something hyper serves that can be asked to finish gracefully.
+/// Something served that can be asked to finish gracefully.
 trait Graceful: Future {
     fn begin_shutdown(self: Pin<&mut Self>);
 }
 
-impl<I, S, B> Graceful for http1::UpgradeableConnection<I, S>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+impl Graceful for h1::Http1Connection {
     fn begin_shutdown(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
+        self.get_mut().begin_shutdown();
     }
 }
 

@@ -88,13 +88,6 @@ pub(crate) struct ActiveRoute {
     next: AtomicUsize,
 }
 
-impl ActiveRoute {
-    /// How many endpoints the route has (retired ones too): a request tries each at most once.
-    pub(crate) fn endpoint_count(&self) -> usize {
-        self.endpoints.len()
-    }
-}
-
 /// The route table as the proxy reads it; swapped whole by [`crate::Edge::set_routes`].
 #[derive(Debug, Default)]
 pub(crate) struct ActiveTable {

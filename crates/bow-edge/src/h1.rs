@@ -1,0 +1,759 @@
+//! HTTP/1.1 clients, served without hyper: each request head is parsed in place with
+//! httparse, the upstream request head written straight from it, and the upstream's response
+//! head and body passed on from the upstream connection's buffer. Serves the edge's HTTPS
+//! connections that chose http/1.1 and the service listeners' plain ones: keep-alive and
+//! pipelining, `Content-Length` and chunked request bodies (streamed), `Expect:
+//! 100-continue`, HTTP/1.0 clients, upgrades (WebSocket tunnels), the head and body size
+//! limits. The head and idle timeouts are the watchdog's of [`crate::server`].
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, ready};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::body::{BodySource, RequestBody, RequestRecord};
+use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
+use crate::forwarded::{
+    HopByHop, UpstreamHead, push_header, tokens, upgrade_request, write_upstream_head,
+};
+use crate::proxy::{Inbound, Outcome, Proxy};
+use crate::server::{Activity, ConnContext, closed};
+
+/// Most request headers taken from a client.
+const MAX_REQUEST_HEADERS: usize = 100;
+
+/// Free input buffer space asked of the allocator before a read, when less is left.
+const READ_SIZE: usize = 8 * 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// A client's HTTP/1.1 connection being served; asked to finish gracefully it closes after
+/// the response in progress (or at once when it is between requests).
+pub(crate) struct Http1Connection {
+    activity: Arc<Activity>,
+    serving: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Http1Connection {
+    pub(crate) fn begin_shutdown(&mut self) {
+        self.activity.closing.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Future for Http1Connection {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.serving.as_mut().poll(cx)
+    }
+}
+
+/// Serves `io` (a client connection) through `proxy`.
+pub(crate) fn serve<IO>(io: IO, context: Arc<ConnContext>, proxy: Arc<Proxy>) -> Http1Connection
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = context.activity.clone();
+    let client = Client {
+        io,
+        input: BytesMut::new(),
+        output: Vec::new(),
+        upstream_head: Vec::new(),
+        host: String::new(),
+        path: String::new(),
+    };
+    Http1Connection {
+        activity,
+        serving: Box::pin(run(client, context, proxy)),
+    }
+}
+
+/// One client connection and the buffers its requests reuse.
+struct Client<IO> {
+    io: IO,
+    /// Bytes read from the client and not used yet.
+    input: BytesMut,
+    /// The response being written.
+    output: Vec<u8>,
+    /// The request head for the upstream.
+    upstream_head: Vec<u8>,
+    /// The current request's host and path, copied out of its head.
+    host: String,
+    path: String,
+}
+
+/// What a request head says besides what went into the upstream head.
+struct RequestFacts {
+    method: Method,
+    http10: bool,
+    /// The client asked to keep the connection open (HTTP/1.1 by default).
+    keep_alive: bool,
+    body: Framing,
+    declared_length: Option<u64>,
+    expect_continue: bool,
+    upgrade: bool,
+}
+
+/// Why a request head cannot be served.
+enum BadRequest {
+    Status(StatusCode, &'static str),
+}
+
+enum HeadRead {
+    /// A whole head is at the front of the input.
+    Complete,
+    /// The client closed, the connection failed, or it is to close and nothing is pending.
+    Closed,
+    TooLarge,
+}
+
+async fn run<IO>(mut client: Client<IO>, context: Arc<ConnContext>, proxy: Arc<Proxy>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limit = proxy.config.max_header_size;
+    loop {
+        match client.read_head(limit, &context.activity).await {
+            HeadRead::Complete => {}
+            HeadRead::Closed => return,
+            HeadRead::TooLarge => {
+                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+                let message = format!("431 request head larger than {limit} bytes");
+                let _ = client.answer_bad(&proxy, status, &message).await;
+                return;
+            }
+        }
+        let facts = match client.take_head(&context) {
+            Ok(facts) => facts,
+            Err(BadRequest::Status(status, why)) => {
+                let message = format!("{} {why}", status.as_u16());
+                let _ = client.answer_bad(&proxy, status, &message).await;
+                return;
+            }
+        };
+        match client.serve_request(facts, &context, &proxy).await {
+            Ok(true) if !context.activity.closing.load(Ordering::SeqCst) => {}
+            _ => {
+                let _ = client.io.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+impl<IO> Client<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Reads until a whole request head is in the input.
+    async fn read_head(&mut self, limit: usize, activity: &Activity) -> HeadRead {
+        loop {
+            if !self.input.is_empty() {
+                let mut slots =
+                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
+                let mut request = httparse::Request::new(&mut []);
+                match request.parse_with_uninit_headers(&self.input, &mut slots) {
+                    Ok(httparse::Status::Complete(length)) if length > limit => {
+                        return HeadRead::TooLarge;
+                    }
+                    // A bad head is told apart (and answered) by `take_head`.
+                    Ok(httparse::Status::Complete(_)) | Err(_) => return HeadRead::Complete,
+                    Ok(httparse::Status::Partial) if self.input.len() >= limit => {
+                        return HeadRead::TooLarge;
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                }
+            }
+            let read = poll_fn(|cx| {
+                if self.input.is_empty() && activity.closing.load(Ordering::SeqCst) {
+                    return Poll::Ready(Ok(0));
+                }
+                reserve(&mut self.input);
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input)
+            })
+            .await;
+            match read {
+                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Parses the head at the front of the input, writes the upstream's request head from
+    /// it, notes host and path, and takes the head off the input.
+    fn take_head(&mut self, context: &ConnContext) -> Result<RequestFacts, BadRequest> {
+        let bad = |why| BadRequest::Status(StatusCode::BAD_REQUEST, why);
+        let mut slots =
+            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let length = match request.parse_with_uninit_headers(&self.input, &mut slots) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(BadRequest::Status(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too many request headers",
+                ));
+            }
+            _ => return Err(bad("invalid request head")),
+        };
+        let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
+            .map_err(|_| bad("invalid method"))?;
+        let http10 = request.version == Some(0);
+        let raw_target = request.path.unwrap_or_default();
+        let headers = request
+            .headers
+            .iter()
+            .map(|header| (header.name.as_bytes(), header.value));
+        let mut facts = RequestFacts {
+            method,
+            http10,
+            keep_alive: !http10,
+            body: Framing::Empty,
+            declared_length: None,
+            expect_continue: false,
+            upgrade: false,
+        };
+        let mut host: Option<&[u8]> = None;
+        let mut transfer_encoding = false;
+        for (name, value) in headers.clone() {
+            if name.eq_ignore_ascii_case(b"host") {
+                if host.is_some() {
+                    return Err(bad("more than one host header"));
+                }
+                host = Some(value.trim_ascii());
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in tokens(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        facts.keep_alive = false;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.keep_alive = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                let length = std::str::from_utf8(value.trim_ascii())
+                    .ok()
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .ok_or(bad("invalid content-length"))?;
+                if facts.declared_length.is_some_and(|seen| seen != length) {
+                    return Err(bad("conflicting content-length"));
+                }
+                facts.declared_length = Some(length);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = value
+                    .rsplit(|&byte| byte == b',')
+                    .next()
+                    .unwrap_or_default();
+                if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(bad("transfer-encoding without chunked last"));
+                }
+                transfer_encoding = true;
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                facts.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        if transfer_encoding && facts.declared_length.is_some() {
+            return Err(bad("both transfer-encoding and content-length"));
+        }
+        facts.body = if transfer_encoding {
+            Framing::Chunked
+        } else {
+            match facts.declared_length {
+                None | Some(0) => Framing::Empty,
+                Some(length) => Framing::Length(length),
+            }
+        };
+        facts.expect_continue &= !http10 && facts.body != Framing::Empty;
+        // Origin form as usual; absolute form names the host itself.
+        let (target, host) = if raw_target.starts_with('/') {
+            (raw_target, host)
+        } else if let Some(rest) = raw_target
+            .strip_prefix("http://")
+            .or_else(|| raw_target.strip_prefix("https://"))
+        {
+            let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            (
+                if target.is_empty() { "/" } else { target },
+                Some(authority.as_bytes()),
+            )
+        } else {
+            return Err(bad("the request target is not a valid path"));
+        };
+        let host = match host {
+            Some(host) => std::str::from_utf8(host).map_err(|_| bad("invalid host"))?,
+            None if http10 => "",
+            None => return Err(bad("no host header")),
+        };
+        let upgrade = if http10 {
+            None
+        } else {
+            upgrade_request(headers.clone())
+        };
+        facts.upgrade = upgrade.is_some();
+        write_upstream_head(
+            &mut self.upstream_head,
+            &UpstreamHead {
+                method: facts.method.as_str(),
+                target: target.as_bytes(),
+                host: host.as_bytes(),
+                upgrade,
+                chunked: facts.body == Framing::Chunked,
+                forwarding: &context.forwarding,
+            },
+            headers,
+        );
+        self.host.clear();
+        self.host.push_str(host);
+        self.path.clear();
+        self.path
+            .push_str(target.split('?').next().unwrap_or_default());
+        self.input.advance(length);
+        Ok(facts)
+    }
+
+    /// Forwards one request and writes its response. `Ok(true)` when the connection may
+    /// take the next request.
+    async fn serve_request(
+        &mut self,
+        facts: RequestFacts,
+        context: &ConnContext,
+        proxy: &Proxy,
+    ) -> io::Result<bool> {
+        let inbound = Inbound {
+            method: &facts.method,
+            host: &self.host,
+            path: &self.path,
+            protocol: "HTTP/1.1",
+            declared_length: facts.declared_length,
+        };
+        let mut decoder = BodyDecoder::new(facts.body);
+        let outcome = {
+            let mut source = ClientBody {
+                io: &mut self.io,
+                input: &mut self.input,
+                decoder: &mut decoder,
+                continue_written: if facts.expect_continue {
+                    0
+                } else {
+                    CONTINUE.len()
+                },
+            };
+            let mut body = if facts.body == Framing::Empty {
+                RequestBody::empty()
+            } else {
+                let limit = proxy.config.max_body_size;
+                RequestBody::new(&mut source, facts.body == Framing::Chunked, limit)
+            };
+            proxy
+                .forward(context, &inbound, &self.upstream_head, &mut body)
+                .await
+        };
+        // A body not read to its end leaves the connection's framing unknown.
+        let keep_alive = facts.keep_alive && decoder.is_done();
+        match outcome {
+            Outcome::Local {
+                mut record,
+                status,
+                message,
+            } => {
+                record.status = status.as_u16();
+                let body = format!("{message}\n");
+                record.bytes = body.len() as u64;
+                self.write_local(proxy, status, &body, record.time, keep_alive, facts.http10);
+                self.io.write_all(&self.output).await?;
+                self.io.flush().await?;
+                drop(record);
+                Ok(keep_alive)
+            }
+            Outcome::Answered {
+                record,
+                head,
+                connection,
+                endpoint,
+            } => {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return self.tunnel(facts, record, head, connection, proxy).await;
+                }
+                self.relay(facts, record, head, connection, endpoint, keep_alive, proxy)
+                    .await
+            }
+        }
+    }
+
+    /// Writes the upstream's response head and body to the client.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &mut self,
+        facts: RequestFacts,
+        mut record: RequestRecord,
+        head: ResponseHead,
+        mut connection: Connection,
+        endpoint: Arc<crate::upstream::EndpointState>,
+        keep_alive: bool,
+        proxy: &Proxy,
+    ) -> io::Result<bool> {
+        // A body of unknown length goes chunked to an HTTP/1.1 client; an HTTP/1.0 one reads
+        // it until the connection closes.
+        let known_length = matches!(head.framing, Framing::Empty | Framing::Length(_));
+        let chunked = !known_length && !facts.http10;
+        let keep_alive = keep_alive && (known_length || chunked);
+        self.write_response_head(
+            &connection,
+            head,
+            &record,
+            keep_alive,
+            chunked,
+            facts.http10,
+            proxy,
+        );
+        if let Some(whole) = connection.take_whole_body(head.framing) {
+            connection.release(head.keep_alive, &endpoint);
+            record.bytes = whole.len() as u64;
+            self.output.extend_from_slice(&whole);
+            self.io.write_all(&self.output).await?;
+            self.io.flush().await?;
+            drop(record);
+            return Ok(keep_alive);
+        }
+        let mut body = ResponseBody::new(connection, head.framing, head.keep_alive, endpoint);
+        loop {
+            // Bytes already read go out with what is pending; wait for more only after a flush.
+            let next = poll_fn(|cx| match body.poll_data(cx) {
+                Poll::Pending if !self.output.is_empty() => Poll::Ready(None),
+                polled => polled.map(Some),
+            })
+            .await;
+            match next {
+                None => {
+                    self.io.write_all(&self.output).await?;
+                    self.io.flush().await?;
+                    self.output.clear();
+                }
+                Some(Some(Ok(data))) => {
+                    record.bytes += data.len() as u64;
+                    if chunked {
+                        let mut size = [0u8; 18];
+                        let size = hex_line(&mut size, data.len());
+                        self.output.extend_from_slice(size);
+                        self.output.extend_from_slice(&data);
+                        self.output.extend_from_slice(b"\r\n");
+                    } else {
+                        self.output.extend_from_slice(&data);
+                    }
+                    if self.output.len() >= 64 * 1024 {
+                        self.io.write_all(&self.output).await?;
+                        self.output.clear();
+                    }
+                }
+                Some(None) => {
+                    if chunked {
+                        self.output.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.io.write_all(&self.output).await?;
+                    self.io.flush().await?;
+                    self.output.clear();
+                    drop(record);
+                    return Ok(keep_alive);
+                }
+                // The upstream broke off: the client can only tell by the connection closing.
+                Some(Some(Err(_))) => {
+                    self.io.write_all(&self.output).await?;
+                    self.io.flush().await?;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Status line and headers: the upstream's without hop-by-hop ones, HSTS and `Date` when
+    /// it sent none, the body's framing and what becomes of the connection.
+    #[allow(clippy::too_many_arguments)]
+    fn write_response_head(
+        &mut self,
+        connection: &Connection,
+        head: ResponseHead,
+        record: &RequestRecord,
+        keep_alive: bool,
+        chunked: bool,
+        http10: bool,
+        proxy: &Proxy,
+    ) {
+        let out = &mut self.output;
+        out.clear();
+        push_status_line(out, head.status);
+        let keep_length = matches!(head.framing, Framing::Empty | Framing::Length(_));
+        let hop = HopByHop::new(connection.response_headers());
+        let mut hsts = proxy.hsts.is_some();
+        let mut date = true;
+        for (name, value) in connection.response_headers() {
+            if hop.contains(name) || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
+            {
+                continue;
+            }
+            hsts &= !name.eq_ignore_ascii_case(b"strict-transport-security");
+            date &= !name.eq_ignore_ascii_case(b"date");
+            push_header(out, name, value);
+        }
+        if hsts && let Some(value) = &proxy.hsts {
+            push_header(out, b"strict-transport-security", value.as_bytes());
+        }
+        if date {
+            push_date(out, record.time);
+        }
+        if chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        push_connection(out, keep_alive, http10);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// An answer of the edge's own: `body` as plain text.
+    fn write_local(
+        &mut self,
+        proxy: &Proxy,
+        status: StatusCode,
+        body: &str,
+        time: SystemTime,
+        keep_alive: bool,
+        http10: bool,
+    ) {
+        let out = &mut self.output;
+        out.clear();
+        push_status_line(out, status);
+        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(value) = &proxy.hsts {
+            push_header(out, b"strict-transport-security", value.as_bytes());
+        }
+        push_date(out, time);
+        push_connection(out, keep_alive, http10);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body.as_bytes());
+    }
+
+    /// Answers a head that cannot be served, and the connection closes.
+    async fn answer_bad(
+        &mut self,
+        proxy: &Proxy,
+        status: StatusCode,
+        message: &str,
+    ) -> io::Result<()> {
+        let body = format!("{message}\n");
+        self.write_local(proxy, status, &body, SystemTime::now(), false, false);
+        self.io.write_all(&self.output).await?;
+        self.io.flush().await?;
+        self.io.shutdown().await
+    }
+
+    /// The upstream switched protocols: its 101 goes to the client, then bytes are copied both
+    /// ways until either side closes or the edge closes. The record (and with it the
+    /// endpoint's in-flight count and the connection's slot) lives as long as the tunnel.
+    async fn tunnel(
+        &mut self,
+        facts: RequestFacts,
+        mut record: RequestRecord,
+        head: ResponseHead,
+        mut connection: Connection,
+        proxy: &Proxy,
+    ) -> io::Result<bool> {
+        if !facts.upgrade {
+            let status = StatusCode::BAD_GATEWAY;
+            let body = "502 the upstream switched protocols unasked\n";
+            record.status = status.as_u16();
+            self.write_local(proxy, status, body, record.time, false, facts.http10);
+            self.io.write_all(&self.output).await?;
+            self.io.flush().await?;
+            return Ok(false);
+        }
+        let out = &mut self.output;
+        out.clear();
+        push_status_line(out, head.status);
+        let mut protocol: Vec<u8> = Vec::new();
+        {
+            let hop = HopByHop::new(connection.response_headers());
+            for (name, value) in connection.response_headers() {
+                if name.eq_ignore_ascii_case(b"upgrade") {
+                    protocol = value.to_vec();
+                }
+                if !hop.contains(name) {
+                    push_header(out, name, value);
+                }
+            }
+        }
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        if !protocol.is_empty() {
+            push_header(out, b"upgrade", &protocol);
+        }
+        out.extend_from_slice(b"\r\n");
+        connection.consume_head();
+        let (mut upstream, early) = connection.into_parts();
+        self.io.write_all(&self.output).await?;
+        let pending_from_client = self.input.split();
+        let copied = async {
+            if !early.is_empty() {
+                self.io.write_all(&early).await?;
+            }
+            self.io.flush().await?;
+            if !pending_from_client.is_empty() {
+                upstream.write_all(&pending_from_client).await?;
+            }
+            let (_to_upstream, to_client) =
+                tokio::io::copy_bidirectional(&mut self.io, &mut upstream).await?;
+            Ok::<u64, io::Error>(early.len() as u64 + to_client)
+        };
+        tokio::select! {
+            copied = copied => {
+                if let Ok(to_client) = copied {
+                    record.bytes = to_client;
+                }
+            }
+            () = closed(proxy.phase.clone()) => {}
+        }
+        drop(record);
+        Ok(false)
+    }
+}
+
+fn reserve(buffer: &mut BytesMut) {
+    if buffer.capacity() - buffer.len() < READ_SIZE / 8 {
+        buffer.reserve(READ_SIZE);
+    }
+}
+
+/// A request body read from the client's connection: after its head, in the input buffer
+/// and then from the socket, as its framing delimits it.
+struct ClientBody<'c, IO> {
+    io: &'c mut IO,
+    input: &'c mut BytesMut,
+    decoder: &'c mut BodyDecoder,
+    /// How much of `100 Continue` went out (all of it when none was asked for).
+    continue_written: usize,
+}
+
+impl<IO> BodySource for ClientBody<'_, IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+        // The client waits for the go-ahead before sending the body it announced.
+        while self.continue_written < CONTINUE.len() {
+            match ready!(Pin::new(&mut *self.io).poll_write(cx, &CONTINUE[self.continue_written..]))
+            {
+                Ok(0) | Err(_) => return Poll::Ready(Some(Err(()))),
+                Ok(written) => self.continue_written += written,
+            }
+            if self.continue_written == CONTINUE.len()
+                && ready!(Pin::new(&mut *self.io).poll_flush(cx)).is_err()
+            {
+                return Poll::Ready(Some(Err(())));
+            }
+        }
+        loop {
+            match self.decoder.decode(self.input) {
+                Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Decoded::End) => return Poll::Ready(None),
+                Ok(Decoded::More) => {}
+                Err(_) => return Poll::Ready(Some(Err(()))),
+            }
+            reserve(self.input);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *self.io),
+                cx,
+                self.input
+            )) {
+                Ok(0) | Err(_) => return Poll::Ready(Some(Err(()))),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// `HTTP/1.1 200 OK\r\n`.
+fn push_status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `connection: close` when the connection closes after this response; `keep-alive` for an
+/// HTTP/1.0 client whose connection stays.
+fn push_connection(out: &mut Vec<u8>, keep_alive: bool, http10: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+thread_local! {
+    /// The `Date` value of the current second, made once a second per thread.
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// `date: <IMF-fixdate of time>\r\n`.
+fn push_date(out: &mut Vec<u8>, time: SystemTime) {
+    let second = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second || date.1.is_empty() {
+            *date = (second, httpdate::fmt_http_date(time));
+        }
+        push_header(out, b"date", date.1.as_bytes());
+    });
+}
+
+/// `<size in hex>\r\n` of a chunk, in `buffer`.
+fn hex_line(buffer: &mut [u8; 18], size: usize) -> &[u8] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 16;
+    let mut left = size;
+    loop {
+        at -= 1;
+        buffer[at] = DIGITS[left & 0xf];
+        left >>= 4;
+        if left == 0 {
+            break;
+        }
+    }
+    buffer[16] = b'\r';
+    buffer[17] = b'\n';
+    &buffer[at..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_hex() {
+        let mut buffer = [0u8; 18];
+        assert_eq!(hex_line(&mut buffer, 0), b"0\r\n");
+        assert_eq!(hex_line(&mut buffer, 255), b"ff\r\n");
+        assert_eq!(hex_line(&mut buffer, 65536), b"10000\r\n");
+    }
+
+    #[test]
+    fn status_lines_and_connection_headers() {
+        let mut out = Vec::new();
+        push_status_line(&mut out, StatusCode::NOT_FOUND);
+        push_connection(&mut out, false, false);
+        push_connection(&mut out, true, true);
+        push_connection(&mut out, true, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nconnection: close\r\nconnection: keep-alive\r\n"
+        );
+    }
+}
