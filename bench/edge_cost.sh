@@ -16,6 +16,7 @@
 #   STRACE=1 ...: syscall counts per run in $RESULTS/strace.<target>.<conns>.txt
 #   STAT=1 ...: syscalls, context switches and wake-ups per request (perf tracepoints)
 #   EDGE_BIN=/path/to/edge_load bash bench/edge_cost.sh   (compare another build)
+#   IDLE=35 ...: each run starts after the app closed the proxy's idle upstream connections
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -123,12 +124,15 @@ cpu_ns() {
   echo $s
 }
 callgrind() { [ "$CALLGRIND" = 1 ] && callgrind_control "$@" "$1" >/dev/null 2>&1; }
-printf '%-6s %5s %9s %9s %9s %8s %6s %12s\n' target conns requests rps p99_ms ns/req user% instr/req
+printf '%-6s %5s %9s %9s %9s %9s %8s %6s %12s\n' target conns requests rps p50_ms p99_ms ns/req user% instr/req
 for rep in $(seq 1 "$REPS"); do
 for c in $CONNS; do
   for t in $TARGETS; do
     u=$(url_of "$t"); p=$(pid_of "$t")
     in_ns taskset -c "$WRK_CPU" wrk -t1 -c"$c" -d2s "$u" >/dev/null 2>&1   # connect + warm
+    # IDLE=N: wait N s first, past the app's keep-alive timeout (bow-testapp: 30 s), so that
+    # the run starts with every upstream connection to be opened anew.
+    [ "${IDLE:-0}" -gt 0 ] && sleep "$IDLE"
     if [ "$CALLGRIND" = 1 ]; then callgrind_control -i on "$p" >/dev/null; callgrind_control -z "$p" >/dev/null; fi
     n0=$(cpu_ns "$p"); t0=$(ticks "$p")
     [ "${STRACE:-0}" = 1 ] && { strace -c -f -o "$RESULTS/strace.$t.$c.txt" -p "$(ls /proc/"$p"/task | paste -sd, -),$(cat /proc/"$p"/task/*/children | tr ' ' ,)" 2>/dev/null & STRACE_PID=$!; sleep 0.5; }
@@ -151,11 +155,12 @@ for c in $CONNS; do
     fi
     reqs=$(awk '/requests in/{print $1}' "$WORK/wrk.out")
     rps=$(awk '/^Requests\/sec/{print $2}' "$WORK/wrk.out")
-    p99=$(awk '$1=="99%"{v=$2; n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n}' "$WORK/wrk.out")
+    ms_at() { awk -v q="$1" '$1==q{v=$2; n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.2f", n}' "$WORK/wrk.out"; }
+    p50=$(ms_at 50%); p99=$(ms_at 99%)
     [ "${STAT:-0}" = 1 ] && awk -F, -v n="$reqs" -v t="$t" -v c="$c" '$3 ~ /:/ { split($3, e, ":"); printf "  %s c=%s %s/req %.2f\n", t, c, e[2], $1/n }' "$WORK/stat.txt" >&2
     grep -q 'Non-2xx' "$WORK/wrk.out" && log "non-2xx answers from $t"
     usr=$(echo "$t0 $t1" | awk '{u=$3-$1; k=$4-$2; printf "%.0f", (u+k>0) ? 100*u/(u+k) : 0}')
-    printf '%-6s %5s %9s %9s %9s %8.0f %6s %12s\n' "$t" "$c" "$reqs" "${rps%.*}" "$p99" \
+    printf '%-6s %5s %9s %9s %9s %9s %8.0f %6s %12s\n' "$t" "$c" "$reqs" "${rps%.*}" "$p50" "$p99" \
       "$(awk -v a="$n0" -v b="$n1" -v n="$reqs" 'BEGIN{print (b-a)/n}')" "$usr" "$instr"
   done
 done

@@ -22,18 +22,21 @@ fn main() {
     let backend: u16 = var("BACKEND_PORT").parse().expect("BACKEND_PORT is a port");
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     // EDGE_RUNTIME=current: a current-thread runtime instead, to compare runtime shapes.
-    let runtime = if std::env::var("EDGE_RUNTIME").is_ok_and(|shape| shape == "current") {
+    let mut builder = if std::env::var("EDGE_RUNTIME").is_ok_and(|shape| shape == "current") {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
-            .expect("runtime")
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
     };
+    // EDGE_EVENT_INTERVAL=N: tasks polled between looks at the I/O driver (tokio: 61).
+    if let Some(interval) = std::env::var("EDGE_EVENT_INTERVAL")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        builder.event_interval(interval);
+    }
+    let runtime = builder.enable_all().build().expect("runtime");
     runtime.block_on(async move {
         let config = EdgeConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),

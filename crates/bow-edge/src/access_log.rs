@@ -257,7 +257,13 @@ impl Drop for JsonLinesSink {
     }
 }
 
+/// How much lower than the process the writer thread runs: it yields the core to the threads
+/// serving requests (its writes and a rotated file's deletion cost the kernel milliseconds)
+/// and catches up in their idle time; [`JsonLinesSink::MAX_PENDING`] bounds what waits.
+const WRITER_NICENESS: libc::c_int = 10;
+
 fn write_lines<W: Write>(shared: &Pending, mut writer: W) {
+    lower_own_priority(WRITER_NICENESS);
     // Two buffers take turns, so that neither is grown from empty again on every batch.
     let mut batch = Vec::new();
     loop {
@@ -277,6 +283,16 @@ fn write_lines<W: Write>(shared: &Pending, mut writer: W) {
             return;
         }
         thread::park_timeout(JsonLinesSink::FLUSH_EVERY);
+    }
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread) `by` above the process's.
+fn lower_own_priority(by: libc::c_int) {
+    // SAFETY: plain system calls on the calling thread; failure leaves the priority as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let process = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, tid, (process + by).min(19));
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
 
 use crate::body::{BodySource, RequestBody, RequestRecord};
 use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
@@ -64,6 +65,7 @@ where
     let activity = context.activity.clone();
     let client = Client {
         io,
+        timer: Box::pin(tokio::time::sleep(proxy.config.upstream_timeout)),
         input: BytesMut::new(),
         output: Vec::new(),
         upstream_head: Vec::new(),
@@ -79,6 +81,8 @@ where
 /// One client connection and the buffers its requests reuse.
 struct Client<IO> {
     io: IO,
+    /// The upstream timeout of the request in progress (one timer for the connection).
+    timer: Pin<Box<Sleep>>,
     /// Bytes read from the client and not used yet.
     input: BytesMut,
     /// The response being written.
@@ -352,7 +356,13 @@ where
                 RequestBody::new(&mut source, facts.body == Framing::Chunked, limit)
             };
             proxy
-                .forward(context, &inbound, &self.upstream_head, &mut body)
+                .forward(
+                    context,
+                    &inbound,
+                    &self.upstream_head,
+                    &mut body,
+                    self.timer.as_mut(),
+                )
                 .await
         };
         // A body not read to its end leaves the connection's framing unknown.

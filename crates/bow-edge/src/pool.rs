@@ -6,7 +6,10 @@
 use std::fmt;
 use std::io;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use crate::client::Connection;
 
@@ -16,10 +19,38 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint at most.
 const MAX_IDLE: usize = 1024;
 
-/// The idle connections of one endpoint.
+/// Connections being opened to one endpoint at once, at most. A burst of requests that find
+/// no idle connection (after the app closed its idle ones, or at a load spike) would
+/// otherwise open hundreds at once and overflow the app's accept queue: a dropped SYN is
+/// sent again only after a second. Requests beyond this wait for a connection given back
+/// or an opening that ended.
+pub(crate) const MAX_CONNECTING: usize = 16;
+
+/// The idle connections of one endpoint, and the openings of new ones.
 #[derive(Default)]
 pub(crate) struct IdleConnections {
     stack: Mutex<Vec<(Connection, Instant)>>,
+    connecting: AtomicUsize,
+    /// A connection was given back or an opening ended.
+    available: Notify,
+}
+
+/// What a request may use to reach an endpoint.
+pub(crate) enum Checkout<'a> {
+    /// A kept-alive connection.
+    Idle(Connection),
+    /// The right to open a new one.
+    Open(OpenPermit<'a>),
+}
+
+/// One of [`MAX_CONNECTING`] openings, held while connecting.
+pub(crate) struct OpenPermit<'a>(&'a IdleConnections);
+
+impl Drop for OpenPermit<'_> {
+    fn drop(&mut self) {
+        self.0.connecting.fetch_sub(1, Ordering::SeqCst);
+        self.0.available.notify_one();
+    }
 }
 
 impl fmt::Debug for IdleConnections {
@@ -51,6 +82,32 @@ impl IdleConnections {
             .unwrap_or_else(|poison| poison.into_inner());
         if stack.len() < MAX_IDLE {
             stack.push((connection, Instant::now()));
+        }
+        drop(stack);
+        if self.connecting.load(Ordering::SeqCst) >= MAX_CONNECTING {
+            self.available.notify_one();
+        }
+    }
+
+    /// An idle connection (unless `fresh`), or else the right to open one, waiting while
+    /// [`MAX_CONNECTING`] openings are under way.
+    pub(crate) async fn checkout(&self, fresh: bool) -> Checkout<'_> {
+        loop {
+            let available = self.available.notified();
+            tokio::pin!(available);
+            available.as_mut().enable();
+            if !fresh && let Some(connection) = self.take() {
+                return Checkout::Idle(connection);
+            }
+            let opening =
+                self.connecting
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |count| {
+                        (count < MAX_CONNECTING).then_some(count + 1)
+                    });
+            if opening.is_ok() {
+                return Checkout::Open(OpenPermit(self));
+            }
+            available.await;
         }
     }
 }

@@ -4,8 +4,11 @@
 //! clients are served by [`crate::h1`].
 
 use std::cell::OnceCell;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -13,6 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use crate::access_log::AccessLogSink;
 use crate::body::{EdgeBody, RequestBody, RequestRecord};
@@ -20,7 +24,7 @@ use crate::client::{self, Connection, Framing, ResponseBody, ResponseHead};
 use crate::config::EdgeConfig;
 use crate::forwarded::{HopByHop, UpstreamHead, write_upstream_head};
 use crate::metrics::MetricsRegistry;
-use crate::pool::AttemptError;
+use crate::pool::{AttemptError, Checkout};
 use crate::redirect::strip_port;
 use crate::routes::normalized_host;
 use crate::server::{ConnContext, InFlight, Phase};
@@ -108,12 +112,15 @@ impl Proxy {
 
     /// Routes `inbound` and sends it (its head already written for the upstream in `head`,
     /// then `body`) to an endpoint of the route, retrying elsewhere when that is safe.
+    /// `timer` is set to the upstream timeout of each attempt: a connection keeps one timer
+    /// for all its requests, so a request costs no timer of its own.
     pub(crate) async fn forward(
         &self,
         context: &ConnContext,
         inbound: &Inbound<'_>,
         head: &[u8],
         body: &mut RequestBody<'_>,
+        mut timer: Pin<&mut Sleep>,
     ) -> Outcome {
         let host = normalized_host(strip_port(inbound.host));
         let table = self.table.load_full();
@@ -121,8 +128,9 @@ impl Proxy {
         // `table`'s endpoints could be picked because the swap had just retired them.
         let newer: OnceCell<Arc<ActiveTable>> = OnceCell::new();
         let found = table.lookup(&host, inbound.path);
+        let started = Instant::now();
         let mut record = RequestRecord {
-            started: Instant::now(),
+            started,
             time: SystemTime::now(),
             host: found.map_or_else(|| Arc::from(&*host), |route| route.host.clone()),
             method: inbound.method.clone(),
@@ -195,8 +203,24 @@ impl Proxy {
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
             }
-            let sent = self.send(&endpoint, inbound.method, head, body, idempotent);
-            let answered = tokio::time::timeout(self.config.upstream_timeout, sent).await;
+            let now = if tried.len() == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            // A later deadline than the timer's is only noted; the wheel is not touched.
+            timer
+                .as_mut()
+                .reset((now + self.config.upstream_timeout).into());
+            let answered = {
+                let sent = self.send(&endpoint, inbound.method, head, body, idempotent);
+                tokio::pin!(sent);
+                poll_fn(|cx| match sent.as_mut().poll(cx) {
+                    Poll::Ready(result) => Poll::Ready(Ok(result)),
+                    Poll::Pending => timer.as_mut().poll(cx).map(Err),
+                })
+                .await
+            };
             let error = match answered {
                 Ok(Ok((response, connection))) => {
                     record.status = response.status.as_u16();
@@ -266,18 +290,15 @@ impl Proxy {
         body: &mut RequestBody<'_>,
         idempotent: bool,
     ) -> Result<(ResponseHead, Connection), AttemptError> {
-        let mut reuse = true;
+        let mut fresh = false;
         loop {
-            let idle = if reuse {
-                endpoint.connections.take()
-            } else {
-                None
-            };
-            let (mut connection, reused) = match idle {
-                Some(connection) => (connection, true),
-                None => {
+            let (mut connection, reused) = match endpoint.connections.checkout(fresh).await {
+                Checkout::Idle(connection) => (connection, true),
+                Checkout::Open(permit) => {
                     let timeout = self.config.upstream_connect_timeout;
-                    (client::connect(endpoint.addr, timeout).await?, false)
+                    let connection = client::connect(endpoint.addr, timeout).await;
+                    drop(permit);
+                    (connection?, false)
                 }
             };
             match connection.exchange(method, head, body).await {
@@ -289,7 +310,7 @@ impl Proxy {
                         && !connection.answered()
                         && error.connection_broken() =>
                 {
-                    reuse = false;
+                    fresh = true;
                 }
                 Err(error) => return Err(error),
             }
@@ -353,7 +374,11 @@ impl Proxy {
             let limit = self.config.max_body_size;
             RequestBody::new(&mut incoming, declared_length.is_none(), limit)
         };
-        let outcome = self.forward(&context, &inbound, &head, &mut body).await;
+        let timer = tokio::time::sleep(self.config.upstream_timeout);
+        tokio::pin!(timer);
+        let outcome = self
+            .forward(&context, &inbound, &head, &mut body, timer)
+            .await;
         match outcome {
             Outcome::Local {
                 record,
