@@ -23,6 +23,7 @@
 #
 #   bash bench/edge.sh                        (DUR=10s REPS=3 CONNS="64 256": about 6 minutes)
 #   DUR=3s REPS=1 bash bench/edge.sh          (smoke: under 3 minutes)
+# Every measured run follows a WARMUP run of the same target and connection count.
 # Knobs: DUR REPS CONNS WARMUP THREADS WRK_CPU PROXY_CPU NICE TARGETS TESTSSL=0|1
 #        TESTSSL_TIMEOUT (s) PROXY_ACCESS_LOG=1 (nginx logs every request, buffered, as bow does) KEEP=1
 #        BOW_BIN (another bow binary to measure)
@@ -270,6 +271,10 @@ for rep in $(seq 1 "$REPS"); do
       for t in $TARGETS; do
         [[ " $(protos "$t") " == *" $p "* ]] || continue
         f="$WORK/raw/${t}_${p}_c${c}_r${rep}.txt"
+        # Each proxy starts its run with warm upstream connections: the app closes idle ones
+        # after 30 s, and a target whose pool went cold meanwhile (bow has no http run to keep
+        # it warm) would be measured opening them anew while the others were not.
+        wrk_run "$c" "$WARMUP" "$(url "$t" "$p")" >/dev/null 2>&1
         b0=$(cpu_busy); tb0=$(tot_busy); mt0=$(stat_ticks $(bench_pids)); pt0=$(proxy_ticks "$t"); w0=$(date +%s.%N)
         TIMEFORMAT='%3U %3S'
         { time wrk_run "$c" "$DUR" "$(url "$t" "$p")" > "$f" 2>&1; } 2> "$f.time"

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
@@ -47,6 +47,8 @@ pub(crate) struct Connection {
     head_length: usize,
     /// Where each header of that head sits in it: name start, name end, value start, end.
     spans: Vec<[u32; 4]>,
+    /// When the last request on it began (or it was opened): its idle age in the pool.
+    pub(crate) last_used: Instant,
 }
 
 /// Opens a connection to `addr`.
@@ -64,6 +66,7 @@ pub(crate) async fn connect(
         buffer: BytesMut::new(),
         head_length: 0,
         spans: Vec::new(),
+        last_used: Instant::now(),
     })
 }
 

@@ -29,7 +29,7 @@ pub(crate) const MAX_CONNECTING: usize = 16;
 /// The idle connections of one endpoint, and the openings of new ones.
 #[derive(Default)]
 pub(crate) struct IdleConnections {
-    stack: Mutex<Vec<(Connection, Instant)>>,
+    stack: Mutex<Vec<Connection>>,
     connecting: AtomicUsize,
     /// A connection was given back or an opening ended.
     available: Notify,
@@ -60,14 +60,17 @@ impl fmt::Debug for IdleConnections {
 }
 
 impl IdleConnections {
-    /// The most recently used idle connection that is still open, if any.
-    pub(crate) fn take(&self) -> Option<Connection> {
+    /// The most recently used idle connection that is still open, if any, for a request
+    /// that began at `now`.
+    pub(crate) fn take(&self, now: Instant) -> Option<Connection> {
         let mut stack = self
             .stack
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        while let Some((mut connection, since)) = stack.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && connection.is_usable() {
+        while let Some(mut connection) = stack.pop() {
+            let idle = now.saturating_duration_since(connection.last_used);
+            if idle < IDLE_TIMEOUT && connection.is_usable() {
+                connection.last_used = now;
                 return Some(connection);
             }
         }
@@ -81,7 +84,7 @@ impl IdleConnections {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if stack.len() < MAX_IDLE {
-            stack.push((connection, Instant::now()));
+            stack.push(connection);
         }
         drop(stack);
         if self.connecting.load(Ordering::SeqCst) >= MAX_CONNECTING {
@@ -89,14 +92,14 @@ impl IdleConnections {
         }
     }
 
-    /// An idle connection (unless `fresh`), or else the right to open one, waiting while
-    /// [`MAX_CONNECTING`] openings are under way.
-    pub(crate) async fn checkout(&self, fresh: bool) -> Checkout<'_> {
+    /// An idle connection (unless `fresh`) for a request that began at `now`, or else the
+    /// right to open one, waiting while [`MAX_CONNECTING`] openings are under way.
+    pub(crate) async fn checkout(&self, fresh: bool, now: Instant) -> Checkout<'_> {
         loop {
             let available = self.available.notified();
             tokio::pin!(available);
             available.as_mut().enable();
-            if !fresh && let Some(connection) = self.take() {
+            if !fresh && let Some(connection) = self.take(now) {
                 return Checkout::Idle(connection);
             }
             let opening =

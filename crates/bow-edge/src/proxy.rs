@@ -77,6 +77,24 @@ pub(crate) enum Outcome {
     },
 }
 
+thread_local! {
+    /// A wall-clock reading and the monotonic instant it was taken at, renewed every second.
+    static WALL_CLOCK: std::cell::Cell<Option<(Instant, SystemTime)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The wall-clock time at `now` for the access log, without a clock read of its own but
+/// once a second.
+fn wall_clock(now: Instant) -> SystemTime {
+    WALL_CLOCK.with(|clock| match clock.get() {
+        Some((at, wall)) if now >= at && now - at < Duration::from_secs(1) => wall + (now - at),
+        _ => {
+            let wall = SystemTime::now();
+            clock.set(Some((now, wall)));
+            wall
+        }
+    })
+}
+
 /// Why an attempt failed, for the 502 body.
 struct Failure {
     endpoint: Arc<EndpointState>,
@@ -131,7 +149,7 @@ impl Proxy {
         let started = Instant::now();
         let mut record = RequestRecord {
             started,
-            time: SystemTime::now(),
+            time: wall_clock(started),
             host: found.map_or_else(|| Arc::from(&*host), |route| route.host.clone()),
             method: inbound.method.clone(),
             path: inbound.path.to_string(),
@@ -213,7 +231,7 @@ impl Proxy {
                 .as_mut()
                 .reset((now + self.config.upstream_timeout).into());
             let answered = {
-                let sent = self.send(&endpoint, inbound.method, head, body, idempotent);
+                let sent = self.send(&endpoint, inbound.method, head, body, idempotent, now);
                 tokio::pin!(sent);
                 poll_fn(|cx| match sent.as_mut().poll(cx) {
                     Poll::Ready(result) => Poll::Ready(Ok(result)),
@@ -289,10 +307,11 @@ impl Proxy {
         head: &[u8],
         body: &mut RequestBody<'_>,
         idempotent: bool,
+        now: Instant,
     ) -> Result<(ResponseHead, Connection), AttemptError> {
         let mut fresh = false;
         loop {
-            let (mut connection, reused) = match endpoint.connections.checkout(fresh).await {
+            let (mut connection, reused) = match endpoint.connections.checkout(fresh, now).await {
                 Checkout::Idle(connection) => (connection, true),
                 Checkout::Open(permit) => {
                     let timeout = self.config.upstream_connect_timeout;
