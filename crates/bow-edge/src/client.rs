@@ -429,9 +429,7 @@ impl HeadFacts {
                 .unwrap_or_default();
             self.chunked_last = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if name.eq_ignore_ascii_case(b"content-length") {
-            let parsed = std::str::from_utf8(value.trim_ascii())
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok())
+            let parsed = crate::forwarded::content_length(value)
                 .ok_or(AttemptError::Invalid("invalid content-length"))?;
             if self.length.is_some_and(|seen| seen != parsed) {
                 return Err(AttemptError::Invalid("conflicting content-length"));

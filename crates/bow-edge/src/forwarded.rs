@@ -40,6 +40,16 @@ fn names_headers(connection: &[u8]) -> bool {
     })
 }
 
+/// A `Content-Length` value: digits only (RFC 9110 §8.6). `+5`, `5, 5` or ` 0x5` are refused,
+/// as a peer reading them another way would frame the body differently (request smuggling).
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// Decides which of a head's headers are hop-by-hop: the fixed list, `Proxy-*`, and what
 /// its `Connection` headers name.
 #[derive(Clone, Copy)]
@@ -410,6 +420,28 @@ mod tests {
             "{text}"
         );
         assert_eq!(text.matches("pgrade").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b" 0 "), Some(0));
+        for bad in [
+            &b"+5"[..],
+            b"-1",
+            b"5, 5",
+            b"",
+            b"0x5",
+            b"1e3",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

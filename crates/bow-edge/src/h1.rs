@@ -23,7 +23,8 @@ use tokio::time::Sleep;
 use crate::body::{BodySource, RequestBody, RequestRecord};
 use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
 use crate::forwarded::{
-    HopByHop, UpstreamHead, push_header, tokens, upgrade_request, write_upstream_head,
+    HopByHop, UpstreamHead, content_length, push_header, tokens, upgrade_request,
+    write_upstream_head,
 };
 use crate::proxy::{Inbound, Outcome, Proxy};
 use crate::server::{Activity, ConnContext, closed};
@@ -242,10 +243,7 @@ where
                     }
                 }
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                let length = std::str::from_utf8(value.trim_ascii())
-                    .ok()
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .ok_or(bad("invalid content-length"))?;
+                let length = content_length(value).ok_or(bad("invalid content-length"))?;
                 if facts.declared_length.is_some_and(|seen| seen != length) {
                     return Err(bad("conflicting content-length"));
                 }

@@ -355,8 +355,7 @@ impl Proxy {
         let declared_length = parts
             .headers
             .get(header::CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok());
+            .and_then(|value| crate::forwarded::content_length(value.as_bytes()));
         let target = parts
             .uri
             .path_and_query()

@@ -222,6 +222,13 @@ async fn heads_the_edge_cannot_serve_are_refused() {
         answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
         "{answer}"
     );
+    let plus = format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: +3\r\n\r\nabc");
+    let answer = exchange(&edge, &plus).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("invalid content-length"), "{answer}");
     let big = format!(
         "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Big: {}\r\n\r\n",
         "a".repeat(5000)
