@@ -20,6 +20,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::body::{BoxError, RequestBody};
+use crate::forwarded::HopByHop;
 use crate::pool::AttemptError;
 use crate::upstream::EndpointState;
 
@@ -173,6 +174,19 @@ impl Connection {
                     &head[value as usize..value_end as usize],
                 )
             })
+    }
+
+    /// The response headers a client gets: all but hop-by-hop ones, and `Content-Length` only
+    /// when the body keeps its length on the way (`framing` is empty or a length).
+    pub(crate) fn headers_to_pass_on(
+        &self,
+        framing: Framing,
+    ) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let keep_length = matches!(framing, Framing::Empty | Framing::Length(_));
+        let hop = HopByHop::new(self.response_headers());
+        self.response_headers().filter(move |(name, _)| {
+            !hop.contains(name) && (keep_length || !name.eq_ignore_ascii_case(b"content-length"))
+        })
     }
 
     /// Drops the response head from the buffer once it was passed on.

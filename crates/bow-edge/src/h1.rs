@@ -23,8 +23,7 @@ use tokio::time::Sleep;
 use crate::body::{BodySource, RequestBody, RequestRecord};
 use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
 use crate::forwarded::{
-    HopByHop, UpstreamHead, content_length, push_header, tokens, upgrade_request,
-    write_upstream_head,
+    UpstreamHead, content_length, push_header, tokens, upgrade_request, write_upstream_head,
 };
 use crate::proxy::{Inbound, Outcome, Proxy};
 use crate::server::{Activity, ConnContext, closed};
@@ -107,17 +106,19 @@ struct RequestFacts {
     upgrade: bool,
 }
 
-/// Why a request head cannot be served.
-enum BadRequest {
-    Status(StatusCode, &'static str),
+/// Why a request head cannot be served: the status it is answered with, and why.
+struct BadRequest {
+    status: StatusCode,
+    why: String,
 }
 
-enum HeadRead {
-    /// A whole head is at the front of the input.
-    Complete,
-    /// The client closed, the connection failed, or it is to close and nothing is pending.
-    Closed,
-    TooLarge,
+impl BadRequest {
+    fn new(status: StatusCode, why: &str) -> Self {
+        BadRequest {
+            status,
+            why: why.to_string(),
+        }
+    }
 }
 
 async fn run<IO>(mut client: Client<IO>, context: Arc<ConnContext>, proxy: Arc<Proxy>)
@@ -126,19 +127,10 @@ where
 {
     let limit = proxy.config.max_header_size;
     loop {
-        match client.read_head(limit, &context.activity).await {
-            HeadRead::Complete => {}
-            HeadRead::Closed => return,
-            HeadRead::TooLarge => {
-                let status = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-                let message = format!("431 request head larger than {limit} bytes");
-                let _ = client.answer_bad(&proxy, status, &message).await;
-                return;
-            }
-        }
-        let facts = match client.take_head(&context) {
-            Ok(facts) => facts,
-            Err(BadRequest::Status(status, why)) => {
+        let facts = match client.read_head(limit, &context).await {
+            Ok(Some(facts)) => facts,
+            Ok(None) => return,
+            Err(BadRequest { status, why }) => {
                 let message = format!("{} {why}", status.as_u16());
                 let _ = client.answer_bad(&proxy, status, &message).await;
                 return;
@@ -158,27 +150,23 @@ impl<IO> Client<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    /// Reads until a whole request head is in the input.
-    async fn read_head(&mut self, limit: usize, activity: &Activity) -> HeadRead {
+    /// Reads until a whole request head is in the input and takes it ([`Client::take_head`]);
+    /// `None` when the client closed, the connection failed, or it is to close with nothing
+    /// pending.
+    async fn read_head(
+        &mut self,
+        limit: usize,
+        context: &ConnContext,
+    ) -> Result<Option<RequestFacts>, BadRequest> {
         loop {
-            if !self.input.is_empty() {
-                let mut slots =
-                    [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
-                let mut request = httparse::Request::new(&mut []);
-                match request.parse_with_uninit_headers(&self.input, &mut slots) {
-                    Ok(httparse::Status::Complete(length)) if length > limit => {
-                        return HeadRead::TooLarge;
-                    }
-                    // A bad head is told apart (and answered) by `take_head`.
-                    Ok(httparse::Status::Complete(_)) | Err(_) => return HeadRead::Complete,
-                    Ok(httparse::Status::Partial) if self.input.len() >= limit => {
-                        return HeadRead::TooLarge;
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                }
+            if !self.input.is_empty()
+                && let Some(facts) = self.take_head(limit, context)?
+            {
+                return Ok(Some(facts));
             }
+            let closing = &context.activity.closing;
             let read = poll_fn(|cx| {
-                if self.input.is_empty() && activity.closing.load(Ordering::SeqCst) {
+                if self.input.is_empty() && closing.load(Ordering::SeqCst) {
                     return Poll::Ready(Ok(0));
                 }
                 reserve(&mut self.input);
@@ -186,28 +174,40 @@ where
             })
             .await;
             match read {
-                Ok(0) | Err(_) => return HeadRead::Closed,
+                Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             }
         }
     }
 
     /// Parses the head at the front of the input, writes the upstream's request head from
-    /// it, notes host and path, and takes the head off the input.
-    fn take_head(&mut self, context: &ConnContext) -> Result<RequestFacts, BadRequest> {
-        let bad = |why| BadRequest::Status(StatusCode::BAD_REQUEST, why);
+    /// it, notes host and path, and takes the head off the input; `None` while it is not all
+    /// in yet.
+    fn take_head(
+        &mut self,
+        limit: usize,
+        context: &ConnContext,
+    ) -> Result<Option<RequestFacts>, BadRequest> {
+        let bad = |why: &str| BadRequest::new(StatusCode::BAD_REQUEST, why);
+        let too_large = || {
+            let why = format!("request head larger than {limit} bytes");
+            BadRequest::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why)
+        };
         let mut slots =
             [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
         let mut request = httparse::Request::new(&mut []);
         let length = match request.parse_with_uninit_headers(&self.input, &mut slots) {
+            Ok(httparse::Status::Complete(length)) if length > limit => return Err(too_large()),
             Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) if self.input.len() >= limit => return Err(too_large()),
+            Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
-                return Err(BadRequest::Status(
+                return Err(BadRequest::new(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "too many request headers",
                 ));
             }
-            _ => return Err(bad("invalid request head")),
+            Err(_) => return Err(bad("invalid request head")),
         };
         let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
             .map_err(|_| bad("invalid method"))?;
@@ -243,7 +243,7 @@ where
                     }
                 }
             } else if name.eq_ignore_ascii_case(b"content-length") {
-                let length = content_length(value).ok_or(bad("invalid content-length"))?;
+                let length = content_length(value).ok_or_else(|| bad("invalid content-length"))?;
                 if facts.declared_length.is_some_and(|seen| seen != length) {
                     return Err(bad("conflicting content-length"));
                 }
@@ -317,7 +317,7 @@ where
         self.path
             .push_str(target.split('?').next().unwrap_or_default());
         self.input.advance(length);
-        Ok(facts)
+        Ok(Some(facts))
     }
 
     /// Forwards one request and writes its response. `Ok(true)` when the connection may
@@ -496,15 +496,9 @@ where
         let out = &mut self.output;
         out.clear();
         push_status_line(out, head.status);
-        let keep_length = matches!(head.framing, Framing::Empty | Framing::Length(_));
-        let hop = HopByHop::new(connection.response_headers());
         let mut hsts = proxy.hsts.is_some();
         let mut date = true;
-        for (name, value) in connection.response_headers() {
-            if hop.contains(name) || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
-            {
-                continue;
-            }
+        for (name, value) in connection.headers_to_pass_on(head.framing) {
             hsts &= !name.eq_ignore_ascii_case(b"strict-transport-security");
             date &= !name.eq_ignore_ascii_case(b"date");
             push_header(out, name, value);
@@ -585,16 +579,13 @@ where
         out.clear();
         push_status_line(out, head.status);
         let mut protocol: Vec<u8> = Vec::new();
-        {
-            let hop = HopByHop::new(connection.response_headers());
-            for (name, value) in connection.response_headers() {
-                if name.eq_ignore_ascii_case(b"upgrade") {
-                    protocol = value.to_vec();
-                }
-                if !hop.contains(name) {
-                    push_header(out, name, value);
-                }
+        for (name, value) in connection.response_headers() {
+            if name.eq_ignore_ascii_case(b"upgrade") {
+                protocol = value.to_vec();
             }
+        }
+        for (name, value) in connection.headers_to_pass_on(head.framing) {
+            push_header(out, name, value);
         }
         out.extend_from_slice(b"connection: upgrade\r\n");
         if !protocol.is_empty() {

@@ -20,9 +20,9 @@ use tokio::time::Sleep;
 
 use crate::access_log::AccessLogSink;
 use crate::body::{EdgeBody, RequestBody, RequestRecord};
-use crate::client::{self, Connection, Framing, ResponseBody, ResponseHead};
+use crate::client::{self, Connection, ResponseBody, ResponseHead};
 use crate::config::EdgeConfig;
-use crate::forwarded::{HopByHop, UpstreamHead, write_upstream_head};
+use crate::forwarded::{UpstreamHead, write_upstream_head};
 use crate::metrics::MetricsRegistry;
 use crate::pool::{AttemptError, Checkout};
 use crate::redirect::strip_port;
@@ -425,14 +425,7 @@ impl Proxy {
         }
         let mut headers = HeaderMap::new();
         {
-            let keep_length = matches!(head.framing, Framing::Empty | Framing::Length(_));
-            let hop = HopByHop::new(connection.response_headers());
-            for (name, value) in connection.response_headers() {
-                if hop.contains(name)
-                    || (!keep_length && name.eq_ignore_ascii_case(b"content-length"))
-                {
-                    continue;
-                }
+            for (name, value) in connection.headers_to_pass_on(head.framing) {
                 let (Ok(name), Ok(value)) =
                     (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
                 else {
