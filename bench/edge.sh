@@ -4,9 +4,11 @@
 # CPU $PROXY_CPU (one worker: nginx worker_processes 1, HAProxy nbthread 1, bow's agent started
 # under taskset so its tokio runtime sees one CPU), wrk and the backend on CPU $WRK_CPU.
 #
-# Backend: one instance of bow-testapp (GET / answers a ~80-byte JSON) run by bow as service
-# `web` with `routes: ["bench.localhost"]`; nginx and HAProxy proxy to that instance's port
-# (from `bow status --output json`). bow's http port only redirects, so bow is measured over
+# Backend (BACKEND=nginx, the default, as in the recipe): two instances of one nginx config
+# (one worker each, `return 200` of a 100-byte body, no access log) run by bow as service `web`
+# with `replicas: 2` and `routes: ["bench.localhost"]`; nginx and HAProxy balance over the same
+# two instance ports (from `bow status --output json`), as bow does. BACKEND=testapp: one
+# instance of bow-testapp instead (a thread per connection; GET / answers a ~80-byte JSON). bow's http port only redirects, so bow is measured over
 # HTTPS; nginx and HAProxy over HTTPS and, for reference, plain HTTP; `direct` is wrk straight
 # to the backend (the ceiling). Every proxy terminates TLS with an ECDSA P-256 certificate
 # (bow's local CA issues P-256 leaves; nginx/HAProxy get a self-signed P-256 one).
@@ -17,14 +19,16 @@
 # p99, errors, busy % of both cores, foreign % (CPU of processes outside the bench, in % of one
 # core; > ~5 means the run was disturbed) and the proxy's CPU µs per request: utime+stime
 # deltas from /proc/<pid>/stat over the run / requests — nginx master+worker, HAProxy's process,
-# bow's agent process (which hosts the edge; all its threads); `direct`: the backend.
+# bow's agent process (which hosts the edge; all its threads); `direct`: one backend instance.
 # Goal (issue 4): bow ≤ 0.9× nginx CPU per request and p99 no worse than nginx (HTTPS).
+# Then (STEADY=1) the same HTTPS targets under h2load --h1 with a warm-up: p50/p99 of warm
+# connections only (wrk's p99 at 256 connections is mostly wrk's own TLS start; see below).
 # Then testssl.sh against bow's edge port; summary kept in bench/results/testssl-edge.txt.
 #
 #   bash bench/edge.sh                        (DUR=10s REPS=3 CONNS="64 256": about 6 minutes)
 #   DUR=3s REPS=1 bash bench/edge.sh          (smoke: under 3 minutes)
 # Every measured run follows a WARMUP run of the same target and connection count.
-# Knobs: DUR REPS CONNS WARMUP THREADS WRK_CPU PROXY_CPU NICE TARGETS TESTSSL=0|1
+# Knobs: BACKEND=nginx|testapp STEADY=0|1 DUR REPS CONNS WARMUP THREADS WRK_CPU PROXY_CPU NICE TARGETS TESTSSL=0|1
 #        TESTSSL_TIMEOUT (s) PROXY_ACCESS_LOG=1 (nginx logs every request, buffered, as bow does) KEEP=1
 #        BOW_BIN (another bow binary to measure)
 set -uo pipefail
@@ -32,8 +36,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DUR=${DUR:-10s}; REPS=${REPS:-3}; CONNS=${CONNS:-"64 256"}; WARMUP=${WARMUP:-2s}
 THREADS=${THREADS:-1}; WRK_CPU=${WRK_CPU:-0}; PROXY_CPU=${PROXY_CPU:-1}; NICE=${NICE:--20}
-TARGETS=${TARGETS:-"direct bow nginx haproxy"}
-TESTSSL=${TESTSSL:-1}; TESTSSL_TIMEOUT=${TESTSSL_TIMEOUT:-150}; PROXY_ACCESS_LOG=${PROXY_ACCESS_LOG:-0}
+TARGETS=${TARGETS:-"direct bow nginx haproxy"}; BACKEND=${BACKEND:-nginx}
+STEADY=${STEADY:-1}; TESTSSL=${TESTSSL:-1}; TESTSSL_TIMEOUT=${TESTSSL_TIMEOUT:-150}; PROXY_ACCESS_LOG=${PROXY_ACCESS_LOG:-0}
 HOST=bench.localhost
 # loopback ports (bow's edge binds 0.0.0.0)
 BOW_HTTP=19080; BOW_HTTPS=19443; NGX_HTTP=19180; NGX_HTTPS=19543; HAP_HTTP=19280; HAP_HTTPS=19643
@@ -46,6 +50,7 @@ need=()
 command -v nginx   >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk     >/dev/null || need+=(wrk)
+command -v h2load  >/dev/null || need+=(nghttp2-client)
 command -v testssl >/dev/null || need+=(testssl.sh)
 command -v curl    >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
@@ -97,35 +102,90 @@ in_ns() { unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' 
 in_ns getent hosts "$HOST" >/dev/null || die "private /etc/hosts (unshare -m) does not resolve $HOST"
 
 # ---------------------------------------------------------------- bow: backend + edge
+case "$BACKEND" in
+  nginx)
+    # Each instance writes its own config for the PORT bow gave it and runs nginx in the
+    # foreground as the service's user: its files live in a per-port dir under $WORK/backend.
+    mkdir -p "$WORK/backend"; chmod 1777 "$WORK/backend"
+    cat > "$WORK/backend/run.sh" <<'EOF'
+#!/bin/sh
+set -e
+port=$1; d=$(dirname "$0")/$port
+mkdir -p "$d"
+body=$(printf 'baseline-backend-ok-%080d' "$port")
+cat > "$d/nginx.conf" <<CONF
+worker_processes 1;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  default_type text/plain;
+  keepalive_timeout 65;
+  keepalive_requests 100000000;
+  client_body_temp_path $d/tmp_body;
+  proxy_temp_path $d/tmp_proxy;
+  fastcgi_temp_path $d/tmp_fcgi;
+  uwsgi_temp_path $d/tmp_uwsgi;
+  scgi_temp_path $d/tmp_scgi;
+  server { listen 127.0.0.1:$port; location / { return 200 "$body"; } }
+}
+CONF
+exec nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;'
+EOF
+    chmod 755 "$WORK/backend/run.sh"
+    SERVICE="command: /bin/sh $WORK/backend/run.sh \${PORT}
+    replicas: 2
+    health: { http: / }";;
+  testapp)
+    SERVICE="command: $APP
+    env: { TESTAPP_QUIET: \"1\" }
+    replicas: 1";;
+  *) die "BACKEND is nginx or testapp, not $BACKEND";;
+esac
 cat > "$WORK/bow.yaml" <<EOF
 project: bench-edge
 edge: { http_port: $BOW_HTTP, https_port: $BOW_HTTPS }
 services:
   web:
-    command: $APP
-    env: { TESTAPP_QUIET: "1" }
-    replicas: 1
+    $SERVICE
     routes: ["$HOST"]
 EOF
 # Started on the proxy core: the agent (and its tokio runtime) sees one CPU. The backend
-# instance is moved to the wrk core below.
-log "bow up -d (agent on cpu $PROXY_CPU)"
+# instances are moved to the wrk core below.
+log "bow up -d (agent on cpu $PROXY_CPU, backend $BACKEND)"
 (cd "$WORK" && timeout 120 nice -n "$NICE" taskset -c "$PROXY_CPU" "$BOW" up -d --state-dir "$WORK/state" \
   > "$WORK/up.out" 2>&1) || { cat "$WORK/up.out" >&2; die "bow up -d"; }
 "$BOW" status --output json --state-dir "$WORK/state" > "$WORK/status.json" || die "bow status"
-read -r AGENT BPID BPORT < <(python3 - "$WORK/status.json" <<'PY'
+# the agent's pid, then "pid:port" of each instance
+read -r AGENT INSTANCES < <(python3 - "$WORK/status.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 web = [x for x in s["services"] if x["name"] == "web"][0]
-i = web["instances"][0]
-print(s["agent_pid"], i["pid"], i["port"])
+print(s["agent_pid"], " ".join(f"{i['pid']}:{i['port']}" for i in web["instances"]))
 PY
-) || die "cannot read agent pid / instance port from bow status"
-log "agent pid $AGENT ($(ls /proc/$AGENT/task | wc -l) threads), backend web.1 pid $BPID on 127.0.0.1:$BPORT"
+) || die "cannot read agent pid / instance ports from bow status"
+BPIDS=(); BPORTS=()
+for i in $INSTANCES; do BPIDS+=("${i%%:*}"); BPORTS+=("${i##*:}"); done
+BPID=${BPIDS[0]}; BPORT=${BPORTS[0]}
+log "agent pid $AGENT ($(ls /proc/$AGENT/task | wc -l) threads), backend instances (pid:port) $INSTANCES"
 taskset -a -p -c "$PROXY_CPU" "$AGENT" >/dev/null || die "pin agent"
-SHIM=$(awk '{print $4}' "/proc/$BPID/stat" 2>/dev/null)
-taskset -a -p -c "$WRK_CPU" "$BPID" >/dev/null || die "pin backend"
-[ -n "$SHIM" ] && [ "$SHIM" != 1 ] && [ "$SHIM" != "$AGENT" ] && taskset -a -p -c "$WRK_CPU" "$SHIM" >/dev/null 2>&1
+tree_pids() { # pid and its direct children (nginx master + worker)
+  echo "$1"; ps -o pid= --ppid "$1" 2>/dev/null
+}
+descendants() { # pid and all its descendants (the instance's shell, nginx master and worker)
+  local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do descendants "$c"; done
+}
+BACKEND_PIDS=(); SHIMS=()
+for p in "${BPIDS[@]}"; do
+  for q in $(descendants "$p"); do
+    BACKEND_PIDS+=("$q"); taskset -a -p -c "$WRK_CPU" "$q" >/dev/null || die "pin backend $q"
+  done
+  shim=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null)
+  if [ -n "$shim" ] && [ "$shim" != 1 ] && [ "$shim" != "$AGENT" ]; then
+    SHIMS+=("$shim"); taskset -a -p -c "$WRK_CPU" "$shim" >/dev/null 2>&1
+  fi
+done
 BOW_TRUST=$("$BOW" trust --state-dir "$WORK/state" 2>&1) || log "bow trust failed: $BOW_TRUST"
 CA=$(echo "$BOW_TRUST" | grep -o "$WORK/state/ca/[^ '\"]*\.pem" | head -1)
 [ -n "$CA" ] && [ -s "$CA" ] || die "no CA certificate path in \`bow trust\` output: $BOW_TRUST"
@@ -157,7 +217,7 @@ http {
   uwsgi_temp_path $N/tmp_uwsgi;
   scgi_temp_path $N/tmp_scgi;
   ssl_protocols TLSv1.2 TLSv1.3;
-  upstream be { server 127.0.0.1:$BPORT; keepalive 256; keepalive_requests 100000000; }
+  upstream be { $(for p in "${BPORTS[@]}"; do printf 'server 127.0.0.1:%s; ' "$p"; done)keepalive 256; keepalive_requests 100000000; }
   server { listen 127.0.0.1:$NGX_HTTP; location / { $NGX_LOC } }
   server {
     listen 127.0.0.1:$NGX_HTTPS ssl http2;
@@ -190,8 +250,9 @@ frontend fe_https
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   default_backend be
 backend be
+  balance roundrobin
   http-reuse safe
-  server s1 127.0.0.1:$BPORT
+$(n=0; for p in "${BPORTS[@]}"; do n=$((n+1)); echo "  server s$n 127.0.0.1:$p"; done)
 EOF
 start() { # name cmd...
   local name=$1; shift
@@ -213,17 +274,25 @@ url() { # target proto
 }
 protos() { case "$1" in direct) echo http;; bow) echo https;; *) echo "http https";; esac; }
 ccurl() { in_ns curl -sS --max-time 2 --cacert "$CA" "$@"; }
+serves() { # body: whether it came from one of bow's instances of web
+  local p
+  case "$BACKEND" in
+    testapp) case "$1" in *'"instance":"web.1"'*"\"pid\":$BPID"*) return 0;; esac;;
+    nginx) for p in "${BPORTS[@]}"; do [ "$1" = "$(printf 'baseline-backend-ok-%080d' "$p")" ] && return 0; done;;
+  esac
+  return 1
+}
 for t in $TARGETS; do for p in $(protos "$t"); do
   u=$(url "$t" "$p"); got=""
   for _ in $(seq 1 100); do
     if [ "$t" = bow ]; then got=$(ccurl "$u" 2>/dev/null); else got=$(ccurl -k "$u" 2>/dev/null); fi
-    case "$got" in *'"instance":"web.1"'*"\"pid\":$BPID"*) break;; esac; sleep 0.1
+    serves "$got" && break; sleep 0.1
   done
-  case "$got" in *'"instance":"web.1"'*"\"pid\":$BPID"*) ;; *)
+  serves "$got" || {
     [ "$t" = bow ] && { ccurl -v "$u" 2>&1 | tail -20 >&2; tail -20 "$WORK/state/agent.log" >&2 2>/dev/null; }
-    die "$t/$p at $u does not serve web.1 (pid $BPID): '$got'";; esac
+    die "$t/$p at $u does not serve an instance of web ($INSTANCES): '$got'"; }
 done; done
-log "all targets serve web.1 (pid $BPID): $got"
+log "all targets serve the instances of web ($INSTANCES): $got"
 if [[ " $TARGETS " == *" bow "* ]]; then   # redirect and HSTS, for the record
   log "bow http :$BOW_HTTP -> $(in_ns curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' "http://$HOST:$BOW_HTTP/a?b=1" 2>&1)"
   log "bow https headers: $(ccurl -sSI "$(url bow https)" 2>&1 | tr -d '\r' | grep -iE '^(HTTP|strict-transport|server)' | tr '\n' ' ')"
@@ -242,17 +311,15 @@ stat_ticks() { # utime+stime (all threads) of the given pids; missing pids count
   done
   echo "$s"
 }
-tree_pids() { # pid and its direct children (nginx master + worker)
-  echo "$1"; ps -o pid= --ppid "$1" 2>/dev/null
-}
 proxy_ticks() { # target
   case "$1" in
-    bow|direct) stat_ticks "${PID_OF[$1]}";;
+    bow) stat_ticks "${PID_OF[$1]}";;
+    direct) stat_ticks $(descendants "${PID_OF[$1]}");;
     *) stat_ticks $(tree_pids "${PID_OF[$1]}");;
   esac
 }
 bench_pids() { # every process of the bench, for the foreign-CPU estimate
-  echo "$AGENT" "$BPID" "$SHIM"; for t in nginx haproxy; do tree_pids "${PID_OF[$t]}"; done
+  echo "$AGENT" "${BACKEND_PIDS[@]}" "${SHIMS[@]}"; for t in nginx haproxy; do tree_pids "${PID_OF[$t]}"; done
 }
 tot_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 cpu_busy() { awk '/^cpu[0-9]/{ b=$2+$3+$4+$7+$8; i=$5+$6; print $1, b, i }' /proc/stat; }
@@ -297,11 +364,47 @@ for rep in $(seq 1 "$REPS"); do
     done
   done
 done
+# ---------------------------------------------------------------- steady state (h2load)
+# wrk times every request of a run, the first ones too: those go out while wrk is still doing
+# the client side of $c TLS handshakes on its one core, and their responses wait in wrk until
+# it is done (a packet capture shows the proxy answering them in under 4 ms and wrk reading
+# the answers up to 250 ms later). The faster a proxy completes handshakes, the more of them
+# pile up in wrk at once, so wrk's p99 at 256 connections mostly measures wrk's own start.
+# h2load (HTTP/1.1, same pinning) opens its connections during --warm-up-time and logs each
+# request of the measured part only: the proxies' latency on warm connections.
+STEADY_RES="$WORK/steady.tsv"; : > "$STEADY_RES"
+if [ "$STEADY" = 1 ]; then
+  h2load_run() { # conns url log -> h2load summary on stdout
+    nice -n "$NICE" taskset -c "$WRK_CPU" unshare -m sh -c 'mount --bind "$1" /etc/hosts && shift && exec "$@"' \
+      sh "$WORK/hosts" h2load --h1 -t1 -c"$1" -D "$DUR" --warm-up-time "$WARMUP" --log-file "$3" "$2"
+  }
+  for rep in $(seq 1 "$REPS"); do
+    for c in $CONNS; do
+      for t in $TARGETS; do
+        [ "$t" = direct ] && continue
+        f="$WORK/raw/${t}_steady_c${c}_r${rep}"
+        h2load_run "$c" "$(url "$t" https)" "$f.log" > "$f.txt" 2>&1
+        read -r n p50 p99 < <(python3 - "$f.log" <<'PY'
+import sys
+v = sorted(int(l.split("\t")[2]) for l in open(sys.argv[1]) if l.count("\t") >= 2)
+n = len(v)
+q = lambda p: v[min(n - 1, int(n * p))] / 1000 if n else 0
+print(n, f"{q(.5):.3f}", f"{q(.99):.3f}")
+PY
+)
+        # failed + errored + timed out, and 4xx/5xx answers
+        failed=$(awk '/^requests:/{s+=$10+$12+$14} /^status codes:/{s+=$7+$9} END{print s+0}' "$f.txt")
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$rep" "$t" "$c" "${n:-0}" "${p50:-0}" "${p99:-0}" "${failed:-0}" >> "$STEADY_RES"
+        log "rep $rep steady $t/https c=$c requests=$n p50=${p50}ms p99=${p99}ms failed=${failed:-?}"
+      done
+    done
+  done
+fi
 kill -0 "$AGENT" 2>/dev/null || log "WARNING: the agent (pid $AGENT) is gone after the runs"
 
 # ---------------------------------------------------------------- report
 echo
-echo "# medians of $REPS x wrk -t$THREADS -d$DUR --latency; wrk+backend on cpu$WRK_CPU, proxy on cpu$PROXY_CPU;" \
+echo "# medians of $REPS x wrk -t$THREADS -d$DUR --latency; backend $BACKEND ($INSTANCES); wrk+backend on cpu$WRK_CPU, proxy on cpu$PROXY_CPU;" \
   "$(nproc) cpus, kernel $(uname -r); $(nginx -v 2>&1 | sed 's/.*: //'), haproxy $(haproxy -v | awk 'NR==1{print $3}'), bow $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates || echo +dirty)"
 [ "$PROXY_ACCESS_LOG" = 1 ] && echo "# nginx writes a buffered access log (PROXY_ACCESS_LOG=1)" \
   || echo "# nginx/HAProxy: no access log; bow's edge writes one JSON line per request to <state>/edge/access.log"
@@ -337,6 +440,34 @@ for c in conns:
     if b["err"]:
         print(f"  bow had {b['err']} errors (socket errors + non-2xx) at c={c}")
 PY
+if [ -s "$STEADY_RES" ]; then
+  echo
+  echo "# steady state: medians of $REPS x h2load --h1 -t1 -D $DUR after --warm-up-time $WARMUP (connections opened" \
+    "during the warm-up; every request of the measured part logged); HTTPS"
+  python3 - "$STEADY_RES" <<'PY'
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+groups = {}
+for r in rows:
+    groups.setdefault((r[1], int(r[2])), []).append(r)
+med = lambda rs, i: st.median(float(r[i]) for r in rs)
+order = {"bow": 0, "nginx": 1, "haproxy": 2}
+print(f"{'target':8} {'conns':>5} {'requests':>9} {'p50_ms':>8} {'p99_ms':>8} {'failed':>6}")
+M = {}
+for k in sorted(groups, key=lambda k: (k[1], order.get(k[0], 9))):
+    rs = groups[k]
+    M[k] = m = dict(n=med(rs, 3), p50=med(rs, 4), p99=med(rs, 5), failed=sum(int(r[6]) for r in rs))
+    print(f"{k[0]:8} {k[1]:>5} {m['n']:>9.0f} {m['p50']:>8.3f} {m['p99']:>8.3f} {m['failed']:>6}")
+print()
+for c in sorted({k[1] for k in M}):
+    b, n, h = M.get(("bow", c)), M.get(("nginx", c)), M.get(("haproxy", c))
+    if not (b and n) or not n["p99"]:
+        continue
+    hap = f"; bow/haproxy p99 {b['p99'] / h['p99']:.2f}x" if h and h["p99"] else ""
+    print(f"steady https c={c}: bow/nginx p99 {b['p99'] / n['p99']:.2f}x (goal <= 1.00x) "
+          f"{'MET' if b['p99'] <= n['p99'] else 'MISSED'}; requests {b['n'] / n['n']:.2f}x{hap}")
+PY
+fi
 echo "# raw per-run results: $RES (kept only with KEEP=1)"
 
 # ---------------------------------------------------------------- testssl.sh against the edge
