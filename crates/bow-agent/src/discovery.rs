@@ -41,6 +41,10 @@ pub(crate) struct Discovery {
     errors: Mutex<BTreeMap<String, String>>,
     /// One `ensure_discovery` at a time.
     ensure: tokio::sync::Mutex<()>,
+    /// One `assign_addresses` at a time: two applies at once would both find a service
+    /// without an address, the second one's insert would fail, and it would then publish a
+    /// hosts file and names without that service.
+    assigning: Mutex<()>,
     /// Whether mount namespaces can be made (checked once, as root).
     mount_namespaces: std::sync::OnceLock<Result<(), String>>,
 }
@@ -270,6 +274,7 @@ impl Agent {
     pub(crate) fn assign_addresses(&self, spec: &Spec) {
         // Decided here, once, before any instance starts (it runs a short probe process).
         let _ = self.names_available();
+        let _one_at_a_time = locked(&self.discovery.assigning);
         let mut known: BTreeMap<String, Ipv4Addr> = match self.store().service_addresses() {
             Ok(rows) => rows
                 .into_iter()
