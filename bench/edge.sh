@@ -170,10 +170,7 @@ for i in $INSTANCES; do BPIDS+=("${i%%:*}"); BPORTS+=("${i##*:}"); done
 BPID=${BPIDS[0]}; BPORT=${BPORTS[0]}
 log "agent pid $AGENT ($(ls /proc/$AGENT/task | wc -l) threads), backend instances (pid:port) $INSTANCES"
 taskset -a -p -c "$PROXY_CPU" "$AGENT" >/dev/null || die "pin agent"
-tree_pids() { # pid and its direct children (nginx master + worker)
-  echo "$1"; ps -o pid= --ppid "$1" 2>/dev/null
-}
-descendants() { # pid and all its descendants (the instance's shell, nginx master and worker)
+descendants() { # pid and all its descendants (an instance's shell, nginx master and worker)
   local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do descendants "$c"; done
 }
 BACKEND_PIDS=(); SHIMS=()
@@ -314,12 +311,11 @@ stat_ticks() { # utime+stime (all threads) of the given pids; missing pids count
 proxy_ticks() { # target
   case "$1" in
     bow) stat_ticks "${PID_OF[$1]}";;
-    direct) stat_ticks $(descendants "${PID_OF[$1]}");;
-    *) stat_ticks $(tree_pids "${PID_OF[$1]}");;
+    *) stat_ticks $(descendants "${PID_OF[$1]}");;   # nginx master + worker; an instance's tree
   esac
 }
 bench_pids() { # every process of the bench, for the foreign-CPU estimate
-  echo "$AGENT" "${BACKEND_PIDS[@]}" "${SHIMS[@]}"; for t in nginx haproxy; do tree_pids "${PID_OF[$t]}"; done
+  echo "$AGENT" "${BACKEND_PIDS[@]}" "${SHIMS[@]}"; for t in nginx haproxy; do descendants "${PID_OF[$t]}"; done
 }
 tot_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 cpu_busy() { awk '/^cpu[0-9]/{ b=$2+$3+$4+$7+$8; i=$5+$6; print $1, b, i }' /proc/stat; }
