@@ -108,6 +108,8 @@ impl Agent {
         config.max_body_size = settings.max_body_size.bytes();
         config.max_header_size = settings.max_header_size.bytes() as usize;
         config.header_timeout = settings.header_timeout.as_std();
+        config.body_timeout = settings.body_timeout.as_std();
+        config.upstream_timeout = settings.upstream_timeout.as_std();
         config.idle_timeout = settings.idle_timeout.as_std();
         config.max_connections = settings.max_connections as usize;
         config.drain_timeout = spec

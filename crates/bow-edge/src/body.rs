@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -15,27 +15,62 @@ use crate::access_log::{AccessLogSink, RequestLog};
 use crate::client::ResponseBody;
 use crate::metrics::RouteStats;
 use crate::server::InFlight;
+use crate::stall::Stall;
 use crate::upstream::EndpointGuard;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a client's request body stopped before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyFailure {
+    /// The client sent none of it for the body timeout.
+    TimedOut,
+    /// The client closed or broke its connection, or framed the body wrongly.
+    Broken,
+    /// It went over the body size limit.
+    TooLarge,
+}
 
 /// Where a request body comes from: hyper's body of an HTTP/2 request, or the client's
 /// HTTP/1.1 connection itself.
 pub(crate) trait BodySource: Send {
     /// The body's next bytes; `None` at its end, `Err` when the client's side failed.
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>>;
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>>;
 }
 
-impl BodySource for Incoming {
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+/// An HTTP/2 request's body, with the body timeout between its frames.
+pub(crate) struct Http2Body {
+    incoming: Incoming,
+    stall: Stall,
+}
+
+impl Http2Body {
+    pub(crate) fn new(incoming: Incoming, body_timeout: Duration) -> Self {
+        Http2Body {
+            incoming,
+            stall: Stall::new(body_timeout),
+        }
+    }
+}
+
+impl BodySource for Http2Body {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
         loop {
-            match ready!(Pin::new(&mut *self).poll_frame(cx)) {
+            let frame = match Pin::new(&mut self.incoming).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    ready!(self.stall.poll_expired(cx));
+                    return Poll::Ready(Some(Err(BodyFailure::TimedOut)));
+                }
+            };
+            self.stall.moved();
+            match frame {
                 // Trailers are not forwarded.
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => return Poll::Ready(Some(Ok(data))),
                     Err(_trailers) => continue,
                 },
-                Some(Err(_)) => return Poll::Ready(Some(Err(()))),
+                Some(Err(_)) => return Poll::Ready(Some(Err(BodyFailure::Broken))),
                 None => return Poll::Ready(None),
             }
         }
@@ -49,7 +84,7 @@ pub(crate) struct RequestBody<'a> {
     /// Its length is not known: it goes upstream chunked.
     chunked: bool,
     started: bool,
-    too_large: bool,
+    failure: Option<BodyFailure>,
     received: u64,
     limit: u64,
 }
@@ -61,7 +96,7 @@ impl<'a> RequestBody<'a> {
             source: None,
             chunked: false,
             started: false,
-            too_large: false,
+            failure: None,
             received: 0,
             limit: 0,
         }
@@ -73,7 +108,7 @@ impl<'a> RequestBody<'a> {
             source: Some(source),
             chunked,
             started: false,
-            too_large: false,
+            failure: None,
             received: 0,
             limit,
         }
@@ -93,13 +128,17 @@ impl<'a> RequestBody<'a> {
         self.started
     }
 
-    pub(crate) fn too_large(&self) -> bool {
-        self.too_large
+    /// Why the client's body stopped before its end, if it did.
+    pub(crate) fn failure(&self) -> Option<BodyFailure> {
+        self.failure
     }
 
     /// The body's next bytes; `None` at its end, `Err` when the client's body failed or
-    /// went over the limit (see [`RequestBody::too_large`]).
-    pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+    /// went over the limit (see [`RequestBody::failure`]).
+    pub(crate) fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, BodyFailure>>> {
         self.started = true;
         loop {
             let Some(source) = self.source.as_mut() else {
@@ -109,18 +148,19 @@ impl<'a> RequestBody<'a> {
                 Some(Ok(data)) => {
                     self.received += data.len() as u64;
                     if self.received > self.limit {
-                        self.too_large = true;
+                        self.failure = Some(BodyFailure::TooLarge);
                         self.source = None;
-                        return Poll::Ready(Some(Err(())));
+                        return Poll::Ready(Some(Err(BodyFailure::TooLarge)));
                     }
                     if data.is_empty() {
                         continue;
                     }
                     return Poll::Ready(Some(Ok(data)));
                 }
-                Some(Err(())) => {
+                Some(Err(failure)) => {
+                    self.failure = Some(failure);
                     self.source = None;
-                    return Poll::Ready(Some(Err(())));
+                    return Poll::Ready(Some(Err(failure)));
                 }
                 None => {
                     self.source = None;
@@ -177,8 +217,13 @@ impl Drop for RequestRecord {
 
 enum Content {
     Full(Option<Bytes>),
-    /// An upstream's response body, read from its connection.
-    Proxied(ResponseBody),
+    /// An upstream's response body, read from its connection; the upstream may go silent in
+    /// it for `limit` at most (the timer is made at the first wait).
+    Proxied {
+        body: ResponseBody,
+        stall: Option<Stall>,
+        limit: Duration,
+    },
 }
 
 /// The body of every response the edge sends on HTTPS.
@@ -195,9 +240,18 @@ impl EdgeBody {
         }
     }
 
-    pub(crate) fn proxied(body: ResponseBody, record: RequestRecord) -> Self {
+    /// `body` from an upstream that may go silent in it for `upstream_timeout` at most.
+    pub(crate) fn proxied(
+        body: ResponseBody,
+        record: RequestRecord,
+        upstream_timeout: Duration,
+    ) -> Self {
         EdgeBody {
-            content: Content::Proxied(body),
+            content: Content::Proxied {
+                body,
+                stall: None,
+                limit: upstream_timeout,
+            },
             record: Some(record),
         }
     }
@@ -220,7 +274,19 @@ impl Body for EdgeBody {
         let this = self.get_mut();
         let polled = match &mut this.content {
             Content::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
-            Content::Proxied(body) => Pin::new(body).poll_frame(cx),
+            Content::Proxied { body, stall, limit } => match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => {
+                    let stall = stall.get_or_insert_with(|| Stall::new(*limit));
+                    ready!(stall.poll_expired(cx));
+                    Poll::Ready(Some(Err(stalled_upstream(*limit))))
+                }
+                polled => {
+                    if let Some(stall) = stall {
+                        stall.moved();
+                    }
+                    polled
+                }
+            },
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -239,7 +305,7 @@ impl Body for EdgeBody {
     fn is_end_stream(&self) -> bool {
         match &self.content {
             Content::Full(bytes) => bytes.is_none(),
-            Content::Proxied(body) => body.is_end_stream(),
+            Content::Proxied { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -248,7 +314,16 @@ impl Body for EdgeBody {
             Content::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |bytes| bytes.len() as u64))
             }
-            Content::Proxied(body) => body.size_hint(),
+            Content::Proxied { body, .. } => body.size_hint(),
         }
     }
+}
+
+/// The error a response body ends with when its upstream went silent for `limit`.
+pub(crate) fn stalled_upstream(limit: Duration) -> BoxError {
+    format!(
+        "the upstream sent nothing of the response body for {}s",
+        limit.as_secs_f64()
+    )
+    .into()
 }

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use crate::body::{BoxError, RequestBody};
 use crate::forwarded::HopByHop;
 use crate::pool::AttemptError;
+use crate::stall::Stall;
 use crate::upstream::EndpointState;
 
 /// Free buffer space asked of the allocator before a read, when less is left.
@@ -121,12 +122,14 @@ impl Connection {
     /// Sends a request (its whole head in `head`, then `body`) and reads the response head,
     /// which stays at the front of the buffer. Skips interim (1xx) responses except 101
     /// Switching Protocols. When the upstream answers before the whole body was sent, the
-    /// rest is not sent and the connection is not reused.
+    /// rest is not sent and the connection is not reused. `upstream` limits how long the
+    /// upstream may keep it waiting (time waiting for the client's body does not count).
     pub(crate) async fn exchange(
         &mut self,
         method: &Method,
         head: &[u8],
         body: &mut RequestBody<'_>,
+        upstream: &mut Stall,
     ) -> Result<ResponseHead, AttemptError> {
         let chunked = body.is_chunked();
         let mut sender = Sending {
@@ -136,7 +139,7 @@ impl Connection {
             body_done: body.is_empty(),
             chunked,
         };
-        let early = poll_fn(|cx| self.poll_send(cx, head, &mut sender, body)).await?;
+        let early = poll_fn(|cx| self.poll_send(cx, head, &mut sender, body, upstream)).await?;
         loop {
             if let Some(mut response) = self.parse_head(method)? {
                 if response.status.is_informational()
@@ -153,11 +156,17 @@ impl Connection {
             if self.buffer.len() >= MAX_RESPONSE_HEAD {
                 return Err(AttemptError::Invalid("response head too large"));
             }
-            if poll_fn(|cx| self.poll_fill(cx))
-                .await
-                .map_err(AttemptError::Io)?
-                == 0
-            {
+            let filled = poll_fn(|cx| match self.poll_fill(cx) {
+                Poll::Pending => upstream
+                    .poll_expired(cx)
+                    .map(|()| Err(AttemptError::TimedOut)),
+                Poll::Ready(filled) => {
+                    upstream.moved();
+                    Poll::Ready(filled.map_err(AttemptError::Io))
+                }
+            })
+            .await?;
+            if filled == 0 {
                 return Err(AttemptError::Closed);
             }
         }
@@ -206,13 +215,15 @@ impl Connection {
     }
 
     /// Writes what `sender` holds and the body after it. While waiting (on the socket or the
-    /// client's body) it watches for an early answer from the upstream.
+    /// client's body) it watches for an early answer from the upstream; while waiting on the
+    /// socket, for the upstream timeout too.
     fn poll_send(
         &mut self,
         cx: &mut Context<'_>,
         head: &[u8],
         sender: &mut Sending,
         body: &mut RequestBody<'_>,
+        upstream: &mut Stall,
     ) -> Poll<Result<Sent, AttemptError>> {
         while sender.head_written < head.len() {
             match Pin::new(&mut self.stream).poll_write(cx, &head[sender.head_written..]) {
@@ -221,7 +232,7 @@ impl Connection {
                 }
                 Poll::Ready(Ok(written)) => sender.head_written += written,
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(AttemptError::Io(error))),
-                Poll::Pending => return self.poll_early_answer(cx),
+                Poll::Pending => return self.poll_blocked(cx, upstream),
             }
         }
         loop {
@@ -235,9 +246,12 @@ impl Connection {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(AttemptError::Io(io::ErrorKind::WriteZero.into())));
                     }
-                    Poll::Ready(Ok(written)) => piece.advance(written),
+                    Poll::Ready(Ok(written)) => {
+                        piece.advance(written);
+                        upstream.moved();
+                    }
                     Poll::Ready(Err(error)) => return Poll::Ready(Err(AttemptError::Io(error))),
-                    Poll::Pending => return self.poll_early_answer(cx),
+                    Poll::Pending => return self.poll_blocked(cx, upstream),
                 }
             }
             if sender.body_done {
@@ -245,10 +259,25 @@ impl Connection {
             }
             match body.poll_data(cx) {
                 Poll::Ready(Some(Ok(data))) => sender.load(data),
-                Poll::Ready(Some(Err(()))) => return Poll::Ready(Err(AttemptError::Body)),
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(AttemptError::Body)),
                 Poll::Ready(None) => sender.finish(),
                 Poll::Pending => return self.poll_early_answer(cx),
             }
+        }
+    }
+
+    /// The upstream does not take the request: pending, unless it answered early or the
+    /// upstream timeout passed.
+    fn poll_blocked(
+        &mut self,
+        cx: &mut Context<'_>,
+        upstream: &mut Stall,
+    ) -> Poll<Result<Sent, AttemptError>> {
+        match self.poll_early_answer(cx) {
+            Poll::Pending => upstream
+                .poll_expired(cx)
+                .map(|()| Err(AttemptError::TimedOut)),
+            answered => answered,
         }
     }
 

@@ -24,6 +24,10 @@ pub struct EdgeConfig {
     pub max_header_size: usize,
     /// Time a client has to complete the TLS handshake and each request head (slowloris guard).
     pub header_timeout: Duration,
+    /// How long a client may keep a request waiting on itself: between two reads of its
+    /// request body (then 408), and between two writes of a response it does not take (then
+    /// the connection closes).
+    pub body_timeout: Duration,
     /// A connection with no request in flight and no traffic for this long is closed (looked
     /// at every quarter of it, so within 1.25× of it).
     pub idle_timeout: Duration,
@@ -33,7 +37,10 @@ pub struct EdgeConfig {
     pub drain_timeout: Duration,
     /// How long connecting to an upstream instance may take before another one is tried.
     pub upstream_connect_timeout: Duration,
-    /// How long an upstream may take to send its response head before the client gets 504.
+    /// How long an upstream may keep a request waiting on itself: to take the request, to
+    /// send its response head once it has the request (else 504), and between two reads of
+    /// its response body (else the connection closes). Time spent waiting for the client's
+    /// body does not count.
     pub upstream_timeout: Duration,
     /// Where server certificates come from.
     pub tls: TlsSource,
@@ -61,8 +68,9 @@ impl Scheme {
 
 impl EdgeConfig {
     /// A configuration with the documented defaults: HSTS one year, bodies up to 16 MiB,
-    /// heads up to 32 KiB, header timeout 10 s, idle timeout 75 s, 10 000 connections,
-    /// drain timeout 30 s, upstream connect timeout 5 s, upstream timeout 60 s.
+    /// heads up to 32 KiB, header timeout 10 s, body timeout 60 s, idle timeout 75 s,
+    /// 10 000 connections, drain timeout 30 s, upstream connect timeout 5 s, upstream
+    /// timeout 60 s.
     pub fn new(http_addr: SocketAddr, https_addr: SocketAddr, tls: TlsSource) -> Self {
         EdgeConfig {
             http_addr,
@@ -71,6 +79,7 @@ impl EdgeConfig {
             max_body_size: 16 * 1024 * 1024,
             max_header_size: 32 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(75),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
@@ -84,6 +93,7 @@ impl EdgeConfig {
     pub(crate) fn validate(&self) -> Result<(), EdgeError> {
         let positive = [
             ("header_timeout", self.header_timeout),
+            ("body_timeout", self.body_timeout),
             ("idle_timeout", self.idle_timeout),
             ("upstream_connect_timeout", self.upstream_connect_timeout),
             ("upstream_timeout", self.upstream_timeout),

@@ -18,15 +18,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::Sleep;
 
-use crate::body::{BodySource, RequestBody, RequestRecord};
+use crate::body::{BodyFailure, BodySource, RequestBody, RequestRecord, stalled_upstream};
 use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
 use crate::forwarded::{
     UpstreamHead, content_length, push_header, tokens, upgrade_request, write_upstream_head,
 };
 use crate::proxy::{Inbound, Outcome, Proxy};
 use crate::server::{Activity, ConnContext, closed};
+use crate::stall::Stall;
 
 /// Most request headers taken from a client.
 const MAX_REQUEST_HEADERS: usize = 100;
@@ -65,7 +65,8 @@ where
     let activity = context.activity.clone();
     let client = Client {
         io,
-        timer: Box::pin(tokio::time::sleep(proxy.config.upstream_timeout)),
+        upstream: Stall::new(proxy.config.upstream_timeout),
+        stall: Stall::new(proxy.config.body_timeout),
         input: BytesMut::new(),
         output: Vec::new(),
         upstream_head: Vec::new(),
@@ -82,7 +83,9 @@ where
 struct Client<IO> {
     io: IO,
     /// The upstream timeout of the request in progress (one timer for the connection).
-    timer: Pin<Box<Sleep>>,
+    upstream: Stall,
+    /// The body timeout: how long the client may keep the request in progress waiting on it.
+    stall: Stall,
     /// Bytes read from the client and not used yet.
     input: BytesMut,
     /// The response being written.
@@ -337,10 +340,12 @@ where
         };
         let mut decoder = BodyDecoder::new(facts.body);
         let outcome = {
+            self.stall.moved();
             let mut source = ClientBody {
                 io: &mut self.io,
                 input: &mut self.input,
                 decoder: &mut decoder,
+                stall: &mut self.stall,
                 continue_written: if facts.expect_continue {
                     0
                 } else {
@@ -359,7 +364,7 @@ where
                     &inbound,
                     &self.upstream_head,
                     &mut body,
-                    self.timer.as_mut(),
+                    &mut self.upstream,
                 )
                 .await
         };
@@ -375,8 +380,7 @@ where
                 let body = format!("{message}\n");
                 record.bytes = body.len() as u64;
                 self.write_local(proxy, status, &body, record.time, keep_alive, facts.http10);
-                self.io.write_all(&self.output).await?;
-                self.io.flush().await?;
+                self.send_output(true).await?;
                 drop(record);
                 Ok(keep_alive)
             }
@@ -425,23 +429,31 @@ where
             connection.release(head.keep_alive, &endpoint);
             record.bytes = whole.len() as u64;
             self.output.extend_from_slice(&whole);
-            self.io.write_all(&self.output).await?;
-            self.io.flush().await?;
+            self.send_output(true).await?;
             drop(record);
             return Ok(keep_alive);
         }
         let mut body = ResponseBody::new(connection, head.framing, head.keep_alive, endpoint);
+        self.upstream.moved();
         loop {
-            // Bytes already read go out with what is pending; wait for more only after a flush.
+            // Bytes already read go out with what is pending; wait for more only after a
+            // flush, and for the upstream timeout at most.
             let next = poll_fn(|cx| match body.poll_data(cx) {
                 Poll::Pending if !self.output.is_empty() => Poll::Ready(None),
-                polled => polled.map(Some),
+                Poll::Pending => {
+                    ready!(self.upstream.poll_expired(cx));
+                    let stalled = stalled_upstream(self.upstream.limit());
+                    Poll::Ready(Some(Some(Err(stalled))))
+                }
+                polled => {
+                    self.upstream.moved();
+                    polled.map(Some)
+                }
             })
             .await;
             match next {
                 None => {
-                    self.io.write_all(&self.output).await?;
-                    self.io.flush().await?;
+                    self.send_output(true).await?;
                     self.output.clear();
                 }
                 Some(Some(Ok(data))) => {
@@ -456,7 +468,7 @@ where
                         self.output.extend_from_slice(&data);
                     }
                     if self.output.len() >= 64 * 1024 {
-                        self.io.write_all(&self.output).await?;
+                        self.send_output(false).await?;
                         self.output.clear();
                     }
                 }
@@ -464,20 +476,53 @@ where
                     if chunked {
                         self.output.extend_from_slice(b"0\r\n\r\n");
                     }
-                    self.io.write_all(&self.output).await?;
-                    self.io.flush().await?;
+                    self.send_output(true).await?;
                     self.output.clear();
                     drop(record);
                     return Ok(keep_alive);
                 }
                 // The upstream broke off: the client can only tell by the connection closing.
                 Some(Some(Err(_))) => {
-                    self.io.write_all(&self.output).await?;
-                    self.io.flush().await?;
+                    self.send_output(true).await?;
                     return Ok(false);
                 }
             }
         }
+    }
+
+    /// Writes the output to the client (and flushes it when `flush`), failing with
+    /// `TimedOut` when the client takes none of it for the body timeout.
+    async fn send_output(&mut self, flush: bool) -> io::Result<()> {
+        let mut written = 0;
+        self.stall.moved();
+        poll_fn(|cx| {
+            let stalled = |stall: &mut Stall, cx: &mut Context<'_>| {
+                ready!(stall.poll_expired(cx));
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took nothing of the response for the body timeout",
+                )))
+            };
+            while written < self.output.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.output[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(count)) => {
+                        written += count;
+                        self.stall.moved();
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                    Poll::Pending => return stalled(&mut self.stall, cx),
+                }
+            }
+            if !flush {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Pending => stalled(&mut self.stall, cx),
+                flushed => flushed,
+            }
+        })
+        .await
     }
 
     /// Status line and headers: the upstream's without hop-by-hop ones, HSTS and `Date` when
@@ -550,8 +595,7 @@ where
     ) -> io::Result<()> {
         let body = format!("{message}\n");
         self.write_local(proxy, status, &body, SystemTime::now(), false, false);
-        self.io.write_all(&self.output).await?;
-        self.io.flush().await?;
+        self.send_output(true).await?;
         self.io.shutdown().await
     }
 
@@ -571,8 +615,7 @@ where
             let body = "502 the upstream switched protocols unasked\n";
             record.status = status.as_u16();
             self.write_local(proxy, status, body, record.time, false, facts.http10);
-            self.io.write_all(&self.output).await?;
-            self.io.flush().await?;
+            self.send_output(true).await?;
             return Ok(false);
         }
         let out = &mut self.output;
@@ -633,6 +676,8 @@ struct ClientBody<'c, IO> {
     io: &'c mut IO,
     input: &'c mut BytesMut,
     decoder: &'c mut BodyDecoder,
+    /// The body timeout.
+    stall: &'c mut Stall,
     /// How much of `100 Continue` went out (all of it when none was asked for).
     continue_written: usize,
 }
@@ -641,18 +686,24 @@ impl<IO> BodySource for ClientBody<'_, IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ()>>> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
         // The client waits for the go-ahead before sending the body it announced.
         while self.continue_written < CONTINUE.len() {
-            match ready!(Pin::new(&mut *self.io).poll_write(cx, &CONTINUE[self.continue_written..]))
-            {
-                Ok(0) | Err(_) => return Poll::Ready(Some(Err(()))),
+            let written =
+                match Pin::new(&mut *self.io).poll_write(cx, &CONTINUE[self.continue_written..]) {
+                    Poll::Pending => return self.poll_stalled(cx),
+                    Poll::Ready(written) => written,
+                };
+            match written {
+                Ok(0) | Err(_) => return Poll::Ready(Some(Err(BodyFailure::Broken))),
                 Ok(written) => self.continue_written += written,
             }
-            if self.continue_written == CONTINUE.len()
-                && ready!(Pin::new(&mut *self.io).poll_flush(cx)).is_err()
-            {
-                return Poll::Ready(Some(Err(())));
+            if self.continue_written == CONTINUE.len() {
+                match Pin::new(&mut *self.io).poll_flush(cx) {
+                    Poll::Pending => return self.poll_stalled(cx),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Some(Err(BodyFailure::Broken))),
+                    Poll::Ready(Ok(())) => {}
+                }
             }
         }
         loop {
@@ -660,18 +711,27 @@ where
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
                 Ok(Decoded::End) => return Poll::Ready(None),
                 Ok(Decoded::More) => {}
-                Err(_) => return Poll::Ready(Some(Err(()))),
+                Err(_) => return Poll::Ready(Some(Err(BodyFailure::Broken))),
             }
             reserve(self.input);
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut *self.io),
-                cx,
-                self.input
-            )) {
-                Ok(0) | Err(_) => return Poll::Ready(Some(Err(()))),
-                Ok(_) => {}
+            let read = match tokio_util::io::poll_read_buf(Pin::new(&mut *self.io), cx, self.input)
+            {
+                Poll::Pending => return self.poll_stalled(cx),
+                Poll::Ready(read) => read,
+            };
+            match read {
+                Ok(0) | Err(_) => return Poll::Ready(Some(Err(BodyFailure::Broken))),
+                Ok(_) => self.stall.moved(),
             }
         }
+    }
+}
+
+impl<IO> ClientBody<'_, IO> {
+    /// Waiting on the client: pending until the body timeout passes.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
+        ready!(self.stall.poll_expired(cx));
+        Poll::Ready(Some(Err(BodyFailure::TimedOut)))
     }
 }
 

@@ -34,6 +34,7 @@ mod redirect;
 mod routes;
 mod server;
 mod service_listener;
+mod stall;
 mod tls;
 mod upstream;
 

@@ -130,6 +130,8 @@ pub(crate) enum AttemptError {
     Invalid(&'static str),
     /// The client's request body failed (or went over the limit) while it was sent.
     Body,
+    /// The endpoint kept the request waiting longer than the upstream timeout.
+    TimedOut,
 }
 
 impl AttemptError {
@@ -154,7 +156,7 @@ impl AttemptError {
                     | io::ErrorKind::BrokenPipe
                     | io::ErrorKind::UnexpectedEof
             ),
-            AttemptError::Invalid(_) | AttemptError::Body => false,
+            AttemptError::Invalid(_) | AttemptError::Body | AttemptError::TimedOut => false,
         }
     }
 
@@ -166,6 +168,7 @@ impl AttemptError {
             AttemptError::Closed => "connection closed before the response".to_string(),
             AttemptError::Invalid(what) => what.to_string(),
             AttemptError::Body => "the client's request body failed".to_string(),
+            AttemptError::TimedOut => "timed out".to_string(),
         }
     }
 }

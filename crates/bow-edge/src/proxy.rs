@@ -5,7 +5,6 @@
 
 use std::cell::OnceCell;
 use std::future::{Future, poll_fn};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -16,10 +15,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::{Body as _, Incoming};
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 use crate::access_log::AccessLogSink;
-use crate::body::{EdgeBody, RequestBody, RequestRecord};
+use crate::body::{BodyFailure, EdgeBody, Http2Body, RequestBody, RequestRecord};
 use crate::client::{self, Connection, ResponseBody, ResponseHead};
 use crate::config::EdgeConfig;
 use crate::forwarded::{UpstreamHead, write_upstream_head};
@@ -28,6 +26,7 @@ use crate::pool::{AttemptError, Checkout};
 use crate::redirect::strip_port;
 use crate::routes::normalized_host;
 use crate::server::{ConnContext, InFlight, Phase};
+use crate::stall::Stall;
 use crate::upstream::{ActiveTable, EndpointState, Upstreams};
 
 /// Attempts per request at most (the first one and its retries).
@@ -130,15 +129,16 @@ impl Proxy {
 
     /// Routes `inbound` and sends it (its head already written for the upstream in `head`,
     /// then `body`) to an endpoint of the route, retrying elsewhere when that is safe.
-    /// `timer` is set to the upstream timeout of each attempt: a connection keeps one timer
-    /// for all its requests, so a request costs no timer of its own.
+    /// `upstream` (the upstream timeout) limits how long each attempt's endpoint may keep the
+    /// request waiting: a connection keeps one timer for all its requests, so a request
+    /// costs no timer of its own.
     pub(crate) async fn forward(
         &self,
         context: &ConnContext,
         inbound: &Inbound<'_>,
         head: &[u8],
         body: &mut RequestBody<'_>,
-        mut timer: Pin<&mut Sleep>,
+        upstream: &mut Stall,
     ) -> Outcome {
         let host = normalized_host(strip_port(inbound.host));
         let table = self.table.load_full();
@@ -226,21 +226,20 @@ impl Proxy {
             } else {
                 Instant::now()
             };
-            // A later deadline than the timer's is only noted; the wheel is not touched.
-            timer
-                .as_mut()
-                .reset((now + self.config.upstream_timeout).into());
-            let answered = {
-                let sent = self.send(&endpoint, inbound.method, head, body, idempotent, now);
-                tokio::pin!(sent);
-                poll_fn(|cx| match sent.as_mut().poll(cx) {
-                    Poll::Ready(result) => Poll::Ready(Ok(result)),
-                    Poll::Pending => timer.as_mut().poll(cx).map(Err),
-                })
-                .await
-            };
+            upstream.begin(now);
+            let answered = self
+                .send(
+                    &endpoint,
+                    inbound.method,
+                    head,
+                    body,
+                    idempotent,
+                    now,
+                    upstream,
+                )
+                .await;
             let error = match answered {
-                Ok(Ok((response, connection))) => {
+                Ok((response, connection)) => {
                     record.status = response.status.as_u16();
                     record.endpoint = Some(guard);
                     return Outcome::Answered {
@@ -250,20 +249,37 @@ impl Proxy {
                         endpoint,
                     };
                 }
-                Err(_elapsed) => {
+                Err(AttemptError::TimedOut) => {
                     record.endpoint = Some(guard);
                     let message = format!(
                         "504 service {service} did not answer within {}s (instance {})",
-                        self.config.upstream_timeout.as_secs_f64(),
+                        upstream.limit().as_secs_f64(),
                         endpoint.id
                     );
                     return local(record, StatusCode::GATEWAY_TIMEOUT, message);
                 }
-                Ok(Err(error)) => error,
+                Err(error) => error,
             };
-            if body.too_large() {
-                let message = format!("413 request body larger than {limit} bytes");
-                return local(record, StatusCode::PAYLOAD_TOO_LARGE, message);
+            if let Some(failure) = body.failure() {
+                record.endpoint = Some(guard);
+                let (status, message) = match failure {
+                    BodyFailure::TooLarge => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("413 request body larger than {limit} bytes"),
+                    ),
+                    BodyFailure::TimedOut => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "408 no byte of the request body came for {}s",
+                            self.config.body_timeout.as_secs_f64()
+                        ),
+                    ),
+                    BodyFailure::Broken => (
+                        StatusCode::BAD_REQUEST,
+                        "400 the request body ended before its end".to_string(),
+                    ),
+                };
+                return local(record, status, message);
             }
             let connect = error.is_connect();
             if connect || error.connection_broken() {
@@ -300,6 +316,7 @@ impl Proxy {
     /// none is left. A request the upstream dropped unanswered on a kept-alive connection (one
     /// the upstream was closing as it went out) goes once more on a new connection, when it
     /// may be sent twice.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         endpoint: &Arc<EndpointState>,
@@ -308,10 +325,23 @@ impl Proxy {
         body: &mut RequestBody<'_>,
         idempotent: bool,
         now: Instant,
+        upstream: &mut Stall,
     ) -> Result<(ResponseHead, Connection), AttemptError> {
         let mut fresh = false;
         loop {
-            let (mut connection, reused) = match endpoint.connections.checkout(fresh, now).await {
+            // Waiting for a connection to the endpoint counts as the endpoint's time.
+            let checkout = {
+                let checkout = endpoint.connections.checkout(fresh, now);
+                tokio::pin!(checkout);
+                poll_fn(|cx| match checkout.as_mut().poll(cx) {
+                    Poll::Ready(checkout) => Poll::Ready(Ok(checkout)),
+                    Poll::Pending => upstream
+                        .poll_expired(cx)
+                        .map(|()| Err(AttemptError::TimedOut)),
+                })
+                .await?
+            };
+            let (mut connection, reused) = match checkout {
                 Checkout::Idle(connection) => (connection, true),
                 Checkout::Open(permit) => {
                     let timeout = self.config.upstream_connect_timeout;
@@ -320,7 +350,7 @@ impl Proxy {
                     (connection?, false)
                 }
             };
-            match connection.exchange(method, head, body).await {
+            match connection.exchange(method, head, body, upstream).await {
                 Ok(response) => return Ok((response, connection)),
                 Err(error)
                     if reused
@@ -342,7 +372,7 @@ impl Proxy {
         context: Arc<ConnContext>,
         request: Request<Incoming>,
     ) -> Response<EdgeBody> {
-        let (parts, mut incoming) = request.into_parts();
+        let (parts, incoming) = request.into_parts();
         // HTTP/2 names the host in the request target; a Host header may stand in for it.
         let host = match parts.uri.authority() {
             Some(authority) => authority.as_str(),
@@ -386,16 +416,16 @@ impl Proxy {
             },
             headers.iter().copied(),
         );
+        let mut source = Http2Body::new(incoming, self.config.body_timeout);
         let mut body = if empty {
             RequestBody::empty()
         } else {
             let limit = self.config.max_body_size;
-            RequestBody::new(&mut incoming, declared_length.is_none(), limit)
+            RequestBody::new(&mut source, declared_length.is_none(), limit)
         };
-        let timer = tokio::time::sleep(self.config.upstream_timeout);
-        tokio::pin!(timer);
+        let mut upstream = Stall::new(self.config.upstream_timeout);
         let outcome = self
-            .forward(&context, &inbound, &head, &mut body, timer)
+            .forward(&context, &inbound, &head, &mut body, &mut upstream)
             .await;
         match outcome {
             Outcome::Local {
@@ -443,7 +473,7 @@ impl Proxy {
             }
             None => {
                 let body = ResponseBody::new(connection, head.framing, head.keep_alive, endpoint);
-                EdgeBody::proxied(body, record)
+                EdgeBody::proxied(body, record, self.config.upstream_timeout)
             }
         };
         let mut response = Response::new(body);

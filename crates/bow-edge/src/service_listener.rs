@@ -53,8 +53,12 @@ pub struct ServiceListenerConfig {
     pub drain_timeout: Duration,
     /// How long connecting to an instance may take before another one is tried.
     pub connect_timeout: Duration,
-    /// HTTP: how long an instance may take to send its response head (then 504).
+    /// HTTP: how long an instance may keep a request waiting: to take it, to send its
+    /// response head (then 504) and between two reads of its response body.
     pub upstream_timeout: Duration,
+    /// HTTP: how long a client may keep a request waiting: between two reads of its body
+    /// (then 408) and between two writes of a response it does not take.
+    pub body_timeout: Duration,
     /// HTTP: a client connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
     /// HTTP: largest request body accepted (larger ones get 413).
@@ -65,7 +69,7 @@ pub struct ServiceListenerConfig {
 
 impl ServiceListenerConfig {
     /// Defaults for traffic between services, more patient than the public edge's: drain
-    /// 30 s, connect 5 s, response head within 10 min, idle 75 s, bodies up to 1 GiB,
+    /// 30 s, connect 5 s, upstream and body timeouts 10 min, idle 75 s, bodies up to 1 GiB,
     /// 10 000 connections.
     pub fn new(addr: SocketAddr, service: impl Into<String>, protocol: ServiceProtocol) -> Self {
         ServiceListenerConfig {
@@ -75,6 +79,7 @@ impl ServiceListenerConfig {
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(600),
+            body_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(75),
             max_body_size: 1024 * 1024 * 1024,
             max_connections: 10_000,
@@ -98,6 +103,7 @@ impl ServiceListenerConfig {
         config.drain_timeout = self.drain_timeout;
         config.upstream_connect_timeout = self.connect_timeout;
         config.upstream_timeout = self.upstream_timeout;
+        config.body_timeout = self.body_timeout;
         config.scheme = Scheme::Http;
         config
     }

@@ -20,6 +20,8 @@ pub const EDGE_KEYS: &[&str] = &[
     "max_body_size",
     "max_header_size",
     "header_timeout",
+    "body_timeout",
+    "upstream_timeout",
     "idle_timeout",
     "max_connections",
 ];
@@ -70,6 +72,8 @@ pub mod defaults {
     pub const MAX_BODY_SIZE: Size = Size(16 << 20);
     pub const MAX_HEADER_SIZE: Size = Size(32 << 10);
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_CONNECTIONS: u32 = 10_000;
     pub const BACKUP_KEEP: u32 = 7;
@@ -190,6 +194,8 @@ fn default_edge(options: &LoadOptions) -> Edge {
         max_body_size: defaults::MAX_BODY_SIZE,
         max_header_size: defaults::MAX_HEADER_SIZE,
         header_timeout: defaults::HEADER_TIMEOUT,
+        body_timeout: defaults::BODY_TIMEOUT,
+        upstream_timeout: defaults::UPSTREAM_TIMEOUT,
         idle_timeout: defaults::IDLE_TIMEOUT,
         max_connections: defaults::MAX_CONNECTIONS,
     }
@@ -294,10 +300,16 @@ fn edge(node: &Node, path: &str, options: &LoadOptions, reader: &mut Reader) -> 
         edge.max_header_size = reader.size(n, &p).unwrap_or(edge.max_header_size);
     }
     if let Some((n, p)) = fields.get("header_timeout") {
-        edge.header_timeout = reader.duration(n, &p).unwrap_or(edge.header_timeout);
+        edge.header_timeout = positive_duration(reader, n, &p).unwrap_or(edge.header_timeout);
+    }
+    if let Some((n, p)) = fields.get("body_timeout") {
+        edge.body_timeout = positive_duration(reader, n, &p).unwrap_or(edge.body_timeout);
+    }
+    if let Some((n, p)) = fields.get("upstream_timeout") {
+        edge.upstream_timeout = positive_duration(reader, n, &p).unwrap_or(edge.upstream_timeout);
     }
     if let Some((n, p)) = fields.get("idle_timeout") {
-        edge.idle_timeout = reader.duration(n, &p).unwrap_or(edge.idle_timeout);
+        edge.idle_timeout = positive_duration(reader, n, &p).unwrap_or(edge.idle_timeout);
     }
     if let Some((n, p)) = fields.get("max_connections") {
         edge.max_connections = reader
@@ -305,6 +317,21 @@ fn edge(node: &Node, path: &str, options: &LoadOptions, reader: &mut Reader) -> 
             .map_or(edge.max_connections, |v| v as u32);
     }
     edge
+}
+
+/// A duration that must be longer than zero (a timeout: zero would cut every request).
+fn positive_duration(reader: &mut Reader, node: &Node, path: &str) -> Option<Duration> {
+    let duration = reader.duration(node, path)?;
+    if duration.as_std().is_zero() {
+        reader.error(
+            path,
+            node.span,
+            "expected a timeout longer than 0s, found 0s",
+            Some("a timeout of zero would cut off every request; write e.g. 30s".to_string()),
+        );
+        return None;
+    }
+    Some(duration)
 }
 
 fn tls(node: &Node, path: &str, reader: &mut Reader) -> Option<Tls> {

@@ -37,8 +37,24 @@ pub struct Edge {
     pub max_header_size: Size,
     /// How long a client may take to send its request headers (slowloris guard).
     pub header_timeout: Duration,
+    /// How long a client may keep a request waiting: between two reads of its request body
+    /// (then 408), and between two writes of a response it does not take.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Duration,
+    /// How long an instance may keep a request waiting: to take it, to answer it, and
+    /// between two reads of its response body (then 504, or the connection closes).
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
+}
+
+fn default_body_timeout() -> Duration {
+    crate::decode::defaults::BODY_TIMEOUT
+}
+
+fn default_upstream_timeout() -> Duration {
+    crate::decode::defaults::UPSTREAM_TIMEOUT
 }
 
 /// Where the edge's certificates come from.
