@@ -224,9 +224,13 @@ fn events_and_status_say_what_runs() {
     assert_eq!(status["project"], stack.project.as_str());
     assert_eq!(status["environment"], "development");
     let events = stack.events();
-    assert!(
-        events.iter().any(|e| e.kind == "applied"),
-        "no applied event"
+    // The spawned agent applies the file and `up -d` applies the same file: one revision.
+    let applied = events.iter().filter(|e| e.kind == "applied").count();
+    assert_eq!(
+        applied,
+        1,
+        "`up -d` on a new state dir applied {applied} times:\n{}",
+        support::stack::show_events(&events)
     );
     for id in INSTANCES {
         for kind in ["started", "healthy"] {

@@ -104,6 +104,9 @@ pub struct Agent {
     pub(crate) store: Mutex<Store>,
     pub(crate) ports: PortPicker,
     pub(crate) inner: Mutex<Inner>,
+    /// Held for the whole of an apply or rollback: two at once (`bow agent` applying the file
+    /// at start while `bow up` applies it too) would both record a revision and reconcile.
+    pub(crate) applying: Mutex<()>,
     pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
@@ -152,6 +155,7 @@ impl Agent {
             store: Mutex::new(store),
             ports: PortPicker::default(),
             inner: Mutex::new(Inner::default()),
+            applying: Mutex::new(()),
             edge: tokio::sync::Mutex::new(None),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
@@ -227,9 +231,17 @@ impl Agent {
         }
     }
 
+    /// The lock that serialises applies and rollbacks.
+    pub(crate) fn applying_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.applying
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
     /// Records `spec` as applied and reconciles towards it. Returns the revision and the
     /// services it changes (a release each; their deploys report through `progress`).
     pub fn apply(self: &Arc<Self>, spec: Spec) -> Result<(i64, Vec<String>)> {
+        let _applying = self.applying_lock();
         if self.lock().shutting_down {
             return Err(AgentError::Other("the agent is shutting down".into()));
         }

@@ -256,6 +256,7 @@ impl Agent {
     /// `bow rollback SERVICE [--to N]`: deploys release `to` (or the last good one before the
     /// live release) again, as a new release. Returns the revision it records.
     pub fn rollback(self: &Arc<Self>, service: &str, to: Option<i64>) -> Result<(i64, i64)> {
+        let _applying = self.applying_lock();
         let releases = self.store().releases(Some(service))?;
         let spec = self
             .lock()
@@ -1014,6 +1015,7 @@ async fn roll_back(agent: &Arc<Agent>, name: &str, release: i64, failure: Failur
         now_ms(),
     );
     // What is applied is the old definition again: a restarted agent must not retry.
+    let applying = agent.applying_lock();
     let spec = {
         let mut inner = agent.lock();
         if let Some(runtime) = inner.services.get_mut(name) {
@@ -1031,6 +1033,7 @@ async fn roll_back(agent: &Arc<Agent>, name: &str, release: i64, failure: Failur
             Err(error) => eprintln!("bow agent: cannot record the rolled-back spec: {error}"),
         }
     }
+    drop(applying);
     agent.emit(
         name,
         "",
