@@ -51,15 +51,33 @@ fn running_releases(status: &Value) -> Vec<i64> {
     releases
 }
 
-fn assert_no_failures(load: &Value) {
+fn assert_no_failures(stack: &Stack, load: &Value) {
     assert!(
         load["ok"].as_u64().unwrap() > 300,
         "too few requests: {load}"
     );
     assert_eq!(
-        load["failed"], 0,
-        "failed requests during the deploy: {load}"
+        load["failed"],
+        0,
+        "failed requests during the deploy: {load}\n{}",
+        explain(stack)
     );
+}
+
+/// What the agent did and the edge's answers other than 200, for a failure message.
+fn explain(stack: &Stack) -> String {
+    let log = std::fs::read_to_string(stack.state_dir.join("edge/access.log")).unwrap_or_default();
+    let not_ok: Vec<&str> = log
+        .lines()
+        .filter(|line| !line.contains("\"status\":200"))
+        .collect();
+    format!(
+        "events:\n{}\nedge answers other than 200: {} (first {:?}, last {:?})",
+        support::stack::show_events(&stack.events()),
+        not_ok.len(),
+        not_ok.first(),
+        not_ok.last()
+    )
 }
 
 /// A deploy of v2 under load: 0 failed requests, then only v2 answers.
@@ -83,7 +101,7 @@ fn deploy_under_load(label: &str, deploy: &str, strategy: &str) {
     let status = stack.status_ok();
     assert_eq!(running_releases(&status), [2, 2, 2], "{status}");
     let report = load.finish();
-    assert_no_failures(&report);
+    assert_no_failures(&stack, &report);
     assert!(report["versions"]["v1"].as_u64().unwrap() > 0, "{report}");
     let after = report["after_mark"].as_object().unwrap();
     assert!(
@@ -131,7 +149,7 @@ fn rolled_back_under_load(label: &str, env: &str, expect: &str) {
     let status = stack.status_ok();
     assert_eq!(running_releases(&status), [1, 1, 1], "{status}");
     let report = load.finish();
-    assert_no_failures(&report);
+    assert_no_failures(&stack, &report);
     assert_eq!(
         report["versions"]
             .as_object()
@@ -187,7 +205,7 @@ fn rollback_deploys_the_previous_release_and_history_tells_the_story() {
     );
     load.mark();
     let report = load.finish();
-    assert_no_failures(&report);
+    assert_no_failures(&stack, &report);
     let after = report["after_mark"].as_object().unwrap();
     assert!(after.len() == 1 && after.contains_key("v1"), "{report}");
     let releases = history(&stack);
@@ -278,15 +296,20 @@ fn agent_killed_mid_deploy_ends_consistent_after_restart() {
         support::stack::show_events(&stack.events())
     );
     let report = load.finish();
-    assert_no_failures_short(&report);
+    assert_no_failures_short(&stack, &report);
 }
 
-fn assert_no_failures_short(load: &Value) {
+fn assert_no_failures_short(stack: &Stack, load: &Value) {
     assert!(
         load["ok"].as_u64().unwrap() > 50,
         "too few requests: {load}"
     );
-    assert_eq!(load["failed"], 0, "failed requests: {load}");
+    assert_eq!(
+        load["failed"],
+        0,
+        "failed requests: {load}\n{}",
+        explain(stack)
+    );
 }
 
 #[test]

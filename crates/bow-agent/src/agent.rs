@@ -108,6 +108,10 @@ pub struct Agent {
     /// at start while `bow up` applies it too) would both record a revision and reconcile.
     pub(crate) applying: Mutex<()>,
     pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
+    /// The running edge, for route refreshes: they must never be skipped because the
+    /// lifecycle lock above is held (by a status request, say), or the edge would go on
+    /// serving an old table, or none.
+    pub(crate) edge_handle: Mutex<Option<Arc<bow_edge::Edge>>>,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) discovery: crate::discovery::Discovery,
@@ -157,6 +161,7 @@ impl Agent {
             inner: Mutex::new(Inner::default()),
             applying: Mutex::new(()),
             edge: tokio::sync::Mutex::new(None),
+            edge_handle: Mutex::new(None),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
             secrets: crate::secrets::Supply::new(config.secrets),

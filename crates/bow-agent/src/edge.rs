@@ -47,6 +47,7 @@ impl Agent {
             return;
         }
         if let Some(old) = guard.take() {
+            self.set_edge_handle(None);
             old.edge.shutdown().await;
             self.emit(
                 "",
@@ -66,8 +67,10 @@ impl Agent {
                     edge.http_addr()
                 );
                 *self.edge_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let edge = Arc::new(edge);
+                self.set_edge_handle(Some(edge.clone()));
                 *guard = Some(EdgeRuntime {
-                    edge: Arc::new(edge),
+                    edge,
                     settings: spec.edge.clone(),
                 });
                 drop(guard);
@@ -138,19 +141,28 @@ impl Agent {
     pub(crate) fn refresh_routes(&self) {
         self.refresh_discovery();
         let Some(edge) = self
-            .edge
-            .try_lock()
-            .ok()
-            .and_then(|guard| guard.as_ref().map(|r| r.edge.clone()))
+            .edge_handle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
         else {
-            // Being (re)started: it refreshes once it runs.
+            // Not running (or being started: it refreshes once it runs).
             return;
         };
-        let table = route_table(&self.lock());
-        match RouteTable::new(table) {
+        // Computed and installed under the state lock: of two refreshes at once, the one
+        // that saw the newer state installs last.
+        let inner = self.lock();
+        match RouteTable::new(route_table(&inner)) {
             Ok(table) => edge.set_routes(table),
             Err(error) => eprintln!("bow agent: route table rejected: {error}"),
         }
+    }
+
+    fn set_edge_handle(&self, edge: Option<Arc<Edge>>) {
+        *self
+            .edge_handle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = edge;
     }
 
     /// Takes an instance out of the edge and its service listener and waits (at most
@@ -198,6 +210,7 @@ impl Agent {
 
     pub(crate) async fn stop_edge(&self) {
         if let Some(runtime) = self.edge.lock().await.take() {
+            self.set_edge_handle(None);
             runtime.edge.shutdown().await;
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bow_edge::crypto_provider;
 use rustls_pki_types::ServerName;
-use support::{HOST, TestEdge, Upstream, root_store, run, table};
+use support::{HOST, TestEdge, Upstream, root_store, table};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -50,20 +50,7 @@ async fn curl_with_cacert_gets_through() {
     let upstream = Upstream::start("web.1").await;
     let edge = TestEdge::start(|_| {}).await;
     edge.edge.set_routes(table("web", &[&upstream]));
-    let output = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "--max-time".into(),
-            "10".into(),
-            "--cacert".into(),
-            edge.ca_file(),
-            "--resolve".into(),
-            edge.curl_resolve(),
-            edge.https_url("/curl"),
-        ],
-    )
-    .await;
+    let output = edge.curl(&[], "/curl").await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

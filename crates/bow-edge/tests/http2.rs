@@ -2,28 +2,21 @@
 
 mod support;
 
-use support::{TestEdge, Upstream, run, table};
+use support::{TestEdge, Upstream, table};
 
 async fn curl_version(edge: &TestEdge, flag: &str) -> String {
-    let output = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            flag.into(),
-            "--max-time".into(),
-            "10".into(),
-            "--cacert".into(),
-            edge.ca_file(),
-            "--resolve".into(),
-            edge.curl_resolve(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_version} %{http_code}".into(),
-            edge.https_url("/"),
-        ],
-    )
-    .await;
+    let output = edge
+        .curl(
+            &[
+                flag,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+            ],
+            "/",
+        )
+        .await;
     assert!(
         output.status.success(),
         "curl failed: {}",

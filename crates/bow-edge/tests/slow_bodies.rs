@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bow_edge::{Backend, Endpoint, Route, RouteTable};
-use support::{HOST, TestEdge, Upstream, run, table};
+use support::{HOST, TestEdge, Upstream, table};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -187,25 +187,18 @@ async fn an_upstream_silent_in_its_response_body_is_cut_off_after_the_upstream_t
 
     // HTTP/2: the stream fails rather than hangs.
     let started = Instant::now();
-    let output = run(
-        "curl",
-        vec![
-            "-sS".into(),
-            "--http2".into(),
-            "--max-time".into(),
-            "10".into(),
-            "--cacert".into(),
-            edge.ca_file(),
-            "--resolve".into(),
-            edge.curl_resolve(),
-            "-o".into(),
-            "/dev/null".into(),
-            "-w".into(),
-            "%{http_version} %{http_code} %{size_download}".into(),
-            edge.https_url("/"),
-        ],
-    )
-    .await;
+    let output = edge
+        .curl(
+            &[
+                "--http2",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code} %{size_download}",
+            ],
+            "/",
+        )
+        .await;
     let after = started.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "curl succeeded: {stdout}");

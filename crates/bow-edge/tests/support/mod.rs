@@ -225,6 +225,21 @@ impl TestEdge {
         tls_connect(self.edge.https_addr(), &self.ca_pem(), HOST, alpn).await
     }
 
+    /// curl (`-sS`, 10 s at most, trusting the edge's CA, HOST resolved to the edge) with
+    /// `flags`, fetching `path`.
+    pub async fn curl(&self, flags: &[&str], path: &str) -> Output {
+        let mut args: Vec<String> = vec!["-sS".into(), "--max-time".into(), "10".into()];
+        args.extend(flags.iter().map(|flag| flag.to_string()));
+        args.extend([
+            "--cacert".into(),
+            self.ca_file(),
+            "--resolve".into(),
+            self.curl_resolve(),
+            self.https_url(path),
+        ]);
+        run("curl", args).await
+    }
+
     /// An HTTP/1.1 connection over TLS to the edge.
     pub async fn h1(&self) -> std::io::Result<SendRequest<Full<Bytes>>> {
         let tls = self.tls(&[b"http/1.1"]).await?;
