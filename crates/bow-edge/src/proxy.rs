@@ -416,10 +416,12 @@ impl Proxy {
             },
             headers.iter().copied(),
         );
-        let mut source = Http2Body::new(incoming, self.config.body_timeout);
+        // A body's source (and its body-timeout timer) is made only when there is a body.
+        let mut source;
         let mut body = if empty {
             RequestBody::empty()
         } else {
+            source = Http2Body::new(incoming, self.config.body_timeout);
             let limit = self.config.max_body_size;
             RequestBody::new(&mut source, declared_length.is_none(), limit)
         };
