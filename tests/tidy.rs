@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 /// Crates that must stay pure: data in, data out.
-const PURE_CRATES: &[&str] = &["bow-spec", "bow-plan"];
+const PURE_CRATES: &[&str] = &["bow-spec", "bow-plan", "bow-reconcile"];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -85,6 +85,9 @@ fn pure_crates_do_no_io() {
         concat!("std::", "net"),
         concat!("std::", "process"),
         concat!("tok", "io"),
+        // Time is an input of the pure crates, never read.
+        concat!("Instant", "::now"),
+        concat!("System", "Time"),
     ];
     let mut offenders = Vec::new();
     for krate in PURE_CRATES {
