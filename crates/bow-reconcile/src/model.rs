@@ -317,3 +317,70 @@ pub struct InstanceView {
     pub last_error: Option<String>,
     pub routable: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml_fields: &str) -> Service {
+        let text = format!("project: p\nservices:\n  web:\n    command: run\n{yaml_fields}");
+        let spec = bow_spec::load(&text, &bow_spec::LoadOptions::default()).expect("valid");
+        spec.services["web"].clone()
+    }
+
+    #[test]
+    fn strategy_follows_bow_plans_change_class() {
+        let base = service("    replicas: 2\n");
+        assert_eq!(DeployStrategy::of(&base, None), DeployStrategy::Initial);
+        let scaled = service("    replicas: 3\n");
+        assert_eq!(
+            DeployStrategy::of(&scaled, Some(&base)),
+            DeployStrategy::InPlace
+        );
+        let mut changed = base.clone();
+        changed.env.insert("A".into(), "1".into());
+        assert_eq!(
+            DeployStrategy::of(&changed, Some(&base)),
+            DeployStrategy::Rolling
+        );
+        let blue_green =
+            service("    replicas: 2\n    deploy: { strategy: blue-green }\n    env: { A: '1' }\n");
+        assert_eq!(
+            DeployStrategy::of(&blue_green, Some(&base)),
+            DeployStrategy::BlueGreen
+        );
+        let mut routes = base.clone();
+        routes.routes.push(bow_spec::Route {
+            host: "a.localhost".into(),
+            path: "/".into(),
+        });
+        assert_eq!(
+            DeployStrategy::of(&routes, Some(&base)),
+            DeployStrategy::InPlace
+        );
+    }
+
+    #[test]
+    fn local_assignments_put_every_slot_on_this_host() {
+        let text = "project: p\nservices:\n  web:\n    command: run\n    replicas: 2\n  db:\n    command: db\n";
+        let spec = bow_spec::load(text, &bow_spec::LoadOptions::default()).expect("valid");
+        let targets = BTreeMap::from([("web".to_string(), 4), ("db".to_string(), 1)]);
+        let source = LocalAssignments { host: "h1".into() };
+        let got: Vec<(String, u32, i64, String)> = source
+            .assignments(Desired {
+                spec: &spec,
+                targets: &targets,
+            })
+            .into_iter()
+            .map(|a| (a.service, a.slot, a.release, a.host))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("db".into(), 1, 1, "h1".into()),
+                ("web".into(), 1, 4, "h1".into()),
+                ("web".into(), 2, 4, "h1".into()),
+            ]
+        );
+    }
+}

@@ -190,7 +190,7 @@ fn a_failed_rolling_deploy_rolls_back() {
 }
 
 #[test]
-fn a_failed_blue_green_deploy_that_served_rolls_back_old_first() {
+fn a_blue_green_set_that_never_gets_healthy_never_serves() {
     let mut world = World::new();
     world.apply(web("web-server v1", 2, "blue-green"));
     world.run_until(1_000);
@@ -205,6 +205,25 @@ fn a_failed_blue_green_deploy_that_served_rolls_back_old_first() {
         [("web.1".into(), 1), ("web.2".into(), 1)]
     );
     assert_eq!(world.core.endpoints()["web"].len(), 2);
+}
+
+#[test]
+fn a_rollback_restores_the_old_release_before_new_instances_leave() {
+    let mut world = World::new();
+    world.apply(web("web-server v1", 2, "rolling"));
+    world.run_until(1_000);
+    world.floor = Some(("web".into(), 2));
+    world.note("deploy v2: its first instance serves, the second exits");
+    world.apply(web("web-server v2", 2, "rolling"));
+    world.run_until(1_215);
+    world.behave("web", Some(2), Behaviour::Exits { after: 300 });
+    world.run_until(5_000);
+    world.snapshot("rollback_after_serving");
+    assert_eq!(
+        world.releases_running("web"),
+        [("web.1".into(), 1), ("web.2".into(), 1)]
+    );
+    assert_eq!(world.release_status("web", 2), Some(ReleaseStatus::Failed));
 }
 
 #[test]
@@ -388,4 +407,66 @@ fn rollback_request_deploys_the_previous_release_again() {
         world.core.spec().unwrap(),
         &web("web-server v1", 2, "rolling")
     );
+}
+
+/// Slot 1 of every service here, the others on another host.
+struct FirstSlotHere;
+
+impl bow_reconcile::AssignmentSource for FirstSlotHere {
+    fn assignments(&self, desired: bow_reconcile::Desired<'_>) -> Vec<bow_reconcile::Assignment> {
+        let local = bow_reconcile::LocalAssignments {
+            host: "local".into(),
+        };
+        let mut all = local.assignments(desired);
+        for assignment in &mut all {
+            if assignment.slot > 1 {
+                assignment.host = "other".into();
+            }
+        }
+        all
+    }
+}
+
+#[test]
+fn a_host_runs_only_its_assignments_and_publishes_its_addresses() {
+    let mut world = World::new();
+    world.core = bow_reconcile::Core::new("local", Box::new(FirstSlotHere));
+    world.address = "10.0.0.7".into();
+    world.apply(web("web-server", 3, "rolling"));
+    world.run_until(1_000);
+    world.snapshot("assignments");
+    assert_eq!(world.processes(), ["web.1"]);
+    let endpoints = world.core.endpoints();
+    assert_eq!(endpoints["web"][0].to_string(), "web.1@10.0.0.7:5001");
+}
+
+#[test]
+fn a_python_service_is_prepared_before_it_starts() {
+    let yaml = r#"
+project: shop
+services:
+  api:
+    command: python app.py
+    dir: /srv/api
+    python: { requirements: requirements.txt }
+"#;
+    let mut world = World::new();
+    world.apply(spec(yaml));
+    world.run_until(2_000);
+    world.snapshot("prepare");
+    assert_eq!(health(&world, "api"), [Health::Healthy]);
+}
+
+#[test]
+fn a_removed_service_stops() {
+    let mut world = World::new();
+    world.apply(spec(DB_AND_WEB));
+    world.run_until(2_000);
+    let mut without_web = spec(DB_AND_WEB);
+    without_web.services.remove("web");
+    world.apply(without_web);
+    world.run_until(3_000);
+    assert_eq!(world.processes(), ["db.1"]);
+    assert!(!world.core.endpoints().contains_key("web"));
+    assert!(world.core.retiring().is_empty());
 }
