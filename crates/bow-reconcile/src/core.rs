@@ -50,6 +50,13 @@ pub(crate) struct RestartRun {
     pub done: Vec<String>,
 }
 
+/// `bow down`: services stop one after the other, dependants first.
+pub(crate) struct Down {
+    pub queue: VecDeque<String>,
+    pub current: Option<String>,
+    pub stopped: Vec<String>,
+}
+
 /// The reconcile core of one host: what should run, what runs, and the deploys between.
 pub struct Core {
     pub(crate) host: String,
@@ -65,6 +72,8 @@ pub struct Core {
     pub(crate) progress: BTreeMap<String, ServiceProgress>,
     pub(crate) progress_revision: i64,
     published: BTreeMap<String, Vec<Endpoint>>,
+    shutting_down: bool,
+    down: Option<Down>,
 }
 
 impl Core {
@@ -83,6 +92,8 @@ impl Core {
             progress: BTreeMap::new(),
             progress_revision: 0,
             published: BTreeMap::new(),
+            shutting_down: false,
+            down: None,
         }
     }
 
@@ -98,7 +109,18 @@ impl Core {
     }
 
     fn observe(&mut self, observation: Observation) -> Result<(), Refused> {
+        let request = matches!(
+            observation,
+            Observation::Apply { .. }
+                | Observation::Rollback { .. }
+                | Observation::Restart { .. }
+                | Observation::Down
+        );
+        if request && self.shutting_down {
+            return Err(Refused("the agent is shutting down".into()));
+        }
         match observation {
+            Observation::Down => self.start_down(),
             Observation::Restored {
                 applied,
                 releases,
@@ -704,6 +726,68 @@ impl Core {
             );
             run.current = Some((index, slot.generation, token));
         }
+    }
+
+    fn start_down(&mut self) {
+        self.shutting_down = true;
+        let mut queue: VecDeque<String> = self
+            .spec
+            .as_ref()
+            .map(bow_spec::dependency_order)
+            .unwrap_or_default()
+            .into_iter()
+            .rev()
+            .collect();
+        for name in self.services.keys() {
+            if !queue.contains(name) {
+                queue.push_back(name.clone());
+            }
+        }
+        for state in self.services.values_mut() {
+            state.converge = Converge::Idle;
+            state.restart = None;
+        }
+        self.down = Some(Down {
+            queue,
+            current: None,
+            stopped: Vec::new(),
+        });
+    }
+
+    /// Moves a `bow down` on: the next service once the current one's instances are gone;
+    /// done when nothing is left to stop.
+    pub(crate) fn drive_down(&mut self) {
+        let Some(mut down) = self.down.take() else {
+            return;
+        };
+        loop {
+            if let Some(current) = &down.current {
+                if self.retiring.keys().any(|k| &k.service == current) {
+                    break;
+                }
+                down.current = None;
+            }
+            let Some(name) = down.queue.pop_front() else {
+                if self.retiring.is_empty() {
+                    self.out.effects.push(Effect::Down {
+                        stopped: std::mem::take(&mut down.stopped),
+                    });
+                    return;
+                }
+                break;
+            };
+            let slots = self
+                .services
+                .get_mut(&name)
+                .map(|s| std::mem::take(&mut s.slots))
+                .unwrap_or_default();
+            for slot in slots.into_values() {
+                down.stopped.push(slot.key.to_string());
+                self.retire_slot(slot);
+            }
+            down.current = Some(name);
+        }
+        self.down = Some(down);
     }
 
     /// Emits the endpoints of every service whose healthy, routable set changed, ahead of

@@ -133,6 +133,7 @@ impl Core {
             }
             self.drive_restart(&name);
         }
+        self.drive_down();
     }
 
     fn drive(&mut self, name: &str) {

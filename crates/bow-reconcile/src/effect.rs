@@ -85,6 +85,10 @@ pub enum Effect {
         service: String,
         instances: Vec<String>,
     },
+    /// A `bow down` finished: every instance is gone.
+    Down {
+        stopped: Vec<String>,
+    },
 }
 
 /// One event: what happened and why, for `bow events`.
@@ -389,6 +393,7 @@ impl fmt::Display for Effect {
             Effect::Restarted { service, instances } => {
                 write!(f, "restarted {service}: {}", instances.join(", "))
             }
+            Effect::Down { stopped } => write!(f, "down: {}", stopped.join(", ")),
         }
     }
 }

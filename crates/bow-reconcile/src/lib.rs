@@ -62,6 +62,28 @@
 //! (with the driver's addresses, never assumed to be 127.0.0.1) are written where every
 //! host's edge reads them.
 
+//! # Where it differs from the agent of today
+//!
+//! The core keeps the agent's decisions (the scenarios in `tests/` show them), except where
+//! the agent's were wrong or depended on timing:
+//! - Instances found at start are adopted at once (probed and routed while their service still
+//!   waits for its dependencies), not when their service's deploy begins.
+//! - A rolling deploy counts new instances that already run (an interrupted deploy, adopted)
+//!   as replacements only once they are healthy; the agent counted them at once and could stop
+//!   the last serving old instance before any new one was healthy.
+//! - A deploy fails at the first restart of a new instance that this core saw; restarts an
+//!   adopted instance had before do not count.
+//! - An instance that failed its checks shows `unhealthy` while it is being stopped, so a
+//!   deploy waiting on it fails at once.
+//! - A deploy that starts after another apply interrupted a blue-green one makes the held set
+//!   routable again (the agent left it out of the edge).
+//! - An instance id stays taken until its stop finished, also when another apply interrupted
+//!   the deploy that stopped it (the agent's aborted starter left the id taken for good).
+//! - A failed deploy with no older release to return to is recorded failed (the agent left
+//!   it `deploying`).
+//! - `bow restart` of an instance waiting out its backoff is answered by its next healthy
+//!   start (the agent waited out the whole timeout).
+
 mod backoff;
 mod core;
 mod deploy;

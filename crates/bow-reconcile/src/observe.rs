@@ -33,6 +33,8 @@ pub enum Observation {
     Restart {
         service: String,
     },
+    /// `bow down`: every instance stops, dependants first; later requests are refused.
+    Down,
     Started {
         key: InstanceKey,
         process: Process,
@@ -113,6 +115,7 @@ impl fmt::Display for Observation {
             }
             Observation::Rollback { service, to } => write!(f, "rollback {service} to {to:?}"),
             Observation::Restart { service } => write!(f, "restart {service}"),
+            Observation::Down => write!(f, "down"),
             Observation::Started { key, process } => write!(
                 f,
                 "started {key} {} {}:{}",

@@ -470,3 +470,15 @@ fn a_removed_service_stops() {
     assert!(!world.core.endpoints().contains_key("web"));
     assert!(world.core.retiring().is_empty());
 }
+
+#[test]
+fn down_stops_dependants_first() {
+    let mut world = World::new();
+    world.apply(spec(DB_AND_WEB));
+    world.run_until(2_000);
+    world.deliver(Observation::Down);
+    world.run_until(3_000);
+    world.apply(spec(DB_AND_WEB));
+    world.snapshot("down");
+    assert!(world.processes().is_empty());
+}
