@@ -1,6 +1,8 @@
 //! The core's state and its one entry point, [`Core::step`]: an observation in, effects out.
-//! Requests (apply, rollback, restart) and what the driver saw at start are handled here;
-//! each service's deploy is in `deploy.rs`, each instance's life in `slot.rs`.
+//! Here: dispatching observations, what the driver lists at start (every instance adopted or
+//! stopped), apply, this host's assignments, endpoints. Releases and rollback are in
+//! `releases.rs`, restart and down in `requests.rs`, each service's convergence in
+//! `deploy.rs` and `rollout.rs`, each instance's life in `slot.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -11,8 +13,8 @@ use bow_spec::{Service, Spec};
 use crate::deploy::Converge;
 use crate::effect::{Effect, EventKind, Timer};
 use crate::model::{
-    AssignmentSource, DeployStrategy, Desired, Endpoint, InstanceKey, InstanceView, Listed, Millis,
-    Phase, ReleaseRecord, ReleaseStatus, ServiceProgress,
+    AssignmentSource, Desired, Endpoint, InstanceKey, InstanceView, Listed, Millis, Phase,
+    ReleaseRecord, ServiceProgress,
 };
 use crate::observe::Observation;
 use crate::slot::{Out, Retiring, Run, Slot};
@@ -72,8 +74,8 @@ pub struct Core {
     pub(crate) progress: BTreeMap<String, ServiceProgress>,
     pub(crate) progress_revision: i64,
     published: BTreeMap<String, Vec<Endpoint>>,
-    shutting_down: bool,
-    down: Option<Down>,
+    pub(crate) shutting_down: bool,
+    pub(crate) down: Option<Down>,
 }
 
 impl Core {
@@ -108,7 +110,7 @@ impl Core {
         Ok(std::mem::take(&mut self.out.effects))
     }
 
-    fn observe(&mut self, observation: Observation) -> Result<(), Refused> {
+    pub(crate) fn observe(&mut self, observation: Observation) -> Result<(), Refused> {
         let request = matches!(
             observation,
             Observation::Apply { .. }
@@ -195,7 +197,7 @@ impl Core {
         Ok(())
     }
 
-    fn timer_fired(&mut self, timer: Timer) {
+    pub(crate) fn timer_fired(&mut self, timer: Timer) {
         match timer {
             Timer::Backoff { key, token } => {
                 self.with_slot(&key, |slot, out| slot.on_backoff_over(token, out));
@@ -222,7 +224,11 @@ impl Core {
     }
 
     /// Runs `change` on the slot of `key`, if there is one.
-    fn with_slot(&mut self, key: &InstanceKey, change: impl FnOnce(&mut Slot, &mut Out)) {
+    pub(crate) fn with_slot(
+        &mut self,
+        key: &InstanceKey,
+        change: impl FnOnce(&mut Slot, &mut Out),
+    ) {
         if let Some(slot) = self
             .services
             .get_mut(&key.service)
@@ -234,7 +240,7 @@ impl Core {
 
     /// The agent started: releases as recorded, and every instance the driver lists is
     /// adopted into its service or stopped, whatever its release.
-    fn restore(
+    pub(crate) fn restore(
         &mut self,
         applied: Option<(i64, Box<Spec>)>,
         releases: Vec<ReleaseRecord>,
@@ -281,7 +287,7 @@ impl Core {
         self.reconcile();
     }
 
-    fn stop_unwanted(&mut self, listed: Listed) {
+    pub(crate) fn stop_unwanted(&mut self, listed: Listed) {
         let key = listed.key;
         self.out.emit(
             &key.service,
@@ -295,7 +301,7 @@ impl Core {
     }
 
     /// Records `spec` as applied (unless it already is) and converges on it.
-    fn apply(&mut self, spec: Spec) {
+    pub(crate) fn apply(&mut self, spec: Spec) {
         if self.spec.as_ref() == Some(&spec) && self.revision > 0 {
             return;
         }
@@ -388,411 +394,9 @@ impl Core {
         }
     }
 
-    /// Opens a release for every service whose definition differs from its current (live
-    /// or deploying) release, and points each service at its target release.
-    fn open_releases(&mut self, spec: &Spec, revision: i64) {
-        let mut progress = BTreeMap::new();
-        for name in bow_spec::dependency_order(spec) {
-            let definition = &spec.services[&name];
-            let rows = self.releases.get(&name).cloned().unwrap_or_default();
-            let current = rows
-                .iter()
-                .rev()
-                .find(|r| matches!(r.status, ReleaseStatus::Live | ReleaseStatus::Deploying));
-            if let Some(current) = current
-                && &current.definition == definition
-            {
-                self.targets.insert(name.clone(), current.number);
-                if current.status == ReleaseStatus::Deploying {
-                    progress.insert(
-                        name.clone(),
-                        self.new_progress(&name, current.number, current.strategy),
-                    );
-                }
-                continue;
-            }
-            // A deploy still under way whose instances already serve counts as the base.
-            let serving = |number: i64| self.serves(&name, number);
-            let live = rows
-                .iter()
-                .rev()
-                .find(|r| {
-                    r.status == ReleaseStatus::Live
-                        || (r.status == ReleaseStatus::Deploying && serving(r.number))
-                })
-                .cloned();
-            let number = self.record_release(&name, definition, live.as_ref(), revision, None);
-            for interrupted in rows.iter().filter(|r| r.status == ReleaseStatus::Deploying) {
-                let status = if self.serves(&name, interrupted.number) {
-                    ReleaseStatus::Superseded
-                } else {
-                    ReleaseStatus::Failed
-                };
-                self.set_release_status(
-                    &name,
-                    interrupted.number,
-                    status,
-                    Some(format!("interrupted by release {number}")),
-                );
-            }
-            let strategy = DeployStrategy::of(definition, live.as_ref().map(|l| &l.definition));
-            self.targets.insert(name.clone(), number);
-            progress.insert(name.clone(), self.new_progress(&name, number, strategy));
-        }
-        if !progress.is_empty() {
-            for p in progress.values() {
-                self.out.effects.push(Effect::Progress(p.clone()));
-            }
-            self.progress = progress;
-            self.progress_revision = revision;
-        }
-    }
-
-    /// Whether an instance of `release` of `service` is healthy.
-    fn serves(&self, service: &str, release: i64) -> bool {
-        self.services.get(service).is_some_and(|s| {
-            s.slots
-                .values()
-                .any(|slot| slot.release == release && slot.health == crate::Health::Healthy)
-        })
-    }
-
-    fn new_progress(
-        &self,
-        service: &str,
-        release: i64,
-        strategy: DeployStrategy,
-    ) -> ServiceProgress {
-        ServiceProgress {
-            service: service.to_string(),
-            release,
-            strategy,
-            phase: Phase::Waiting,
-            detail: String::new(),
-            started_at: self.out.now,
-            finished_at: None,
-            failure: None,
-        }
-    }
-
-    /// Records a new release of `name` (numbered after the last); an in-place one is live at
-    /// once.
-    pub(crate) fn record_release(
-        &mut self,
-        name: &str,
-        definition: &Service,
-        live: Option<&ReleaseRecord>,
-        revision: i64,
-        note: Option<String>,
-    ) -> i64 {
-        let strategy = DeployStrategy::of(definition, live.map(|l| &l.definition));
-        let changes = match live {
-            None => "created".to_string(),
-            Some(live) => {
-                let mut fields: Vec<String> = bow_plan::service_fields(
-                    &format!("services.{name}"),
-                    &live.definition,
-                    definition,
-                )
-                .into_iter()
-                .map(|f| f.path.split('.').skip(2).collect::<Vec<_>>().join("."))
-                .collect();
-                fields.dedup();
-                fields.join(", ")
-            }
-        };
-        let in_place = strategy == DeployStrategy::InPlace;
-        let rows = self.releases.entry(name.to_string()).or_default();
-        let number = rows.last().map_or(0, |r| r.number) + 1;
-        let record = ReleaseRecord {
-            service: name.to_string(),
-            number,
-            revision,
-            created_at: self.out.now,
-            status: if in_place {
-                ReleaseStatus::Live
-            } else {
-                ReleaseStatus::Deploying
-            },
-            strategy,
-            changes,
-            reason: note.unwrap_or_default(),
-            definition: definition.clone(),
-        };
-        rows.push(record.clone());
-        self.out
-            .effects
-            .push(Effect::RecordRelease(Box::new(record)));
-        if in_place && let Some(live) = live {
-            self.set_release_status(name, live.number, ReleaseStatus::Superseded, None);
-        }
-        number
-    }
-
-    pub(crate) fn set_release_status(
-        &mut self,
-        service: &str,
-        number: i64,
-        status: ReleaseStatus,
-        reason: Option<String>,
-    ) {
-        if let Some(row) = self
-            .releases
-            .get_mut(service)
-            .and_then(|rows| rows.iter_mut().find(|r| r.number == number))
-        {
-            row.status = status;
-            if let Some(reason) = &reason {
-                row.reason = reason.clone();
-            }
-        }
-        self.out.effects.push(Effect::SetReleaseStatus {
-            service: service.to_string(),
-            number,
-            status,
-            reason,
-        });
-    }
-
-    /// `bow rollback SERVICE [--to N]`: deploys release `to` (or the last good one before the
-    /// live release) again, as a new release.
-    fn rollback(&mut self, service: &str, to: Option<i64>) -> Result<(), Refused> {
-        let spec = self
-            .spec
-            .clone()
-            .ok_or_else(|| Refused("nothing is applied yet".into()))?;
-        if !spec.services.contains_key(service) {
-            return Err(no_service(&spec, service));
-        }
-        let releases = self.releases.get(service).cloned().unwrap_or_default();
-        let live = releases
-            .iter()
-            .rev()
-            .find(|r| matches!(r.status, ReleaseStatus::Live | ReleaseStatus::Deploying));
-        let target = match to {
-            Some(number) => releases.iter().find(|r| r.number == number).ok_or_else(|| {
-                Refused(format!(
-                    "{service} has no release {number}; `bow history {service}` lists them"
-                ))
-            })?,
-            None => releases
-                .iter()
-                .rev()
-                .filter(|r| live.is_none_or(|l| r.number < l.number))
-                .find(|r| {
-                    r.status == ReleaseStatus::Superseded
-                        && live.is_none_or(|l| l.definition != r.definition)
-                })
-                .ok_or_else(|| {
-                    Refused(format!(
-                        "{service} has no earlier good release to roll back to; `bow history {service}` lists its releases"
-                    ))
-                })?,
-        };
-        if live.is_some_and(|l| l.definition == target.definition) {
-            return Err(Refused(format!(
-                "{service} already runs what release {} ran",
-                target.number
-            )));
-        }
-        let mut spec = spec;
-        spec.services
-            .insert(service.to_string(), target.definition.clone());
-        self.revision += 1;
-        let revision = self.revision;
-        self.out.effects.push(Effect::RecordRevision {
-            revision,
-            spec: Box::new(spec.clone()),
-        });
-        let live_row = releases
-            .iter()
-            .rev()
-            .find(|r| r.status == ReleaseStatus::Live)
-            .cloned();
-        let number = self.record_release(
-            service,
-            &target.definition,
-            live_row.as_ref(),
-            revision,
-            Some(format!("rollback to release {}", target.number)),
-        );
-        for interrupted in releases
-            .iter()
-            .filter(|r| r.status == ReleaseStatus::Deploying)
-        {
-            self.set_release_status(
-                service,
-                interrupted.number,
-                ReleaseStatus::Failed,
-                Some(format!("interrupted by release {number}")),
-            );
-        }
-        self.out.emit(
-            service,
-            "",
-            EventKind::Rollback,
-            format!(
-                "release {number}: back to what release {} ran",
-                target.number
-            ),
-        );
-        let strategy =
-            DeployStrategy::of(&target.definition, live_row.as_ref().map(|l| &l.definition));
-        let progress = self.new_progress(service, number, strategy);
-        self.out.effects.push(Effect::Progress(progress.clone()));
-        self.progress = BTreeMap::from([(service.to_string(), progress)]);
-        self.progress_revision = revision;
-        self.targets.insert(service.to_string(), number);
-        self.spec = Some(spec);
-        self.assign();
-        if let Some(state) = self.services.get_mut(service) {
-            state.converge = Converge::Waiting;
-        }
-        Ok(())
-    }
-
-    /// `bow restart SERVICE`: queues every instance; `drive_restart` takes them one by one.
-    fn restart(&mut self, service: &str) -> Result<(), Refused> {
-        let spec = self
-            .spec
-            .as_ref()
-            .ok_or_else(|| Refused("nothing is applied yet".into()))?;
-        if !spec.services.contains_key(service) {
-            return Err(no_service(spec, service));
-        }
-        if let Some(state) = self.services.get_mut(service) {
-            state.restart = Some(RestartRun {
-                queue: state.slots.keys().copied().collect(),
-                current: None,
-                expired: false,
-                done: Vec::new(),
-            });
-        } else {
-            self.out.effects.push(Effect::Restarted {
-                service: service.to_string(),
-                instances: Vec::new(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Moves a `bow restart` on: the next instance once the current one is healthy again
-    /// (or its deploy timeout passed, or it is gone).
-    pub(crate) fn drive_restart(&mut self, name: &str) {
-        let Some(state) = self.services.get_mut(name) else {
-            return;
-        };
-        let Some(run) = state.restart.as_mut() else {
-            return;
-        };
-        loop {
-            if let Some((index, generation, _)) = run.current {
-                let done = match state.slots.get(&index) {
-                    None => true,
-                    Some(slot) => {
-                        run.expired
-                            || (slot.health == crate::Health::Healthy
-                                && slot.answered >= generation)
-                    }
-                };
-                if !done {
-                    return;
-                }
-                run.done.push(format!("{name}.{index}"));
-                run.current = None;
-                run.expired = false;
-            }
-            let Some(index) = run.queue.pop_front() else {
-                let instances = std::mem::take(&mut run.done);
-                state.restart = None;
-                self.out.effects.push(Effect::Restarted {
-                    service: name.to_string(),
-                    instances,
-                });
-                return;
-            };
-            let Some(slot) = state.slots.get_mut(&index) else {
-                run.done.push(format!("{name}.{index}"));
-                continue;
-            };
-            slot.request_restart(&mut self.out);
-            let token = self.out.token();
-            self.out.timer(
-                state.definition.deploy.timeout.as_std(),
-                Timer::RestartWait {
-                    service: name.to_string(),
-                    token,
-                },
-            );
-            run.current = Some((index, slot.generation, token));
-        }
-    }
-
-    fn start_down(&mut self) {
-        self.shutting_down = true;
-        let mut queue: VecDeque<String> = self
-            .spec
-            .as_ref()
-            .map(bow_spec::dependency_order)
-            .unwrap_or_default()
-            .into_iter()
-            .rev()
-            .collect();
-        for name in self.services.keys() {
-            if !queue.contains(name) {
-                queue.push_back(name.clone());
-            }
-        }
-        for state in self.services.values_mut() {
-            state.converge = Converge::Idle;
-            state.restart = None;
-        }
-        self.down = Some(Down {
-            queue,
-            current: None,
-            stopped: Vec::new(),
-        });
-    }
-
-    /// Moves a `bow down` on: the next service once the current one's instances are gone;
-    /// done when nothing is left to stop.
-    pub(crate) fn drive_down(&mut self) {
-        let Some(mut down) = self.down.take() else {
-            return;
-        };
-        loop {
-            if let Some(current) = &down.current {
-                if self.retiring.keys().any(|k| &k.service == current) {
-                    break;
-                }
-                down.current = None;
-            }
-            let Some(name) = down.queue.pop_front() else {
-                if self.retiring.is_empty() {
-                    self.out.effects.push(Effect::Down {
-                        stopped: std::mem::take(&mut down.stopped),
-                    });
-                    return;
-                }
-                break;
-            };
-            let slots = self
-                .services
-                .get_mut(&name)
-                .map(|s| std::mem::take(&mut s.slots))
-                .unwrap_or_default();
-            for slot in slots.into_values() {
-                down.stopped.push(slot.key.to_string());
-                self.retire_slot(slot);
-            }
-            down.current = Some(name);
-        }
-        self.down = Some(down);
-    }
-
     /// Emits the endpoints of every service whose healthy, routable set changed, ahead of
     /// the step's other effects.
-    fn publish_endpoints(&mut self) {
+    pub(crate) fn publish_endpoints(&mut self) {
         let mut now: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
         for (name, state) in &self.services {
             now.insert(name.clone(), endpoints_of(state));
@@ -883,7 +487,7 @@ fn endpoints_of(state: &ServiceState) -> Vec<Endpoint> {
         .collect()
 }
 
-fn no_service(spec: &Spec, service: &str) -> Refused {
+pub(crate) fn no_service(spec: &Spec, service: &str) -> Refused {
     Refused(format!(
         "no service `{service}`; services: {}",
         spec.services.keys().cloned().collect::<Vec<_>>().join(", ")

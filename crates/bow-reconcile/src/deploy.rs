@@ -1,10 +1,6 @@
 //! Each service's convergence on its target release, as a state machine looked at after
 //! every observation: wait for dependencies, prepare, then start and settle, change in place,
-//! scale, or deploy (rolling, `max_surge` at a time; blue-green, one atomic switch). A new
-//! instance that exits, cannot start, fails its checks or is not healthy by the deploy's
-//! deadline fails the deploy: the old release goes back to full strength before the new
-//! instances leave the edge, the release is recorded failed and the applied definition goes
-//! back to the old one.
+//! scale, or hand over to a replacing deploy (`rollout.rs`: rolling, blue-green, rollback).
 
 use std::sync::Arc;
 
@@ -22,8 +18,8 @@ const MAX_TRANSITIONS: usize = 16;
 /// A wait for health with a deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Deadline {
-    token: u64,
-    passed: bool,
+    pub token: u64,
+    pub passed: bool,
 }
 
 /// Where a service's convergence stands.
@@ -89,8 +85,8 @@ pub(crate) enum Back {
 /// Why a deploy stopped: which new instance failed and how.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Failure {
-    reason: String,
-    instance: Option<String>,
+    pub reason: String,
+    pub instance: Option<String>,
 }
 
 impl Converge {
@@ -136,7 +132,7 @@ impl Core {
         self.drive_down();
     }
 
-    fn drive(&mut self, name: &str) {
+    pub(crate) fn drive(&mut self, name: &str) {
         let Some(state) = self.services.get_mut(name) else {
             return;
         };
@@ -182,7 +178,7 @@ impl Core {
         }
     }
 
-    fn set_failed(&mut self, service: &str, failure: Failure, serving: Option<i64>) {
+    pub(crate) fn set_failed(&mut self, service: &str, failure: Failure, serving: Option<i64>) {
         let now = self.out.now;
         if let Some(progress) = self.progress.get_mut(service) {
             progress.phase = Phase::Failed;
@@ -197,7 +193,7 @@ impl Core {
         }
     }
 
-    fn deadline(&mut self, name: &str, timeout: std::time::Duration) -> Deadline {
+    pub(crate) fn deadline(&mut self, name: &str, timeout: std::time::Duration) -> Deadline {
         let token = self.out.token();
         self.out.timer(
             timeout,
@@ -214,7 +210,7 @@ impl Core {
 
     /// Whether `name` has its replicas healthy (instances of any release count: an old
     /// release serving while a dependency deploys is still serving).
-    fn service_healthy(&self, name: &str) -> bool {
+    pub(crate) fn service_healthy(&self, name: &str) -> bool {
         let Some(definition) = self.spec.as_ref().and_then(|s| s.services.get(name)) else {
             return true;
         };
@@ -229,7 +225,7 @@ impl Core {
         healthy as u32 >= definition.replicas
     }
 
-    fn wait_for_dependencies(&mut self, name: &str) -> Converge {
+    pub(crate) fn wait_for_dependencies(&mut self, name: &str) -> Converge {
         let Some(service) = self.spec.as_ref().and_then(|s| s.services.get(name)) else {
             return Converge::Idle;
         };
@@ -301,7 +297,7 @@ impl Core {
 
     /// Brings the slots to the target: in-place changes reach running instances; anything
     /// else is a deploy.
-    fn begin(&mut self, name: &str) -> Converge {
+    pub(crate) fn begin(&mut self, name: &str) -> Converge {
         let state = self.services.get_mut(name).expect("service");
         let (release, definition) = (state.release, state.definition.clone());
         let mut stale = Vec::new();
@@ -360,7 +356,7 @@ impl Core {
 
     /// Starts `count` new slots at the lowest free indexes (an index being stopped stays
     /// taken); returns them.
-    fn start_slots(
+    pub(crate) fn start_slots(
         &mut self,
         name: &str,
         count: usize,
@@ -390,7 +386,7 @@ impl Core {
     }
 
     /// Takes slots out of the service and stops them (drained first).
-    fn stop(&mut self, name: &str, indexes: &[u32]) {
+    pub(crate) fn stop(&mut self, name: &str, indexes: &[u32]) {
         for index in indexes {
             let Some(slot) = self
                 .services
@@ -403,14 +399,14 @@ impl Core {
         }
     }
 
-    fn gone(&self, name: &str, indexes: &[u32]) -> bool {
+    pub(crate) fn gone(&self, name: &str, indexes: &[u32]) -> bool {
         indexes
             .iter()
             .all(|i| !self.retiring.contains_key(&InstanceKey::new(name, *i)))
     }
 
     /// New slots up to the wanted count, or the newest extra ones stopped.
-    fn scale(&mut self, name: &str) {
+    pub(crate) fn scale(&mut self, name: &str) {
         let state = &self.services[name];
         let (current, wanted) = (state.slots.len(), state.wanted);
         if current < wanted {
@@ -430,7 +426,12 @@ impl Core {
         }
     }
 
-    fn settle(&mut self, name: &str, deadline: Deadline, mut reported: bool) -> Converge {
+    pub(crate) fn settle(
+        &mut self,
+        name: &str,
+        deadline: Deadline,
+        mut reported: bool,
+    ) -> Converge {
         let state = &self.services[name];
         let healthy = state
             .slots
@@ -472,7 +473,7 @@ impl Core {
     }
 
     /// Records the release live (the one before it superseded) and the deploy done.
-    fn went_live(&mut self, name: &str, release: i64) {
+    pub(crate) fn went_live(&mut self, name: &str, release: i64) {
         let rows = self.releases.get(name).cloned().unwrap_or_default();
         let Some(row) = rows.iter().find(|r| r.number == release) else {
             return;
@@ -501,7 +502,11 @@ impl Core {
 
     /// `Ok(None)`: every slot in `indexes` is healthy; `Ok(Some(id))`: `id` is not yet;
     /// `Err`: one exited, could not start or failed its checks.
-    fn batch_state(&self, name: &str, indexes: &[u32]) -> Result<Option<String>, Failure> {
+    pub(crate) fn batch_state(
+        &self,
+        name: &str,
+        indexes: &[u32],
+    ) -> Result<Option<String>, Failure> {
         let mut pending = None;
         for index in indexes {
             let id = format!("{name}.{index}");
@@ -543,7 +548,7 @@ impl Core {
     }
 
     /// Like `batch_state`, with the deadline: a pending instance past it fails.
-    fn wait_healthy(
+    pub(crate) fn wait_healthy(
         &self,
         name: &str,
         indexes: &[u32],
@@ -558,347 +563,6 @@ impl Core {
             }),
             Some(_) => Ok(false),
         }
-    }
-
-    /// Rolling: `max_surge` new instances at a time; each batch healthy (and so in the edge)
-    /// before as many old ones are drained and stopped.
-    fn rolling(&mut self, name: &str, old: Vec<u32>, ready: usize, step: Roll) -> Converge {
-        let definition = self.services[name].definition.clone();
-        match step {
-            Roll::Batch { started, deadline } => {
-                match self.wait_healthy(name, &started, deadline, definition.deploy.timeout) {
-                    Err(failure) => self.start_rollback(name, failure),
-                    Ok(false) => Converge::Rolling {
-                        old,
-                        ready,
-                        step: Roll::Batch { started, deadline },
-                    },
-                    Ok(true) => self.retire_old(name, old, ready + started.len(), started.len()),
-                }
-            }
-            Roll::Retiring { indexes } => {
-                if self.gone(name, &indexes) {
-                    self.next_batch(name, old, ready)
-                } else {
-                    Converge::Rolling {
-                        old,
-                        ready,
-                        step: Roll::Retiring { indexes },
-                    }
-                }
-            }
-        }
-    }
-
-    fn retire_old(
-        &mut self,
-        name: &str,
-        mut old: Vec<u32>,
-        ready: usize,
-        batch: usize,
-    ) -> Converge {
-        let wanted = self.services[name].wanted;
-        let retire = if ready >= wanted {
-            old.len()
-        } else {
-            batch.min(old.len())
-        };
-        let retiring: Vec<u32> = old.drain(..retire).collect();
-        if retiring.is_empty() {
-            return self.next_batch(name, old, ready);
-        }
-        self.set_phase(name, Phase::Draining, ids(name, &retiring));
-        self.stop(name, &retiring);
-        Converge::Rolling {
-            old,
-            ready,
-            step: Roll::Retiring { indexes: retiring },
-        }
-    }
-
-    fn next_batch(&mut self, name: &str, old: Vec<u32>, ready: usize) -> Converge {
-        let state = &self.services[name];
-        let (wanted, release, definition) = (state.wanted, state.release, state.definition.clone());
-        if ready >= wanted && old.is_empty() {
-            self.went_live(name, release);
-            return Converge::Idle;
-        }
-        let surge = definition.deploy.max_surge.max(1) as usize;
-        let batch = surge.min(wanted.saturating_sub(ready));
-        if batch == 0 {
-            return self.retire_old(name, old, ready, 0);
-        }
-        let started = self.start_slots(name, batch, release, &definition, true);
-        self.set_phase(name, Phase::Starting, ids(name, &started));
-        self.set_phase(name, Phase::Health, ids(name, &started));
-        let deadline = self.deadline(name, definition.deploy.timeout.as_std());
-        Converge::Rolling {
-            old,
-            ready,
-            step: Roll::Batch { started, deadline },
-        }
-    }
-
-    /// Blue-green: the whole new set healthy while held out of the edge, one atomic switch,
-    /// then the old set drained and stopped.
-    fn start_blue_green(&mut self, name: &str, stale: Vec<u32>) -> Converge {
-        let state = self.services.get_mut(name).expect("service");
-        let (wanted, release, definition) = (state.wanted, state.release, state.definition.clone());
-        self.out.emit(
-            name,
-            "",
-            EventKind::Deploying,
-            format!("release {release} (blue-green, {wanted} instances)"),
-        );
-        // New instances already running (an interrupted deploy) wait for the switch too.
-        let mut green = Vec::new();
-        for (index, slot) in state.slots.iter_mut() {
-            if !stale.contains(index) {
-                slot.routable = false;
-                green.push(*index);
-            }
-        }
-        let missing = wanted.saturating_sub(green.len());
-        let started = self.start_slots(name, missing, release, &definition, false);
-        self.set_phase(name, Phase::Starting, ids(name, &started));
-        green.extend(started);
-        self.set_phase(name, Phase::Health, ids(name, &green));
-        let deadline = self.deadline(name, definition.deploy.timeout.as_std());
-        self.blue_green(name, stale, green, deadline, false)
-    }
-
-    fn blue_green(
-        &mut self,
-        name: &str,
-        stale: Vec<u32>,
-        green: Vec<u32>,
-        deadline: Deadline,
-        switched: bool,
-    ) -> Converge {
-        if switched {
-            if self.gone(name, &stale) {
-                let release = self.services[name].release;
-                self.went_live(name, release);
-                return Converge::Idle;
-            }
-            return Converge::BlueGreen {
-                stale,
-                green,
-                deadline,
-                switched,
-            };
-        }
-        let timeout = self.services[name].definition.deploy.timeout;
-        match self.wait_healthy(name, &green, deadline, timeout) {
-            Err(failure) => return self.start_rollback(name, failure),
-            Ok(false) => {
-                return Converge::BlueGreen {
-                    stale,
-                    green,
-                    deadline,
-                    switched,
-                };
-            }
-            Ok(true) => {}
-        }
-        self.set_phase(name, Phase::Switching, "");
-        // One step: the endpoints published after it hold the new set only.
-        for (index, slot) in self
-            .services
-            .get_mut(name)
-            .expect("service")
-            .slots
-            .iter_mut()
-        {
-            slot.routable = green.contains(index);
-        }
-        self.out.emit(
-            name,
-            "",
-            EventKind::Switched,
-            format!("edge: {} → {}", ids(name, &stale), ids(name, &green)),
-        );
-        self.set_phase(name, Phase::Draining, ids(name, &stale));
-        self.stop(name, &stale);
-        self.blue_green(name, stale, green, deadline, true)
-    }
-
-    /// A deploy failed: new instances that never served leave, the old release is brought
-    /// back to full strength, then the new instances that served are drained.
-    fn start_rollback(&mut self, name: &str, failure: Failure) -> Converge {
-        let release = self.services[name].release;
-        self.set_phase(name, Phase::RollingBack, failure.reason.clone());
-        self.out.emit(
-            name,
-            failure.instance.as_deref().unwrap_or(""),
-            EventKind::DeployFailed,
-            format!("release {release}: {}", failure.reason),
-        );
-        let live = self
-            .releases
-            .get(name)
-            .and_then(|rows| {
-                rows.iter()
-                    .rev()
-                    .find(|r| r.status == ReleaseStatus::Live && r.number != release)
-            })
-            .map(|r| (r.number, Arc::new(r.definition.clone())));
-        // What the old release runs: its recorded definition, else what an old instance runs.
-        let state = &self.services[name];
-        let running_old = state
-            .slots
-            .values()
-            .filter(|s| s.release != release)
-            .max_by_key(|s| s.release)
-            .map(|s| (s.release, s.definition.clone()));
-        let Some((old_release, old_definition)) = live.or(running_old) else {
-            self.set_release_status(
-                name,
-                release,
-                ReleaseStatus::Failed,
-                Some(failure.reason.clone()),
-            );
-            self.set_failed(name, failure, None);
-            return Converge::Idle;
-        };
-        // New instances that never became healthy serve nothing: out at once.
-        let (serving, failing): (Vec<u32>, Vec<u32>) = state
-            .slots
-            .iter()
-            .filter(|(_, s)| s.release == release)
-            .map(|(i, _)| *i)
-            .partition(|i| {
-                let slot = &state.slots[i];
-                slot.health == Health::Healthy && slot.routable
-            });
-        self.stop(name, &failing);
-        let step = Back::StoppingFailing {
-            indexes: failing,
-            serving,
-        };
-        self.rolling_back(name, release, old_release, old_definition, failure, step)
-    }
-
-    fn rolling_back(
-        &mut self,
-        name: &str,
-        release: i64,
-        old_release: i64,
-        old_definition: Arc<Service>,
-        failure: Failure,
-        step: Back,
-    ) -> Converge {
-        let step = match step {
-            Back::StoppingFailing { indexes, serving } if self.gone(name, &indexes) => {
-                let remaining_old = self.services[name]
-                    .slots
-                    .values()
-                    .filter(|s| s.release != release)
-                    .count();
-                let restore = (old_definition.replicas as usize).saturating_sub(remaining_old);
-                let started = self.start_slots(name, restore, old_release, &old_definition, true);
-                if started.is_empty() {
-                    self.old_serves_again(name, release, &serving)
-                } else {
-                    self.set_phase(
-                        name,
-                        Phase::RollingBack,
-                        format!("restoring {}", ids(name, &started)),
-                    );
-                    let deadline = self.deadline(name, old_definition.deploy.timeout.as_std());
-                    Back::Restoring {
-                        started,
-                        deadline,
-                        serving,
-                    }
-                }
-            }
-            Back::Restoring {
-                started,
-                deadline,
-                serving,
-            } => match self.wait_healthy(name, &started, deadline, old_definition.deploy.timeout) {
-                Ok(false) => Back::Restoring {
-                    started,
-                    deadline,
-                    serving,
-                },
-                outcome => {
-                    if let Err(again) = outcome {
-                        self.out
-                            .emit(name, "", EventKind::RollbackDegraded, again.reason);
-                    }
-                    self.old_serves_again(name, release, &serving)
-                }
-            },
-            Back::StoppingServing { indexes } if self.gone(name, &indexes) => {
-                self.rolled_back(name, release, old_release, old_definition, failure);
-                return Converge::Idle;
-            }
-            waiting => waiting,
-        };
-        Converge::RollingBack {
-            release,
-            old_release,
-            old_definition,
-            failure,
-            step,
-        }
-    }
-
-    /// Every old instance serves again before the new ones leave the edge.
-    fn old_serves_again(&mut self, name: &str, release: i64, serving: &[u32]) -> Back {
-        for slot in self
-            .services
-            .get_mut(name)
-            .expect("service")
-            .slots
-            .values_mut()
-        {
-            if slot.release != release {
-                slot.routable = true;
-            }
-        }
-        self.stop(name, serving);
-        Back::StoppingServing {
-            indexes: serving.to_vec(),
-        }
-    }
-
-    /// The release is failed and the applied definition is the old one again, so that a
-    /// restarted agent does not retry it.
-    fn rolled_back(
-        &mut self,
-        name: &str,
-        release: i64,
-        old_release: i64,
-        old_definition: Arc<Service>,
-        failure: Failure,
-    ) {
-        self.set_release_status(
-            name,
-            release,
-            ReleaseStatus::Failed,
-            Some(failure.reason.clone()),
-        );
-        self.targets.insert(name.to_string(), old_release);
-        if let Some(spec) = self.spec.as_mut() {
-            spec.services
-                .insert(name.to_string(), old_definition.as_ref().clone());
-            self.revision += 1;
-            self.out.effects.push(Effect::RecordRevision {
-                revision: self.revision,
-                spec: Box::new(spec.clone()),
-            });
-        }
-        self.assign();
-        self.out.emit(
-            name,
-            "",
-            EventKind::RolledBack,
-            format!("release {old_release} serves again; release {release} failed"),
-        );
-        self.set_failed(name, failure, Some(old_release));
     }
 }
 

@@ -90,6 +90,9 @@ mod deploy;
 mod effect;
 mod model;
 mod observe;
+mod releases;
+mod requests;
+mod rollout;
 mod slot;
 
 pub use crate::backoff::{
