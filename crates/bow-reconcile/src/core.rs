@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bow_spec::{Service, Spec};
 
 use crate::deploy::Converge;
-use crate::effect::{Effect, EventKind, Timer};
+use crate::effect::{Effect, EventKind, StopReason, Timer};
 use crate::model::{
     AssignmentSource, Desired, Endpoint, InstanceKey, InstanceView, Listed, Millis, Phase,
     ReleaseRecord, ServiceProgress,
@@ -178,6 +178,7 @@ impl Core {
             } => {
                 self.with_slot(&key, |slot, out| slot.on_unhealthy(&handle, reason, out));
             }
+            Observation::Found { listed } => self.found(listed),
             Observation::StopFinished { key, outcome } => {
                 if let Some(retiring) = self.retiring.remove(&key) {
                     self.out.emit(
@@ -186,6 +187,9 @@ impl Core {
                         EventKind::Stopped,
                         format!("{}: {outcome}", retiring.reason.label()),
                     );
+                    if retiring.reason == StopReason::Orphan {
+                        self.with_slot(&key, |slot, out| slot.relaunch(out));
+                    }
                 } else {
                     self.with_slot(&key, |slot, out| slot.on_stop_finished(&outcome, out));
                 }
@@ -285,6 +289,56 @@ impl Core {
             state.slots.insert(index, slot);
         }
         self.reconcile();
+    }
+
+    /// An instance running that the core may not know of: nothing to do when it is the
+    /// slot's own process or already being stopped; stopped when another instance holds (or
+    /// is starting at) its id; else adopted into its service, or stopped when no service
+    /// wants it.
+    fn found(&mut self, listed: Listed) {
+        let key = listed.key.clone();
+        if self.retiring.contains_key(&key) {
+            return;
+        }
+        let Some(state) = self.services.get_mut(&key.service) else {
+            self.stop_unwanted(listed);
+            return;
+        };
+        let Some(slot) = state.slots.get(&key.index) else {
+            let known = listed.release.and_then(|number| {
+                self.releases
+                    .get(&key.service)?
+                    .iter()
+                    .find(|r| r.number == number)
+                    .map(|r| (number, Arc::new(r.definition.clone())))
+            });
+            let (release, definition) =
+                known.unwrap_or_else(|| (state.release, state.definition.clone()));
+            let slot = Slot::adopt(listed, release, definition, &mut self.out);
+            state.slots.insert(key.index, slot);
+            return;
+        };
+        if slot
+            .process()
+            .is_some_and(|p| p.handle == listed.process.handle)
+        {
+            return;
+        }
+        self.out.emit(
+            &key.service,
+            &key.to_string(),
+            EventKind::Stopping,
+            format!(
+                "{} (release {}) runs untracked at this id; stopping it",
+                listed.process.process,
+                listed
+                    .release
+                    .map_or_else(|| "unknown".to_string(), |r| r.to_string())
+            ),
+        );
+        let retiring = Retiring::untracked(StopReason::Orphan, false);
+        self.out.effects.push(retiring.stop(&key, &listed.process));
+        self.retiring.insert(key, retiring);
     }
 
     pub(crate) fn stop_unwanted(&mut self, listed: Listed) {

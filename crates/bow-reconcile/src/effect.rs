@@ -238,12 +238,15 @@ pub enum StopReason {
     Unhealthy,
     /// Found running at start, but the applied file does not want it.
     Unwanted,
+    /// Found running at an id the core had given to another instance (a start was refused
+    /// because of it): that instance starts once it is gone.
+    Orphan,
 }
 
 impl StopReason {
     pub fn label(&self) -> &'static str {
         match self {
-            StopReason::Retired | StopReason::Unwanted => "stopped",
+            StopReason::Retired | StopReason::Unwanted | StopReason::Orphan => "stopped",
             StopReason::Restart => "stopped for a restart",
             StopReason::Unhealthy => "stopped as unhealthy",
         }

@@ -29,7 +29,10 @@
 //!   after `Apply`, `Core::revision()` is the revision to report, `Core::deploys(revision)`
 //!   the progress to show. `Restart` is answered by an `Effect::Restarted` later.
 //! - For each `Effect::Start`: `Started` (with the driver's opaque handle, the port, the
-//!   address endpoints use, and how to name the process in events) or `StartFailed`.
+//!   address endpoints use, and how to name the process in events) or `StartFailed`; or
+//!   `Found` when the driver refuses because a process still runs at that instance id (the
+//!   core stops that orphan with an event and starts again; issue 25). `Found` is also how a
+//!   later look at the driver reports an instance the core may not know.
 //! - For each running instance (started or adopted) until it is stopped: `Exited` when its
 //!   process ends by itself; health results from probing with the definition of its last
 //!   `Start`/`Adopt`/`Reconfigure`: `Healthy` on each passing after not passing (the first

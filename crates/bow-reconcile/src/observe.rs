@@ -35,6 +35,12 @@ pub enum Observation {
     },
     /// `bow down`: every instance stops, dependants first; later requests are refused.
     Down,
+    /// The driver found an instance running that the core may not know of: it refused a
+    /// `Start` because that instance id is live (delivered instead of `Started` or
+    /// `StartFailed`), or a later look found it. The core adopts it or stops it, with an event.
+    Found {
+        listed: Listed,
+    },
     Started {
         key: InstanceKey,
         process: Process,
@@ -115,6 +121,11 @@ impl fmt::Display for Observation {
             }
             Observation::Rollback { service, to } => write!(f, "rollback {service} to {to:?}"),
             Observation::Restart { service } => write!(f, "restart {service}"),
+            Observation::Found { listed } => write!(
+                f,
+                "found {} {} release {:?}",
+                listed.key, listed.process.handle, listed.release
+            ),
             Observation::Down => write!(f, "down"),
             Observation::Started { key, process } => write!(
                 f,

@@ -86,10 +86,15 @@ impl Retiring {
         }
     }
 
-    /// Found running but wanted by nobody: stopped without draining.
+    /// Found running but wanted by nobody (`Unwanted`), or in another instance's way
+    /// (`Orphan`): stopped without draining.
     pub fn unwanted(awaiting_start: bool) -> Retiring {
+        Retiring::untracked(StopReason::Unwanted, awaiting_start)
+    }
+
+    pub fn untracked(reason: StopReason, awaiting_start: bool) -> Retiring {
         Retiring {
-            reason: StopReason::Unwanted,
+            reason,
             awaiting_start,
             drain: None,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
@@ -217,6 +222,13 @@ impl Slot {
 
     fn emit(&self, out: &mut Out, kind: EventKind, message: String) {
         out.emit(&self.key.service, &self.id(), kind, message);
+    }
+
+    /// Starts again after an orphan in the way of its start is gone.
+    pub fn relaunch(&mut self, out: &mut Out) {
+        if self.run == Run::Launching {
+            self.start(out);
+        }
     }
 
     fn start(&mut self, out: &mut Out) {

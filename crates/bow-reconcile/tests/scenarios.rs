@@ -482,3 +482,27 @@ fn down_stops_dependants_first() {
     world.snapshot("down");
     assert!(world.processes().is_empty());
 }
+
+#[test]
+fn an_untracked_orphan_in_the_way_of_a_deploy_is_stopped_not_a_failure() {
+    // Issue 25 as it happened: the listing after the crash missed web.3 of the old release,
+    // so the next agent tracked three new instances and the old one ran on, untracked; the
+    // next deploy picked web.3 and the driver refused to start it.
+    let mut world = World::new();
+    world.apply(web("web-server v1", 3, "rolling"));
+    world.run_until(1_000);
+    world.apply(web("web-server v2", 3, "rolling"));
+    world.run_until(1_500);
+    world.hidden.insert(InstanceKey::new("web", 3));
+    world.restart_agent();
+    world.run_until(3_000);
+    assert_eq!(world.releases_running("web").len(), 4, "the orphan runs on");
+    world.hidden.clear();
+    world.note("the next deploy");
+    world.apply(web("web-server v3", 3, "rolling"));
+    world.run_until(10_000);
+    world.snapshot("orphan_in_the_way");
+    let releases: Vec<i64> = world.releases_running("web").iter().map(|r| r.1).collect();
+    assert_eq!(releases, [3, 3, 3]);
+    assert_eq!(world.release_status("web", 3), Some(ReleaseStatus::Live));
+}

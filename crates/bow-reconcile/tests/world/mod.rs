@@ -50,6 +50,8 @@ pub struct World {
     /// While set: every step must leave at least this many endpoints of the service (a
     /// deploy that keeps serving).
     pub floor: Option<(String, usize)>,
+    /// Live processes the driver's listing misses (issue 25: a run dir entry not found).
+    pub hidden: std::collections::BTreeSet<InstanceKey>,
 }
 
 pub const START_TAKES: Millis = 10;
@@ -84,6 +86,7 @@ impl World {
             address: "127.0.0.1".to_string(),
             transcript: String::new(),
             floor: None,
+            hidden: Default::default(),
         }
     }
 
@@ -167,6 +170,11 @@ impl World {
     fn answer(&mut self, effect: Effect) {
         let now = self.now;
         match effect {
+            Effect::Start { key, .. } if self.running.contains_key(&key) => {
+                // The driver refuses: this id's process still runs.
+                let listed = self.listed(&key);
+                self.at(now + START_TAKES, Observation::Found { listed });
+            }
             Effect::Start {
                 key,
                 release,
@@ -227,6 +235,12 @@ impl World {
                         outcome: "exit code 0".to_string(),
                     },
                 );
+            }
+            // The process stays; what it runs is the new release's (in place).
+            Effect::Reconfigure { key, release, .. } => {
+                if let Some(live) = self.running.get_mut(&key) {
+                    live.1 = release;
+                }
             }
             Effect::ArmTimer { at, timer } => self.at(at, Observation::TimerFired(timer)),
             Effect::RecordRelease(record) => self.releases.push(*record),
@@ -357,23 +371,30 @@ impl World {
         });
     }
 
-    /// What a driver would list if the agent died now: every live process with its release.
+    /// What a driver would list if the agent died now: every live process with its release
+    /// (but the hidden ones).
     pub fn listing(&self) -> Vec<Listed> {
         self.running
-            .iter()
-            .map(|(key, (handle, release, port))| Listed {
-                key: key.clone(),
-                process: Process {
-                    handle: handle.clone(),
-                    process: format!("pid {}", 1000 + handle[1..].parse::<u64>().unwrap()),
-                    user: key.service.clone(),
-                    port: *port,
-                    address: self.address.clone(),
-                },
-                release: Some(*release),
-                restarts: 0,
-            })
+            .keys()
+            .filter(|key| !self.hidden.contains(*key))
+            .map(|key| self.listed(key))
             .collect()
+    }
+
+    fn listed(&self, key: &InstanceKey) -> Listed {
+        let (handle, release, port) = &self.running[key];
+        Listed {
+            key: key.clone(),
+            process: Process {
+                handle: handle.clone(),
+                process: format!("pid {}", 1000 + handle[1..].parse::<u64>().unwrap()),
+                user: key.service.clone(),
+                port: *port,
+                address: self.address.clone(),
+            },
+            release: Some(*release),
+            restarts: 0,
+        }
     }
 
     /// The agent dies and a new one starts: a fresh core restored from what the store holds
@@ -421,6 +442,10 @@ impl World {
                 self.transcript
             );
         }
+    }
+
+    pub fn transcript(&self) -> &str {
+        &self.transcript
     }
 
     /// Ids of instances that run (a process exists), sorted.
