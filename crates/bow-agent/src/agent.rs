@@ -172,8 +172,9 @@ impl Agent {
         let adopted = crate::adopt::scan(&agent).await;
         crate::secrets::sweep(&agent, &|id| adopted.contains_key(id));
         agent.lock().adopted = adopted;
-        crate::server::serve(agent.clone()).await?;
+        let listener = crate::server::bind(&agent)?;
         let Some(revision) = recorded else {
+            crate::server::serve(agent.clone(), listener);
             crate::adopt::stop_unwanted(&agent).await;
             return Ok(agent);
         };
@@ -184,8 +185,12 @@ impl Agent {
                 inner.revision = revision.id;
                 inner.spec = Some(revision.spec);
             }
+            crate::server::serve(agent.clone(), listener);
             return Ok(agent);
         }
+        // The API answers only once the recorded revision is resumed: an apply arriving
+        // earlier (`bow up -d` right after starting the agent) would race the resume, which
+        // then opened a release for the older spec over the new one's.
         agent.lock().revision = revision.id;
         if let Err(error) = crate::deploy::open_releases(&agent, &revision.spec, revision.id) {
             agent.emit(
@@ -196,6 +201,7 @@ impl Agent {
             );
         }
         agent.reconcile(revision.spec);
+        crate::server::serve(agent.clone(), listener);
         crate::adopt::stop_unwanted(&agent).await;
         Ok(agent)
     }
