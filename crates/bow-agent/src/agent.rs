@@ -137,9 +137,9 @@ impl Agent {
             create_dir_with_mode(&dir, 0o700)?;
         }
         let lock = lock_state_dir(&state_dir)?;
-        std::fs::write(
-            state_dir.join(crate::api::PID_FILE),
-            format!("{}\n", std::process::id()),
+        write_private(
+            &state_dir.join(crate::api::PID_FILE),
+            format!("{}\n", std::process::id()).as_bytes(),
         )
         .map_err(|source| AgentError::Io {
             what: "cannot write agent.pid".into(),
@@ -788,13 +788,29 @@ fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<()> {
     })
 }
 
+/// Writes `bytes` to `path` as a file only its owner may read (0600, also when it existed).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
+}
+
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join(crate::layout::LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|source| AgentError::Io {
             what: format!("cannot open {}", path.display()),
