@@ -1,7 +1,8 @@
 //! Tidy: the rules that keep the code base honest, checked on every `cargo test`.
 //! Every Rust file opens with a `//!` doc; no test is ignored; the pure crates (spec, plan)
 //! use no file system, network or process APIs and depend on no async runtime; every
-//! end-to-end test file is registered; ARCHITECTURE.md names every crate.
+//! end-to-end test file is registered; ARCHITECTURE.md names every crate; the agent reaches
+//! instances through the driver trait only.
 
 mod support;
 
@@ -166,6 +167,49 @@ fn pure_crates_depend_on_no_async_runtime_or_io_crate() {
             }
         }
     }
+}
+
+/// What only a process driver knows: the agent names none of it (one exception: `drivers.rs`
+/// builds the process driver it is given).
+const PROCESS_ONLY: &[&str] = &[
+    "InstanceHandle",
+    "LinuxProcessDriver",
+    "ProcessScope",
+    "bow_driver::cgroup",
+    "bow_driver::strays",
+    "bow_driver::logs",
+    "bow_driver::procfs",
+    "bow_driver::verify",
+    "bow_driver::reap_shim",
+    "bow_driver::become_subreaper",
+    "bow_driver::exit_status",
+    "bow_driver::stop(",
+    "pidfd",
+    "/proc/",
+];
+
+#[test]
+fn the_agent_reaches_instances_through_the_driver_trait_only() {
+    let mut files = Vec::new();
+    rust_files(&support::root().join("crates/bow-agent/src"), &mut files);
+    let mut offenders = Vec::new();
+    for file in files {
+        if file.ends_with("drivers.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            for word in PROCESS_ONLY.iter().filter(|w| code.contains(*w)) {
+                offenders.push(format!("{}:{}: {word}", file.display(), number + 1));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "bow-agent goes through bow_driver::Driver and its opaque Handle; move this into the driver:\n{}",
+        offenders.join("\n")
+    );
 }
 
 #[test]

@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use bow_driver::{InstanceHandle, LinuxProcessDriver, ProcessDriver, ShimCommand};
+use bow_driver::Handle;
 use bow_spec::Spec;
 use bow_store::Store;
 
 use crate::api::{Event, Health, InstanceStatus, ServiceStatus, StatusReport};
+use crate::drivers::Drivers;
 use crate::error::{AgentError, Result};
 use crate::ports::PortPicker;
 use crate::supervisor::{self, Adopted, Control};
@@ -35,8 +36,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub project: String,
     pub environment: String,
-    /// How to start shims: `bow shim` (the running binary).
-    pub shim: ShimCommand,
+    /// What runs instances, per workload kind ([`Drivers::local`]: processes under
+    /// `bow shim`; a fake in unit tests).
+    pub drivers: Drivers,
     /// Receives every event; without one, events are logged to stderr.
     pub event_sink: Option<EventSink>,
     /// Resume the last applied revision at start (`bow agent`, `bow up`); `false` only adopts
@@ -100,7 +102,7 @@ pub struct Agent {
     pub project: String,
     pub environment: String,
     pub root: bool,
-    pub(crate) driver: Arc<dyn ProcessDriver>,
+    pub(crate) drivers: Drivers,
     pub(crate) store: Mutex<Store>,
     pub(crate) ports: PortPicker,
     pub(crate) inner: Mutex<Inner>,
@@ -145,7 +147,6 @@ impl Agent {
             what: "cannot write agent.pid".into(),
             source,
         })?;
-        bow_driver::become_subreaper()?;
         let store = Store::open(&state_dir)?;
         let recorded = store.latest_revision()?;
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -155,7 +156,7 @@ impl Agent {
             project: config.project,
             environment: config.environment,
             root,
-            driver: Arc::new(LinuxProcessDriver::new(config.shim)),
+            drivers: config.drivers,
             store: Mutex::new(store),
             ports: PortPicker::default(),
             inner: Mutex::new(Inner::default()),
@@ -556,21 +557,9 @@ impl Agent {
         stopped.extend(self.stop_adopted_leftovers().await);
         self.stop_edge().await;
         self.stop_discovery().await;
-        // Anything left in the project's cgroups (a child that escaped its process group).
-        if let Some(layout) = bow_driver::cgroup::detect_layout() {
-            let project = format!("{}-{}", self.project, self.environment);
-            for placement in bow_driver::cgroup::project_cgroups(
-                &layout,
-                bow_driver::DEFAULT_CGROUP_PARENT,
-                &project,
-            ) {
-                placement.kill_all(Duration::from_secs(2));
-            }
-            let _ = bow_driver::cgroup::remove_project_cgroups(
-                &layout,
-                bow_driver::DEFAULT_CGROUP_PARENT,
-                &project,
-            );
+        // Anything left of them (a child that escaped its process group).
+        for driver in self.drivers.all() {
+            driver.clean_up().await;
         }
         self.emit(
             "",
@@ -596,7 +585,7 @@ impl Agent {
         let mut by_service: BTreeMap<String, Vec<Adopted>> = BTreeMap::new();
         for adopted in leftovers.into_values() {
             by_service
-                .entry(adopted.handle.service.clone())
+                .entry(adopted.handle.service().to_string())
                 .or_default()
                 .push(adopted);
         }
@@ -619,11 +608,11 @@ impl Agent {
             };
             let mut tasks = Vec::new();
             for adopted in group {
-                stopped.push(adopted.handle.instance_id.clone());
+                stopped.push(adopted.handle.instance_id().to_string());
                 let agent = self.clone();
                 tasks.push(tokio::spawn(async move {
                     crate::adopt::stop_handle(&agent, &adopted.handle).await;
-                    agent.forget_instance(&adopted.handle.instance_id);
+                    agent.forget_instance(adopted.handle.instance_id());
                 }));
             }
             for task in tasks {
@@ -736,11 +725,11 @@ impl Agent {
             .collect())
     }
 
-    pub(crate) fn record_instance(&self, handle: &InstanceHandle, port: u16, restarts: u32) {
+    pub(crate) fn record_instance(&self, handle: &Handle, port: u16, restarts: u32) {
         let row = bow_store::InstanceRow {
-            id: handle.instance_id.clone(),
-            service: handle.service.clone(),
-            index: handle.index,
+            id: handle.instance_id().to_string(),
+            service: handle.service().to_string(),
+            index: handle.index(),
             port,
             restarts,
             handle_json: serde_json::to_string(handle).unwrap_or_default(),
@@ -749,7 +738,7 @@ impl Agent {
         if let Err(error) = self.store().upsert_instance(&row) {
             eprintln!(
                 "bow agent: cannot record instance {}: {error}",
-                handle.instance_id
+                handle.instance_id()
             );
         }
     }

@@ -63,7 +63,7 @@ pub(crate) fn open_releases(agent: &Arc<Agent>, spec: &Spec, revision: i64) -> R
                 inner
                     .adopted
                     .values()
-                    .map(|a| (a.handle.service.clone(), a.handle.release as i64)),
+                    .map(|a| (a.handle.service().to_string(), a.handle.release() as i64)),
             )
             .collect()
     };
@@ -481,17 +481,18 @@ fn take_adopted(agent: &Arc<Agent>, name: &str, definition: &Arc<Service>, relea
     let ids: Vec<String> = inner
         .adopted
         .iter()
-        .filter(|(_, a)| a.handle.service == name)
+        .filter(|(_, a)| a.handle.service() == name)
         .map(|(id, _)| id.clone())
         .collect();
     for id in ids {
         let Some(adopted) = inner.adopted.remove(&id) else {
             continue;
         };
-        let index = adopted.handle.index;
+        let index = adopted.handle.index();
         // From a bow without releases: it runs what is applied.
-        let (slot_release, slot_definition) = match releases.get(&(adopted.handle.release as i64)) {
-            Some(found) => (adopted.handle.release as i64, found.clone()),
+        let (slot_release, slot_definition) = match releases.get(&(adopted.handle.release() as i64))
+        {
+            Some(found) => (adopted.handle.release() as i64, found.clone()),
             None => (release, definition.clone()),
         };
         let Some(runtime) = inner.services.get_mut(name) else {
@@ -758,16 +759,12 @@ fn describe_failure(status: &crate::api::InstanceStatus) -> String {
 
 /// The last lines an instance wrote, for a failed deploy's report.
 fn last_lines(agent: &Agent, instance: &str) -> Vec<String> {
-    bow_driver::logs::read_instance_log(
-        &crate::layout::log_dir(&agent.state_dir),
-        instance,
-        bow_driver::logs::LogQuery {
-            since: None,
-            tail: Some(LAST_LINES),
-        },
-    )
-    .map(|lines| lines.into_iter().map(|l| l.text).collect())
-    .unwrap_or_default()
+    agent
+        .drivers
+        .all()
+        .flat_map(|driver| driver.log_tail(instance, LAST_LINES))
+        .map(|line| line.text)
+        .collect()
 }
 
 fn ids(name: &str, indexes: &[u32]) -> String {

@@ -12,11 +12,13 @@ pub mod backoff;
 pub mod client;
 mod deploy;
 pub mod discovery;
+mod drivers;
 pub mod edge;
 mod error;
+#[cfg(test)]
+mod fake_world;
 pub mod health;
 mod instance_spec;
-mod pidfd;
 mod ports;
 mod secrets;
 mod server;
@@ -24,6 +26,7 @@ mod supervisor;
 mod venv;
 
 pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms, wait_released};
+pub use drivers::Drivers;
 pub use error::{AgentError, Result};
 
 /// The directories the agent keeps inside its state dir.

@@ -107,10 +107,10 @@ pub(crate) fn health_env(
     agent: &Agent,
     service_name: &str,
     service: &Service,
-    handle: &bow_driver::InstanceHandle,
+    handle: &bow_driver::Handle,
     mut env: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    if let Some(dir) = &handle.secrets_dir {
+    if let Some(dir) = &handle.secrets_dir() {
         env.insert(
             bow_driver::SECRETS_DIR_ENV.to_string(),
             dir.display().to_string(),

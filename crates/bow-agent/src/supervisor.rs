@@ -1,12 +1,13 @@
-//! One instance slot's life: start, watch (exit via pidfd, health probes), restart with
-//! backoff, stop. One task per slot; it reports through the agent's status table and events.
+//! One instance slot's life: start, watch (exit as the driver notifies it, health probes),
+//! restart with backoff, stop. Instances are reached through their driver only. One task
+//! per slot; it reports through the agent's status table and events.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use bow_driver::{InstanceExit, InstanceHandle, ProcessState, StopOutcome};
+use bow_driver::{Handle, InstanceExit, StopOutcome};
 use bow_spec::Service;
 
 use crate::agent::{Agent, Slot};
@@ -35,7 +36,7 @@ pub struct Control {
 /// An instance found running when the agent started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adopted {
-    pub handle: InstanceHandle,
+    pub handle: Handle,
     pub port: u16,
     pub restarts: u32,
 }
@@ -122,7 +123,7 @@ async fn run(
     let mut generation = control.borrow().restart_generation;
     let mut reconfigured = control.borrow().reconfigure;
     // The running process, watched again after an in-place change of the definition.
-    let mut resume: Option<(InstanceHandle, u16)> = None;
+    let mut resume: Option<(Handle, u16)> = None;
     let mut first_start = true;
     let mut reported_crash_loop = false;
     // A restarted instance keeps its port while the port is free, so what talks to it directly
@@ -145,8 +146,8 @@ async fn run(
                         &id,
                         "adopted",
                         &format!(
-                            "pid {} port {} (still running from a previous agent; not wanted, stopping it)",
-                            adopted.handle.pid, adopted.port
+                            "{} port {} (still running from a previous agent; not wanted, stopping it)",
+                            adopted.handle, adopted.port
                         ),
                     );
                     adopted.handle
@@ -174,14 +175,14 @@ async fn run(
                     &service,
                     &id,
                     "reconfigured",
-                    &format!("release {release}: checks and timeouts changed in place, pid {} keeps running", handle.pid),
+                    &format!("release {release}: checks and timeouts changed in place, {handle} keeps running"),
                 );
                 (handle, port)
             }
             Err(Some(adopted)) => {
                 let message = format!(
-                    "pid {} port {} (still running from a previous agent)",
-                    adopted.handle.pid, adopted.port
+                    "{} port {} (still running from a previous agent)",
+                    adopted.handle, adopted.port
                 );
                 agent.emit(&service, &id, "adopted", &message);
                 (adopted.handle, adopted.port)
@@ -196,10 +197,7 @@ async fn run(
                             &service,
                             &id,
                             "started",
-                            &format!(
-                                "pid {} port {} user {}",
-                                started.0.pid, started.1, started.0.user
-                            ),
+                            &format!("{} port {} user {}", started.0, started.1, started.0.user()),
                         );
                         started
                     }
@@ -229,11 +227,11 @@ async fn run(
             if resumed {
                 return;
             }
-            s.pid = Some(handle.pid);
+            s.pid = handle.pid();
             s.port = Some(port);
-            s.started_at_ms = Some(handle.started_at_unix_ms);
-            s.user = Some(handle.user.clone());
-            s.log_path = Some(handle.log_path.clone());
+            s.started_at_ms = Some(handle.started_at_unix_ms());
+            s.user = Some(handle.user().to_string());
+            s.log_path = handle.log_path().map(Into::into);
             // A crash-looping instance shows so until it is healthy again.
             s.health = if crash_looping_now {
                 Health::CrashLooping
@@ -404,7 +402,7 @@ async fn start(
     service: &str,
     index: u32,
     preferred: Option<u16>,
-) -> Result<(InstanceHandle, u16), String> {
+) -> Result<(Handle, u16), String> {
     let port = match preferred.filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
         Some(port) => port,
         None => agent
@@ -422,10 +420,11 @@ async fn start(
     let secrets = crate::secrets::files_for(agent, service, definition)?;
     let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
-    let driver = agent.driver.clone();
-    let handle = tokio::task::spawn_blocking(move || driver.start(&spec))
+    let handle = agent
+        .drivers
+        .for_service(definition)
+        .start(spec)
         .await
-        .map_err(|e| format!("start task failed: {e}"))?
         .map_err(|e| e.to_string())?;
     Ok((handle, port))
 }
@@ -437,10 +436,10 @@ async fn stop_instance(
     definition: &Service,
     service: &str,
     index: u32,
-    handle: &InstanceHandle,
+    handle: &Handle,
     why: &str,
 ) {
-    let id = &handle.instance_id;
+    let id = handle.instance_id();
     let timeout = definition.stop_timeout.as_std();
     agent.update(service, index, |s| s.health = Health::Stopping);
     if (!definition.routes.is_empty() || definition.port.is_some())
@@ -463,29 +462,24 @@ async fn stop_instance(
         id,
         "stopping",
         &format!(
-            "pid {} (SIGTERM, SIGKILL after {})",
-            handle.pid,
+            "{handle} (SIGTERM, SIGKILL after {})",
             bow_spec::units::Duration(timeout)
         ),
     );
-    let driver = agent.driver.clone();
-    let stopped = handle.clone();
-    let outcome = tokio::task::spawn_blocking(move || driver.stop(&stopped, timeout)).await;
+    let outcome = agent.drivers.for_handle(handle).stop(handle, timeout).await;
     let message = match outcome {
-        Ok(Ok(StopOutcome::Terminated(exit))) => format!("{why}: {}", describe(exit.as_ref())),
-        Ok(Ok(StopOutcome::Killed(exit))) => format!(
+        Ok(StopOutcome::Terminated(exit)) => format!("{why}: {}", describe(exit.as_ref())),
+        Ok(StopOutcome::Killed(exit)) => format!(
             "{why}: ignored SIGTERM for {}, {}",
             bow_spec::units::Duration(timeout),
             describe(exit.as_ref())
         ),
-        Ok(Ok(StopOutcome::AlreadyGone(exit))) => {
+        Ok(StopOutcome::AlreadyGone(exit)) => {
             format!("{why}: already gone, {}", describe(exit.as_ref()))
         }
-        Ok(Err(error)) => format!("{why}: stop failed: {error}"),
-        Err(error) => format!("{why}: stop task failed: {error}"),
+        Err(error) => format!("{why}: stop failed: {error}"),
     };
     agent.emit(service, id, "stopped", &message);
-    reap_later(handle.clone());
 }
 
 fn describe(exit: Option<&InstanceExit>) -> String {
@@ -495,31 +489,19 @@ fn describe(exit: Option<&InstanceExit>) -> String {
     )
 }
 
-/// Reaps the shim (a child of the agent, which is a subreaper) once it has exited.
-fn reap_later(handle: InstanceHandle) {
-    tokio::spawn(async move {
-        for _ in 0..300 {
-            if bow_driver::reap_shim(&handle) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn watch_instance(
     agent: &Arc<Agent>,
     definition: &Service,
     service: &str,
     index: u32,
-    handle: &InstanceHandle,
+    handle: &Handle,
     port: u16,
     control: &mut watch::Receiver<Control>,
     (generation, reconfigured): (&mut u64, &mut u64),
     healthy_since: &Mutex<Option<Instant>>,
 ) -> Ending {
-    let exit = wait_exit(agent.clone(), handle.clone());
+    let exit = agent.drivers.for_handle(handle).wait_exit(handle);
     tokio::pin!(exit);
     let health = health_loop(
         agent,
@@ -553,38 +535,13 @@ async fn watch_instance(
     }
 }
 
-/// Resolves when the instance's process has ended, with what its shim recorded.
-async fn wait_exit(agent: Arc<Agent>, handle: InstanceHandle) -> Option<InstanceExit> {
-    if let Some(fd) = crate::pidfd::open(handle.pid) {
-        // Opened first, verified second: the pidfd cannot refer to a reused pid.
-        if matches!(agent.driver.verify(&handle), Ok(ProcessState::Running)) {
-            crate::pidfd::exited(fd).await;
-        }
-    }
-    // The shim writes exit.json after reaping the process and removing its cgroup.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(Some(exit)) = agent.driver.exit_status(&handle) {
-            reap_later(handle);
-            return Some(exit);
-        }
-        let shim_gone = !matches!(bow_driver::verify_shim(&handle), Ok(ProcessState::Running));
-        if Instant::now() > deadline
-            || (shim_gone && Instant::now() + Duration::from_secs(4) > deadline)
-        {
-            return agent.driver.exit_status(&handle).ok().flatten();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// Probes until the instance has failed `retries` checks in a row; returns the last reason.
 async fn health_loop(
     agent: &Arc<Agent>,
     definition: &Service,
     service: &str,
     index: u32,
-    handle: &InstanceHandle,
+    handle: &Handle,
     port: u16,
     healthy_since: &Mutex<Option<Instant>>,
 ) -> String {
@@ -615,7 +572,7 @@ async fn health_loop(
     let exec = ExecContext {
         dir: &dir,
         env: &env,
-        ids: agent.root.then_some((handle.uid, handle.gid)),
+        ids: agent.root.then(|| handle.run_as()),
     };
     let started = Instant::now();
     let interval = health.interval.as_std();
@@ -687,5 +644,96 @@ fn check_name(check: &bow_spec::Check) -> &'static str {
         bow_spec::Check::Http(_) => "http check",
         bow_spec::Check::Tcp(_) => "tcp check",
         bow_spec::Check::Exec(_) => "exec check",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bow_driver::DriverError;
+    use bow_driver::fake::{DriverCall, FakeProcessDriver, exited_with};
+
+    use crate::fake_world::FakeWorld;
+
+    const WORKER: &str = "project: p\nservices:\n  worker:\n    command: work --hard\n";
+
+    fn starts(world: &FakeWorld) -> usize {
+        world
+            .driver
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, DriverCall::Start { .. }))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_crashed_instance_is_started_again_through_its_driver() {
+        let world = FakeWorld::start(Arc::new(FakeProcessDriver::new())).await;
+        world.apply(WORKER);
+        world
+            .until("worker runs", |w| w.driver.running().len() == 1)
+            .await;
+        let first = world.driver.running()[0].clone();
+        assert_eq!(first.instance_id(), "worker.1");
+        world.driver.end(&first, exited_with(3));
+        world
+            .until("a new worker.1", |w| {
+                w.driver
+                    .running()
+                    .first()
+                    .is_some_and(|h| !h.same_as(&first))
+            })
+            .await;
+        assert_eq!(starts(&world), 2);
+        world
+            .until("restarted", |w| w.saw("worker.1", "restarted"))
+            .await;
+        let events = world.events();
+        assert!(
+            events.contains("worker.1 exited exited with code 3"),
+            "{events}"
+        );
+        assert!(
+            events.contains(&format!("worker.1 started {first} port ")),
+            "{events}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_the_driver_refuses_is_retried_after_a_backoff() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        driver.fail_next_start(DriverError::CommandNotFound {
+            command: "work".into(),
+            path: "/bin".into(),
+        });
+        let world = FakeWorld::start(driver).await;
+        world.apply(WORKER);
+        world
+            .until("worker runs", |w| w.driver.running().len() == 1)
+            .await;
+        assert_eq!(starts(&world), 2);
+        assert!(world.saw("worker.1", "start-failed"), "{}", world.events());
+        assert!(world.saw("worker.1", "backoff"), "{}", world.events());
+    }
+
+    #[tokio::test]
+    async fn down_stops_every_instance_through_its_driver_then_cleans_up() {
+        let world = FakeWorld::start(Arc::new(FakeProcessDriver::new())).await;
+        world.apply(&WORKER.replace("work --hard", "work --hard\n    replicas: 2"));
+        world
+            .until("two workers run", |w| w.driver.running().len() == 2)
+            .await;
+        let mut stopped = world.agent.down().await;
+        stopped.sort();
+        assert_eq!(stopped, ["worker.1", "worker.2"]);
+        assert!(world.driver.running().is_empty());
+        let calls = world.driver.calls();
+        let stops = calls
+            .iter()
+            .filter(|c| matches!(c, DriverCall::Stop { .. }))
+            .count();
+        assert_eq!(stops, 2);
+        assert_eq!(calls.last(), Some(&DriverCall::CleanUp));
     }
 }
