@@ -18,16 +18,23 @@ mod error;
 #[cfg(test)]
 mod fake_world;
 pub mod health;
+mod health_watch;
 mod instance_spec;
 mod ports;
+mod releases;
+mod rollout;
 mod secrets;
 mod server;
+mod state_dir;
+mod status;
+mod stopping;
 mod supervisor;
 mod venv;
 
-pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms, wait_released};
+pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms};
 pub use drivers::Drivers;
 pub use error::{AgentError, Result};
+pub use state_dir::wait_released;
 
 /// The directories the agent keeps inside its state dir.
 pub mod layout {

@@ -13,14 +13,7 @@ use bow_spec::Service;
 use crate::agent::{Agent, Slot};
 use crate::api::{Health, InstanceStatus};
 use crate::backoff::{Backoff, STABLE_PERIOD};
-use crate::health::{ExecContext, probe};
 use crate::instance_spec::{self, InstanceContext};
-
-/// Without a health check, an instance is healthy once it has stayed up this long.
-pub const NO_CHECK_HEALTHY_AFTER: Duration = Duration::from_secs(1);
-/// Until an instance is first healthy, it is probed at least this often (failures still count
-/// at most once per `interval`).
-const STARTUP_PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the agent asks of a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -503,7 +496,7 @@ async fn watch_instance(
 ) -> Ending {
     let exit = agent.drivers.for_handle(handle).wait_exit(handle);
     tokio::pin!(exit);
-    let health = health_loop(
+    let health = crate::health_watch::health_loop(
         agent,
         definition,
         service,
@@ -535,91 +528,7 @@ async fn watch_instance(
     }
 }
 
-/// Probes until the instance has failed `retries` checks in a row; returns the last reason.
-async fn health_loop(
-    agent: &Arc<Agent>,
-    definition: &Service,
-    service: &str,
-    index: u32,
-    handle: &Handle,
-    port: u16,
-    healthy_since: &Mutex<Option<Instant>>,
-) -> String {
-    let id = format!("{service}.{index}");
-    let mark_healthy = |message: &str| {
-        *healthy_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        agent.update(service, index, |s| s.health = Health::Healthy);
-        agent.emit(service, &id, "healthy", message);
-    };
-    let Some(health) = &definition.health else {
-        tokio::time::sleep(NO_CHECK_HEALTHY_AFTER).await;
-        mark_healthy(&format!(
-            "up for {} (no health check)",
-            bow_spec::units::Duration(NO_CHECK_HEALTHY_AFTER)
-        ));
-        return std::future::pending().await;
-    };
-    let venv = agent.venv(service);
-    let context = context(agent, service, index, port, venv.as_deref());
-    let env = crate::secrets::health_env(
-        agent,
-        service,
-        definition,
-        handle,
-        instance_spec::environment(definition, &context),
-    );
-    let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
-    let exec = ExecContext {
-        dir: &dir,
-        env: &env,
-        ids: agent.root.then(|| handle.run_as()),
-    };
-    let started = Instant::now();
-    let interval = health.interval.as_std();
-    let mut ever_healthy = false;
-    let mut healthy = false;
-    let mut failures = 0;
-    let mut last_counted: Option<Instant> = None;
-    loop {
-        match probe(&health.check, port, health.timeout.as_std(), &exec).await {
-            Ok(()) => {
-                failures = 0;
-                if !healthy {
-                    healthy = true;
-                    ever_healthy = true;
-                    mark_healthy(&format!(
-                        "{} passed after {} ms",
-                        check_name(&health.check),
-                        started.elapsed().as_millis()
-                    ));
-                }
-            }
-            Err(reason) => {
-                let grace = !ever_healthy && started.elapsed() < health.start_period.as_std();
-                let counts =
-                    last_counted.is_none_or(|t| t.elapsed() + Duration::from_millis(5) >= interval);
-                if !grace && counts {
-                    failures += 1;
-                    last_counted = Some(Instant::now());
-                    if failures >= health.retries {
-                        return format!(
-                            "{} failed {failures} times in a row: {reason}",
-                            check_name(&health.check)
-                        );
-                    }
-                }
-            }
-        }
-        let pause = if ever_healthy {
-            interval
-        } else {
-            interval.min(STARTUP_PROBE_PAUSE)
-        };
-        tokio::time::sleep(pause).await;
-    }
-}
-
-fn context<'a>(
+pub(crate) fn context<'a>(
     agent: &'a Agent,
     service: &'a str,
     index: u32,
@@ -636,14 +545,6 @@ fn context<'a>(
         venv,
         root: agent.root,
         names: agent.names(),
-    }
-}
-
-fn check_name(check: &bow_spec::Check) -> &'static str {
-    match check {
-        bow_spec::Check::Http(_) => "http check",
-        bow_spec::Check::Tcp(_) => "tcp check",
-        bow_spec::Check::Exec(_) => "exec check",
     }
 }
 
