@@ -5,6 +5,7 @@
 //! instance where it wanted to start one stops that orphan the same way (`stop_orphan`)
 //! instead of failing.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,7 +97,12 @@ pub async fn scan(agent: &Arc<Agent>) -> BTreeMap<String, Adopted> {
                 adopted.insert(handle.instance_id().to_string(), *instance);
             }
             Disposition::Stop(reason) => {
-                agent.emit(handle.service(), handle.instance_id(), "stopping", &reason);
+                agent.emit(
+                    handle.service(),
+                    handle.instance_id(),
+                    EventKind::Stopping,
+                    &reason,
+                );
                 stop_handle(agent, &handle).await;
             }
             Disposition::Ended => {
@@ -104,7 +110,12 @@ pub async fn scan(agent: &Arc<Agent>) -> BTreeMap<String, Adopted> {
                     Some(exit) => format!("{exit} while no agent was running"),
                     _ => "ended while no agent was running".to_string(),
                 };
-                agent.emit(handle.service(), handle.instance_id(), "exited", &message);
+                agent.emit(
+                    handle.service(),
+                    handle.instance_id(),
+                    EventKind::Exited,
+                    &message,
+                );
                 agent.forget_instance(handle.instance_id());
             }
             Disposition::Nothing => {}
@@ -132,7 +143,7 @@ async fn stop_strays(agent: &Arc<Agent>, strays: Vec<(Arc<dyn Driver>, Stray)>) 
             agent.emit(
                 &service,
                 &id,
-                "orphan-stopped",
+                EventKind::OrphanStopped,
                 &format!("{description} (started as the previous agent died); stopped"),
             );
         }));
@@ -173,7 +184,7 @@ pub(crate) async fn stop_orphan(agent: &Arc<Agent>, handle: &Handle, found_by: &
     agent.emit(
         handle.service(),
         handle.instance_id(),
-        "orphan-stopped",
+        EventKind::OrphanStopped,
         &format!(
             "{handle} (release {}) ran without a slot ({found_by}); {how}",
             handle.release()
@@ -209,7 +220,7 @@ pub async fn stop_unwanted(agent: &Arc<Agent>) {
         agent.emit(
             adopted.handle.service(),
             adopted.handle.instance_id(),
-            "stopping",
+            EventKind::Stopping,
             "no longer in the applied file",
         );
         stop_handle(agent, &adopted.handle).await;
@@ -229,7 +240,12 @@ pub async fn stop_handle(agent: &Arc<Agent>, handle: &Handle) {
             .map_or_else(|| "stopped".to_string(), |exit| format!("stopped: {exit}")),
         Err(error) => format!("stop failed: {error}"),
     };
-    agent.emit(handle.service(), handle.instance_id(), "stopped", &message);
+    agent.emit(
+        handle.service(),
+        handle.instance_id(),
+        EventKind::Stopped,
+        &message,
+    );
 }
 
 #[cfg(test)]

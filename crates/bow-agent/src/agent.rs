@@ -1,6 +1,7 @@
 //! The agent's shared state, its start (lock, store, adoption, API) and apply; status,
 //! stopping and the state dir's lock are in `status.rs`, `stopping.rs`, `state_dir.rs`.
 
+use bow_reconcile::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -197,7 +198,7 @@ impl Agent {
             agent.emit(
                 "",
                 "",
-                "store-error",
+                EventKind::StoreError,
                 &format!("cannot read releases: {error}"),
             );
         }
@@ -216,7 +217,8 @@ impl Agent {
     }
 
     /// Records and shows one event.
-    pub fn emit(&self, service: &str, instance: &str, kind: &str, message: &str) {
+    pub fn emit(&self, service: &str, instance: &str, kind: EventKind, message: &str) {
+        let kind = kind.label();
         let at_ms = now_ms();
         let id = self
             .store()
@@ -268,7 +270,7 @@ impl Agent {
         self.emit(
             "",
             "",
-            "applied",
+            EventKind::Applied,
             &format!("revision {revision}: {} services", spec.services.len()),
         );
         let changed = crate::releases::open_releases(self, &spec, revision)?;
@@ -340,7 +342,7 @@ impl Agent {
         self.emit(
             name,
             "",
-            "building",
+            EventKind::Building,
             &format!("python environment from {}", python.requirements),
         );
         let search_path = definition
@@ -360,7 +362,7 @@ impl Agent {
                 self.emit(
                     name,
                     "",
-                    "built",
+                    EventKind::Built,
                     &format!("python environment {}", venv.display()),
                 );
                 if let Some(runtime) = self.lock().services.get_mut(name) {
@@ -372,7 +374,7 @@ impl Agent {
                 self.emit(
                     name,
                     &format!("{name}.1"),
-                    "start-failed",
+                    EventKind::StartFailed,
                     &format!("python environment: {reason}"),
                 );
                 Err(reason.to_string())

@@ -12,6 +12,7 @@
 //! Instances carry their release number in their handle, so an agent killed mid-deploy finds
 //! old and new instances on restart and finishes (or rolls back) the same deploy.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -369,7 +370,7 @@ async fn settle(agent: &Arc<Agent>, name: &str, definition: &Arc<Service>, relea
                 Some(&reason),
                 now_ms(),
             );
-            agent.emit(name, &instance, "deploy-failed", &reason);
+            agent.emit(name, &instance, EventKind::DeployFailed, &reason);
             let last_lines = last_lines(agent, &instance);
             agent.set_failed(
                 name,
@@ -407,7 +408,7 @@ fn went_live(agent: &Arc<Agent>, name: &str, release: i64) {
         agent.emit(
             name,
             "",
-            "deployed",
+            EventKind::Deployed,
             &format!("release {release} live ({}, {} ms)", row.strategy, took),
         );
     }

@@ -2,6 +2,7 @@
 //! `interval`), healthy on the first pass, unhealthy after `retries` failures in a row
 //! outside the start period; without a check, healthy once up for a second.
 
+use bow_reconcile::EventKind;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ pub(crate) async fn health_loop(
     let mark_healthy = |message: &str| {
         *healthy_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         agent.update(service, index, |s| s.health = Health::Healthy);
-        agent.emit(service, &id, "healthy", message);
+        agent.emit(service, &id, EventKind::Healthy, message);
     };
     let Some(health) = &definition.health else {
         tokio::time::sleep(NO_CHECK_HEALTHY_AFTER).await;

@@ -3,11 +3,12 @@
 //! API shows it, and `bow rollback` (an earlier release's definition deployed again as a new
 //! release). Carrying a release out is the deploy engine's (`deploy.rs`).
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bow_plan::ChangeClass;
-use bow_spec::{Service, Spec, Strategy};
+use bow_reconcile::DeployStrategy;
+use bow_spec::{Service, Spec};
 use bow_store::{ReleaseRow, ReleaseStatus};
 
 use crate::agent::{Agent, now_ms};
@@ -100,7 +101,7 @@ pub(crate) fn open_releases(agent: &Arc<Agent>, spec: &Spec, revision: i64) -> R
         targets.push((name.clone(), number));
         progress.insert(
             name.clone(),
-            new_progress(&name, number, strategy, now_ms()),
+            new_progress(&name, number, strategy.label(), now_ms()),
         );
     }
     let changed: Vec<String> = progress.keys().cloned().collect();
@@ -115,18 +116,10 @@ pub(crate) fn open_releases(agent: &Arc<Agent>, spec: &Spec, revision: i64) -> R
     Ok(changed)
 }
 
-/// `initial`, `in-place`, `rolling` or `blue-green`: how `definition` replaces `live`.
-fn strategy_of(definition: &Service, live: Option<&ReleaseRow>) -> &'static str {
-    let Some(live) = live else {
-        return "initial";
-    };
-    match bow_plan::classify_service_change(&live.definition, definition) {
-        Some(ChangeClass::Replace) => match definition.deploy.strategy {
-            Strategy::Rolling => "rolling",
-            Strategy::BlueGreen => "blue-green",
-        },
-        _ => "in-place",
-    }
+/// How `definition` replaces `live`: `bow_plan`'s change class, through the core's typed
+/// strategy (one source of truth with `bow plan`).
+fn strategy_of(definition: &Service, live: Option<&ReleaseRow>) -> DeployStrategy {
+    DeployStrategy::of(definition, live.map(|l| &l.definition))
 }
 
 /// Records a new release of `name`; an in-place one is live at once.
@@ -151,7 +144,7 @@ fn record_release(
             fields.join(", ")
         }
     };
-    let in_place = strategy == "in-place";
+    let in_place = strategy == DeployStrategy::InPlace;
     let at = now_ms();
     let store = agent.store();
     let number = store.create_release(&ReleaseRow {
@@ -165,7 +158,7 @@ fn record_release(
         } else {
             ReleaseStatus::Deploying
         },
-        strategy: strategy.to_string(),
+        strategy: strategy.label().to_string(),
         changes,
         digest: digest(definition),
         reason: note.unwrap_or_default(),
@@ -323,7 +316,7 @@ impl Agent {
         self.emit(
             service,
             "",
-            "rollback",
+            EventKind::Rollback,
             &format!(
                 "release {number}: back to what release {} ran",
                 target.number
@@ -336,7 +329,7 @@ impl Agent {
             inner.spec = Some(spec);
             inner.progress = BTreeMap::from([(
                 service.to_string(),
-                new_progress(service, number, strategy, now_ms()),
+                new_progress(service, number, strategy.label(), now_ms()),
             )]);
             inner.progress_revision = revision;
             let runtime = inner.services.entry(service.to_string()).or_default();

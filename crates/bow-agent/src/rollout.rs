@@ -4,6 +4,7 @@
 //! rollback of a deploy that failed (the old release at full strength again before the new
 //! instances leave the edge). The engine that picks one is `deploy.rs`.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -161,7 +162,7 @@ pub(crate) async fn rolling(
     agent.emit(
         name,
         "",
-        "deploying",
+        EventKind::Deploying,
         &format!(
             "release {release} (rolling, {replicas} instances, {} to replace)",
             old.len()
@@ -218,7 +219,7 @@ pub(crate) async fn blue_green(
     agent.emit(
         name,
         "",
-        "deploying",
+        EventKind::Deploying,
         &format!("release {release} (blue-green, {replicas} instances)"),
     );
     // New instances already running (an interrupted deploy) wait for the switch too.
@@ -262,7 +263,7 @@ pub(crate) async fn blue_green(
     agent.emit(
         name,
         "",
-        "switched",
+        EventKind::Switched,
         &format!("edge: {} → {}", ids(name, &stale), ids(name, &green)),
     );
     agent.set_phase(name, Phase::Draining, ids(name, &stale));
@@ -283,7 +284,7 @@ pub(crate) async fn roll_back(agent: &Arc<Agent>, name: &str, release: i64, fail
     agent.emit(
         name,
         failure.instance.as_deref().unwrap_or(""),
-        "deploy-failed",
+        EventKind::DeployFailed,
         &format!("release {release}: {}", failure.reason),
     );
     let rows = agent.store().releases(Some(name)).unwrap_or_default();
@@ -359,7 +360,7 @@ pub(crate) async fn roll_back(agent: &Arc<Agent>, name: &str, release: i64, fail
         )
         .await
         {
-            agent.emit(name, "", "rollback-degraded", &again.reason);
+            agent.emit(name, "", EventKind::RollbackDegraded, &again.reason);
         }
     }
     // Every old instance serves again before the new ones leave the edge.
@@ -406,7 +407,7 @@ pub(crate) async fn roll_back(agent: &Arc<Agent>, name: &str, release: i64, fail
     agent.emit(
         name,
         "",
-        "rolled-back",
+        EventKind::RolledBack,
         &format!("release {old_release} serves again; release {release} failed"),
     );
     agent.set_failed(

@@ -7,6 +7,7 @@
 //! names. When the file now holds another value (set but not applied yet), the instance gets
 //! the file's value and an event says so.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -74,7 +75,7 @@ pub(crate) fn files_for(
                 agent.emit(
                     service_name,
                     "",
-                    "secret-changed",
+                    EventKind::SecretChanged,
                     &format!(
                         "secret {} in {} differs from the applied release; instances started now get the file's value; run `bow up` to deploy it to every instance",
                         secret.name,
@@ -175,7 +176,7 @@ pub(crate) fn sweep(agent: &Agent, running: &dyn Fn(&str) -> bool) {
         agent.emit(
             "",
             &id,
-            "cleaned",
+            EventKind::Cleaned,
             "removed the secrets of an instance that no longer runs",
         );
     }

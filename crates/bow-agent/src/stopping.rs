@@ -2,6 +2,7 @@
 //! instances stopped, and `bow down` (dependants first, a service's instances in parallel,
 //! then adopted leftovers, the edge, discovery and what the drivers hold).
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,7 +149,7 @@ impl Agent {
         self.emit(
             "",
             "",
-            "stopped",
+            EventKind::Stopped,
             &format!("down: {} instances stopped", stopped.len()),
         );
         stopped

@@ -2,6 +2,7 @@
 //! restart with backoff, stop. Instances are reached through their driver only. One task
 //! per slot; it reports through the agent's status table and events.
 
+use bow_reconcile::EventKind;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,7 +138,7 @@ async fn run(
                     agent.emit(
                         &service,
                         &id,
-                        "adopted",
+                        EventKind::Adopted,
                         &format!(
                             "{} port {} (still running from a previous agent; not wanted, stopping it)",
                             adopted.handle, adopted.port
@@ -167,7 +168,7 @@ async fn run(
                 agent.emit(
                     &service,
                     &id,
-                    "reconfigured",
+                    EventKind::Reconfigured,
                     &format!("release {release}: checks and timeouts changed in place, {handle} keeps running"),
                 );
                 (handle, port)
@@ -177,26 +178,31 @@ async fn run(
                     "{} port {} (still running from a previous agent)",
                     adopted.handle, adopted.port
                 );
-                agent.emit(&service, &id, "adopted", &message);
+                agent.emit(&service, &id, EventKind::Adopted, &message);
                 (adopted.handle, adopted.port)
             }
             Err(None) => {
                 match start(&agent, &definition, release, &service, index, slot_port).await {
                     Ok(started) => {
                         if !first_start {
-                            agent.emit(&service, &id, "restarted", &format!("restart {restarts}"));
+                            agent.emit(
+                                &service,
+                                &id,
+                                EventKind::Restarted,
+                                &format!("restart {restarts}"),
+                            );
                         }
                         agent.emit(
                             &service,
                             &id,
-                            "started",
+                            EventKind::Started,
                             &format!("{} port {} user {}", started.0, started.1, started.0.user()),
                         );
                         started
                     }
                     Err(reason) => {
                         first_start = false;
-                        agent.emit(&service, &id, "start-failed", &reason);
+                        agent.emit(&service, &id, EventKind::StartFailed, &reason);
                         agent.update(&service, index, |s| {
                             s.health = Health::Failed;
                             s.last_error = Some(reason.clone());
@@ -280,12 +286,12 @@ async fn run(
             Ending::Exited(exit) => {
                 let (kind, message) = match &exit {
                     Some(exit) if exit.oom_killed => (
-                        "oom-killed",
+                        EventKind::OomKilled,
                         format!("{exit}: the memory limit was reached"),
                     ),
-                    Some(exit) => ("exited", exit.to_string()),
+                    Some(exit) => (EventKind::Exited, exit.to_string()),
                     None => (
-                        "exited",
+                        EventKind::Exited,
                         "ended; its exit status was not recorded".to_string(),
                     ),
                 };
@@ -297,7 +303,7 @@ async fn run(
                 });
             }
             Ending::Unhealthy(reason) => {
-                agent.emit(&service, &id, "unhealthy", &reason);
+                agent.emit(&service, &id, EventKind::Unhealthy, &reason);
                 agent.update(&service, index, |s| {
                     s.health = Health::Unhealthy;
                     s.last_error = Some(reason.clone());
@@ -335,7 +341,7 @@ async fn run(
             agent.emit(
                 &service,
                 &id,
-                "crash-looping",
+                EventKind::CrashLooping,
                 &format!(
                     "{} restarts in a row without staying healthy for {}",
                     backoff.consecutive(),
@@ -366,7 +372,7 @@ async fn back_off(
     agent.emit(
         service,
         id,
-        "backoff",
+        EventKind::Backoff,
         &format!("{what} in {}", bow_spec::units::Duration(delay)),
     );
     wait_or_stop(delay, control).await
@@ -443,7 +449,7 @@ async fn stop_instance(
         agent.emit(
             service,
             id,
-            "drain-timeout",
+            EventKind::DrainTimeout,
             &format!(
                 "{in_flight} requests still in flight after {}",
                 definition.deploy.drain_timeout
@@ -453,7 +459,7 @@ async fn stop_instance(
     agent.emit(
         service,
         id,
-        "stopping",
+        EventKind::Stopping,
         &format!(
             "{handle} (SIGTERM, SIGKILL after {})",
             bow_spec::units::Duration(timeout)
@@ -472,7 +478,7 @@ async fn stop_instance(
         }
         Err(error) => format!("{why}: stop failed: {error}"),
     };
-    agent.emit(service, id, "stopped", &message);
+    agent.emit(service, id, EventKind::Stopped, &message);
 }
 
 fn describe(exit: Option<&InstanceExit>) -> String {

@@ -132,6 +132,8 @@ pub enum EventKind {
     Exited,
     Healthy,
     OomKilled,
+    /// A process of the state dir that no instance could take over, stopped.
+    OrphanStopped,
     Reconfigured,
     Restarted,
     Rollback,
@@ -153,7 +155,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 32] = [
+    pub const ALL: [EventKind; 33] = [
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
@@ -173,6 +175,7 @@ impl EventKind {
         EventKind::Exited,
         EventKind::Healthy,
         EventKind::OomKilled,
+        EventKind::OrphanStopped,
         EventKind::Reconfigured,
         EventKind::Restarted,
         EventKind::Rollback,
@@ -210,6 +213,7 @@ impl EventKind {
             EventKind::Exited => "exited",
             EventKind::Healthy => "healthy",
             EventKind::OomKilled => "oom-killed",
+            EventKind::OrphanStopped => "orphan-stopped",
             EventKind::Reconfigured => "reconfigured",
             EventKind::Restarted => "restarted",
             EventKind::Rollback => "rollback",
