@@ -343,4 +343,60 @@ mod through_the_driver {
         );
         assert!(!world.driver.is_running(&old));
     }
+
+    fn running_spec(service: &str, index: u32, port: u16) -> bow_driver::InstanceSpec {
+        let mut spec = bow_driver::InstanceSpec::new(
+            "p-e",
+            service,
+            index,
+            vec!["app".into()],
+            Path::new("/run/p"),
+            Path::new("/log/p"),
+        );
+        spec.env = BTreeMap::from([("PORT".to_string(), port.to_string())]);
+        spec
+    }
+
+    #[tokio::test]
+    async fn what_a_previous_agent_left_running_is_adopted_not_started_again() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        let one = driver.start(running_spec("worker", 1, 4101)).await.unwrap();
+        let two = driver.start(running_spec("worker", 2, 4102)).await.unwrap();
+        let applied = "project: p\nservices:\n  worker:\n    command: app\n    replicas: 2\n";
+        let world = FakeWorld::restart(driver, Some(applied)).await;
+        world
+            .until("both adopted", |w| {
+                w.saw("worker.1", "adopted") && w.saw("worker.2", "adopted")
+            })
+            .await;
+        let starts = world
+            .driver
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, DriverCall::Start { .. }))
+            .count();
+        assert_eq!(starts, 2, "only the two the test started");
+        assert_eq!(world.driver.running(), [one.clone(), two]);
+        assert!(
+            world
+                .events()
+                .contains(&format!("worker.1 adopted {one} port 4101 (still running")),
+            "{}",
+            world.events()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_above_the_replicas_is_stopped() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        driver.start(running_spec("worker", 1, 4101)).await.unwrap();
+        let extra = driver.start(running_spec("worker", 2, 4102)).await.unwrap();
+        let applied = "project: p\nservices:\n  worker:\n    command: app\n";
+        let world = FakeWorld::restart(driver, Some(applied)).await;
+        world
+            .until("worker.2 stopped", |w| !w.driver.is_running(&extra))
+            .await;
+        assert_eq!(world.driver.running().len(), 1, "{}", world.events());
+        assert!(world.saw("worker.1", "adopted"), "{}", world.events());
+    }
 }

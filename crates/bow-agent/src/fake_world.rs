@@ -9,6 +9,11 @@ use bow_driver::fake::FakeProcessDriver;
 use crate::agent::{Agent, AgentConfig};
 use crate::drivers::Drivers;
 
+/// A valid spec from `yaml`.
+pub fn spec(yaml: &str) -> bow_spec::Spec {
+    bow_spec::load(yaml, &bow_spec::LoadOptions::default()).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
 pub struct FakeWorld {
     pub agent: Arc<Agent>,
     pub driver: Arc<FakeProcessDriver>,
@@ -19,7 +24,19 @@ pub struct FakeWorld {
 impl FakeWorld {
     /// An agent with nothing applied, over `driver` (which may already run instances).
     pub async fn start(driver: Arc<FakeProcessDriver>) -> FakeWorld {
+        FakeWorld::restart(driver, None).await
+    }
+
+    /// An agent over `driver` whose store already holds `applied` as its last revision, as a
+    /// previous agent left it.
+    pub async fn restart(driver: Arc<FakeProcessDriver>, applied: Option<&str>) -> FakeWorld {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(yaml) = applied {
+            let state_dir = dir.path().join("state");
+            std::fs::create_dir_all(&state_dir).unwrap();
+            let store = bow_store::Store::open(&state_dir).unwrap();
+            store.record_revision(&spec(yaml), 0).unwrap();
+        }
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         let agent = Agent::start(AgentConfig {
@@ -48,9 +65,7 @@ impl FakeWorld {
     }
 
     pub fn apply(&self, yaml: &str) {
-        let spec = bow_spec::load(yaml, &bow_spec::LoadOptions::default())
-            .unwrap_or_else(|d| panic!("{d:?}"));
-        self.agent.apply(spec).unwrap();
+        self.agent.apply(spec(yaml)).unwrap();
     }
 
     /// `instance kind message` of every event so far, one a line.
