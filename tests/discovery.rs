@@ -9,13 +9,8 @@ mod support;
 use std::time::Duration;
 
 use support::discovery::LoadClient;
-use support::procs::free_port;
+use support::procs::{free_port, is_root};
 use support::stack::{Stack, WAIT, pid_in};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// `other` (3 testapp instances, port `port`), `extra` services and the client `caller`
 /// (depending on `callees`), made by `client` from the project's name.

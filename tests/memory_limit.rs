@@ -3,12 +3,8 @@
 
 mod support;
 
+use support::procs::is_root;
 use support::stack::{Stack, WAIT, instance, show_events};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 #[test]
 fn growing_past_the_memory_limit_is_oom_killed_and_restarted() {

@@ -3,13 +3,8 @@
 
 mod support;
 
-use support::procs::{uid_of, uids};
+use support::procs::{is_root, uid_of, uids};
 use support::stack::{Stack, instance};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 #[test]
 fn services_run_as_their_own_users() {

@@ -279,6 +279,12 @@ pub fn now_micros() -> i64 {
         .as_micros() as i64
 }
 
+/// Whether the tests run as root (some behaviours exist only then: users, cgroups, names).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// A port free on 127.0.0.1 right now (for settings such as `port:` or edge ports).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
