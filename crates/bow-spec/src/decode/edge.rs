@@ -1,0 +1,176 @@
+//! The `edge:` section: ports, TLS, limits and timeouts of the proxy.
+
+use crate::LoadOptions;
+use crate::reader::{Reader, join};
+use crate::schema::*;
+use crate::yaml::{Node, NodeKind};
+
+use super::*;
+
+pub(super) fn default_edge(options: &LoadOptions) -> Edge {
+    let (http_port, https_port) = if options.privileged {
+        defaults::PRIVILEGED_PORTS
+    } else {
+        defaults::UNPRIVILEGED_PORTS
+    };
+    Edge {
+        http_port,
+        https_port,
+        tls: Tls::SelfSigned,
+        acme: None,
+        hsts_max_age: defaults::HSTS_MAX_AGE,
+        max_body_size: defaults::MAX_BODY_SIZE,
+        max_header_size: defaults::MAX_HEADER_SIZE,
+        header_timeout: defaults::HEADER_TIMEOUT,
+        body_timeout: defaults::BODY_TIMEOUT,
+        upstream_timeout: defaults::UPSTREAM_TIMEOUT,
+        idle_timeout: defaults::IDLE_TIMEOUT,
+        max_connections: defaults::MAX_CONNECTIONS,
+    }
+}
+
+pub(super) fn edge(node: &Node, path: &str, options: &LoadOptions, reader: &mut Reader) -> Edge {
+    let mut edge = default_edge(options);
+    let Some(fields) = reader.fields(node, path, "a mapping of edge settings", EDGE_KEYS) else {
+        return edge;
+    };
+    if let Some((n, p)) = fields.get("http_port") {
+        edge.http_port = reader.port(n, &p).unwrap_or(edge.http_port);
+    }
+    if let Some((n, p)) = fields.get("https_port") {
+        edge.https_port = reader.port(n, &p).unwrap_or(edge.https_port);
+    }
+    if edge.http_port == edge.https_port {
+        let span = fields
+            .get("https_port")
+            .or(fields.get("http_port"))
+            .map_or(node.span, |(n, _)| n.span);
+        reader.error(
+            &join(path, "https_port"),
+            span,
+            format!("http_port and https_port are both {}", edge.https_port),
+            Some("give the edge two different ports".to_string()),
+        );
+    }
+    if let Some((n, p)) = fields.get("tls")
+        && let Some(tls) = tls(n, &p, reader)
+    {
+        edge.tls = tls;
+    }
+    if let Some((n, p)) = fields.get("acme")
+        && let Some(acme_fields) =
+            reader.fields(n, &p, "a mapping with email and directory", ACME_KEYS)
+    {
+        let email = match acme_fields.get("email") {
+            Some((n, p)) => reader.nonempty(n, &p, "an email address").filter(|email| {
+                let ok = email.contains('@') && !email.contains(char::is_whitespace);
+                if !ok {
+                    reader.error(
+                        &p,
+                        n.span,
+                        format!("expected an email address, found {email:?}"),
+                        None,
+                    );
+                }
+                ok
+            }),
+            None => {
+                reader.error(
+                    &p,
+                    n.span,
+                    "missing required key `email`",
+                    Some("the ACME CA sends expiry notices there".to_string()),
+                );
+                None
+            }
+        };
+        let directory = match acme_fields.get("directory") {
+            Some((n, p)) => reader
+                .nonempty(n, &p, "an ACME directory URL")
+                .filter(|url| {
+                    let ok = url.starts_with("https://") || url.starts_with("http://");
+                    if !ok {
+                        reader.error(
+                            &p,
+                            n.span,
+                            format!("expected an http(s) URL, found {url:?}"),
+                            None,
+                        );
+                    }
+                    ok
+                }),
+            None => Some(LETS_ENCRYPT_DIRECTORY.to_string()),
+        };
+        if let (Some(email), Some(directory)) = (email, directory) {
+            edge.acme = Some(Acme { email, directory });
+        }
+    }
+    if edge.tls == Tls::Acme && fields.get("acme").is_none() {
+        let span = fields.get("tls").map_or(node.span, |(n, _)| n.span);
+        reader.error(
+            &join(path, "acme"),
+            span,
+            "tls: acme needs an `acme:` section",
+            Some("add `acme: { email: ops@example.com }`".to_string()),
+        );
+    }
+    if let Some((n, p)) = fields.get("hsts_max_age") {
+        edge.hsts_max_age = reader.duration(n, &p).unwrap_or(edge.hsts_max_age);
+    }
+    if let Some((n, p)) = fields.get("max_body_size") {
+        edge.max_body_size = reader.size(n, &p).unwrap_or(edge.max_body_size);
+    }
+    if let Some((n, p)) = fields.get("max_header_size") {
+        edge.max_header_size = reader.size(n, &p).unwrap_or(edge.max_header_size);
+    }
+    if let Some((n, p)) = fields.get("header_timeout") {
+        edge.header_timeout = positive_duration(reader, n, &p).unwrap_or(edge.header_timeout);
+    }
+    if let Some((n, p)) = fields.get("body_timeout") {
+        edge.body_timeout = positive_duration(reader, n, &p).unwrap_or(edge.body_timeout);
+    }
+    if let Some((n, p)) = fields.get("upstream_timeout") {
+        edge.upstream_timeout = positive_duration(reader, n, &p).unwrap_or(edge.upstream_timeout);
+    }
+    if let Some((n, p)) = fields.get("idle_timeout") {
+        edge.idle_timeout = positive_duration(reader, n, &p).unwrap_or(edge.idle_timeout);
+    }
+    if let Some((n, p)) = fields.get("max_connections") {
+        edge.max_connections = reader
+            .integer(n, &p, "a connection count", 1, 10_000_000)
+            .map_or(edge.max_connections, |v| v as u32);
+    }
+    edge
+}
+
+fn tls(node: &Node, path: &str, reader: &mut Reader) -> Option<Tls> {
+    match &node.kind {
+        NodeKind::Plain(text) | NodeKind::Quoted(text) => match text.as_str() {
+            "self-signed" => Some(Tls::SelfSigned),
+            "acme" => Some(Tls::Acme),
+            other => {
+                reader.error(
+                    path,
+                    node.span,
+                    format!("expected self-signed, acme or {{cert, key}}, found {other:?}"),
+                    Some("use `tls: self-signed` for development".to_string()),
+                );
+                None
+            }
+        },
+        _ => {
+            let fields = reader.fields(
+                node,
+                path,
+                "self-signed, acme or {cert, key}",
+                TLS_FILE_KEYS,
+            )?;
+            let cert = required(&fields, "cert", "a certificate file path", reader);
+            let key = required(&fields, "key", "a private key file path", reader);
+            Some(Tls::Files {
+                cert: cert?,
+                key: key?,
+            })
+        }
+    }
+}

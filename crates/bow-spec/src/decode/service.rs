@@ -1,0 +1,388 @@
+//! One service: its fields, defaults and what runs it (`command`, `image`, `postgres`).
+
+use std::collections::BTreeMap;
+
+use crate::LoadOptions;
+use crate::reader::{Fields, Reader, index, join};
+use crate::schema::*;
+use crate::yaml::{Node, NodeKind};
+
+use super::parts::{backup, health, postgres};
+use super::values::is_user_name;
+use super::*;
+
+/// A service with defaults in place of fields that have errors; `None` only when it is not a
+/// mapping at all.
+pub(super) fn service(
+    node: &Node,
+    path: &str,
+    options: &LoadOptions,
+    reader: &mut Reader,
+) -> Option<Service> {
+    let fields = reader.fields(node, path, "a service mapping", SERVICE_KEYS)?;
+    let workload = workload(&fields, node, path, reader);
+    let is_command = matches!(workload, Some(Workload::Command(_)));
+    let mut service = Service {
+        workload: workload.clone().unwrap_or(Workload::Image(String::new())),
+        dir: None,
+        env: BTreeMap::new(),
+        port: None,
+        replicas: defaults::REPLICAS,
+        routes: Vec::new(),
+        health: None,
+        depends_on: Vec::new(),
+        secrets: Vec::new(),
+        resources: Resources::default(),
+        user: None,
+        allow_root: false,
+        python: None,
+        deploy: Deploy {
+            strategy: Strategy::Rolling,
+            max_surge: 1,
+            timeout: defaults::DEPLOY_TIMEOUT,
+            drain_timeout: defaults::DRAIN_TIMEOUT,
+        },
+        volumes: Vec::new(),
+        backup: None,
+        stop_timeout: defaults::STOP_TIMEOUT,
+        code: None,
+        secret_digests: BTreeMap::new(),
+    };
+    if let Some((n, p)) = fields.get("dir") {
+        if workload.is_some() && !is_command {
+            reader.error(
+                &p,
+                n.blame(),
+                "`dir` applies to command services only",
+                Some("remove it, or run the service with `command:`".to_string()),
+            );
+        }
+        service.dir = reader.nonempty(n, &p, "a directory path");
+        if let Some(dir) = &service.dir
+            && let Some(system) = system_dir(dir)
+        {
+            reader.error(
+                &p,
+                n.span,
+                format!("`dir: {dir}` is a system directory ({system}): a service's dir is its code, which bow reads to version it"),
+                Some("give the service a directory of its own, like ./app or /srv/app".to_string()),
+            );
+        }
+    }
+    if let Some((n, p)) = fields.get("env") {
+        for (key, value) in reader
+            .map(n, &p, "a mapping of environment variables")
+            .unwrap_or_default()
+        {
+            let name = key.scalar().unwrap_or_default();
+            let env_path = join(&p, name);
+            if !crate::interp::is_env_name(name) {
+                reader.error(
+                    &env_path,
+                    key.span,
+                    format!("{name:?} is not a valid environment variable name"),
+                    Some("use letters, digits and `_`, not starting with a digit".to_string()),
+                );
+                continue;
+            }
+            if value.is_null() {
+                reader.error(
+                    &env_path,
+                    value.span,
+                    "expected a value, found nothing",
+                    Some("write '' for an empty string".to_string()),
+                );
+                continue;
+            }
+            if let Some(text) = reader.string(value, &env_path, "a string value") {
+                service.env.insert(name.to_string(), text);
+            }
+        }
+    }
+    if let Some((n, p)) = fields.get("port") {
+        service.port = reader.port(n, &p);
+    }
+    if let Some((n, p)) = fields.get("replicas") {
+        service.replicas = reader
+            .integer(n, &p, "a replica count", 0, 1000)
+            .map_or(service.replicas, |v| v as u32);
+    }
+    if let Some((n, p)) = fields.get("routes") {
+        for (position, item) in reader
+            .list(n, &p, "routes like app.example.com or app.example.com/api")
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let item_path = index(&p, position);
+            if let Some(text) =
+                reader.nonempty(item, &item_path, "a route like app.example.com/path")
+            {
+                match parse_route(&text) {
+                    Ok(route) => service.routes.push(route),
+                    Err(message) => reader.error(&item_path, item.span, message, Some("a route is a host name with an optional path prefix, like app.example.com/api".to_string())),
+                }
+            }
+        }
+    }
+    if let Some((n, p)) = fields.get("health") {
+        service.health = health(n, &p, reader);
+    }
+    if let Some((n, p)) = fields.get("depends_on") {
+        service.depends_on = names(n, &p, "service names", reader);
+    }
+    if let Some((n, p)) = fields.get("secrets") {
+        for (position, item) in reader
+            .list(n, &p, "secret names")
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let item_path = index(&p, position);
+            if let Some(name) = reader.nonempty(item, &item_path, "a secret name") {
+                if !is_secret_name(&name) {
+                    reader.error(&item_path, item.span, format!("secret name {name:?} is not valid: expected letters, digits, `_` and `-`"), None);
+                } else if service.secrets.contains(&name) {
+                    reader.error(
+                        &item_path,
+                        item.span,
+                        format!("secret `{name}` is listed twice"),
+                        None,
+                    );
+                } else {
+                    service.secrets.push(name);
+                }
+            }
+        }
+    }
+    if let Some((n, p)) = fields.get("resources")
+        && let Some(resources) =
+            reader.fields(n, &p, "a mapping with memory and cpu", RESOURCES_KEYS)
+    {
+        if let Some((n, p)) = resources.get("memory") {
+            service.resources.memory = reader.size(n, &p).filter(|size| {
+                let ok = size.bytes() >= 4 << 20;
+                if !ok {
+                    reader.error(
+                        &p,
+                        n.span,
+                        format!("memory limit {size} is too small: expected at least 4M"),
+                        Some("for example `memory: 256M`".to_string()),
+                    );
+                }
+                ok
+            });
+        }
+        if let Some((n, p)) = resources.get("cpu") {
+            service.resources.cpu = reader
+                .float(n, &p, "a number of CPU cores like 0.5")
+                .filter(|cpu| {
+                    let ok = *cpu >= 0.01 && *cpu <= 1024.0;
+                    if !ok {
+                        reader.error(
+                            &p,
+                            n.span,
+                            format!(
+                                "expected a number of CPU cores between 0.01 and 1024, found {cpu}"
+                            ),
+                            Some("for example `cpu: 0.5` for half a core".to_string()),
+                        );
+                    }
+                    ok
+                });
+        }
+    }
+    if let Some((n, p)) = fields.get("user") {
+        service.user = reader.nonempty(n, &p, "a unix user name").filter(|user| {
+            let ok = is_user_name(user);
+            if !ok {
+                let suggestion: String = crate::reader::suggest_name(user).chars().take(32).collect();
+                let hint = if suggestion.is_empty() { "use lowercase letters, digits, `_` and `-`".to_string() } else { format!("for example `{suggestion}`") };
+                reader.error(&p, n.span, format!("{user:?} is not a valid unix user name: expected [a-z_][a-z0-9_-]*, at most 32 characters"), Some(hint));
+            }
+            ok
+        });
+    }
+    if let Some((n, p)) = fields.get("allow_root") {
+        service.allow_root = reader.boolean(n, &p).unwrap_or(false);
+    }
+    if let Some(user) = &service.user
+        && !service.allow_root
+        && (user == "root" || options.uid0_users.iter().any(|u| u == user))
+        && let Some((n, p)) = fields.get("user")
+    {
+        let uid0 = if user == "root" {
+            String::new()
+        } else {
+            " (uid 0 on this host)".to_string()
+        };
+        reader.error(
+            &p,
+            n.span,
+            format!("`user: {user}`{uid0} runs the service as root, with every privilege of the host"),
+            Some("run it as an unprivileged user (leave `user` out and bow creates one), or add `allow_root: true` to the service if it must be root".to_string()),
+        );
+    }
+    if let Some((n, p)) = fields.get("python") {
+        if workload.is_some() && !is_command {
+            reader.error(
+                &p,
+                n.blame(),
+                "`python` applies to command services only",
+                Some("remove it, or run the service with `command:`".to_string()),
+            );
+        }
+        if let Some(python) = reader.fields(n, &p, "a mapping with requirements", PYTHON_KEYS) {
+            let requirements = required(
+                &python,
+                "requirements",
+                "a requirements file, relative to dir",
+                reader,
+            );
+            let version = python
+                .get("version")
+                .and_then(|(n, p)| reader.nonempty(n, &p, "a python version like 3.11"));
+            if let Some(requirements) = requirements {
+                service.python = Some(Python {
+                    requirements,
+                    version,
+                });
+            }
+        }
+    }
+    if let Some((n, p)) = fields.get("deploy")
+        && let Some(deploy) = reader.fields(n, &p, "a mapping of deploy settings", DEPLOY_KEYS)
+    {
+        if let Some((n, p)) = deploy.get("strategy") {
+            match n.scalar() {
+                Some("rolling") => service.deploy.strategy = Strategy::Rolling,
+                Some("blue-green") => service.deploy.strategy = Strategy::BlueGreen,
+                _ => reader.error(
+                    &p,
+                    n.span,
+                    format!("expected rolling or blue-green, found {}", n.describe()),
+                    None,
+                ),
+            }
+        }
+        if let Some((n, p)) = deploy.get("max_surge") {
+            service.deploy.max_surge = reader
+                .integer(n, &p, "a number of extra instances", 1, 100)
+                .map_or(1, |v| v as u32);
+        }
+        if let Some((n, p)) = deploy.get("timeout") {
+            service.deploy.timeout = reader.duration(n, &p).unwrap_or(service.deploy.timeout);
+        }
+        if let Some((n, p)) = deploy.get("drain_timeout") {
+            service.deploy.drain_timeout = reader
+                .duration(n, &p)
+                .unwrap_or(service.deploy.drain_timeout);
+        }
+    }
+    if let Some((n, p)) = fields.get("volumes") {
+        for (position, item) in reader
+            .list(n, &p, "volumes like data:/var/lib/app")
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            let item_path = index(&p, position);
+            if let Some(text) = reader.nonempty(item, &item_path, "a volume like data:/var/lib/app")
+            {
+                match parse_volume(&text) {
+                    Ok(volume) => service.volumes.push(volume),
+                    Err(message) => reader.error(
+                        &item_path,
+                        item.span,
+                        message,
+                        Some("write name:/path, ./dir:/path, or add :ro".to_string()),
+                    ),
+                }
+            }
+        }
+    }
+    if let Some((n, p)) = fields.get("backup") {
+        service.backup = backup(n, &p, reader);
+    }
+    if let Some((n, p)) = fields.get("stop_timeout") {
+        service.stop_timeout = reader.duration(n, &p).unwrap_or(service.stop_timeout);
+    }
+    if let Some(Workload::Postgres(_)) = &workload
+        && service.replicas > 1
+    {
+        let span = fields.get("replicas").map_or(node.span, |(n, _)| n.span);
+        reader.error(
+            &join(path, "replicas"),
+            span,
+            "a postgres service runs one instance",
+            Some("streaming replicas are not supported yet; use replicas: 1".to_string()),
+        );
+    }
+    if let Some(workload) = workload {
+        service.workload = workload;
+    }
+    Some(service)
+}
+
+fn workload(fields: &Fields<'_>, node: &Node, path: &str, reader: &mut Reader) -> Option<Workload> {
+    let present: Vec<&str> = ["command", "image", "postgres"]
+        .into_iter()
+        .filter(|key| fields.get(key).is_some())
+        .collect();
+    if present.is_empty() {
+        if fields.get("build").is_some() {
+            // `build:` makes an image; it is refused as not available (check.rs) on its own.
+            return None;
+        }
+        reader.error(path, node.blame(), "expected one of `command`, `image` or `postgres`, found none", Some("add `command: ...` to run a process, `image: ...` for a container or `postgres: {...}` for a database".to_string()));
+        return None;
+    }
+    if present.len() > 1 {
+        let second = present[1];
+        let span = fields.key_span(second).unwrap_or(node.span);
+        reader.error(&join(path, second), span, format!("`{}` and `{second}` are both set: a service runs exactly one of command, image or postgres", present[0]), Some("split them into two services".to_string()));
+        return None;
+    }
+    let (value, value_path) = fields.get(present[0])?;
+    match present[0] {
+        "command" => match &value.kind {
+            NodeKind::Seq(items) => {
+                let mut argv = Vec::new();
+                for (position, item) in items.iter().enumerate() {
+                    argv.push(reader.nonempty(
+                        item,
+                        &index(&value_path, position),
+                        "a command argument",
+                    )?);
+                }
+                if argv.is_empty() {
+                    reader.error(
+                        &value_path,
+                        value.span,
+                        "expected a command, found an empty list",
+                        None,
+                    );
+                    return None;
+                }
+                Some(Workload::Command(CommandLine::Argv(argv)))
+            }
+            _ => reader
+                .nonempty(value, &value_path, "a command line")
+                .map(|c| Workload::Command(CommandLine::Shell(c))),
+        },
+        "image" => {
+            let image = reader.nonempty(value, &value_path, "an image reference like app:1.4.2")?;
+            if image.contains(char::is_whitespace) {
+                reader.error(
+                    &value_path,
+                    value.span,
+                    format!("expected an image reference like app:1.4.2, found {image:?}"),
+                    None,
+                );
+                return None;
+            }
+            Some(Workload::Image(image))
+        }
+        _ => postgres(value, &value_path, reader).map(Workload::Postgres),
+    }
+}
