@@ -254,3 +254,47 @@ fn a_reused_pid_is_not_mistaken_for_the_instance() {
     assert!(![stranger_pid, before["web.1"].0].contains(&after["web.1"].0));
     assert_eq!(after["web.2"], before["web.2"]);
 }
+
+#[test]
+fn a_process_no_handle_names_is_stopped_and_its_instance_started_afresh() {
+    let stack = Stack::new("adopt-stray", STACK);
+    let status = stack.up_ok();
+    let before = pids(&status);
+    kill_agent(&stack, &status);
+    // web.2 runs, but nothing in its run dir names it any more (as for a shim killed with its
+    // agent before it wrote state.json): only the process table shows it.
+    let (stray, stray_start) = before["web.2"];
+    std::fs::remove_file(stack.state_dir.join("run/web.2/state.json")).unwrap();
+
+    let ran = stack.up();
+    assert_eq!(ran.code, 0, "second bow up -d: {}", ran.describe());
+    let status = stack.wait_status("every instance healthy", WAIT, all_healthy);
+    wait_gone(stray, WAIT);
+    assert_ne!(start_time(stray), Some(stray_start));
+    let after = pids(&status);
+    assert_ne!(after["web.2"].0, stray, "web.2 must be a new process");
+    assert_eq!(after["web.1"], before["web.1"], "web.1 should be adopted");
+    assert_eq!(after["api.1"], before["api.1"], "api.1 should be adopted");
+    let events = stack.events();
+    let orphan = events
+        .iter()
+        .find(|e| e.is("orphan-stopped", "web.2"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no orphan-stopped event for web.2:\n{}",
+                show_events(&events)
+            )
+        });
+    assert!(
+        orphan.message.contains(&stray.to_string()),
+        "the event names the stray pid {stray}: {orphan}"
+    );
+    for id in ["web.1", "web.2", "api.1"] {
+        assert_eq!(
+            stack.instance_processes(id).len(),
+            1,
+            "one process for {id}: {:?}",
+            stack.instance_processes(id)
+        );
+    }
+}

@@ -191,7 +191,7 @@ fn config_keeps_secret_references_as_references() {
     ]));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("${secret:api_key}"), "{stdout}");
-    assert!(stdout.contains("password_secret: db_password"), "{stdout}");
+    assert!(stdout.contains("- db_password"), "{stdout}");
 }
 
 #[test]

@@ -137,9 +137,9 @@ impl Agent {
             create_dir_with_mode(&dir, 0o700)?;
         }
         let lock = lock_state_dir(&state_dir)?;
-        std::fs::write(
-            state_dir.join(crate::api::PID_FILE),
-            format!("{}\n", std::process::id()),
+        write_private(
+            &state_dir.join(crate::api::PID_FILE),
+            format!("{}\n", std::process::id()).as_bytes(),
         )
         .map_err(|source| AgentError::Io {
             what: "cannot write agent.pid".into(),
@@ -172,8 +172,9 @@ impl Agent {
         let adopted = crate::adopt::scan(&agent).await;
         crate::secrets::sweep(&agent, &|id| adopted.contains_key(id));
         agent.lock().adopted = adopted;
-        crate::server::serve(agent.clone()).await?;
+        let listener = crate::server::bind(&agent)?;
         let Some(revision) = recorded else {
+            crate::server::serve(agent.clone(), listener);
             crate::adopt::stop_unwanted(&agent).await;
             return Ok(agent);
         };
@@ -184,8 +185,12 @@ impl Agent {
                 inner.revision = revision.id;
                 inner.spec = Some(revision.spec);
             }
+            crate::server::serve(agent.clone(), listener);
             return Ok(agent);
         }
+        // The API answers only once the recorded revision is resumed: an apply arriving
+        // earlier (`bow up -d` right after starting the agent) would race the resume, which
+        // then opened a release for the older spec over the new one's.
         agent.lock().revision = revision.id;
         if let Err(error) = crate::deploy::open_releases(&agent, &revision.spec, revision.id) {
             agent.emit(
@@ -196,6 +201,7 @@ impl Agent {
             );
         }
         agent.reconcile(revision.spec);
+        crate::server::serve(agent.clone(), listener);
         crate::adopt::stop_unwanted(&agent).await;
         Ok(agent)
     }
@@ -782,13 +788,29 @@ fn create_dir_with_mode(dir: &Path, mode: u32) -> Result<()> {
     })
 }
 
+/// Writes `bytes` to `path` as a file only its owner may read (0600, also when it existed).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)
+}
+
 fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = state_dir.join(crate::layout::LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|source| AgentError::Io {
             what: format!("cannot open {}", path.display()),

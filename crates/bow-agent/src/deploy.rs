@@ -45,7 +45,8 @@ pub(crate) fn open_releases(agent: &Arc<Agent>, spec: &Spec, revision: i64) -> R
             .push(release);
     }
     // Releases with a healthy instance serve, even when their deploy has not been recorded
-    // as finished yet.
+    // as finished yet; so do those of instances found running at start (what runs counts,
+    // not what the store last recorded).
     let serving: std::collections::BTreeSet<(String, i64)> = {
         let inner = agent.lock();
         inner
@@ -58,6 +59,12 @@ pub(crate) fn open_releases(agent: &Arc<Agent>, spec: &Spec, revision: i64) -> R
                     .filter(|s| s.status.health == Health::Healthy)
                     .map(|s| (name.clone(), s.release))
             })
+            .chain(
+                inner
+                    .adopted
+                    .values()
+                    .map(|a| (a.handle.service.clone(), a.handle.release as i64)),
+            )
             .collect()
     };
     let mut targets = Vec::new();
@@ -378,6 +385,11 @@ fn is_stale(slot: &Slot, definition: &Service, release: i64) -> bool {
 
 /// Waits for the service's dependencies, then brings its slots to the target release.
 pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
+    // Instances found running at start get their slots at once, before any wait: what runs
+    // is what the deploy below continues from, and their ids stay visibly taken.
+    if let Some((definition, release)) = target(&agent, &name) {
+        take_adopted(&agent, &name, &definition, release);
+    }
     agent.set_phase(&name, Phase::Waiting, "");
     loop {
         let waiting: Vec<String> = {
@@ -421,7 +433,6 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
             return;
         }
     }
-    take_adopted(&agent, &name, &definition, release);
     // Instances whose release differs only in what the agent itself does (checks, timeouts,
     // replicas) take the new definition as they run.
     let stale: Vec<u32> = {
@@ -486,7 +497,18 @@ fn take_adopted(agent: &Arc<Agent>, name: &str, definition: &Arc<Service>, relea
         let Some(runtime) = inner.services.get_mut(name) else {
             return;
         };
-        if runtime.slots.contains_key(&index) {
+        if runtime.slots.contains_key(&index) || runtime.stopping.contains(&index) {
+            // Its id is taken by a slot already: it cannot be adopted, and must not run on
+            // unseen.
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                crate::adopt::stop_orphan(
+                    &agent,
+                    &adopted.handle,
+                    "its id is taken by another instance",
+                )
+                .await;
+            });
             continue;
         }
         let slot = supervisor::spawn(
@@ -507,14 +529,45 @@ fn take_adopted(agent: &Arc<Agent>, name: &str, definition: &Arc<Service>, relea
 /// Starts `count` new slots; returns their indexes (the lowest free ones).
 fn start_slots(agent: &Arc<Agent>, name: &str, count: usize, plan: &SlotPlan) -> Vec<u32> {
     let mut inner = agent.lock();
+    let adopted: std::collections::BTreeSet<String> = inner.adopted.keys().cloned().collect();
     let Some(runtime) = inner.services.get_mut(name) else {
         return Vec::new();
     };
+    let mut orphans = Vec::new();
     let mut started = Vec::new();
     for _ in 0..count {
-        let index = (1..)
-            .find(|i| !runtime.slots.contains_key(i) && !runtime.stopping.contains(i))
-            .unwrap_or(u32::MAX);
+        // Never an id whose handle is live: a process there that no slot holds is an orphan,
+        // stopped (its id stays taken until it is gone) while the deploy goes on with the next id.
+        let index = free_index(
+            |i| runtime.slots.contains_key(&i) || runtime.stopping.contains(&i),
+            |i| {
+                let id = format!("{name}.{i}");
+                if adopted.contains(&id) {
+                    return true;
+                }
+                let Some(handle) = crate::adopt::live_handle(agent, &id) else {
+                    return false;
+                };
+                orphans.push((i, handle));
+                true
+            },
+        );
+        for (orphan_index, handle) in orphans.drain(..) {
+            runtime.stopping.insert(orphan_index);
+            let agent = agent.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                crate::adopt::stop_orphan(
+                    &agent,
+                    &handle,
+                    "found where a new instance was to start",
+                )
+                .await;
+                if let Some(runtime) = agent.lock().services.get_mut(&name) {
+                    runtime.stopping.remove(&orphan_index);
+                }
+            });
+        }
         let slot = supervisor::spawn(
             agent.clone(),
             name,
@@ -532,6 +585,14 @@ fn start_slots(agent: &Arc<Agent>, name: &str, count: usize, plan: &SlotPlan) ->
     started
 }
 
+/// The lowest instance number that no slot uses (`used`) and no process holds (`held`, asked
+/// only of numbers no slot uses).
+fn free_index(used: impl Fn(u32) -> bool, mut held: impl FnMut(u32) -> bool) -> u32 {
+    (1..u32::MAX)
+        .find(|i| !used(*i) && !held(*i))
+        .unwrap_or(u32::MAX)
+}
+
 /// Takes slots out of the service and stops them (drained first); waits until they are gone.
 async fn stop(agent: &Arc<Agent>, name: &str, indexes: &[u32]) {
     let slots: BTreeMap<u32, Slot> = {
@@ -539,13 +600,23 @@ async fn stop(agent: &Arc<Agent>, name: &str, indexes: &[u32]) {
         let Some(runtime) = inner.services.get_mut(name) else {
             return;
         };
-        indexes
+        let slots: BTreeMap<u32, Slot> = indexes
             .iter()
             .filter_map(|i| runtime.slots.remove(i).map(|s| (*i, s)))
-            .collect()
+            .collect();
+        // Their ids stay taken from this moment until they are gone.
+        runtime.stopping.extend(slots.keys().copied());
+        slots
     };
     agent.refresh_routes();
-    agent.stop_slots(name, slots).await;
+    // A task of its own: a deploy interrupted by a newer apply (its task aborted) still
+    // finishes the stop and frees the ids.
+    let stopping = {
+        let agent = agent.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { agent.stop_slots(&name, slots).await })
+    };
+    let _ = stopping.await;
 }
 
 /// Makes the number of current slots match `replicas`: new ones start, extra ones (newest
@@ -722,6 +793,14 @@ async fn wait_healthy(
     timeout: Duration,
 ) -> std::result::Result<(), Failure> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // Restarts counted before the wait (an adopted instance carries its own) are not failures.
+    let restarts_before: BTreeMap<u32, u32> = {
+        let inner = agent.lock();
+        indexes
+            .iter()
+            .filter_map(|i| Some((*i, inner.slot(name, *i)?.status.restarts)))
+            .collect()
+    };
     loop {
         let mut pending = None;
         {
@@ -738,7 +817,7 @@ async fn wait_healthy(
                 if status.health == Health::Healthy {
                     continue;
                 }
-                let failed = status.restarts > 0
+                let failed = status.restarts > restarts_before.get(index).copied().unwrap_or(0)
                     || status.last_exit.is_some()
                     || matches!(
                         status.health,
@@ -793,12 +872,20 @@ async fn rolling(
     let surge = definition.deploy.max_surge.max(1) as usize;
     let timeout = definition.deploy.timeout.as_std();
     let mut old = stale;
-    let mut ready = agent
+    // New instances already running (an interrupted deploy's, adopted) count once healthy.
+    let present: Vec<u32> = agent
         .lock()
         .services
         .get(name)
-        .map_or(0, |r| r.slots.len())
-        .saturating_sub(old.len());
+        .map(|r| {
+            r.slots
+                .keys()
+                .filter(|i| !old.contains(i))
+                .copied()
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut ready = present.len();
     let plan = SlotPlan {
         release,
         definition: definition.clone(),
@@ -813,6 +900,10 @@ async fn rolling(
             old.len()
         ),
     );
+    if !present.is_empty() {
+        agent.set_phase(name, Phase::Health, ids(name, &present));
+        wait_healthy(agent, name, &present, timeout).await?;
+    }
     while ready < replicas || !old.is_empty() {
         let batch = surge.min(replicas.saturating_sub(ready));
         if batch > 0 {
@@ -832,6 +923,17 @@ async fn rolling(
             agent.set_phase(name, Phase::Draining, ids(name, &retiring));
             stop(agent, name, &retiring).await;
         }
+    }
+    // More new instances than replicas (an interrupted deploy to another replica count).
+    let extra: Vec<u32> = present
+        .iter()
+        .rev()
+        .take(ready.saturating_sub(replicas))
+        .copied()
+        .collect();
+    if !extra.is_empty() {
+        agent.set_phase(name, Phase::Draining, ids(name, &extra));
+        stop(agent, name, &extra).await;
     }
     Ok(())
 }
@@ -1049,4 +1151,24 @@ async fn roll_back(agent: &Arc<Agent>, name: &str, release: i64, failure: Failur
             serving: Some(old_release),
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_instance_takes_the_lowest_number_nothing_holds() {
+        let used = |i: u32| [1, 2].contains(&i);
+        assert_eq!(free_index(used, |_| false), 3);
+        // web.3 is held by a process no slot has (an orphan): the next number, and every
+        // number a slot uses is never asked about.
+        let mut asked = Vec::new();
+        let index = free_index(used, |i| {
+            asked.push(i);
+            i == 3
+        });
+        assert_eq!(index, 4);
+        assert_eq!(asked, [3, 4]);
+    }
 }

@@ -67,12 +67,21 @@ pub fn build(
     }
     spec.secrets = secrets;
     if context.root {
-        spec.user = Some(
-            service
-                .user
-                .clone()
-                .unwrap_or_else(|| bow_driver::default_service_user(context.service_name)),
-        );
+        let user = service
+            .user
+            .clone()
+            .unwrap_or_else(|| bow_driver::default_service_user(context.service_name));
+        // Validation refuses `user: root`; a user renamed or added with uid 0 since (or one
+        // only the name service knows) is caught here, before anything runs as root.
+        if !service.allow_root
+            && let Ok(Some(resolved)) = bow_driver::users::lookup_user(&user)
+            && resolved.uid == 0
+        {
+            return Err(format!(
+                "user {user} has uid 0: the service would run as root; add `allow_root: true` to it if it must"
+            ));
+        }
+        spec.user = Some(user);
     }
     spec.resources = Resources {
         memory_bytes: service.resources.memory.map(|m| m.bytes()),

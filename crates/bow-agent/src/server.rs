@@ -10,9 +10,9 @@ use crate::agent::Agent;
 use crate::api::{Request, Response, SOCKET_FILE};
 use crate::error::{AgentError, Result};
 
-/// Binds the socket (replacing a stale one: the caller holds the state dir's lock) and serves
-/// it in the background.
-pub async fn serve(agent: Arc<Agent>) -> Result<()> {
+/// Binds `agent.sock` (0600), replacing a stale one (the caller holds the state dir's lock);
+/// clients may connect at once, but nothing is answered until [`serve`].
+pub fn bind(agent: &Agent) -> Result<UnixListener> {
     let path = agent.state_dir.join(SOCKET_FILE);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(|source| AgentError::Io {
@@ -25,6 +25,11 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
             source,
         }
     })?;
+    Ok(listener)
+}
+
+/// Answers requests on `listener` from now on.
+pub fn serve(agent: Arc<Agent>, listener: UnixListener) {
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -38,7 +43,6 @@ pub async fn serve(agent: Arc<Agent>) -> Result<()> {
             }
         }
     });
-    Ok(())
 }
 
 async fn connection(agent: Arc<Agent>, stream: UnixStream) {

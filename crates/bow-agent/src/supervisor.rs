@@ -33,7 +33,7 @@ pub struct Control {
 }
 
 /// An instance found running when the agent started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adopted {
     pub handle: InstanceHandle,
     pub port: u16,
@@ -80,7 +80,14 @@ pub(crate) fn spawn(
         release: plan.release,
         generation: 0,
     };
-    let task = tokio::spawn(run(agent, service.to_string(), index, receiver, adopted));
+    let task = tokio::spawn(run(
+        agent,
+        service.to_string(),
+        index,
+        receiver,
+        adopted,
+        plan.definition.clone(),
+    ));
     Slot {
         status,
         control,
@@ -106,6 +113,7 @@ async fn run(
     index: u32,
     mut control: watch::Receiver<Control>,
     adopted: Option<Adopted>,
+    first_definition: Arc<Service>,
 ) {
     let id = format!("{service}.{index}");
     let mut backoff = Backoff::default();
@@ -120,13 +128,45 @@ async fn run(
     // A restarted instance keeps its port while the port is free, so what talks to it directly
     // finds it again; one that never became healthy gets a fresh port.
     let mut slot_port: Option<u16> = pending.as_ref().map(|a| a.port);
+    // The definition the slot last ran with (to stop a process it holds but no longer has a
+    // definition for: the slot was taken out before its task first looked).
+    let mut last_definition = first_definition;
     loop {
-        if control.borrow().stop {
-            break;
-        }
-        let Some((definition, release)) = agent.slot_definition(&service, index) else {
+        let current = agent.slot_definition(&service, index);
+        let Some((definition, release)) = current.filter(|_| !control.borrow().stop) else {
+            // A process this slot holds but does not watch yet (adopted, or kept through an
+            // in-place change) must not outlive the slot untracked: its id would stay taken by
+            // a process nobody sees.
+            let held = pending
+                .take()
+                .map(|adopted| {
+                    agent.emit(
+                        &service,
+                        &id,
+                        "adopted",
+                        &format!(
+                            "pid {} port {} (still running from a previous agent; not wanted, stopping it)",
+                            adopted.handle.pid, adopted.port
+                        ),
+                    );
+                    adopted.handle
+                })
+                .or_else(|| resume.take().map(|(handle, _)| handle));
+            if let Some(handle) = held {
+                stop_instance(
+                    &agent,
+                    &last_definition,
+                    &service,
+                    index,
+                    &handle,
+                    "stopped",
+                )
+                .await;
+                agent.forget_instance(&id);
+            }
             break;
         };
+        last_definition = definition.clone();
         let resumed = resume.is_some();
         let (handle, port) = match resume.take().map(Ok).unwrap_or(Err(pending.take())) {
             Ok((handle, port)) => {
@@ -372,6 +412,11 @@ async fn start(
             .pick()
             .map_err(|e| format!("no free port: {e}"))?,
     };
+    // A live process under this id is no slot's (this slot's own has ended): an orphan, stopped
+    // before the id is used again, rather than a start that fails.
+    if let Some(orphan) = crate::adopt::live_handle(agent, &format!("{service}.{index}")) {
+        crate::adopt::stop_orphan(agent, &orphan, "found where this slot was to start").await;
+    }
     let venv = agent.venv(service);
     let context = context(agent, service, index, port, venv.as_deref());
     let secrets = crate::secrets::files_for(agent, service, definition)?;

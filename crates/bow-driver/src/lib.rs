@@ -28,6 +28,7 @@ mod spec;
 mod start;
 mod status;
 mod stop;
+pub mod strays;
 mod timestamp;
 pub mod users;
 

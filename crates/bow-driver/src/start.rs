@@ -2,6 +2,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -135,6 +136,7 @@ fn run_shim(shim: &ShimCommand, config: &ShimConfig, shim_log: &Path) -> Result<
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(shim_log)
         .map_err(|e| DriverError::io(format!("opening {}", shim_log.display()), e))?;
     let mut command = Command::new(&shim.program);

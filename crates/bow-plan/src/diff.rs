@@ -17,8 +17,8 @@ pub fn classify_service_field(field: &str) -> ChangeClass {
 pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
     Some(match field {
         // What runs and how it is started: a new release.
-        "command" | "image" | "postgres" | "dir" | "env" | "user" | "resources" | "python"
-        | "secrets" | "volumes" | "code" => ChangeClass::Replace,
+        "command" | "image" | "build" | "postgres" | "dir" | "env" | "user" | "resources"
+        | "python" | "secrets" | "volumes" | "code" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
         SECRET_DIGESTS_FIELD => ChangeClass::Replace,
         // The edge's route table only.
@@ -28,6 +28,8 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         "replicas" | "health" | "depends_on" | "deploy" | "backup" | "stop_timeout" | "port" => {
             ChangeClass::InPlace
         }
+        // A permission checked by validation: what runs (`user`) is classed by itself.
+        "allow_root" => ChangeClass::InPlace,
         _ => return None,
     })
 }

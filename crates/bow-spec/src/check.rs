@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::decode::NOT_AVAILABLE_KEYS;
 use crate::diag::{Span, did_you_mean};
 use crate::interp::secret_references;
 use crate::reader::{Reader, index, join};
@@ -16,6 +17,44 @@ pub fn spec(spec: &Spec, root: &Node, reader: &mut Reader) {
     ports(spec, root, reader);
     secrets(spec, root, reader);
     backups(spec, root, reader);
+    not_available(root, reader);
+}
+
+/// Refuses the sections this version decodes but cannot run, one diagnostic per use. Each
+/// later issue removes its key from `NOT_AVAILABLE_KEYS` when its driver lands.
+fn not_available(root: &Node, reader: &mut Reader) {
+    let Some(services) = root.get("services").and_then(Node::entries) else {
+        return;
+    };
+    for (name, service) in services {
+        let name = name.scalar().unwrap_or_default();
+        for (key, _) in service.entries().unwrap_or_default() {
+            let Some(field) = key.scalar().filter(|k| NOT_AVAILABLE_KEYS.contains(k)) else {
+                continue;
+            };
+            let (what, hint) = match field {
+                "image" | "build" => (
+                    "containers are",
+                    "run the service as a process with `command:`",
+                ),
+                "postgres" => (
+                    "managed PostgreSQL is",
+                    "run PostgreSQL outside bow (or as a `command:` service) and give its address in `env`",
+                ),
+                "volumes" => (
+                    "volumes are",
+                    "a service can read and write its `dir` or any path its user may use",
+                ),
+                _ => ("backups are", "back the data up outside bow for now"),
+            };
+            reader.error(
+                &join(&join("services", name), field),
+                key.span,
+                format!("`{field}:` is not available in this version: {what} not supported yet"),
+                Some(format!("{hint}; remove `{field}:` to go on")),
+            );
+        }
+    }
 }
 
 fn node_at<'n>(root: &'n Node, path: &[&str]) -> Option<&'n Node> {

@@ -18,23 +18,45 @@ struct Allowed {
     secret: bool,
 }
 
-/// Substitutes vars in every scalar below `node`.
+/// Substitutes vars in every scalar below `node`; `path` is its config path (`edge` or
+/// `services`).
 pub fn interpolate(
     node: &mut Node,
     path: &str,
     vars: &BTreeMap<String, String>,
     reader: &mut Reader,
 ) {
+    // `path` is bow's own (`edge`, `services`, or empty at the root): safe to split.
+    let mut keys: Vec<String> = path
+        .split('.')
+        .filter(|key| !key.is_empty())
+        .map(str::to_string)
+        .collect();
+    walk(node, path, &mut keys, vars, reader);
+}
+
+/// `keys` are the mapping keys from the root down to `node`, as they are (never re-split
+/// from `path`: a service may be named `a.b` or `../x` and still be reported correctly).
+fn walk(
+    node: &mut Node,
+    path: &str,
+    keys: &mut Vec<String>,
+    vars: &BTreeMap<String, String>,
+    reader: &mut Reader,
+) {
     match &mut node.kind {
         NodeKind::Map(entries) => {
             for (key, value) in entries {
-                let child = join(path, key.scalar().unwrap_or_default());
-                interpolate(value, &child, vars, reader);
+                let name = key.scalar().unwrap_or_default();
+                let child = join(path, name);
+                keys.push(name.to_string());
+                walk(value, &child, keys, vars, reader);
+                keys.pop();
             }
         }
         NodeKind::Seq(items) => {
             for (position, item) in items.iter_mut().enumerate() {
-                interpolate(item, &index(path, position), vars, reader);
+                walk(item, &index(path, position), keys, vars, reader);
             }
         }
         NodeKind::Plain(text) | NodeKind::Quoted(text) => {
@@ -43,7 +65,7 @@ pub fn interpolate(
             }
             let plain = matches!(node.kind, NodeKind::Plain(_));
             let text = node.scalar().unwrap_or_default().to_string();
-            match expand(&text, node, plain, path, allowed_at(path), vars, reader) {
+            match expand(&text, node, plain, path, allowed_at(keys), vars, reader) {
                 Some(expanded) => match &mut node.kind {
                     NodeKind::Plain(slot) | NodeKind::Quoted(slot) => *slot = expanded,
                     _ => {}
@@ -54,15 +76,17 @@ pub fn interpolate(
     }
 }
 
-fn allowed_at(path: &str) -> Allowed {
-    let parts: Vec<&str> = path.split('.').collect();
-    let field = parts.get(2).map(|f| f.split('[').next().unwrap_or(f));
-    let in_service = parts.first() == Some(&"services");
-    let env_value = in_service && field == Some("env") && parts.len() == 4;
+/// Which `${...}` forms a value may hold, from the keys above it: `services`, the service's
+/// name, its field, and below.
+fn allowed_at(keys: &[String]) -> Allowed {
+    let key = |at: usize| keys.get(at).map(String::as_str);
+    let in_service = key(0) == Some("services");
+    let field = key(2);
+    let env_value = in_service && field == Some("env") && keys.len() == 4;
     let runtime = in_service
         && (field == Some("command")
             || env_value
-            || (field == Some("health") && parts.get(3) == Some(&"exec")));
+            || (field == Some("health") && key(3) == Some("exec")));
     Allowed {
         runtime,
         secret: env_value,
@@ -217,6 +241,17 @@ mod tests {
             a.get("env").unwrap().get("Y").unwrap().scalar(),
             Some("${literal}")
         );
+    }
+
+    #[test]
+    fn odd_service_names_keep_runtime_refs() {
+        // A name with dots or slashes is a name error (decode), never an undefined PORT.
+        for name in ["'../x'", "a.b", "'x/y.z'"] {
+            let (_, errors) = run(&format!(
+                "services:\n  {name}:\n    command: run ${{PORT}}\n    env: {{A: '${{PORT}}', B: '${{secret:k}}'}}\n"
+            ));
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub mod yaml;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use decode::{
-    EDGE_KEYS, SERVICE_KEYS, TOP_KEYS, defaults, is_secret_name, parse_route, parse_volume,
+    ACME_KEYS, BACKUP_KEYS, DEPLOY_KEYS, EDGE_KEYS, HEALTH_KEYS, NOT_AVAILABLE_KEYS, POSTGRES_KEYS,
+    PYTHON_KEYS, RESOURCES_KEYS, SERVICE_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys,
+    defaults, is_secret_name, parse_route, parse_volume, system_dir,
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;
@@ -34,6 +36,9 @@ pub struct LoadOptions {
     pub environment: String,
     /// Whether bow runs as root: decides the default edge ports (80/443 or 8080/8443).
     pub privileged: bool,
+    /// Names of this host's users with uid 0 besides `root` (read by the caller from the
+    /// user database): `user:` naming one needs `allow_root: true` like `root` does.
+    pub uid0_users: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +46,31 @@ impl Default for LoadOptions {
         LoadOptions {
             environment: DEFAULT_ENVIRONMENT.to_string(),
             privileged: false,
+            uid0_users: Vec::new(),
+        }
+    }
+}
+
+/// The text of a stack file read as bytes: `Err` names the first byte that is not UTF-8 at
+/// its line and column (everything before it is valid, so positions are exact).
+pub fn text(bytes: &[u8]) -> Result<&str, Diagnostic> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(error) => {
+            let valid = error.valid_up_to();
+            // The prefix up to `valid_up_to` is valid UTF-8 by definition.
+            let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+            let mut span = yaml::position(prefix, valid);
+            span.end = valid + error.error_len().unwrap_or(1).min(bytes.len() - valid);
+            Err(Diagnostic::new(
+                "",
+                span,
+                format!(
+                    "the file is not UTF-8: byte 0x{:02x} at offset {valid} is not valid here",
+                    bytes[valid]
+                ),
+                Some("save bow.yaml as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)".to_string()),
+            ))
         }
     }
 }
@@ -64,6 +94,18 @@ pub fn load(text: &str, options: &LoadOptions) -> Result<Spec, Vec<Diagnostic>> 
 /// Checks the file in every environment it declares (and `development`). Problems that only
 /// show up in some environments say which.
 pub fn validate(text: &str, privileged: bool) -> Vec<Diagnostic> {
+    validate_with(
+        text,
+        &LoadOptions {
+            privileged,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+/// [`validate`] with everything the caller knows about the host (`options.environment` is
+/// ignored: every environment is checked).
+pub fn validate_with(text: &str, host: &LoadOptions) -> Vec<Diagnostic> {
     let root = match parse_root(text) {
         Ok(root) => root,
         Err(diagnostics) => return diagnostics,
@@ -76,18 +118,22 @@ pub fn validate(text: &str, privileged: bool) -> Vec<Diagnostic> {
         let mut reader = Reader::default();
         let options = LoadOptions {
             environment: environment.clone(),
-            privileged,
+            ..host.clone()
         };
         load_environment(&root, &options, &mut reader);
         per_environment.push((environment.clone(), reader.diagnostics));
     }
-    let everywhere: Vec<Diagnostic> = per_environment
+    // Hash sets: a file with many problems must not cost their square.
+    let sets: Vec<std::collections::HashSet<&Diagnostic>> = per_environment
+        .iter()
+        .map(|(_, diagnostics)| diagnostics.iter().collect())
+        .collect();
+    let everywhere: std::collections::HashSet<&Diagnostic> = per_environment
         .first()
         .map(|(_, first)| {
             first
                 .iter()
-                .filter(|d| per_environment.iter().all(|(_, other)| other.contains(d)))
-                .cloned()
+                .filter(|d| sets.iter().all(|other| other.contains(d)))
                 .collect()
         })
         .unwrap_or_default();
@@ -113,6 +159,25 @@ pub fn project_name(text: &str) -> Option<String> {
     let root = yaml::parse(text).ok()??;
     let name = root.get("project")?.scalar()?.to_string();
     reader::is_name(&name).then_some(name)
+}
+
+/// Where the value at `keys` (like `["services", "web", "dir"]`) is written in the base file;
+/// when it is not written, the key of its nearest written parent (e.g. the service's name).
+/// For the CLI's checks of a loaded spec against the disk.
+pub fn locate(text: &str, keys: &[&str]) -> Option<Span> {
+    let root = yaml::parse(text).ok()??;
+    let mut node = &root;
+    let mut span = None;
+    for key in keys {
+        match node.get(key) {
+            Some(child) => {
+                span = Some(child.blame());
+                node = child;
+            }
+            None => break,
+        }
+    }
+    span
 }
 
 /// Services in dependency order: each after everything it depends on; among services that
@@ -278,6 +343,33 @@ mod tests {
         let position = |name: &str| order.iter().position(|n| n == name).unwrap();
         assert!(position("s0") < position("s1") && position("s1") < position("s399"));
         assert!(position("s199") < position("s399"));
+    }
+
+    #[test]
+    fn non_utf8_names_the_first_bad_byte() {
+        let bytes = b"project: p\nservices:\n  w\xc3\xa9b: {command: \"caf\xe9\"}\n";
+        let error = text(bytes).unwrap_err();
+        assert_eq!((error.span.line, error.span.col), (3, 22), "{error:?}");
+        assert_eq!(error.span.start, 43);
+        assert!(error.message.contains("0xe9"), "{error:?}");
+        assert_eq!(text(b"project: p\n").unwrap(), "project: p\n");
+    }
+
+    #[test]
+    fn many_problems_are_capped_and_cost_no_square() {
+        let mut file = String::from("project: p\nservices: {a: {command: x}}\n");
+        for i in 0..20_000 {
+            file.push_str(&format!("unknown{i}: 1\n"));
+        }
+        let diagnostics = validate(&file, false);
+        assert_eq!(diagnostics.len(), reader::MAX_DIAGNOSTICS + 1);
+        assert!(
+            diagnostics
+                .iter()
+                .any(|d| d.message.starts_with("too many problems")),
+            "{:?}",
+            diagnostics.last()
+        );
     }
 
     #[test]

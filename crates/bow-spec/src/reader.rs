@@ -21,13 +21,18 @@ pub fn index(parent: &str, position: usize) -> String {
     format!("{parent}[{position}]")
 }
 
+/// The most diagnostics one run records; past it, one more says that reporting stopped (a
+/// file of 100 000 wrong keys must not cost 100 000 rendered reports).
+pub const MAX_DIAGNOSTICS: usize = 1_000;
+
 /// Collects diagnostics while a file is decoded.
 #[derive(Default)]
 pub struct Reader {
     pub diagnostics: Vec<Diagnostic>,
     /// Values already reported (a `${var}` that could not be substituted): later errors
-    /// about the same text would only repeat the first one.
-    poisoned: Vec<Span>,
+    /// about the same text would only repeat the first one. Start → end of each (scalar
+    /// spans do not overlap), so a lookup is a logarithmic search.
+    poisoned: std::collections::BTreeMap<usize, usize>,
 }
 
 /// The fields of one mapping, with its path, after unknown keys were reported.
@@ -68,11 +73,24 @@ impl Reader {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        if self.diagnostics.len() > MAX_DIAGNOSTICS {
+            return;
+        }
         if self
             .poisoned
-            .iter()
-            .any(|p| p.start <= span.start && span.start < p.end.max(p.start + 1))
+            .range(..=span.start)
+            .next_back()
+            .is_some_and(|(start, end)| span.start < (*end).max(start + 1))
         {
+            return;
+        }
+        if self.diagnostics.len() == MAX_DIAGNOSTICS {
+            self.diagnostics.push(Diagnostic::new(
+                path,
+                span,
+                format!("too many problems: stopped reporting after {MAX_DIAGNOSTICS}"),
+                Some("fix these and run `bow validate` again".to_string()),
+            ));
             return;
         }
         self.diagnostics
@@ -81,7 +99,8 @@ impl Reader {
 
     /// Suppresses further diagnostics that start inside `span`.
     pub fn poison(&mut self, span: Span) {
-        self.poisoned.push(span);
+        let end = self.poisoned.entry(span.start).or_insert(span.end);
+        *end = (*end).max(span.end);
     }
 
     /// A mapping whose keys must all be in `allowed`.

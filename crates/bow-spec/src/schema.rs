@@ -105,6 +105,10 @@ pub struct Service {
     pub resources: Resources,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Lets `user` be root (uid 0): without it, validation refuses a service that would run
+    /// with every privilege of the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_root: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<Python>,
     pub deploy: Deploy,

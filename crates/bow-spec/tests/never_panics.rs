@@ -5,58 +5,15 @@ use proptest::prelude::*;
 
 const FULL: &str = include_str!("../../../tests/fixtures/good/full.yaml");
 
-const KEYS: &[&str] = &[
-    "project",
-    "vars",
-    "environments",
-    "edge",
-    "services",
-    "development",
-    "production",
-    "command",
-    "image",
-    "postgres",
-    "dir",
-    "env",
-    "port",
-    "replicas",
-    "routes",
-    "health",
-    "depends_on",
-    "secrets",
-    "resources",
-    "user",
-    "python",
-    "deploy",
-    "volumes",
-    "backup",
-    "stop_timeout",
-    "http",
-    "tcp",
-    "exec",
-    "interval",
-    "timeout",
-    "retries",
-    "start_period",
-    "memory",
-    "cpu",
-    "strategy",
-    "schedule",
-    "keep",
-    "to",
-    "tls",
-    "acme",
-    "email",
-    "cert",
-    "key",
-    "version",
-    "database",
-    "password_secret",
-    "a",
-    "b",
-    "web",
-    "db",
-];
+/// Names that are not keys of the schema but stand where names go (services, environments).
+const NAMES: &[&str] = &["development", "production", "a", "b", "web", "db"];
+
+/// The decoder's own key lists plus [`NAMES`]: every key the decoder reads is fuzzed.
+fn vocabulary() -> Vec<&'static str> {
+    let mut words: Vec<&'static str> = bow_spec::all_keys().into_iter().collect();
+    words.extend(NAMES);
+    words
+}
 
 const SCALARS: &[&str] = &[
     "2s",
@@ -102,13 +59,15 @@ fn yaml_value() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5)
                 .prop_map(|items| format!("[{}]", items.join(", "))),
-            prop::collection::vec((prop::sample::select(KEYS), inner), 0..6).prop_map(|entries| {
-                let body: Vec<String> = entries
-                    .into_iter()
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect();
-                format!("{{{}}}", body.join(", "))
-            }),
+            prop::collection::vec((prop::sample::select(vocabulary()), inner), 0..6).prop_map(
+                |entries| {
+                    let body: Vec<String> = entries
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect();
+                    format!("{{{}}}", body.join(", "))
+                }
+            ),
         ]
     })
 }
@@ -119,6 +78,7 @@ fn check(text: &str) {
         let options = bow_spec::LoadOptions {
             environment: environment.to_string(),
             privileged: true,
+            ..Default::default()
         };
         if let Ok(spec) = bow_spec::load(text, &options) {
             let _ = bow_spec::dependency_order(&spec);
@@ -160,5 +120,47 @@ fn the_full_example_is_valid() {
         bow_spec::validate(FULL, false).is_empty(),
         "{:?}",
         bow_spec::validate(FULL, false)
+    );
+}
+
+/// Keys the decoder reads by name (`get("key")`, `required(&fields, "key", …)`, …), found in
+/// its source: each must be in a key list, or the property test would never fuzz it.
+#[test]
+fn every_key_the_decoder_reads_is_in_the_vocabulary() {
+    let sources = [
+        include_str!("../src/decode.rs"),
+        include_str!("../src/environ.rs"),
+    ];
+    let vocabulary = vocabulary();
+    let mut read = Vec::new();
+    for source in sources {
+        let source = source.split("#[cfg(test)]").next().unwrap_or_default();
+        for opener in [
+            "get(\"",
+            "sql_name(\"",
+            "duration(\"",
+            "key_span(\"",
+            "&fields, \"",
+            "&python, \"",
+        ] {
+            for (at, _) in source.match_indices(opener) {
+                let rest = &source[at + opener.len()..];
+                let key: String = rest.chars().take_while(|c| *c != '"').collect();
+                read.push(key);
+            }
+        }
+    }
+    assert!(
+        read.len() > 50,
+        "found only {} keys read by name: {read:?}",
+        read.len()
+    );
+    let missing: Vec<&String> = read
+        .iter()
+        .filter(|key| !vocabulary.contains(&key.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys the decoder reads but no key list names (add them to a list in decode.rs): {missing:?}"
     );
 }

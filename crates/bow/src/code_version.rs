@@ -4,11 +4,20 @@
 //! and untracked files, honouring `.gitignore`). Elsewhere: `files:<digest>` of the content of
 //! the dir, where each file's content hash is cached by (size, mtime) in the state dir so that
 //! `plan` stays fast on large trees. The stack file, the `secrets/` dir, hidden entries and
-//! well-known build and cache dirs are left out: editing bow.yaml is not new code.
+//! well-known build and cache dirs are left out: editing bow.yaml is not new code. So are
+//! paths a `.bowignore` in the dir matches (gitignore syntax, in git work trees too) and,
+//! when bow runs as root, files owned by the service's own user (what the service wrote:
+//! a SQLite file, uploads, a pid file is data, not code).
+//!
+//! The digest cache lists paths and content hashes of files only root may read (`dir` may
+//! hold them): it is written 0600, and an older, wider one is narrowed when read.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -20,6 +29,8 @@ const IGNORED: &[&str] = &["__pycache__", "node_modules", "target", "venv", "sec
 /// A content digest gives up (and says so in the version) past this many files.
 const MAX_FILES: usize = 200_000;
 const CACHE_FILE: &str = "code-digests.json";
+/// Paths in a service's dir that are not code, in gitignore syntax.
+pub const IGNORE_FILE: &str = ".bowignore";
 
 /// Set to a build id (e.g. by CI), it is the code version of every process service instead
 /// of what bow reads from the dirs.
@@ -40,21 +51,19 @@ pub fn stamp(spec: &mut Spec, stack_file: &Path, state_dir: &Path) {
         return;
     }
     let mut cache = Cache::load(state_dir);
-    let mut versions: HashMap<String, Option<String>> = HashMap::new();
-    for service in spec.services.values_mut() {
+    let mut versions: HashMap<(String, Option<u32>), Option<String>> = HashMap::new();
+    for (name, service) in spec.services.iter_mut() {
         if !matches!(service.workload, Workload::Command(_)) {
             continue;
         }
         let Some(dir) = service.dir.clone() else {
             continue;
         };
+        let owner = service_owner(name, service.user.as_deref());
         let version = versions
-            .entry(dir.clone())
+            .entry((dir.clone(), owner))
             .or_insert_with(|| {
-                let skip = Skip {
-                    stack_file,
-                    state_dir,
-                };
+                let skip = Skip::new(stack_file, state_dir, Path::new(&dir), owner);
                 version_of(Path::new(&dir), &skip, &mut cache)
             })
             .clone();
@@ -63,16 +72,65 @@ pub fn stamp(spec: &mut Spec, stack_file: &Path, state_dir: &Path) {
     cache.save(state_dir);
 }
 
+/// The uid whose files in the dir are the service's data: its own user's, when bow runs as
+/// root (and so runs it as that user) and that user is neither root nor us. `None` when the
+/// service runs as the user who owns the code too (then only `.bowignore` can tell).
+fn service_owner(service: &str, user: Option<&str>) -> Option<u32> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return None;
+    }
+    let name = user.map_or_else(|| bow_driver::default_service_user(service), str::to_string);
+    let uid = bow_driver::users::lookup_user(&name).ok()??.uid;
+    (uid != 0 && uid != euid).then_some(uid)
+}
+
 /// What is never code even when it sits in a service's dir.
 struct Skip<'a> {
     stack_file: &'a Path,
     /// A state dir kept inside the project (its logs change all the time).
     state_dir: &'a Path,
+    /// The dir's `.bowignore`, when it has one.
+    ignore: Option<Gitignore>,
+    /// Files owned by this uid are the service's own (see [`service_owner`]).
+    owner: Option<u32>,
 }
 
-impl Skip<'_> {
+impl<'a> Skip<'a> {
+    fn new(stack_file: &'a Path, state_dir: &'a Path, dir: &Path, owner: Option<u32>) -> Self {
+        let ignore_file = dir.join(IGNORE_FILE);
+        let ignore = ignore_file.is_file().then(|| {
+            let mut builder = GitignoreBuilder::new(dir);
+            // A line that does not parse is left out; the others still apply.
+            let _ = builder.add(&ignore_file);
+            builder.build().unwrap_or_else(|_| Gitignore::empty())
+        });
+        Skip {
+            stack_file,
+            state_dir,
+            ignore,
+            owner,
+        }
+    }
+
     fn skips(&self, path: &Path) -> bool {
         path == self.stack_file || path.starts_with(self.state_dir)
+    }
+
+    /// Whether `relative` (to the service's dir) is left out by `.bowignore`, itself or
+    /// through a parent directory.
+    fn ignored(&self, relative: &Path, is_dir: bool) -> bool {
+        self.ignore.as_ref().is_some_and(|ignore| {
+            ignore
+                .matched_path_or_any_parents(relative, is_dir)
+                .is_ignore()
+        })
+    }
+
+    /// Whether the service's own user owns `meta`'s file.
+    fn owned_by_service(&self, meta: &std::fs::Metadata) -> bool {
+        self.owner.is_some_and(|uid| meta.uid() == uid)
     }
 }
 
@@ -101,6 +159,7 @@ fn git_version(dir: &Path, skip: &Skip) -> Option<String> {
     let head = String::from_utf8_lossy(&head).trim().to_string();
     let top = git(dir, &["rev-parse", "--show-toplevel"])?;
     let top = PathBuf::from(String::from_utf8_lossy(&top).trim());
+    let real_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let status = git(
         dir,
         &[
@@ -127,6 +186,15 @@ fn git_version(dir: &Path, skip: &Skip) -> Option<String> {
         }
         let path = top.join(&relative);
         if skip.skips(&path) || ignored_path(&path, dir) {
+            continue;
+        }
+        // git names paths from the real top; `dir` may be reached through a link.
+        if let Ok(in_dir) = path.strip_prefix(&real_dir)
+            && skip.ignored(in_dir, false)
+        {
+            continue;
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| skip.owned_by_service(&meta)) {
             continue;
         }
         dirty = true;
@@ -201,9 +269,17 @@ fn walk(root: &Path, dir: &Path, skip: &Skip, out: &mut Vec<PathBuf>, complete: 
         if skip.skips(&path) || text.ends_with(".pyc") {
             continue;
         }
-        let Ok(kind) = entry.file_type() else {
+        let Ok(meta) = entry.metadata() else {
             continue;
         };
+        let kind = meta.file_type();
+        if skip.owned_by_service(&meta)
+            || path
+                .strip_prefix(root)
+                .is_ok_and(|relative| skip.ignored(relative, kind.is_dir()))
+        {
+            continue;
+        }
         if kind.is_dir() {
             walk(root, &path, skip, out, complete);
         } else if out.len() >= MAX_FILES {
@@ -238,14 +314,18 @@ struct CacheEntry {
 
 impl Cache {
     fn load(state_dir: &Path) -> Cache {
-        std::fs::read(state_dir.join(CACHE_FILE))
+        let path = state_dir.join(CACHE_FILE);
+        // One written by an older bow is world-readable: narrow it first.
+        if std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        }
+        std::fs::read(path)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default()
     }
 
     fn content_digest(&mut self, path: &Path, meta: &std::fs::Metadata) -> String {
-        use std::os::unix::fs::MetadataExt;
         let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
         if let Some(entry) = self.entries.get(path)
             && entry.size == meta.len()
@@ -286,7 +366,14 @@ impl Cache {
         };
         if let Ok(json) = serde_json::to_vec(&cache) {
             let temporary = state_dir.join(format!("{CACHE_FILE}.tmp"));
-            if std::fs::write(&temporary, json).is_ok() {
+            let _ = std::fs::remove_file(&temporary);
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&temporary)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, &json));
+            if written.is_ok() {
                 let _ = std::fs::rename(&temporary, state_dir.join(CACHE_FILE));
             }
         }
@@ -298,14 +385,115 @@ mod tests {
     use super::*;
 
     fn version(dir: &Path) -> String {
+        version_owned(dir, None)
+    }
+
+    /// The version of `dir` for a service whose own user is `owner`.
+    fn version_owned(dir: &Path, owner: Option<u32>) -> String {
         let mut cache = Cache::default();
         let stack_file = dir.join("bow.yaml");
         let state_dir = dir.join("state");
-        let skip = Skip {
-            stack_file: &stack_file,
-            state_dir: &state_dir,
-        };
+        let skip = Skip::new(&stack_file, &state_dir, dir, owner);
         version_of(dir, &skip, &mut cache).unwrap()
+    }
+
+    fn git(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t")
+            .status()
+            .expect("git is installed (scripts/test.sh installs it)")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    /// What a service writes into its dir: a database, uploads, a pid file.
+    fn write_data(dir: &Path) {
+        std::fs::write(dir.join("app.sqlite3"), "rows").unwrap();
+        std::fs::create_dir_all(dir.join("uploads/2026")).unwrap();
+        std::fs::write(dir.join("uploads/2026/cat.png"), "png").unwrap();
+        std::fs::write(dir.join("app.pid"), "42").unwrap();
+    }
+
+    #[test]
+    fn bowignore_leaves_data_out_of_a_content_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.py"), "print(1)").unwrap();
+        std::fs::write(
+            dir.path().join(IGNORE_FILE),
+            "# data\n*.sqlite3\nuploads/\n*.pid\n!keep.pid\n",
+        )
+        .unwrap();
+        let first = version(dir.path());
+        write_data(dir.path());
+        assert_eq!(version(dir.path()), first, "data is not code");
+        std::fs::write(dir.path().join("keep.pid"), "negated: code").unwrap();
+        let with_keep = version(dir.path());
+        assert_ne!(with_keep, first, "`!keep.pid` is code again");
+        std::fs::write(dir.path().join("app.py"), "print(2)").unwrap();
+        assert_ne!(version(dir.path()), with_keep);
+    }
+
+    #[test]
+    fn bowignore_is_honoured_in_a_git_work_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q"]);
+        std::fs::write(dir.path().join("app.py"), "print(1)").unwrap();
+        std::fs::write(dir.path().join(IGNORE_FILE), "*.sqlite3\nuploads/\n*.pid\n").unwrap();
+        git(dir.path(), &["add", "."]);
+        git(dir.path(), &["commit", "-q", "-m", "one"]);
+        let clean = version(dir.path());
+        assert!(clean.starts_with("git:") && !clean.contains('+'), "{clean}");
+        write_data(dir.path());
+        assert_eq!(version(dir.path()), clean, "untracked data is not code");
+        std::fs::write(dir.path().join("app.py"), "print(2)").unwrap();
+        assert!(version(dir.path()).starts_with(&format!("{clean}+")));
+    }
+
+    #[test]
+    fn files_the_service_user_owns_are_its_data() {
+        // Runs as root (scripts/test.sh): chown gives the files to the service's user.
+        let service_uid = 65534;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.py"), "print(1)").unwrap();
+        let first = version_owned(dir.path(), Some(service_uid));
+        write_data(dir.path());
+        for path in ["app.sqlite3", "uploads", "app.pid"] {
+            std::os::unix::fs::chown(dir.path().join(path), Some(service_uid), None)
+                .expect("chown (the tests run as root)");
+        }
+        assert_eq!(version_owned(dir.path(), Some(service_uid)), first);
+        // Without the owner rule (the service runs as the code's owner) they are code.
+        assert_ne!(version_owned(dir.path(), None), first);
+        // Everything below a directory the service owns is its data.
+        std::fs::write(dir.path().join("uploads/2026/readme.txt"), "x").unwrap();
+        assert_eq!(version_owned(dir.path(), Some(service_uid)), first);
+    }
+
+    #[test]
+    fn the_digest_cache_is_private_and_an_old_one_is_narrowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.txt"), "one").unwrap();
+        let mut spec = bow_spec::load(
+            "project: p\nservices:\n  a: {command: run}\n",
+            &Default::default(),
+        )
+        .unwrap();
+        bow_spec::anchor_paths(&mut spec, dir.path());
+        let cache = state.path().join(CACHE_FILE);
+        let mode = || std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+        stamp(&mut spec, &dir.path().join("bow.yaml"), state.path());
+        assert_eq!(mode(), 0o600);
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Nothing changed, so nothing is written: the old file is narrowed all the same.
+        stamp(&mut spec, &dir.path().join("bow.yaml"), state.path());
+        assert_eq!(mode(), 0o600);
     }
 
     #[test]
@@ -350,22 +538,10 @@ mod tests {
     fn git_work_trees_give_the_commit_and_uncommitted_changes() {
         let dir = tempfile::tempdir().unwrap();
         let run = |args: &[&str]| {
-            Command::new("git")
-                .arg("-C")
-                .arg(dir.path())
-                .args(args)
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@t")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@t")
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
+            git(dir.path(), args);
+            true
         };
-        if !run(&["init", "-q"]) {
-            eprintln!("git is not installed; the content digest covers this case");
-            return;
-        }
+        run(&["init", "-q"]);
         std::fs::write(dir.path().join("app.py"), "print(1)").unwrap();
         std::fs::write(dir.path().join("bow.yaml"), "project: a").unwrap();
         assert!(run(&["add", "."]));

@@ -16,7 +16,8 @@ pub const STACK_FILE: &str = "bow.yaml";
 pub struct StackFile {
     /// The path as the user will recognise it (as given, or relative to the cwd when found).
     pub path: PathBuf,
-    pub text: String,
+    /// Shared by every rendered diagnostic (a large file is not copied per report).
+    pub text: std::sync::Arc<str>,
 }
 
 /// The file named by `-f`, or `bow.yaml` in the current directory or the nearest parent.
@@ -44,11 +45,30 @@ pub fn locate(args: &StackArgs) -> Result<PathBuf> {
     }
 }
 
+/// Reads the stack file; a file that is not UTF-8 is reported like any other problem of the
+/// file (rendered, at the line and column of its first bad byte).
 pub fn read(args: &StackArgs) -> Result<StackFile> {
+    let (file, problem) = read_lenient(args)?;
+    match problem {
+        None => Ok(file),
+        Some(diagnostic) => {
+            eprint!(
+                "{}",
+                render_diagnostics(&file, std::slice::from_ref(&diagnostic))
+            );
+            Err(invalid(&file, 1))
+        }
+    }
+}
+
+/// The stack file, and the diagnostic saying it is not UTF-8 when it is not (its text then
+/// holds U+FFFD for each bad byte; positions before the first one are exact).
+pub fn read_lenient(args: &StackArgs) -> Result<(StackFile, Option<Diagnostic>)> {
     let path = locate(args)?;
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(StackFile { path, text })
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let problem = bow_spec::text(&bytes).err();
+    let text: std::sync::Arc<str> = String::from_utf8_lossy(&bytes).into();
+    Ok((StackFile { path, text }, problem))
 }
 
 /// The environment from `-e`, `BOW_ENV`, or `development`.
@@ -68,7 +88,23 @@ pub fn load_options(args: &StackArgs) -> LoadOptions {
     LoadOptions {
         environment: environment(args),
         privileged: is_root(),
+        uid0_users: uid0_users(),
     }
+}
+
+/// Users with uid 0 other than `root`, from /etc/passwd (`user:` naming one needs
+/// `allow_root` like root; the agent checks the uid again when it starts an instance).
+pub fn uid0_users() -> Vec<String> {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let uid = fields.nth(1)?;
+            (uid == "0" && name != "root").then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// Loads the spec for the selected environment, or prints every diagnostic and fails.
@@ -130,7 +166,7 @@ pub fn render_diagnostics(file: &StackFile, diagnostics: &[Diagnostic]) -> Strin
 struct Rendered {
     message: String,
     hint: Option<String>,
-    source: NamedSource<String>,
+    source: NamedSource<std::sync::Arc<str>>,
     span: SourceSpan,
 }
 

@@ -18,6 +18,7 @@ pub fn run(
     follow: bool,
 ) -> Result<ExitCode> {
     let state_dir = session::state_dir_only(args)?;
+    session::check_readable(&state_dir.join(bow_store::DATABASE_FILE))?;
     let since_ms = since
         .map(crate::commands::logs::parse_since)
         .transpose()?

@@ -26,6 +26,7 @@ struct Release {
 
 pub fn run(args: &StackArgs, service: Option<&str>, output: Output) -> Result<ExitCode> {
     let state_dir = session::state_dir_only(args)?;
+    session::check_readable(&state_dir.join(bow_store::DATABASE_FILE))?;
     let rows = match bow_store::Store::open_existing(&state_dir)
         .with_context(|| format!("cannot read the state in {}", state_dir.display()))?
     {

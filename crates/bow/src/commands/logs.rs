@@ -24,6 +24,7 @@ pub fn run(args: &StackArgs, options: LogsArgs<'_>) -> Result<ExitCode> {
     let state_dir = session::state_dir_only(args)?;
     let log_dir = bow_agent::layout::log_dir(&state_dir);
     let since = options.since.map(parse_since).transpose()?;
+    session::check_readable(&log_dir)?;
     let mut instances = bow_driver::logs::logged_instances(&log_dir).unwrap_or_default();
     if let Some(service) = options.service {
         instances.retain(|id| selects(service, id));

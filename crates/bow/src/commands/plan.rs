@@ -26,6 +26,7 @@ pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
 
 /// The last applied spec in `state_dir` (read-only), if any.
 pub fn recorded_spec(state_dir: &Path) -> Result<Option<bow_spec::Spec>> {
+    crate::session::check_readable(&state_dir.join(bow_store::DATABASE_FILE))?;
     Ok(
         match bow_store::Store::open_existing(state_dir)
             .with_context(|| format!("cannot read the recorded state in {}", state_dir.display()))?

@@ -10,6 +10,7 @@ use crate::session;
 pub fn run(args: &StackArgs) -> Result<ExitCode> {
     let state_dir = session::state_dir_only(args)?;
     let certificate = bow_agent::edge::ca_certificate(&state_dir);
+    session::check_readable(&certificate)?;
     if !certificate.exists() {
         eprintln!(
             "no local CA yet in {}: it is made when the edge first starts (`bow up` with a service that has `routes:` and `edge.tls: self-signed`)",

@@ -28,7 +28,11 @@ pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
                         return Ok(code);
                     }
                 }
-                wait_healthy(&session)
+                wait_healthy(&session).map_err(|error| {
+                    anyhow::anyhow!(
+                        "{error:#}\nthe agent (started before this `bow up`) and its instances keep running: `bow status` shows them, `bow down` stops them"
+                    )
+                })
             } else {
                 eprintln!(
                     "an agent already runs for {}; following it (Ctrl-C detaches, `bow down` stops)",
@@ -39,8 +43,12 @@ pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
         }
         (None, true) => {
             spawn_agent(&session)?;
-            apply(&session)?;
-            wait_healthy(&session)
+            // An edge that cannot start (a port taken) or an apply the agent refuses: stop
+            // what this command started instead of leaving it behind. (An instance that
+            // fails is different: the agent keeps retrying it while the others serve.)
+            apply(&session)
+                .and_then(|_| wait_healthy(&session))
+                .map_err(|error| stop_started(&session, error))
         }
         (None, false) => foreground(session),
     }
@@ -65,17 +73,46 @@ fn apply(session: &Session) -> Result<(i64, Vec<String>)> {
     }
 }
 
-/// Starts `bow agent` in its own session, its output in `<state-dir>/agent.log`, and waits
-/// until it answers.
+/// Stops the agent this `bow up -d` started, with its instances, after `error`; the error
+/// returned says what happened to them.
+fn stop_started(session: &Session, error: anyhow::Error) -> anyhow::Error {
+    match session.call(&Request::Down, Duration::from_secs(120)) {
+        Ok(Some(Response::Down { stopped })) => {
+            let released = bow_agent::wait_released(&session.state_dir, Duration::from_secs(10));
+            let agent = if released {
+                "the agent"
+            } else {
+                "the agent (still exiting)"
+            };
+            anyhow::anyhow!(
+                "{error:#}\nnothing keeps running: stopped {agent} and the {} instances this `bow up` had started",
+                stopped.len()
+            )
+        }
+        Ok(_) => anyhow::anyhow!("{error:#}\nthe agent this `bow up` started is gone"),
+        Err(stop_error) => anyhow::anyhow!(
+            "{error:#}\nthe agent this `bow up` started could not be stopped ({stop_error:#}) and may keep running: stop it with `bow down`"
+        ),
+    }
+}
+
+/// Starts `bow agent` in its own session, its output in `<state-dir>/agent.log` (0600: it
+/// holds paths, errors and addresses other users have no business reading), and waits until
+/// it answers.
 fn spawn_agent(session: &Session) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     std::fs::create_dir_all(&session.state_dir)
         .with_context(|| format!("cannot create {}", session.state_dir.display()))?;
     let log_path = session.state_dir.join(bow_agent::layout::AGENT_LOG);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
+    // One made by an older bow was 0644.
+    log.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the bow binary")?;
     let mut command = std::process::Command::new(exe);
     command

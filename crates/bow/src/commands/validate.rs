@@ -19,8 +19,11 @@ struct JsonDiagnostic<'a> {
 }
 
 pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
-    let file = stack::read(args)?;
-    let diagnostics = bow_spec::validate(&file.text, stack::is_root());
+    let (file, problem) = stack::read_lenient(args)?;
+    let diagnostics = match problem {
+        Some(not_utf8) => vec![not_utf8],
+        None => bow_spec::validate_with(&file.text, &stack::load_options(args)),
+    };
     if output == Output::Json {
         let items: Vec<JsonDiagnostic<'_>> = diagnostics
             .iter()
