@@ -12,8 +12,8 @@ pub(crate) enum TargetError {
     NotOrigin,
     /// `%` not followed by two hex digits.
     BadEscape,
-    /// `%00`.
-    EncodedNul,
+    /// `%00`, or a raw NUL (which would turn into `%00`).
+    Nul,
     /// A raw `\`, which some servers read as `/`.
     Backslash,
     /// A fragment (`#`), which a client never sends.
@@ -29,7 +29,7 @@ impl TargetError {
         match self {
             TargetError::NotOrigin => "the request target is not a path",
             TargetError::BadEscape => "the path has a bad percent escape",
-            TargetError::EncodedNul => "the path has an encoded NUL",
+            TargetError::Nul => "the path has a NUL (raw or %00)",
             TargetError::Backslash => "the path has a backslash",
             TargetError::Fragment => "the request target has a fragment",
             TargetError::EncodedDotSegment => {
@@ -87,8 +87,8 @@ static CLASS: [u8; 256] = {
 /// unreserved character is decoded, other escapes keep their byte with upper-case hex;
 /// bytes that may not appear raw in a path (`"`, `<`, `{`, non-ASCII, …) are encoded;
 /// `%2F` and `%5C` stay encoded (data, not separators) unless a segment would become `.`
-/// or `..` were they read as separators, which is refused; a raw `\`, `%00`, a bad escape
-/// and a fragment are refused.
+/// or `..` were they read as separators, which is refused; a raw `\`, `%00` or a raw NUL,
+/// a bad escape and a fragment are refused.
 pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
@@ -111,7 +111,7 @@ pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
                 };
                 let value = high << 4 | low;
                 if value == 0 {
-                    return Err(TargetError::EncodedNul);
+                    return Err(TargetError::Nul);
                 }
                 if CLASS[value as usize] & UNRESERVED != 0 {
                     decoded.push(value as char);
@@ -122,6 +122,7 @@ pub(crate) fn normalize_path(path: &str) -> Result<Cow<'_, str>, TargetError> {
                 continue;
             }
             b'\\' => return Err(TargetError::Backslash),
+            0 => return Err(TargetError::Nul),
             b'#' => return Err(TargetError::Fragment),
             _ if CLASS[byte as usize] & KEEP != 0 => decoded.push(byte as char),
             _ => push_escaped(&mut decoded, byte),
@@ -310,7 +311,10 @@ mod tests {
             ("/files/%2e%2e%2Fsecret", TargetError::EncodedDotSegment),
             ("/files/a%2f..", TargetError::EncodedDotSegment),
             ("/files/.%5c", TargetError::EncodedDotSegment),
-            ("/a%00", TargetError::EncodedNul),
+            ("/a%00", TargetError::Nul),
+            // Found by the path_route fuzz target: a raw NUL was encoded as %00, which
+            // normalising again refused.
+            ("/\u{3}\0\0\0api/y", TargetError::Nul),
             ("/a%zz", TargetError::BadEscape),
             ("/a%4", TargetError::BadEscape),
             ("/a%", TargetError::BadEscape),
