@@ -26,6 +26,8 @@ mod client;
 mod config;
 mod error;
 mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod metrics;
 mod pool;
