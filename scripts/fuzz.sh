@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/fuzz.sh — runs every fuzz target (fuzz/, cargo-fuzz) for a bounded time.
-#   FUZZ_SECONDS   seconds per target (default 20: CI); the longer run in docs/testing.md
+#   FUZZ_SECONDS   seconds per target (default 20: CI); the longer run in docs/fuzzing.md
 #   FUZZ_TARGETS   targets to run (default: all of them)
 #   FUZZ_JOBS      libFuzzer processes per target (default 1; more runs -fork=N)
 #   FUZZ_SANITIZER cargo-fuzz sanitizer (default none: the parsers are safe Rust, and
