@@ -79,3 +79,50 @@ fn a_kill_every_500_ms_for_30_s_fails_no_get() {
     );
     assert_eq!(instances(&status).len(), 3, "{status}");
 }
+
+#[test]
+fn a_paused_instance_is_taken_out_of_the_edge_and_comes_back() {
+    let (http, https) = (free_port(), free_port());
+    let stack = Stack::new(
+        "pause",
+        &format!(
+            "edge: {{ http_port: {http}, https_port: {https} }}\n\
+             services:\n  web:\n    command: {{testapp}}\n    replicas: 2\n    routes: [\"pause.bow.localhost\"]\n    \
+             health: {{ http: /healthz, interval: 200ms, timeout: 300ms, retries: 3 }}\n    \
+             stop_timeout: 1s\n"
+        ),
+    );
+    stack.up_ok();
+    let pid = support::stack::pid_in(&stack.status_ok(), "web.2").expect("web.2 pid");
+    let paused_at = Instant::now();
+    kill(pid, libc::SIGSTOP);
+    // retries × (interval + timeout) and a little: out of the edge's table.
+    let status = stack.wait_status("web.2 out of the edge", WAIT, |s| {
+        s["edge"]["routes"]
+            .to_string()
+            .contains("pause.bow.localhost/ → web (1 healthy)")
+    });
+    let detected = paused_at.elapsed();
+    eprintln!(
+        "paused web.2 out of the edge after {detected:?}: {}",
+        status["edge"]
+    );
+    assert!(
+        detected < Duration::from_secs(4),
+        "3 failed checks of 200 ms + 300 ms take ~1.5 s, took {detected:?}"
+    );
+    kill(pid, libc::SIGCONT);
+    let status = stack.wait_status("both healthy again", WAIT, all_healthy);
+    assert!(
+        status["edge"]["routes"]
+            .to_string()
+            .contains("pause.bow.localhost/ → web (2 healthy)"),
+        "{status}"
+    );
+    let events = stack.events();
+    assert!(
+        events.iter().any(|e| e.is("unhealthy", "web.2")),
+        "{}",
+        show_events(&events)
+    );
+}
