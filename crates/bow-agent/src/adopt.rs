@@ -1,29 +1,22 @@
-//! Adoption: every instance that outlived a previous agent is accounted for. The run dir
-//! (`run/*/state.json`, verified by pid *and* process start time) names the instances to hand
-//! to their slots; the process table names what no handle accounts for (a shim killed with its
-//! agent before it wrote `state.json`), which is stopped with an `orphan-stopped` event. A
-//! deploy that finds a live handle where it wanted to start an instance stops that orphan the
-//! same way (`stop_orphan`) instead of failing.
+//! Adoption: every instance that outlived a previous agent is accounted for. Each driver
+//! lists what it finds (for processes: `run/*/state.json` verified by pid *and* start time,
+//! and the process table for what no handle accounts for); listed instances are handed to
+//! their slots, strays are stopped with an `orphan-stopped` event. A deploy that finds a live
+//! instance where it wanted to start one stops that orphan the same way (`stop_orphan`)
+//! instead of failing.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bow_driver::strays::{self, RunProcess};
-use bow_driver::{InstanceHandle, ProcessState};
+use bow_driver::{Driver, Found, Handle, Stray};
 
 use crate::agent::Agent;
 use crate::supervisor::Adopted;
 
-/// How long a starting agent waits for shims that have not written their `state.json` yet
-/// (started the moment the previous agent died) before it stops them as orphans.
-const STARTING_SHIM_PATIENCE: Duration = Duration::from_secs(3);
-
-/// One `run/<id>/state.json` and whether its process still runs.
-struct Observed {
-    handle: InstanceHandle,
-    running: bool,
-}
+/// One listed instance and whether it still runs.
+type Observed = Found;
 
 /// What to do with an instance found in the run dir (decided on data, see [`decide`]).
 #[derive(Debug, PartialEq)]
@@ -85,31 +78,45 @@ pub async fn scan(agent: &Arc<Agent>) -> BTreeMap<String, Adopted> {
             )
         })
         .collect();
-    let (observed, orphans) = observe(agent).await;
-    stop_strays(agent, orphans).await;
+    let mut observed = Vec::new();
+    let mut strays = Vec::new();
+    for driver in agent.drivers.all() {
+        let listing = driver.list().await;
+        observed.extend(listing.instances);
+        strays.extend(listing.strays.into_iter().map(|s| (driver.clone(), s)));
+    }
+    stop_strays(agent, strays).await;
     let mut adopted = BTreeMap::new();
     for found in observed {
         let handle = found.handle.clone();
-        let recorded = rows.get(&handle.instance_id).copied();
-        let environ_port = found
-            .running
-            .then(|| port_from_environ(handle.pid))
-            .flatten();
+        let driver = agent.drivers.for_handle(&handle).clone();
+        let recorded = rows.get(handle.instance_id()).copied();
+        let environ_port = found.running.then(|| driver.port_of(&handle)).flatten();
         match decide(found, recorded, environ_port) {
             Disposition::Adopt(instance) => {
-                adopted.insert(handle.instance_id.clone(), *instance);
+                adopted.insert(handle.instance_id().to_string(), *instance);
             }
             Disposition::Stop(reason) => {
-                agent.emit(&handle.service, &handle.instance_id, "stopping", &reason);
+                agent.emit(
+                    handle.service(),
+                    handle.instance_id(),
+                    EventKind::Stopping,
+                    &reason,
+                );
                 stop_handle(agent, &handle).await;
             }
             Disposition::Ended => {
-                let message = match agent.driver.exit_status(&handle) {
-                    Ok(Some(exit)) => format!("{exit} while no agent was running"),
+                let message = match driver.exit_status(&handle) {
+                    Some(exit) => format!("{exit} while no agent was running"),
                     _ => "ended while no agent was running".to_string(),
                 };
-                agent.emit(&handle.service, &handle.instance_id, "exited", &message);
-                agent.forget_instance(&handle.instance_id);
+                agent.emit(
+                    handle.service(),
+                    handle.instance_id(),
+                    EventKind::Exited,
+                    &message,
+                );
+                agent.forget_instance(handle.instance_id());
             }
             Disposition::Nothing => {}
         }
@@ -117,66 +124,11 @@ pub async fn scan(agent: &Arc<Agent>) -> BTreeMap<String, Adopted> {
     adopted
 }
 
-/// The run dir's handles and the processes no handle accounts for. A shim that is not
-/// accounted for may still be starting (its `state.json` comes right after its service's
-/// exec): the look is repeated until none is left or the patience runs out.
-async fn observe(agent: &Arc<Agent>) -> (Vec<Observed>, Vec<RunProcess>) {
-    let deadline = Instant::now() + STARTING_SHIM_PATIENCE;
-    loop {
-        let observed = read_run_dir(agent);
-        let handles: Vec<InstanceHandle> = observed.iter().map(|o| o.handle.clone()).collect();
-        let live: Vec<InstanceHandle> = observed
-            .iter()
-            .filter(|o| o.running)
-            .map(|o| o.handle.clone())
-            .collect();
-        let found = list_processes(agent);
-        let orphans = strays::unaccounted(&found, &handles, &live);
-        if !orphans.iter().any(|p| p.shim) || Instant::now() >= deadline {
-            return (observed, orphans);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn read_run_dir(agent: &Agent) -> Vec<Observed> {
-    let Ok(entries) = std::fs::read_dir(crate::layout::run_dir(&agent.state_dir)) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let handle = InstanceHandle::load(&entry.path()).ok()??;
-            let running = matches!(agent.driver.verify(&handle), Ok(ProcessState::Running));
-            Some(Observed { handle, running })
-        })
-        .collect()
-}
-
-/// Every live process of this state dir's instances, by the process table.
-fn list_processes(agent: &Agent) -> Vec<RunProcess> {
-    let run_dir = crate::layout::run_dir(&agent.state_dir);
-    strays::list(&strays::Markers {
-        run_dir: &run_dir,
-        environment: &[
-            ("BOW_PROJECT", agent.project.as_str()),
-            ("BOW_ENV", agent.environment.as_str()),
-        ],
-        instance_variable: "BOW_INSTANCE",
-    })
-}
-
-/// Stops processes no handle accounts for, one `orphan-stopped` event per instance id.
-async fn stop_strays(agent: &Arc<Agent>, orphans: Vec<RunProcess>) {
-    let mut by_instance: BTreeMap<String, Vec<RunProcess>> = BTreeMap::new();
-    for process in orphans {
-        by_instance
-            .entry(process.instance_id.clone())
-            .or_default()
-            .push(process);
-    }
+/// Stops what runs that no handle accounts for, one `orphan-stopped` event per instance id.
+async fn stop_strays(agent: &Arc<Agent>, strays: Vec<(Arc<dyn Driver>, Stray)>) {
     let mut tasks = Vec::new();
-    for (id, processes) in by_instance {
+    for (driver, stray) in strays {
+        let id = stray.instance_id.clone();
         let service = id
             .rsplit_once('.')
             .map_or(id.as_str(), |(s, _)| s)
@@ -186,19 +138,13 @@ async fn stop_strays(agent: &Arc<Agent>, orphans: Vec<RunProcess>) {
             .map_or(Duration::from_secs(10), |s| s.stop_timeout.as_std());
         let agent = agent.clone();
         tasks.push(tokio::spawn(async move {
-            let pids = processes
-                .iter()
-                .map(|p| format!("{}{}", p.pid, if p.shim { " (shim)" } else { "" }))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = tokio::task::spawn_blocking(move || strays::stop(&processes, timeout)).await;
+            let description = stray.description.clone();
+            driver.stop_stray(stray, timeout).await;
             agent.emit(
                 &service,
                 &id,
-                "orphan-stopped",
-                &format!(
-                    "pid {pids}: ran with no handle in run/{id}/state.json naming it (started as the previous agent died); stopped"
-                ),
+                EventKind::OrphanStopped,
+                &format!("{description} (started as the previous agent died); stopped"),
             );
         }));
     }
@@ -207,49 +153,44 @@ async fn stop_strays(agent: &Arc<Agent>, orphans: Vec<RunProcess>) {
     }
 }
 
-/// The instance `id`'s handle when its process runs (the run dir still names a live process).
-pub(crate) fn live_handle(agent: &Agent, id: &str) -> Option<InstanceHandle> {
-    let dir = crate::layout::run_dir(&agent.state_dir).join(id);
-    let handle = InstanceHandle::load(&dir).ok()??;
-    matches!(agent.driver.verify(&handle), Ok(ProcessState::Running)).then_some(handle)
+/// The instance that runs under `id` now, whichever driver runs it.
+pub(crate) fn live_handle(agent: &Agent, id: &str) -> Option<Handle> {
+    agent.drivers.all().find_map(|driver| driver.live(id))
 }
 
 /// Stops an instance that runs under an id no slot holds (an orphan a deploy found where it
 /// wanted to start one), with an `orphan-stopped` event.
-pub(crate) async fn stop_orphan(agent: &Arc<Agent>, handle: &InstanceHandle, found_by: &str) {
+pub(crate) async fn stop_orphan(agent: &Arc<Agent>, handle: &Handle, found_by: &str) {
     {
         let mut inner = agent.lock();
         if inner
             .adopted
-            .get(&handle.instance_id)
-            .is_some_and(|a| a.handle.pid == handle.pid)
+            .get(handle.instance_id())
+            .is_some_and(|a| a.handle.same_as(handle))
         {
-            inner.adopted.remove(&handle.instance_id);
+            inner.adopted.remove(handle.instance_id());
         }
     }
-    let driver = agent.driver.clone();
-    let stopped = handle.clone();
     let timeout = agent
-        .service_spec(&handle.service)
+        .service_spec(handle.service())
         .map_or(Duration::from_secs(10), |s| s.stop_timeout.as_std());
-    let outcome = tokio::task::spawn_blocking(move || driver.stop(&stopped, timeout)).await;
+    let outcome = agent.drivers.for_handle(handle).stop(handle, timeout).await;
     let how = match outcome {
-        Ok(Ok(outcome)) => outcome
+        Ok(outcome) => outcome
             .exit()
             .map_or_else(|| "stopped".to_string(), |exit| format!("stopped: {exit}")),
-        Ok(Err(error)) => format!("stop failed: {error}"),
         Err(error) => format!("stop failed: {error}"),
     };
     agent.emit(
-        &handle.service,
-        &handle.instance_id,
-        "orphan-stopped",
+        handle.service(),
+        handle.instance_id(),
+        EventKind::OrphanStopped,
         &format!(
-            "pid {} (release {}) ran without a slot ({found_by}); {how}",
-            handle.pid, handle.release
+            "{handle} (release {}) ran without a slot ({found_by}); {how}",
+            handle.release()
         ),
     );
-    agent.forget_instance(&handle.instance_id);
+    agent.forget_instance(handle.instance_id());
 }
 
 /// Stops adopted instances that the applied spec does not want (service gone, index above
@@ -266,7 +207,7 @@ pub async fn stop_unwanted(agent: &Arc<Agent>) {
                 // killed mid-deploy leaves old and new ones running).
                 let wanted = spec
                     .as_ref()
-                    .is_some_and(|s| s.services.contains_key(&a.handle.service));
+                    .is_some_and(|s| s.services.contains_key(a.handle.service()));
                 !wanted
             })
             .map(|(id, _)| id.clone())
@@ -277,69 +218,42 @@ pub async fn stop_unwanted(agent: &Arc<Agent>) {
     };
     for adopted in unwanted {
         agent.emit(
-            &adopted.handle.service,
-            &adopted.handle.instance_id,
-            "stopping",
+            adopted.handle.service(),
+            adopted.handle.instance_id(),
+            EventKind::Stopping,
             "no longer in the applied file",
         );
         stop_handle(agent, &adopted.handle).await;
-        agent.forget_instance(&adopted.handle.instance_id);
+        agent.forget_instance(adopted.handle.instance_id());
     }
 }
 
 /// Stops an instance that has no slot.
-pub async fn stop_handle(agent: &Arc<Agent>, handle: &InstanceHandle) {
-    let driver = agent.driver.clone();
-    let stopped = handle.clone();
+pub async fn stop_handle(agent: &Arc<Agent>, handle: &Handle) {
     let timeout = agent
-        .service_spec(&handle.service)
+        .service_spec(handle.service())
         .map_or(Duration::from_secs(10), |s| s.stop_timeout.as_std());
-    let outcome = tokio::task::spawn_blocking(move || driver.stop(&stopped, timeout)).await;
+    let outcome = agent.drivers.for_handle(handle).stop(handle, timeout).await;
     let message = match outcome {
-        Ok(Ok(outcome)) => outcome
+        Ok(outcome) => outcome
             .exit()
             .map_or_else(|| "stopped".to_string(), |exit| format!("stopped: {exit}")),
-        Ok(Err(error)) => format!("stop failed: {error}"),
         Err(error) => format!("stop failed: {error}"),
     };
-    agent.emit(&handle.service, &handle.instance_id, "stopped", &message);
-}
-
-/// `PORT` from a process's environment (for an instance the store lost track of).
-fn port_from_environ(pid: i32) -> Option<u16> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    environ
-        .split(|b| *b == 0)
-        .find_map(|entry| entry.strip_prefix(b"PORT="))
-        .and_then(|value| std::str::from_utf8(value).ok()?.parse().ok())
+    agent.emit(
+        handle.service(),
+        handle.instance_id(),
+        EventKind::Stopped,
+        &message,
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
-    fn handle() -> InstanceHandle {
-        InstanceHandle {
-            project: "p-e".into(),
-            service: "web".into(),
-            index: 3,
-            instance_id: "web.3".into(),
-            release: 1,
-            pid: 11,
-            start_time: 5,
-            pgid: 11,
-            shim_pid: 10,
-            shim_start_time: 4,
-            run_dir: PathBuf::from("/s/run/web.3"),
-            log_path: PathBuf::from("/s/logs/web.3.log"),
-            cgroup: None,
-            user: "u".into(),
-            uid: 1,
-            gid: 1,
-            started_at_unix_ms: 0,
-            secrets_dir: None,
-        }
+    fn handle() -> Handle {
+        Handle::process(bow_driver::fake::handle_for_tests("web", 3, 11))
     }
 
     fn observed(running: bool) -> Observed {
@@ -388,5 +302,101 @@ mod tests {
             Disposition::Ended
         );
         assert_eq!(decide(observed(false), None, None), Disposition::Nothing);
+    }
+}
+
+#[cfg(test)]
+mod through_the_driver {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use bow_driver::Driver;
+    use bow_driver::fake::{DriverCall, FakeProcessDriver};
+
+    use crate::fake_world::FakeWorld;
+
+    #[tokio::test]
+    async fn an_instance_no_applied_file_wants_is_stopped_at_start() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        let mut spec = bow_driver::InstanceSpec::new(
+            "p-e",
+            "old",
+            1,
+            vec!["old-app".into()],
+            Path::new("/run/p"),
+            Path::new("/log/p"),
+        );
+        spec.env = BTreeMap::from([("PORT".to_string(), "4100".to_string())]);
+        let old = driver.start(spec).await.unwrap();
+        let world = FakeWorld::start(driver).await;
+        assert!(world.driver.running().is_empty(), "{}", world.events());
+        assert!(world.driver.calls().contains(&DriverCall::List));
+        let events = world.events();
+        assert!(
+            events.contains("old.1 stopping no longer in the applied file"),
+            "{events}"
+        );
+        assert!(
+            events.contains("old.1 stopped stopped: exited with code 0"),
+            "{events}"
+        );
+        assert!(!world.driver.is_running(&old));
+    }
+
+    fn running_spec(service: &str, index: u32, port: u16) -> bow_driver::InstanceSpec {
+        let mut spec = bow_driver::InstanceSpec::new(
+            "p-e",
+            service,
+            index,
+            vec!["app".into()],
+            Path::new("/run/p"),
+            Path::new("/log/p"),
+        );
+        spec.env = BTreeMap::from([("PORT".to_string(), port.to_string())]);
+        spec
+    }
+
+    #[tokio::test]
+    async fn what_a_previous_agent_left_running_is_adopted_not_started_again() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        let one = driver.start(running_spec("worker", 1, 4101)).await.unwrap();
+        let two = driver.start(running_spec("worker", 2, 4102)).await.unwrap();
+        let applied = "project: p\nservices:\n  worker:\n    command: app\n    replicas: 2\n";
+        let world = FakeWorld::restart(driver, Some(applied)).await;
+        world
+            .until("both adopted", |w| {
+                w.saw("worker.1", "adopted") && w.saw("worker.2", "adopted")
+            })
+            .await;
+        let starts = world
+            .driver
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, DriverCall::Start { .. }))
+            .count();
+        assert_eq!(starts, 2, "only the two the test started");
+        assert_eq!(world.driver.running(), [one.clone(), two]);
+        assert!(
+            world
+                .events()
+                .contains(&format!("worker.1 adopted {one} port 4101 (still running")),
+            "{}",
+            world.events()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_adopted_instance_above_the_replicas_is_stopped() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        driver.start(running_spec("worker", 1, 4101)).await.unwrap();
+        let extra = driver.start(running_spec("worker", 2, 4102)).await.unwrap();
+        let applied = "project: p\nservices:\n  worker:\n    command: app\n";
+        let world = FakeWorld::restart(driver, Some(applied)).await;
+        world
+            .until("worker.2 stopped", |w| !w.driver.is_running(&extra))
+            .await;
+        assert_eq!(world.driver.running().len(), 1, "{}", world.events());
+        assert!(world.saw("worker.1", "adopted"), "{}", world.events());
     }
 }

@@ -1,21 +1,23 @@
-//! The agent's shared state and its operations: apply, status, restart, down.
+//! The agent's shared state, its start (lock, store, adoption, API) and apply; status,
+//! stopping and the state dir's lock are in `status.rs`, `stopping.rs`, `state_dir.rs`.
 
+use bow_reconcile::EventKind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use bow_driver::{InstanceHandle, LinuxProcessDriver, ProcessDriver, ShimCommand};
+use bow_driver::Handle;
 use bow_spec::Spec;
 use bow_store::Store;
 
-use crate::api::{Event, Health, InstanceStatus, ServiceStatus, StatusReport};
+use crate::api::{Event, Health, InstanceStatus};
+use crate::drivers::Drivers;
 use crate::error::{AgentError, Result};
 use crate::ports::PortPicker;
-use crate::supervisor::{self, Adopted, Control};
+use crate::supervisor::{Adopted, Control};
 
 /// How a status note about an edge that could not start begins.
 pub const EDGE_FAILED_NOTE: &str = "the edge is not serving: ";
@@ -35,8 +37,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     pub project: String,
     pub environment: String,
-    /// How to start shims: `bow shim` (the running binary).
-    pub shim: ShimCommand,
+    /// What runs instances, per workload kind ([`Drivers::local`]: processes under
+    /// `bow shim`; a fake in unit tests).
+    pub drivers: Drivers,
     /// Receives every event; without one, events are logged to stderr.
     pub event_sink: Option<EventSink>,
     /// Resume the last applied revision at start (`bow agent`, `bow up`); `false` only adopts
@@ -100,7 +103,7 @@ pub struct Agent {
     pub project: String,
     pub environment: String,
     pub root: bool,
-    pub(crate) driver: Arc<dyn ProcessDriver>,
+    pub(crate) drivers: Drivers,
     pub(crate) store: Mutex<Store>,
     pub(crate) ports: PortPicker,
     pub(crate) inner: Mutex<Inner>,
@@ -136,7 +139,7 @@ impl Agent {
         ] {
             create_dir_with_mode(&dir, 0o700)?;
         }
-        let lock = lock_state_dir(&state_dir)?;
+        let lock = crate::state_dir::lock(&state_dir)?;
         write_private(
             &state_dir.join(crate::api::PID_FILE),
             format!("{}\n", std::process::id()).as_bytes(),
@@ -145,7 +148,6 @@ impl Agent {
             what: "cannot write agent.pid".into(),
             source,
         })?;
-        bow_driver::become_subreaper()?;
         let store = Store::open(&state_dir)?;
         let recorded = store.latest_revision()?;
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -155,7 +157,7 @@ impl Agent {
             project: config.project,
             environment: config.environment,
             root,
-            driver: Arc::new(LinuxProcessDriver::new(config.shim)),
+            drivers: config.drivers,
             store: Mutex::new(store),
             ports: PortPicker::default(),
             inner: Mutex::new(Inner::default()),
@@ -192,11 +194,11 @@ impl Agent {
         // earlier (`bow up -d` right after starting the agent) would race the resume, which
         // then opened a release for the older spec over the new one's.
         agent.lock().revision = revision.id;
-        if let Err(error) = crate::deploy::open_releases(&agent, &revision.spec, revision.id) {
+        if let Err(error) = crate::releases::open_releases(&agent, &revision.spec, revision.id) {
             agent.emit(
                 "",
                 "",
-                "store-error",
+                EventKind::StoreError,
                 &format!("cannot read releases: {error}"),
             );
         }
@@ -215,7 +217,8 @@ impl Agent {
     }
 
     /// Records and shows one event.
-    pub fn emit(&self, service: &str, instance: &str, kind: &str, message: &str) {
+    pub fn emit(&self, service: &str, instance: &str, kind: EventKind, message: &str) {
+        let kind = kind.label();
         let at_ms = now_ms();
         let id = self
             .store()
@@ -267,10 +270,10 @@ impl Agent {
         self.emit(
             "",
             "",
-            "applied",
+            EventKind::Applied,
             &format!("revision {revision}: {} services", spec.services.len()),
         );
-        let changed = crate::deploy::open_releases(self, &spec, revision)?;
+        let changed = crate::releases::open_releases(self, &spec, revision)?;
         self.reconcile(spec);
         Ok((revision, changed))
     }
@@ -339,7 +342,7 @@ impl Agent {
         self.emit(
             name,
             "",
-            "building",
+            EventKind::Building,
             &format!("python environment from {}", python.requirements),
         );
         let search_path = definition
@@ -359,7 +362,7 @@ impl Agent {
                 self.emit(
                     name,
                     "",
-                    "built",
+                    EventKind::Built,
                     &format!("python environment {}", venv.display()),
                 );
                 if let Some(runtime) = self.lock().services.get_mut(name) {
@@ -371,7 +374,7 @@ impl Agent {
                 self.emit(
                     name,
                     &format!("{name}.1"),
-                    "start-failed",
+                    EventKind::StartFailed,
                     &format!("python environment: {reason}"),
                 );
                 Err(reason.to_string())
@@ -442,212 +445,6 @@ impl Agent {
         self.lock().services.get(service)?.venv.clone()
     }
 
-    /// Restarts one instance and waits (up to `timeout`) until it is healthy again.
-    async fn restart_slot(&self, service: &str, index: u32, timeout: Duration) {
-        let generation = {
-            let inner = self.lock();
-            let Some(slot) = inner.slot(service, index) else {
-                return;
-            };
-            let mut control = *slot.control.borrow();
-            control.restart_generation += 1;
-            slot.control.send_replace(control);
-            control.restart_generation
-        };
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            let inner = self.lock();
-            let Some(slot) = inner.slot(service, index) else {
-                return;
-            };
-            if slot.status.health == Health::Healthy
-                && supervisor::restarted_generation(&slot.status) >= generation
-            {
-                return;
-            }
-        }
-    }
-
-    /// `bow restart SERVICE`: one instance at a time, each healthy before the next.
-    pub async fn restart_service(&self, service: &str) -> Result<Vec<String>> {
-        let (indexes, timeout) = {
-            let inner = self.lock();
-            let spec = inner
-                .spec
-                .as_ref()
-                .ok_or_else(|| AgentError::Other("nothing is applied yet".into()))?;
-            let definition = spec.services.get(service).ok_or_else(|| {
-                AgentError::Other(format!(
-                    "no service `{service}`; services: {}",
-                    spec.services.keys().cloned().collect::<Vec<_>>().join(", ")
-                ))
-            })?;
-            let indexes: Vec<u32> = inner
-                .services
-                .get(service)
-                .map(|r| r.slots.keys().copied().collect())
-                .unwrap_or_default();
-            (indexes, definition.deploy.timeout.as_std())
-        };
-        let mut restarted = Vec::new();
-        for index in indexes {
-            self.restart_slot(service, index, timeout).await;
-            restarted.push(format!("{service}.{index}"));
-        }
-        Ok(restarted)
-    }
-
-    /// Stops the given slots of a service (in parallel: each is drained, then stopped) and
-    /// waits for them. Their indexes stay taken until they are gone.
-    pub(crate) async fn stop_slots(
-        &self,
-        service: &str,
-        slots: BTreeMap<u32, Slot>,
-    ) -> Vec<String> {
-        let mut stopped = Vec::new();
-        let mut tasks = Vec::new();
-        if let Some(runtime) = self.lock().services.get_mut(service) {
-            runtime.stopping.extend(slots.keys().copied());
-        }
-        let indexes: Vec<u32> = slots.keys().copied().collect();
-        for (index, slot) in slots {
-            slot.control.send_modify(|c| c.stop = true);
-            stopped.push(format!("{service}.{index}"));
-            if let Some(task) = slot.task {
-                tasks.push(task);
-            }
-        }
-        for task in tasks {
-            let _ = task.await;
-        }
-        if let Some(runtime) = self.lock().services.get_mut(service) {
-            for index in indexes {
-                runtime.stopping.remove(&index);
-            }
-        }
-        stopped
-    }
-
-    /// Stops every instance, dependants first, and ends the agent.
-    pub async fn down(self: &Arc<Self>) -> Vec<String> {
-        let stopped = self.down_instances().await;
-        self.detach();
-        stopped
-    }
-
-    /// Stops every instance, dependants first; the agent keeps answering until `detach`.
-    pub async fn down_instances(self: &Arc<Self>) -> Vec<String> {
-        let (order, mut services) = {
-            let mut inner = self.lock();
-            inner.shutting_down = true;
-            let order = inner
-                .spec
-                .as_ref()
-                .map(bow_spec::dependency_order)
-                .unwrap_or_default();
-            let services = std::mem::take(&mut inner.services);
-            (order, services)
-        };
-        for runtime in services.values_mut() {
-            if let Some(starter) = runtime.starter.take() {
-                starter.abort();
-            }
-        }
-        let mut stopped = Vec::new();
-        let mut names: Vec<String> = order.into_iter().rev().collect();
-        names.extend(
-            services
-                .keys()
-                .filter(|n| !names.contains(n))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
-        for name in names {
-            if let Some(runtime) = services.remove(&name) {
-                stopped.extend(self.stop_slots(&name, runtime.slots).await);
-            }
-        }
-        stopped.extend(self.stop_adopted_leftovers().await);
-        self.stop_edge().await;
-        self.stop_discovery().await;
-        // Anything left in the project's cgroups (a child that escaped its process group).
-        if let Some(layout) = bow_driver::cgroup::detect_layout() {
-            let project = format!("{}-{}", self.project, self.environment);
-            for placement in bow_driver::cgroup::project_cgroups(
-                &layout,
-                bow_driver::DEFAULT_CGROUP_PARENT,
-                &project,
-            ) {
-                placement.kill_all(Duration::from_secs(2));
-            }
-            let _ = bow_driver::cgroup::remove_project_cgroups(
-                &layout,
-                bow_driver::DEFAULT_CGROUP_PARENT,
-                &project,
-            );
-        }
-        self.emit(
-            "",
-            "",
-            "stopped",
-            &format!("down: {} instances stopped", stopped.len()),
-        );
-        stopped
-    }
-
-    /// Stops adopted instances no slot took over: dependants first, a service's instances in
-    /// parallel.
-    async fn stop_adopted_leftovers(self: &Arc<Self>) -> Vec<String> {
-        let (leftovers, order) = {
-            let mut inner = self.lock();
-            let order = inner
-                .spec
-                .as_ref()
-                .map(bow_spec::dependency_order)
-                .unwrap_or_default();
-            (std::mem::take(&mut inner.adopted), order)
-        };
-        let mut by_service: BTreeMap<String, Vec<Adopted>> = BTreeMap::new();
-        for adopted in leftovers.into_values() {
-            by_service
-                .entry(adopted.handle.service.clone())
-                .or_default()
-                .push(adopted);
-        }
-        let mut names: Vec<String> = order
-            .into_iter()
-            .rev()
-            .filter(|n| by_service.contains_key(n))
-            .collect();
-        names.extend(
-            by_service
-                .keys()
-                .filter(|n| !names.contains(n))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
-        let mut stopped = Vec::new();
-        for name in names {
-            let Some(group) = by_service.remove(&name) else {
-                continue;
-            };
-            let mut tasks = Vec::new();
-            for adopted in group {
-                stopped.push(adopted.handle.instance_id.clone());
-                let agent = self.clone();
-                tasks.push(tokio::spawn(async move {
-                    crate::adopt::stop_handle(&agent, &adopted.handle).await;
-                    agent.forget_instance(&adopted.handle.instance_id);
-                }));
-            }
-            for task in tasks {
-                let _ = task.await;
-            }
-        }
-        stopped
-    }
-
     /// Ends the agent without stopping instances (they keep running and are adopted later).
     pub fn detach(&self) {
         self.lock().shutting_down = true;
@@ -662,100 +459,11 @@ impl Agent {
         let _ = std::fs::remove_file(self.state_dir.join(crate::api::PID_FILE));
     }
 
-    pub fn status(&self) -> StatusReport {
-        let inner = self.lock();
-        let now = now_ms() as u64;
-        let mut services = Vec::new();
-        if let Some(spec) = &inner.spec {
-            for (name, service) in &spec.services {
-                let mut instances: Vec<InstanceStatus> = inner
-                    .services
-                    .get(name)
-                    .map(|r| r.slots.values().map(|s| s.status.clone()).collect())
-                    .unwrap_or_default();
-                for instance in &mut instances {
-                    instance.uptime_ms = instance
-                        .started_at_ms
-                        .filter(|_| instance.pid.is_some())
-                        .map(|s| now.saturating_sub(s));
-                }
-                let state = if instances.len() < service.replicas as usize {
-                    instances
-                        .iter()
-                        .map(|i| i.health)
-                        .max()
-                        .unwrap_or(Health::Starting)
-                        .max(Health::Starting)
-                } else {
-                    instances
-                        .iter()
-                        .map(|i| i.health)
-                        .max()
-                        .unwrap_or(Health::Healthy)
-                };
-                services.push(ServiceStatus {
-                    name: name.clone(),
-                    kind: service.workload.kind().to_string(),
-                    replicas: service.replicas,
-                    release: inner.services.get(name).map_or(0, |r| r.release),
-                    state,
-                    instances,
-                });
-            }
-        }
-        let mut notes = Vec::new();
-        if let Some(reason) = self
-            .edge_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            notes.push(format!("{EDGE_FAILED_NOTE}{reason}"));
-        }
-        if !self.root {
-            notes.push(
-                "not running as root: services run as the agent's user, without resource limits"
-                    .to_string(),
-            );
-        }
-        notes.extend(self.discovery_note(inner.spec.as_ref()));
-        StatusReport {
-            project: self.project.clone(),
-            environment: self.environment.clone(),
-            agent_pid: std::process::id(),
-            revision: inner.revision,
-            services,
-            edge: None,
-            discovery: self.discovery_status(&inner),
-            notes,
-        }
-    }
-
-    pub fn events(&self, after_id: i64, limit: usize, last: bool) -> Result<Vec<Event>> {
-        let store = self.store();
-        let rows = if last {
-            store.last_events(limit)?
-        } else {
-            store.events_after(after_id, limit)?
-        };
-        Ok(rows
-            .into_iter()
-            .map(|row| Event {
-                id: row.id,
-                at_ms: row.at_ms,
-                service: row.service,
-                instance: row.instance,
-                kind: row.kind,
-                message: row.message,
-            })
-            .collect())
-    }
-
-    pub(crate) fn record_instance(&self, handle: &InstanceHandle, port: u16, restarts: u32) {
+    pub(crate) fn record_instance(&self, handle: &Handle, port: u16, restarts: u32) {
         let row = bow_store::InstanceRow {
-            id: handle.instance_id.clone(),
-            service: handle.service.clone(),
-            index: handle.index,
+            id: handle.instance_id().to_string(),
+            service: handle.service().to_string(),
+            index: handle.index(),
             port,
             restarts,
             handle_json: serde_json::to_string(handle).unwrap_or_default(),
@@ -764,7 +472,7 @@ impl Agent {
         if let Err(error) = self.store().upsert_instance(&row) {
             eprintln!(
                 "bow agent: cannot record instance {}: {error}",
-                handle.instance_id
+                handle.instance_id()
             );
         }
     }
@@ -815,63 +523,4 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)
-}
-
-fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = state_dir.join(crate::layout::LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| AgentError::Io {
-            what: format!("cannot open {}", path.display()),
-            source,
-        })?;
-    // An agent that was just told to stop holds the lock until its process has exited: give
-    // it a moment before deciding that another agent runs.
-    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
-    let mut locked = try_flock(file.as_raw_fd());
-    while !locked && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        locked = try_flock(file.as_raw_fd());
-    }
-    if !locked {
-        let pid = std::fs::read_to_string(state_dir.join(crate::api::PID_FILE))
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        return Err(AgentError::AlreadyRunning { pid, path });
-    }
-    Ok(file)
-}
-
-/// How long a starting agent waits for the state dir's lock.
-const LOCK_PATIENCE: Duration = Duration::from_secs(3);
-
-fn try_flock(fd: std::os::fd::RawFd) -> bool {
-    // SAFETY: flock on a descriptor the caller owns; non-blocking.
-    unsafe { libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) == 0 }
-}
-
-/// Waits until no agent holds `state_dir`'s lock (an agent that was told to stop has fully
-/// exited); false when one still holds it after `timeout`.
-pub fn wait_released(state_dir: &Path, timeout: Duration) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(file) = std::fs::File::open(state_dir.join(crate::layout::LOCK_FILE)) else {
-        return true;
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if try_flock(file.as_raw_fd()) {
-            return true; // released when `file` is dropped
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }

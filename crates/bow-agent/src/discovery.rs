@@ -11,6 +11,7 @@
 //!   instance's own); the agent rewrites it in place, so running instances learn names of
 //!   services added later. Every instance also gets `BOW_<SERVICE>_HOST`, `_PORT` and `_URL`.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -297,7 +298,7 @@ impl Agent {
                 self.emit(
                     name,
                     "",
-                    "discovery-failed",
+                    EventKind::DiscoveryFailed,
                     "no free internal address in 127.64.0.0/10",
                 );
                 continue;
@@ -323,7 +324,7 @@ impl Agent {
             self.emit(
                 "",
                 "",
-                "discovery-failed",
+                EventKind::DiscoveryFailed,
                 &format!("cannot write {}: {error}", path.display()),
             );
         }
@@ -399,7 +400,7 @@ impl Agent {
                 }
                 Err(error) => {
                     let reason = format!("cannot listen on {addr}: {error}");
-                    self.emit(name, "", "discovery-failed", &reason);
+                    self.emit(name, "", EventKind::DiscoveryFailed, &reason);
                     locked(&self.discovery.errors).insert(name.clone(), reason);
                 }
             }

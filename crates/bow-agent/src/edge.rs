@@ -1,6 +1,7 @@
 //! The agent's edge: starts `bow-edge` when services have routes, feeds it the healthy
 //! instances of each routed service, and drains an instance before it is stopped.
 
+use bow_reconcile::EventKind;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +53,7 @@ impl Agent {
             self.emit(
                 "",
                 "",
-                "edge-stopped",
+                EventKind::EdgeStopped,
                 "edge settings changed, or no service has routes",
             );
         }
@@ -74,11 +75,11 @@ impl Agent {
                     settings: spec.edge.clone(),
                 });
                 drop(guard);
-                self.emit("", "", "edge-started", &message);
+                self.emit("", "", EventKind::EdgeStarted, &message);
                 self.refresh_routes();
             }
             Err(reason) => {
-                self.emit("", "", "edge-failed", &reason);
+                self.emit("", "", EventKind::EdgeFailed, &reason);
                 *self.edge_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
             }
         }
@@ -95,7 +96,7 @@ impl Agent {
                 key: key.into(),
             },
             Tls::Acme => {
-                self.emit("", "", "edge-warning", "tls: acme is not available in this bow yet; serving certificates from the local CA");
+                self.emit("", "", EventKind::EdgeWarning, "tls: acme is not available in this bow yet; serving certificates from the local CA");
                 TlsSource::SelfSigned {
                     ca_dir: ca_dir(&self.state_dir),
                 }

@@ -12,19 +12,29 @@ pub mod backoff;
 pub mod client;
 mod deploy;
 pub mod discovery;
+mod drivers;
 pub mod edge;
 mod error;
+#[cfg(test)]
+mod fake_world;
 pub mod health;
+mod health_watch;
 mod instance_spec;
-mod pidfd;
 mod ports;
+mod releases;
+mod rollout;
 mod secrets;
 mod server;
+mod state_dir;
+mod status;
+mod stopping;
 mod supervisor;
 mod venv;
 
-pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms, wait_released};
+pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms};
+pub use drivers::Drivers;
 pub use error::{AgentError, Result};
+pub use state_dir::wait_released;
 
 /// The directories the agent keeps inside its state dir.
 pub mod layout {

@@ -7,6 +7,7 @@
 //! names. When the file now holds another value (set but not applied yet), the instance gets
 //! the file's value and an event says so.
 
+use bow_reconcile::EventKind;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -74,7 +75,7 @@ pub(crate) fn files_for(
                 agent.emit(
                     service_name,
                     "",
-                    "secret-changed",
+                    EventKind::SecretChanged,
                     &format!(
                         "secret {} in {} differs from the applied release; instances started now get the file's value; run `bow up` to deploy it to every instance",
                         secret.name,
@@ -107,10 +108,10 @@ pub(crate) fn health_env(
     agent: &Agent,
     service_name: &str,
     service: &Service,
-    handle: &bow_driver::InstanceHandle,
+    handle: &bow_driver::Handle,
     mut env: BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    if let Some(dir) = &handle.secrets_dir {
+    if let Some(dir) = &handle.secrets_dir() {
         env.insert(
             bow_driver::SECRETS_DIR_ENV.to_string(),
             dir.display().to_string(),
@@ -175,7 +176,7 @@ pub(crate) fn sweep(agent: &Agent, running: &dyn Fn(&str) -> bool) {
         agent.emit(
             "",
             &id,
-            "cleaned",
+            EventKind::Cleaned,
             "removed the secrets of an instance that no longer runs",
         );
     }

@@ -1,25 +1,20 @@
-//! One instance slot's life: start, watch (exit via pidfd, health probes), restart with
-//! backoff, stop. One task per slot; it reports through the agent's status table and events.
+//! One instance slot's life: start, watch (exit as the driver notifies it, health probes),
+//! restart with backoff, stop. Instances are reached through their driver only. One task
+//! per slot; it reports through the agent's status table and events.
 
+use bow_reconcile::EventKind;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use bow_driver::{InstanceExit, InstanceHandle, ProcessState, StopOutcome};
+use bow_driver::{Handle, InstanceExit, StopOutcome};
 use bow_spec::Service;
 
 use crate::agent::{Agent, Slot};
 use crate::api::{Health, InstanceStatus};
 use crate::backoff::{self, Backoff};
-use crate::health::{ExecContext, probe};
 use crate::instance_spec::{self, InstanceContext};
-
-/// Without a health check, an instance is healthy once it has stayed up this long.
-pub const NO_CHECK_HEALTHY_AFTER: Duration = Duration::from_secs(1);
-/// Until an instance is first healthy, it is probed at least this often (failures still count
-/// at most once per `interval`).
-const STARTUP_PROBE_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the agent asks of a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,7 +30,7 @@ pub struct Control {
 /// An instance found running when the agent started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adopted {
-    pub handle: InstanceHandle,
+    pub handle: Handle,
     pub port: u16,
     pub restarts: u32,
 }
@@ -122,7 +117,7 @@ async fn run(
     let mut generation = control.borrow().restart_generation;
     let mut reconfigured = control.borrow().reconfigure;
     // The running process, watched again after an in-place change of the definition.
-    let mut resume: Option<(InstanceHandle, u16)> = None;
+    let mut resume: Option<(Handle, u16)> = None;
     let mut first_start = true;
     let mut reported_crash_loop = false;
     // The release this slot last served (was healthy) in: its program works.
@@ -145,10 +140,10 @@ async fn run(
                     agent.emit(
                         &service,
                         &id,
-                        "adopted",
+                        EventKind::Adopted,
                         &format!(
-                            "pid {} port {} (still running from a previous agent; not wanted, stopping it)",
-                            adopted.handle.pid, adopted.port
+                            "{} port {} (still running from a previous agent; not wanted, stopping it)",
+                            adopted.handle, adopted.port
                         ),
                     );
                     adopted.handle
@@ -175,39 +170,41 @@ async fn run(
                 agent.emit(
                     &service,
                     &id,
-                    "reconfigured",
-                    &format!("release {release}: checks and timeouts changed in place, pid {} keeps running", handle.pid),
+                    EventKind::Reconfigured,
+                    &format!("release {release}: checks and timeouts changed in place, {handle} keeps running"),
                 );
                 (handle, port)
             }
             Err(Some(adopted)) => {
                 let message = format!(
-                    "pid {} port {} (still running from a previous agent)",
-                    adopted.handle.pid, adopted.port
+                    "{} port {} (still running from a previous agent)",
+                    adopted.handle, adopted.port
                 );
-                agent.emit(&service, &id, "adopted", &message);
+                agent.emit(&service, &id, EventKind::Adopted, &message);
                 (adopted.handle, adopted.port)
             }
             Err(None) => {
                 match start(&agent, &definition, release, &service, index, slot_port).await {
                     Ok(started) => {
                         if !first_start {
-                            agent.emit(&service, &id, "restarted", &format!("restart {restarts}"));
+                            agent.emit(
+                                &service,
+                                &id,
+                                EventKind::Restarted,
+                                &format!("restart {restarts}"),
+                            );
                         }
                         agent.emit(
                             &service,
                             &id,
-                            "started",
-                            &format!(
-                                "pid {} port {} user {}",
-                                started.0.pid, started.1, started.0.user
-                            ),
+                            EventKind::Started,
+                            &format!("{} port {} user {}", started.0, started.1, started.0.user()),
                         );
                         started
                     }
                     Err(reason) => {
                         first_start = false;
-                        agent.emit(&service, &id, "start-failed", &reason);
+                        agent.emit(&service, &id, EventKind::StartFailed, &reason);
                         agent.update(&service, index, |s| {
                             s.health = Health::Failed;
                             s.last_error = Some(reason.clone());
@@ -231,11 +228,11 @@ async fn run(
             if resumed {
                 return;
             }
-            s.pid = Some(handle.pid);
+            s.pid = handle.pid();
             s.port = Some(port);
-            s.started_at_ms = Some(handle.started_at_unix_ms);
-            s.user = Some(handle.user.clone());
-            s.log_path = Some(handle.log_path.clone());
+            s.started_at_ms = Some(handle.started_at_unix_ms());
+            s.user = Some(handle.user().to_string());
+            s.log_path = handle.log_path().map(Into::into);
             // A crash-looping instance shows so until it is healthy again.
             s.health = if crash_looping_now {
                 Health::CrashLooping
@@ -291,12 +288,12 @@ async fn run(
             Ending::Exited(exit) => {
                 let (kind, message) = match &exit {
                     Some(exit) if exit.oom_killed => (
-                        "oom-killed",
+                        EventKind::OomKilled,
                         format!("{exit}: the memory limit was reached"),
                     ),
-                    Some(exit) => ("exited", exit.to_string()),
+                    Some(exit) => (EventKind::Exited, exit.to_string()),
                     None => (
-                        "exited",
+                        EventKind::Exited,
                         "ended; its exit status was not recorded".to_string(),
                     ),
                 };
@@ -308,7 +305,7 @@ async fn run(
                 });
             }
             Ending::Unhealthy(reason) => {
-                agent.emit(&service, &id, "unhealthy", &reason);
+                agent.emit(&service, &id, EventKind::Unhealthy, &reason);
                 agent.update(&service, index, |s| {
                     s.health = Health::Unhealthy;
                     s.last_error = Some(reason.clone());
@@ -355,7 +352,7 @@ async fn run(
             agent.emit(
                 &service,
                 &id,
-                "crash-looping",
+                EventKind::CrashLooping,
                 &format!(
                     "{} restarts in a row without becoming healthy",
                     backoff.consecutive()
@@ -385,7 +382,7 @@ async fn back_off(
     agent.emit(
         service,
         id,
-        "backoff",
+        EventKind::Backoff,
         &format!("{what} in {}", bow_spec::units::Duration(delay)),
     );
     wait_or_stop(delay, control).await
@@ -414,7 +411,7 @@ async fn start(
     service: &str,
     index: u32,
     preferred: Option<u16>,
-) -> Result<(InstanceHandle, u16), String> {
+) -> Result<(Handle, u16), String> {
     let port = match preferred.filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()) {
         Some(port) => port,
         None => agent
@@ -432,10 +429,11 @@ async fn start(
     let secrets = crate::secrets::files_for(agent, service, definition)?;
     let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
-    let driver = agent.driver.clone();
-    let handle = tokio::task::spawn_blocking(move || driver.start(&spec))
+    let handle = agent
+        .drivers
+        .for_service(definition)
+        .start(spec)
         .await
-        .map_err(|e| format!("start task failed: {e}"))?
         .map_err(|e| e.to_string())?;
     Ok((handle, port))
 }
@@ -447,10 +445,10 @@ async fn stop_instance(
     definition: &Service,
     service: &str,
     index: u32,
-    handle: &InstanceHandle,
+    handle: &Handle,
     why: &str,
 ) {
-    let id = &handle.instance_id;
+    let id = handle.instance_id();
     let timeout = definition.stop_timeout.as_std();
     agent.update(service, index, |s| s.health = Health::Stopping);
     if (!definition.routes.is_empty() || definition.port.is_some())
@@ -461,7 +459,7 @@ async fn stop_instance(
         agent.emit(
             service,
             id,
-            "drain-timeout",
+            EventKind::DrainTimeout,
             &format!(
                 "{in_flight} requests still in flight after {}",
                 definition.deploy.drain_timeout
@@ -471,31 +469,26 @@ async fn stop_instance(
     agent.emit(
         service,
         id,
-        "stopping",
+        EventKind::Stopping,
         &format!(
-            "pid {} (SIGTERM, SIGKILL after {})",
-            handle.pid,
+            "{handle} (SIGTERM, SIGKILL after {})",
             bow_spec::units::Duration(timeout)
         ),
     );
-    let driver = agent.driver.clone();
-    let stopped = handle.clone();
-    let outcome = tokio::task::spawn_blocking(move || driver.stop(&stopped, timeout)).await;
+    let outcome = agent.drivers.for_handle(handle).stop(handle, timeout).await;
     let message = match outcome {
-        Ok(Ok(StopOutcome::Terminated(exit))) => format!("{why}: {}", describe(exit.as_ref())),
-        Ok(Ok(StopOutcome::Killed(exit))) => format!(
+        Ok(StopOutcome::Terminated(exit)) => format!("{why}: {}", describe(exit.as_ref())),
+        Ok(StopOutcome::Killed(exit)) => format!(
             "{why}: ignored SIGTERM for {}, {}",
             bow_spec::units::Duration(timeout),
             describe(exit.as_ref())
         ),
-        Ok(Ok(StopOutcome::AlreadyGone(exit))) => {
+        Ok(StopOutcome::AlreadyGone(exit)) => {
             format!("{why}: already gone, {}", describe(exit.as_ref()))
         }
-        Ok(Err(error)) => format!("{why}: stop failed: {error}"),
-        Err(error) => format!("{why}: stop task failed: {error}"),
+        Err(error) => format!("{why}: stop failed: {error}"),
     };
-    agent.emit(service, id, "stopped", &message);
-    reap_later(handle.clone());
+    agent.emit(service, id, EventKind::Stopped, &message);
 }
 
 fn describe(exit: Option<&InstanceExit>) -> String {
@@ -505,33 +498,21 @@ fn describe(exit: Option<&InstanceExit>) -> String {
     )
 }
 
-/// Reaps the shim (a child of the agent, which is a subreaper) once it has exited.
-fn reap_later(handle: InstanceHandle) {
-    tokio::spawn(async move {
-        for _ in 0..300 {
-            if bow_driver::reap_shim(&handle) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn watch_instance(
     agent: &Arc<Agent>,
     definition: &Service,
     service: &str,
     index: u32,
-    handle: &InstanceHandle,
+    handle: &Handle,
     port: u16,
     control: &mut watch::Receiver<Control>,
     (generation, reconfigured): (&mut u64, &mut u64),
     healthy_since: &Mutex<Option<Instant>>,
 ) -> Ending {
-    let exit = wait_exit(agent.clone(), handle.clone());
+    let exit = agent.drivers.for_handle(handle).wait_exit(handle);
     tokio::pin!(exit);
-    let health = health_loop(
+    let health = crate::health_watch::health_loop(
         agent,
         definition,
         service,
@@ -563,116 +544,7 @@ async fn watch_instance(
     }
 }
 
-/// Resolves when the instance's process has ended, with what its shim recorded.
-async fn wait_exit(agent: Arc<Agent>, handle: InstanceHandle) -> Option<InstanceExit> {
-    if let Some(fd) = crate::pidfd::open(handle.pid) {
-        // Opened first, verified second: the pidfd cannot refer to a reused pid.
-        if matches!(agent.driver.verify(&handle), Ok(ProcessState::Running)) {
-            crate::pidfd::exited(fd).await;
-        }
-    }
-    // The shim writes exit.json after reaping the process and removing its cgroup.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Ok(Some(exit)) = agent.driver.exit_status(&handle) {
-            reap_later(handle);
-            return Some(exit);
-        }
-        let shim_gone = !matches!(bow_driver::verify_shim(&handle), Ok(ProcessState::Running));
-        if Instant::now() > deadline
-            || (shim_gone && Instant::now() + Duration::from_secs(4) > deadline)
-        {
-            return agent.driver.exit_status(&handle).ok().flatten();
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Probes until the instance has failed `retries` checks in a row; returns the last reason.
-async fn health_loop(
-    agent: &Arc<Agent>,
-    definition: &Service,
-    service: &str,
-    index: u32,
-    handle: &InstanceHandle,
-    port: u16,
-    healthy_since: &Mutex<Option<Instant>>,
-) -> String {
-    let id = format!("{service}.{index}");
-    let mark_healthy = |message: &str| {
-        *healthy_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        agent.update(service, index, |s| s.health = Health::Healthy);
-        agent.emit(service, &id, "healthy", message);
-    };
-    let Some(health) = &definition.health else {
-        tokio::time::sleep(NO_CHECK_HEALTHY_AFTER).await;
-        mark_healthy(&format!(
-            "up for {} (no health check)",
-            bow_spec::units::Duration(NO_CHECK_HEALTHY_AFTER)
-        ));
-        return std::future::pending().await;
-    };
-    let venv = agent.venv(service);
-    let context = context(agent, service, index, port, venv.as_deref());
-    let env = crate::secrets::health_env(
-        agent,
-        service,
-        definition,
-        handle,
-        instance_spec::environment(definition, &context),
-    );
-    let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
-    let exec = ExecContext {
-        dir: &dir,
-        env: &env,
-        ids: agent.root.then_some((handle.uid, handle.gid)),
-    };
-    let started = Instant::now();
-    let interval = health.interval.as_std();
-    let mut ever_healthy = false;
-    let mut healthy = false;
-    let mut failures = 0;
-    let mut last_counted: Option<Instant> = None;
-    loop {
-        match probe(&health.check, port, health.timeout.as_std(), &exec).await {
-            Ok(()) => {
-                failures = 0;
-                if !healthy {
-                    healthy = true;
-                    ever_healthy = true;
-                    mark_healthy(&format!(
-                        "{} passed after {} ms",
-                        check_name(&health.check),
-                        started.elapsed().as_millis()
-                    ));
-                }
-            }
-            Err(reason) => {
-                let grace = !ever_healthy && started.elapsed() < health.start_period.as_std();
-                let counts =
-                    last_counted.is_none_or(|t| t.elapsed() + Duration::from_millis(5) >= interval);
-                if !grace && counts {
-                    failures += 1;
-                    last_counted = Some(Instant::now());
-                    if failures >= health.retries {
-                        return format!(
-                            "{} failed {failures} times in a row: {reason}",
-                            check_name(&health.check)
-                        );
-                    }
-                }
-            }
-        }
-        let pause = if ever_healthy {
-            interval
-        } else {
-            interval.min(STARTUP_PROBE_PAUSE)
-        };
-        tokio::time::sleep(pause).await;
-    }
-}
-
-fn context<'a>(
+pub(crate) fn context<'a>(
     agent: &'a Agent,
     service: &'a str,
     index: u32,
@@ -692,10 +564,93 @@ fn context<'a>(
     }
 }
 
-fn check_name(check: &bow_spec::Check) -> &'static str {
-    match check {
-        bow_spec::Check::Http(_) => "http check",
-        bow_spec::Check::Tcp(_) => "tcp check",
-        bow_spec::Check::Exec(_) => "exec check",
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bow_driver::DriverError;
+    use bow_driver::fake::{DriverCall, FakeProcessDriver, exited_with};
+
+    use crate::fake_world::FakeWorld;
+
+    const WORKER: &str = "project: p\nservices:\n  worker:\n    command: work --hard\n";
+
+    fn starts(world: &FakeWorld) -> usize {
+        world
+            .driver
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, DriverCall::Start { .. }))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn a_crashed_instance_is_started_again_through_its_driver() {
+        let world = FakeWorld::start(Arc::new(FakeProcessDriver::new())).await;
+        world.apply(WORKER);
+        world
+            .until("worker runs", |w| w.driver.running().len() == 1)
+            .await;
+        let first = world.driver.running()[0].clone();
+        assert_eq!(first.instance_id(), "worker.1");
+        world.driver.end(&first, exited_with(3));
+        world
+            .until("a new worker.1", |w| {
+                w.driver
+                    .running()
+                    .first()
+                    .is_some_and(|h| !h.same_as(&first))
+            })
+            .await;
+        assert_eq!(starts(&world), 2);
+        world
+            .until("restarted", |w| w.saw("worker.1", "restarted"))
+            .await;
+        let events = world.events();
+        assert!(
+            events.contains("worker.1 exited exited with code 3"),
+            "{events}"
+        );
+        assert!(
+            events.contains(&format!("worker.1 started {first} port ")),
+            "{events}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_the_driver_refuses_is_retried_after_a_backoff() {
+        let driver = Arc::new(FakeProcessDriver::new());
+        driver.fail_next_start(DriverError::CommandNotFound {
+            command: "work".into(),
+            path: "/bin".into(),
+        });
+        let world = FakeWorld::start(driver).await;
+        world.apply(WORKER);
+        world
+            .until("worker runs", |w| w.driver.running().len() == 1)
+            .await;
+        assert_eq!(starts(&world), 2);
+        assert!(world.saw("worker.1", "start-failed"), "{}", world.events());
+        assert!(world.saw("worker.1", "backoff"), "{}", world.events());
+    }
+
+    #[tokio::test]
+    async fn down_stops_every_instance_through_its_driver_then_cleans_up() {
+        let world = FakeWorld::start(Arc::new(FakeProcessDriver::new())).await;
+        world.apply(&WORKER.replace("work --hard", "work --hard\n    replicas: 2"));
+        world
+            .until("two workers run", |w| w.driver.running().len() == 2)
+            .await;
+        let mut stopped = world.agent.down().await;
+        stopped.sort();
+        assert_eq!(stopped, ["worker.1", "worker.2"]);
+        assert!(world.driver.running().is_empty());
+        let calls = world.driver.calls();
+        let stops = calls
+            .iter()
+            .filter(|c| matches!(c, DriverCall::Stop { .. }))
+            .count();
+        assert_eq!(stops, 2);
+        assert_eq!(calls.last(), Some(&DriverCall::CleanUp));
     }
 }

@@ -1,13 +1,16 @@
-//! A [`ProcessDriver`] that runs nothing: it records calls and plays scripted outcomes, for
-//! unit tests of the agent (start errors, crashes, services that ignore SIGTERM).
+//! A [`Driver`] that runs nothing: it records calls and plays scripted outcomes, for unit
+//! tests of the agent (start errors, crashes, services that ignore SIGTERM, adoption).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::ProcessDriver;
+use tokio::sync::Notify;
+
+use crate::driver::{BoxFuture, Driver, Found, Handle, Listing, Stray, Usage};
 use crate::error::{DriverError, Result};
-use crate::handle::{InstanceExit, InstanceHandle, ProcessState, StopOutcome};
+use crate::handle::{InstanceExit, InstanceHandle, StopOutcome};
+use crate::logs::{LogLine, LogStream};
 use crate::spec::InstanceSpec;
 use crate::timestamp::unix_millis;
 
@@ -23,21 +26,16 @@ pub enum DriverCall {
         instance_id: String,
         timeout: Duration,
     },
-    Verify {
-        instance_id: String,
-    },
-    ExitStatus {
-        instance_id: String,
-    },
-    Kill {
-        instance_id: String,
-    },
+    List,
+    CleanUp,
 }
 
 /// The recording, scriptable fake driver. Pids start at 1000 and are never reused.
 #[derive(Debug, Default)]
 pub struct FakeProcessDriver {
-    state: Mutex<FakeState>,
+    state: Arc<Mutex<FakeState>>,
+    /// Woken whenever an instance ends.
+    ended: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -46,9 +44,17 @@ struct FakeState {
     start_failures: VecDeque<DriverError>,
     exit_on_start: BTreeMap<String, InstanceExit>,
     ignores_sigterm: BTreeSet<String>,
-    /// By pid: the handle and, once it ended, how.
-    instances: BTreeMap<i32, (InstanceHandle, Option<InstanceExit>)>,
+    /// By pid: the handle, its `PORT`, and how it ended once it has.
+    instances: BTreeMap<i32, Instance>,
+    logs: BTreeMap<String, Vec<String>>,
     next_pid: i32,
+}
+
+#[derive(Debug, Clone)]
+struct Instance {
+    handle: InstanceHandle,
+    port: Option<u16>,
+    exit: Option<InstanceExit>,
 }
 
 /// An exit with `code`, stamped now.
@@ -71,15 +77,37 @@ pub fn killed_by(signal: i32) -> InstanceExit {
     }
 }
 
+/// A process handle of `<service>.<index>` at `pid`, for tests that need one.
+pub fn handle_for_tests(service: &str, index: u32, pid: i32) -> InstanceHandle {
+    InstanceHandle {
+        project: "p".into(),
+        service: service.into(),
+        index,
+        instance_id: format!("{service}.{index}"),
+        release: 1,
+        pid,
+        start_time: pid as u64 * 100,
+        pgid: pid,
+        shim_pid: pid + 1_000_000,
+        shim_start_time: pid as u64 * 100,
+        run_dir: format!("/run/p/{service}.{index}").into(),
+        log_path: format!("/log/p/{service}.{index}.log").into(),
+        cgroup: None,
+        user: service.into(),
+        uid: 0,
+        gid: 0,
+        started_at_unix_ms: 0,
+        secrets_dir: None,
+    }
+}
+
 impl FakeProcessDriver {
     pub fn new() -> FakeProcessDriver {
         FakeProcessDriver::default()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     /// The next `start` (of any instance) fails with `error`; queued errors are used in order.
@@ -98,10 +126,20 @@ impl FakeProcessDriver {
     }
 
     /// Simulates the instance ending on its own (a crash, an OOM kill, a clean exit).
-    pub fn end(&self, handle: &InstanceHandle, exit: InstanceExit) {
-        if let Some((_, ended)) = self.state().instances.get_mut(&handle.pid) {
-            ended.get_or_insert(exit);
+    pub fn end(&self, handle: &Handle, exit: InstanceExit) {
+        if let Some(instance) = self.state().instances.get_mut(&handle.as_process().pid) {
+            instance.exit.get_or_insert(exit);
         }
+        self.ended.notify_waiters();
+    }
+
+    /// `line` as the next line of an instance's output.
+    pub fn write_log(&self, instance_id: &str, line: &str) {
+        self.state()
+            .logs
+            .entry(instance_id.to_string())
+            .or_default()
+            .push(line.to_string());
     }
 
     /// Every call so far, in order.
@@ -110,23 +148,20 @@ impl FakeProcessDriver {
     }
 
     /// The instances that are running now, in start order.
-    pub fn running(&self) -> Vec<InstanceHandle> {
-        let state = self.state();
-        state
+    pub fn running(&self) -> Vec<Handle> {
+        self.state()
             .instances
             .values()
-            .filter(|(_, exit)| exit.is_none())
-            .map(|(handle, _)| handle.clone())
+            .filter(|i| i.exit.is_none())
+            .map(|i| Handle::process(i.handle.clone()))
             .collect()
     }
 
     fn record(&self, call: DriverCall) {
         self.state().calls.push(call);
     }
-}
 
-impl ProcessDriver for FakeProcessDriver {
-    fn start(&self, spec: &InstanceSpec) -> Result<InstanceHandle> {
+    fn start_now(&self, spec: &InstanceSpec) -> Result<Handle> {
         self.record(DriverCall::Start {
             instance_id: spec.instance_id.clone(),
             argv: spec.argv.clone(),
@@ -137,14 +172,14 @@ impl ProcessDriver for FakeProcessDriver {
         if let Some(error) = state.start_failures.pop_front() {
             return Err(error);
         }
-        if let Some(running) = state.instances.values().find(|(handle, exit)| {
-            exit.is_none()
-                && handle.project == spec.project
-                && handle.instance_id == spec.instance_id
+        if let Some(running) = state.instances.values().find(|i| {
+            i.exit.is_none()
+                && i.handle.project == spec.project
+                && i.handle.instance_id == spec.instance_id
         }) {
             return Err(DriverError::AlreadyRunning {
                 instance: spec.instance_id.clone(),
-                pid: running.0.pid,
+                pid: running.handle.pid,
             });
         }
         state.next_pid = state.next_pid.max(999) + 1;
@@ -170,67 +205,160 @@ impl ProcessDriver for FakeProcessDriver {
             secrets_dir: None,
         };
         let exit = state.exit_on_start.get(&spec.service).cloned();
-        state.instances.insert(pid, (handle.clone(), exit));
-        Ok(handle)
+        let port = spec.env.get("PORT").and_then(|p| p.parse().ok());
+        state.instances.insert(
+            pid,
+            Instance {
+                handle: handle.clone(),
+                port,
+                exit,
+            },
+        );
+        Ok(Handle::process(handle))
     }
 
-    fn stop(&self, handle: &InstanceHandle, timeout: Duration) -> Result<StopOutcome> {
+    fn stop_now(&self, handle: &Handle, timeout: Duration) -> StopOutcome {
+        let handle = handle.as_process();
         self.record(DriverCall::Stop {
             instance_id: handle.instance_id.clone(),
             timeout,
         });
-        let mut state = self.state();
-        let ignores_sigterm = state.ignores_sigterm.contains(&handle.service);
-        let Some((known, ended)) = state.instances.get_mut(&handle.pid) else {
-            return Ok(StopOutcome::AlreadyGone(None));
+        let outcome = {
+            let mut state = self.state();
+            let ignores_sigterm = state.ignores_sigterm.contains(&handle.service);
+            match state.instances.get_mut(&handle.pid) {
+                Some(known) if known.handle.start_time == handle.start_time => {
+                    if let Some(exit) = &known.exit {
+                        StopOutcome::AlreadyGone(Some(exit.clone()))
+                    } else if ignores_sigterm {
+                        let exit = killed_by(libc::SIGKILL);
+                        known.exit = Some(exit.clone());
+                        StopOutcome::Killed(Some(exit))
+                    } else {
+                        let exit = exited_with(0);
+                        known.exit = Some(exit.clone());
+                        StopOutcome::Terminated(Some(exit))
+                    }
+                }
+                _ => StopOutcome::AlreadyGone(None),
+            }
         };
-        if known.start_time != handle.start_time {
-            return Ok(StopOutcome::AlreadyGone(None));
-        }
-        if let Some(exit) = ended {
-            return Ok(StopOutcome::AlreadyGone(Some(exit.clone())));
-        }
-        if ignores_sigterm {
-            let exit = killed_by(libc::SIGKILL);
-            *ended = Some(exit.clone());
-            Ok(StopOutcome::Killed(Some(exit)))
-        } else {
-            let exit = exited_with(0);
-            *ended = Some(exit.clone());
-            Ok(StopOutcome::Terminated(Some(exit)))
-        }
+        self.ended.notify_waiters();
+        outcome
     }
 
-    fn verify(&self, handle: &InstanceHandle) -> Result<ProcessState> {
-        self.record(DriverCall::Verify {
-            instance_id: handle.instance_id.clone(),
-        });
-        Ok(match self.state().instances.get(&handle.pid) {
-            None => ProcessState::Gone,
-            Some((known, _)) if known.start_time != handle.start_time => ProcessState::PidReused,
-            Some((_, Some(_))) => ProcessState::Gone,
-            Some((_, None)) => ProcessState::Running,
+    fn instance(&self, handle: &Handle) -> Option<Instance> {
+        let handle = handle.as_process();
+        self.state()
+            .instances
+            .get(&handle.pid)
+            .filter(|i| i.handle.start_time == handle.start_time)
+            .cloned()
+    }
+}
+
+fn lock(state: &Mutex<FakeState>) -> std::sync::MutexGuard<'_, FakeState> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Driver for FakeProcessDriver {
+    fn start(&self, spec: InstanceSpec) -> BoxFuture<Result<Handle>> {
+        let started = self.start_now(&spec);
+        Box::pin(async move { started })
+    }
+
+    fn stop(&self, handle: &Handle, timeout: Duration) -> BoxFuture<Result<StopOutcome>> {
+        let outcome = self.stop_now(handle, timeout);
+        Box::pin(async move { Ok(outcome) })
+    }
+
+    fn wait_exit(&self, handle: &Handle) -> BoxFuture<Option<InstanceExit>> {
+        let state = self.state.clone();
+        let ended = self.ended.clone();
+        let handle = handle.as_process().clone();
+        Box::pin(async move {
+            loop {
+                let notified = ended.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match lock(&state).instances.get(&handle.pid) {
+                    Some(known) if known.handle.start_time == handle.start_time => {
+                        if let Some(exit) = &known.exit {
+                            return Some(exit.clone());
+                        }
+                    }
+                    _ => return None,
+                }
+                notified.await;
+            }
         })
     }
 
-    fn exit_status(&self, handle: &InstanceHandle) -> Result<Option<InstanceExit>> {
-        self.record(DriverCall::ExitStatus {
-            instance_id: handle.instance_id.clone(),
-        });
-        Ok(self
-            .state()
-            .instances
-            .get(&handle.pid)
-            .filter(|(known, _)| known.start_time == handle.start_time)
-            .and_then(|(_, exit)| exit.clone()))
+    fn is_running(&self, handle: &Handle) -> bool {
+        self.instance(handle).is_some_and(|i| i.exit.is_none())
     }
 
-    fn kill(&self, handle: &InstanceHandle) -> Result<()> {
-        self.record(DriverCall::Kill {
-            instance_id: handle.instance_id.clone(),
-        });
-        self.end(handle, killed_by(libc::SIGKILL));
-        Ok(())
+    fn exit_status(&self, handle: &Handle) -> Option<InstanceExit> {
+        self.instance(handle).and_then(|i| i.exit)
+    }
+
+    fn live(&self, instance_id: &str) -> Option<Handle> {
+        self.state()
+            .instances
+            .values()
+            .find(|i| i.exit.is_none() && i.handle.instance_id == instance_id)
+            .map(|i| Handle::process(i.handle.clone()))
+    }
+
+    fn list(&self) -> BoxFuture<Listing> {
+        self.record(DriverCall::List);
+        let instances = self
+            .state()
+            .instances
+            .values()
+            .map(|i| Found {
+                handle: Handle::process(i.handle.clone()),
+                running: i.exit.is_none(),
+            })
+            .collect();
+        Box::pin(async move {
+            Listing {
+                instances,
+                strays: Vec::new(),
+            }
+        })
+    }
+
+    fn stop_stray(&self, _stray: Stray, _timeout: Duration) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
+
+    fn port_of(&self, handle: &Handle) -> Option<u16> {
+        self.instance(handle)?.port
+    }
+
+    fn log_tail(&self, instance_id: &str, lines: usize) -> Vec<LogLine> {
+        let state = self.state();
+        let all = state.logs.get(instance_id).map_or(&[][..], Vec::as_slice);
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|text| LogLine {
+                time: SystemTime::now(),
+                stream: LogStream::Stdout,
+                text: text.clone(),
+            })
+            .collect()
+    }
+
+    fn usage(&self, _handle: &Handle) -> Usage {
+        Usage::default()
+    }
+
+    fn clean_up(&self) -> BoxFuture<()> {
+        self.record(DriverCall::CleanUp);
+        Box::pin(async {})
     }
 }
 
@@ -250,17 +378,19 @@ mod tests {
         )
     }
 
-    #[test]
-    fn records_calls_and_tracks_instances() {
+    #[tokio::test]
+    async fn records_calls_and_tracks_instances() {
         let driver = FakeProcessDriver::new();
-        let web = driver.start(&spec("web", 0)).unwrap();
-        assert_eq!(driver.verify(&web).unwrap(), ProcessState::Running);
+        let web = driver.start(spec("web", 0)).await.unwrap();
+        assert!(driver.is_running(&web));
         assert_eq!(driver.running(), vec![web.clone()]);
-        let outcome = driver.stop(&web, Duration::from_secs(3)).unwrap();
+        let exit = driver.wait_exit(&web);
+        let outcome = driver.stop(&web, Duration::from_secs(3)).await.unwrap();
         assert_eq!(outcome.exit().unwrap().code, Some(0));
-        assert_eq!(driver.verify(&web).unwrap(), ProcessState::Gone);
+        assert_eq!(exit.await.unwrap().code, Some(0));
+        assert!(!driver.is_running(&web));
         assert!(matches!(
-            driver.stop(&web, Duration::ZERO).unwrap(),
+            driver.stop(&web, Duration::ZERO).await.unwrap(),
             StopOutcome::AlreadyGone(Some(_))
         ));
         let calls = driver.calls();
@@ -268,7 +398,7 @@ mod tests {
             matches!(&calls[0], DriverCall::Start { instance_id, .. } if instance_id == "web.0")
         );
         assert_eq!(
-            calls[2],
+            calls[1],
             DriverCall::Stop {
                 instance_id: "web.0".into(),
                 timeout: Duration::from_secs(3)
@@ -276,47 +406,49 @@ mod tests {
         );
     }
 
-    #[test]
-    fn scripted_failures_and_exits_are_played_back() {
+    #[tokio::test]
+    async fn scripted_failures_and_exits_are_played_back() {
         let driver = FakeProcessDriver::new();
         driver.fail_next_start(DriverError::CommandNotFound {
             command: "x".into(),
             path: "/bin".into(),
         });
         assert!(matches!(
-            driver.start(&spec("web", 0)),
+            driver.start(spec("web", 0)).await,
             Err(DriverError::CommandNotFound { .. })
         ));
         driver.exit_immediately("crashy", exited_with(3));
-        let crashy = driver.start(&spec("crashy", 0)).unwrap();
-        assert_eq!(driver.verify(&crashy).unwrap(), ProcessState::Gone);
-        assert_eq!(driver.exit_status(&crashy).unwrap().unwrap().code, Some(3));
+        let crashy = driver.start(spec("crashy", 0)).await.unwrap();
+        assert!(!driver.is_running(&crashy));
+        assert_eq!(driver.exit_status(&crashy).unwrap().code, Some(3));
+        assert_eq!(driver.wait_exit(&crashy).await.unwrap().code, Some(3));
         driver.ignore_sigterm("stubborn");
-        let stubborn = driver.start(&spec("stubborn", 0)).unwrap();
+        let stubborn = driver.start(spec("stubborn", 0)).await.unwrap();
         assert!(matches!(
-            driver.stop(&stubborn, Duration::ZERO).unwrap(),
+            driver.stop(&stubborn, Duration::ZERO).await.unwrap(),
             StopOutcome::Killed(_)
         ));
     }
 
-    #[test]
-    fn duplicate_starts_and_reused_pids_are_caught() {
+    #[tokio::test]
+    async fn duplicate_starts_are_refused_and_listings_show_every_instance() {
         let driver = FakeProcessDriver::new();
-        let web = driver.start(&spec("web", 0)).unwrap();
+        let web = driver.start(spec("web", 0)).await.unwrap();
         assert!(matches!(
-            driver.start(&spec("web", 0)),
+            driver.start(spec("web", 0)).await,
             Err(DriverError::AlreadyRunning { .. })
         ));
-        let stale = InstanceHandle {
-            start_time: web.start_time + 1,
-            ..web.clone()
-        };
-        assert_eq!(driver.verify(&stale).unwrap(), ProcessState::PidReused);
+        assert_eq!(driver.live("web.0"), Some(web.clone()));
         driver.end(&web, killed_by(libc::SIGSEGV));
         assert_eq!(
-            driver.exit_status(&web).unwrap().unwrap().signal,
+            driver.exit_status(&web).unwrap().signal,
             Some(libc::SIGSEGV)
         );
-        assert!(driver.start(&spec("web", 0)).is_ok());
+        assert_eq!(driver.live("web.0"), None);
+        let again = driver.start(spec("web", 0)).await.unwrap();
+        assert!(!again.same_as(&web));
+        let listing = driver.list().await;
+        let running: Vec<bool> = listing.instances.iter().map(|f| f.running).collect();
+        assert_eq!(running, [false, true]);
     }
 }

@@ -12,15 +12,20 @@
 //! shim), `shim.log` (the shim's own diagnostics). Output goes to
 //! `<log_dir>/<instance_id>.log` and its rotations `.1` … `.N` (format in [`logs`]).
 //!
-//! The operations are blocking; an async caller runs them on a blocking thread.
+//! The agent goes through [`Driver`] only (an opaque [`Handle`] per instance);
+//! [`LinuxProcessDriver`] is the process driver, [`fake::FakeProcessDriver`] records and
+//! scripts for the agent's unit tests. The free functions below it are blocking.
 
 pub mod cgroup;
 mod command_line;
+mod driver;
 mod error;
 pub mod fake;
 mod files;
 mod handle;
 pub mod logs;
+mod pidfd;
+mod process;
 pub mod procfs;
 pub mod secret_files;
 mod shim;
@@ -32,14 +37,14 @@ pub mod strays;
 mod timestamp;
 pub mod users;
 
-use std::time::Duration;
-
 pub use command_line::{command_to_argv, needs_shell};
+pub use driver::{BoxFuture, Driver, Found, Handle, Listing, Stray, Usage};
 pub use error::{DriverError, Result};
 pub use handle::{
     EXIT_FILE, InstanceExit, InstanceHandle, ProcessState, SHIM_LOG_FILE, STATE_FILE, StopOutcome,
     signal_name,
 };
+pub use process::{LinuxProcessDriver, ProcessScope};
 pub use secret_files::{SECRETS_DIR_ENV, SecretFile};
 pub use shim::shim_main;
 pub use spec::{
@@ -53,52 +58,3 @@ pub use status::{
 pub use stop::{kill_instance, stop};
 pub use timestamp::{format_rfc3339_micros, parse_rfc3339};
 pub use users::default_service_user;
-
-/// Running instances as processes: the seam between the agent and the operating system.
-/// [`LinuxProcessDriver`] is the real thing; [`fake::FakeProcessDriver`] records and scripts.
-pub trait ProcessDriver: Send + Sync {
-    /// Starts an instance; returns once its process was exec'd.
-    fn start(&self, spec: &InstanceSpec) -> Result<InstanceHandle>;
-    /// SIGTERM, up to `timeout`, then SIGKILL; says how it ended.
-    fn stop(&self, handle: &InstanceHandle, timeout: Duration) -> Result<StopOutcome>;
-    /// Whether the handle's very process is alive.
-    fn verify(&self, handle: &InstanceHandle) -> Result<ProcessState>;
-    /// How the instance ended, once it has.
-    fn exit_status(&self, handle: &InstanceHandle) -> Result<Option<InstanceExit>>;
-    /// SIGKILLs every process of the instance at once.
-    fn kill(&self, handle: &InstanceHandle) -> Result<()>;
-}
-
-/// The real driver: starts instances under `shim` (for bow: [`ShimCommand::current_exe`]).
-#[derive(Debug, Clone)]
-pub struct LinuxProcessDriver {
-    pub shim: ShimCommand,
-}
-
-impl LinuxProcessDriver {
-    pub fn new(shim: ShimCommand) -> LinuxProcessDriver {
-        LinuxProcessDriver { shim }
-    }
-}
-
-impl ProcessDriver for LinuxProcessDriver {
-    fn start(&self, spec: &InstanceSpec) -> Result<InstanceHandle> {
-        start(spec, &self.shim)
-    }
-
-    fn stop(&self, handle: &InstanceHandle, timeout: Duration) -> Result<StopOutcome> {
-        stop(handle, timeout)
-    }
-
-    fn verify(&self, handle: &InstanceHandle) -> Result<ProcessState> {
-        verify(handle)
-    }
-
-    fn exit_status(&self, handle: &InstanceHandle) -> Result<Option<InstanceExit>> {
-        exit_status(handle)
-    }
-
-    fn kill(&self, handle: &InstanceHandle) -> Result<()> {
-        kill_instance(handle)
-    }
-}

@@ -24,7 +24,12 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
             state_dir: session.state_dir.clone(),
             project: session.spec.project.clone(),
             environment: session.spec.environment.clone(),
-            shim: bow_driver::ShimCommand::current_exe(),
+            drivers: bow_agent::Drivers::local(
+                bow_driver::ShimCommand::current_exe(),
+                &session.state_dir,
+                &session.spec.project,
+                &session.spec.environment,
+            ),
             event_sink: None,
             reconcile_on_start: true,
             secrets: crate::secret_store::source(&session),

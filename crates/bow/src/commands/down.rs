@@ -39,7 +39,12 @@ pub fn run(args: &StackArgs) -> Result<ExitCode> {
                         state_dir: state_dir.clone(),
                         project: project.clone(),
                         environment: environment.clone(),
-                        shim: bow_driver::ShimCommand::current_exe(),
+                        drivers: bow_agent::Drivers::local(
+                            bow_driver::ShimCommand::current_exe(),
+                            &state_dir,
+                            &project,
+                            &environment,
+                        ),
                         event_sink: None,
                         reconcile_on_start: false,
                         secrets: None,

@@ -315,7 +315,12 @@ fn foreground(session: Session) -> Result<ExitCode> {
             state_dir: session.state_dir.clone(),
             project: session.spec.project.clone(),
             environment: session.spec.environment.clone(),
-            shim: bow_driver::ShimCommand::current_exe(),
+            drivers: bow_agent::Drivers::local(
+                bow_driver::ShimCommand::current_exe(),
+                &session.state_dir,
+                &session.spec.project,
+                &session.spec.environment,
+            ),
             event_sink: Some(sink),
             reconcile_on_start: true,
             secrets: crate::secret_store::source(&session),

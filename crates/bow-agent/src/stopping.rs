@@ -1,0 +1,209 @@
+//! Stopping: `bow restart` (one instance at a time, each healthy before the next), a slot's
+//! instances stopped, and `bow down` (dependants first, a service's instances in parallel,
+//! then adopted leftovers, the edge, discovery and what the drivers hold).
+
+use bow_reconcile::EventKind;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::{Agent, Slot};
+use crate::api::Health;
+use crate::error::{AgentError, Result};
+use crate::supervisor::{self, Adopted};
+
+impl Agent {
+    /// Restarts one instance and waits (up to `timeout`) until it is healthy again.
+    async fn restart_slot(&self, service: &str, index: u32, timeout: Duration) {
+        let generation = {
+            let inner = self.lock();
+            let Some(slot) = inner.slot(service, index) else {
+                return;
+            };
+            let mut control = *slot.control.borrow();
+            control.restart_generation += 1;
+            slot.control.send_replace(control);
+            control.restart_generation
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let inner = self.lock();
+            let Some(slot) = inner.slot(service, index) else {
+                return;
+            };
+            if slot.status.health == Health::Healthy
+                && supervisor::restarted_generation(&slot.status) >= generation
+            {
+                return;
+            }
+        }
+    }
+
+    /// `bow restart SERVICE`: one instance at a time, each healthy before the next.
+    pub async fn restart_service(&self, service: &str) -> Result<Vec<String>> {
+        let (indexes, timeout) = {
+            let inner = self.lock();
+            let spec = inner
+                .spec
+                .as_ref()
+                .ok_or_else(|| AgentError::Other("nothing is applied yet".into()))?;
+            let definition = spec.services.get(service).ok_or_else(|| {
+                AgentError::Other(format!(
+                    "no service `{service}`; services: {}",
+                    spec.services.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let indexes: Vec<u32> = inner
+                .services
+                .get(service)
+                .map(|r| r.slots.keys().copied().collect())
+                .unwrap_or_default();
+            (indexes, definition.deploy.timeout.as_std())
+        };
+        let mut restarted = Vec::new();
+        for index in indexes {
+            self.restart_slot(service, index, timeout).await;
+            restarted.push(format!("{service}.{index}"));
+        }
+        Ok(restarted)
+    }
+
+    /// Stops the given slots of a service (in parallel: each is drained, then stopped) and
+    /// waits for them. Their indexes stay taken until they are gone.
+    pub(crate) async fn stop_slots(
+        &self,
+        service: &str,
+        slots: BTreeMap<u32, Slot>,
+    ) -> Vec<String> {
+        let mut stopped = Vec::new();
+        let mut tasks = Vec::new();
+        if let Some(runtime) = self.lock().services.get_mut(service) {
+            runtime.stopping.extend(slots.keys().copied());
+        }
+        let indexes: Vec<u32> = slots.keys().copied().collect();
+        for (index, slot) in slots {
+            slot.control.send_modify(|c| c.stop = true);
+            stopped.push(format!("{service}.{index}"));
+            if let Some(task) = slot.task {
+                tasks.push(task);
+            }
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Some(runtime) = self.lock().services.get_mut(service) {
+            for index in indexes {
+                runtime.stopping.remove(&index);
+            }
+        }
+        stopped
+    }
+
+    /// Stops every instance, dependants first, and ends the agent.
+    pub async fn down(self: &Arc<Self>) -> Vec<String> {
+        let stopped = self.down_instances().await;
+        self.detach();
+        stopped
+    }
+
+    /// Stops every instance, dependants first; the agent keeps answering until `detach`.
+    pub async fn down_instances(self: &Arc<Self>) -> Vec<String> {
+        let (order, mut services) = {
+            let mut inner = self.lock();
+            inner.shutting_down = true;
+            let order = inner
+                .spec
+                .as_ref()
+                .map(bow_spec::dependency_order)
+                .unwrap_or_default();
+            let services = std::mem::take(&mut inner.services);
+            (order, services)
+        };
+        for runtime in services.values_mut() {
+            if let Some(starter) = runtime.starter.take() {
+                starter.abort();
+            }
+        }
+        let mut stopped = Vec::new();
+        let mut names: Vec<String> = order.into_iter().rev().collect();
+        names.extend(
+            services
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        for name in names {
+            if let Some(runtime) = services.remove(&name) {
+                stopped.extend(self.stop_slots(&name, runtime.slots).await);
+            }
+        }
+        stopped.extend(self.stop_adopted_leftovers().await);
+        self.stop_edge().await;
+        self.stop_discovery().await;
+        // Anything left of them (a child that escaped its process group).
+        for driver in self.drivers.all() {
+            driver.clean_up().await;
+        }
+        self.emit(
+            "",
+            "",
+            EventKind::Stopped,
+            &format!("down: {} instances stopped", stopped.len()),
+        );
+        stopped
+    }
+
+    /// Stops adopted instances no slot took over: dependants first, a service's instances in
+    /// parallel.
+    async fn stop_adopted_leftovers(self: &Arc<Self>) -> Vec<String> {
+        let (leftovers, order) = {
+            let mut inner = self.lock();
+            let order = inner
+                .spec
+                .as_ref()
+                .map(bow_spec::dependency_order)
+                .unwrap_or_default();
+            (std::mem::take(&mut inner.adopted), order)
+        };
+        let mut by_service: BTreeMap<String, Vec<Adopted>> = BTreeMap::new();
+        for adopted in leftovers.into_values() {
+            by_service
+                .entry(adopted.handle.service().to_string())
+                .or_default()
+                .push(adopted);
+        }
+        let mut names: Vec<String> = order
+            .into_iter()
+            .rev()
+            .filter(|n| by_service.contains_key(n))
+            .collect();
+        names.extend(
+            by_service
+                .keys()
+                .filter(|n| !names.contains(n))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let mut stopped = Vec::new();
+        for name in names {
+            let Some(group) = by_service.remove(&name) else {
+                continue;
+            };
+            let mut tasks = Vec::new();
+            for adopted in group {
+                stopped.push(adopted.handle.instance_id().to_string());
+                let agent = self.clone();
+                tasks.push(tokio::spawn(async move {
+                    crate::adopt::stop_handle(&agent, &adopted.handle).await;
+                    agent.forget_instance(adopted.handle.instance_id());
+                }));
+            }
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+        stopped
+    }
+}
