@@ -126,3 +126,89 @@ fn a_paused_instance_is_taken_out_of_the_edge_and_comes_back() {
         show_events(&events)
     );
 }
+
+#[test]
+fn bow_chaos_drills_report_and_are_refused_where_not_allowed() {
+    let (http, https) = (free_port(), free_port());
+    let stack = Stack::new(
+        "drill",
+        &format!(
+            "edge: {{ http_port: {http}, https_port: {https} }}\n\
+             services:\n  web:\n    command: {{testapp}}\n    replicas: 2\n    routes: [\"drill.bow.localhost\"]\n    \
+             health: {{ http: /healthz, interval: 100ms, timeout: 300ms, retries: 2 }}\n    \
+             stop_timeout: 1s\n\
+             environments:\n  production: {{ chaos: allow }}\n"
+        ),
+    );
+    stack.up_ok();
+    // development does not allow drills: refused, nothing killed.
+    let pids = |status: &serde_json::Value| -> Vec<i64> {
+        instances(status)
+            .iter()
+            .filter_map(|i| i["pid"].as_i64())
+            .collect()
+    };
+    let before = pids(&stack.status_ok());
+    let refused = stack.run(&["chaos", "kill", "--every", "100ms", "--for", "1s"], WAIT);
+    assert_ne!(refused.code, 0, "{}", refused.describe());
+    assert!(
+        refused
+            .stderr
+            .contains("refused in environment `development`")
+            && refused.stderr.contains("chaos: allow"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(
+        pids(&stack.status_ok()),
+        before,
+        "a refused drill kills nothing"
+    );
+
+    // Allowed for every environment at the top of the file: a kill drill under load.
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(&stack.file, format!("chaos: allow\n{text}")).unwrap();
+    let load = support::load::Load::start(&stack, "drill.bow.localhost", https, 6.0);
+    std::thread::sleep(Duration::from_millis(500));
+    let drill = stack.run(
+        &[
+            "chaos", "kill", "web", "--every", "500ms", "--for", "4s", "--seed", "7",
+        ],
+        Duration::from_secs(150),
+    );
+    let result = load.finish();
+    assert_eq!(drill.code, 0, "{}", drill.describe());
+    let report = &drill.stdout;
+    eprintln!("{report}");
+    assert!(report.contains("drill: 8 kills: web.1 ×"), "{report}");
+    assert!(report.contains("restarts: web: 8"), "{report}");
+    assert!(report.contains("healthy again:"), "{report}");
+    assert!(report.contains("orphans: none"), "{report}");
+    let answered: u64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("edge: web: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no edge line: {report}"));
+    assert!(answered > 100, "{report}");
+    assert!(
+        report.contains(", 0 failed (5xx)"),
+        "{report}\nload: {result}"
+    );
+    assert_eq!(result["failed"], 0, "{result}");
+
+    // A pause drill: the paused instance leaves the edge, and the system comes back.
+    let pause = stack.run(
+        &["chaos", "pause", "web", "--for", "2s", "--seed", "1"],
+        Duration::from_secs(150),
+    );
+    assert_eq!(pause.code, 0, "{}", pause.describe());
+    assert!(
+        pause
+            .stdout
+            .contains("marked unhealthy and out of the edge after"),
+        "{}",
+        pause.describe()
+    );
+    assert!(pause.stdout.contains("orphans: none"), "{}", pause.stdout);
+}

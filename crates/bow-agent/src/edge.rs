@@ -11,7 +11,7 @@ use bow_edge::{Backend, Edge, EdgeConfig, EdgeHooks, JsonLinesSink, Route, Route
 use bow_spec::{Spec, Tls};
 
 use crate::agent::{Agent, Inner};
-use crate::api::EdgeStatus;
+use crate::api::{EdgeRequests, EdgeStatus};
 
 /// The running edge and the settings it was started with.
 pub(crate) struct EdgeRuntime {
@@ -200,7 +200,23 @@ impl Agent {
                 )
             })
             .collect();
+        let requests = runtime
+            .edge
+            .metrics()
+            .services
+            .into_iter()
+            .map(|service| {
+                let counts = service.requests;
+                let requests = EdgeRequests {
+                    total: counts.total(),
+                    client_errors: counts.client_error,
+                    server_errors: counts.server_error,
+                };
+                (service.service, requests)
+            })
+            .collect();
         Some(EdgeStatus {
+            requests,
             https: runtime.edge.https_addr().to_string(),
             http: runtime.edge.http_addr().to_string(),
             ca_certificate: matches!(runtime.settings.tls, Tls::SelfSigned | Tls::Acme)

@@ -405,6 +405,41 @@ mod tests {
     }
 
     #[test]
+    fn chaos_drills_are_denied_unless_an_environment_allows_them() {
+        let file = "project: p\nservices:\n  a: {command: x}\nenvironments:\n  staging: {chaos: allow}\n  production: {}\n";
+        let load_env = |environment: &str| {
+            let options = LoadOptions {
+                environment: environment.to_string(),
+                ..LoadOptions::default()
+            };
+            load(file, &options).unwrap().chaos
+        };
+        assert_eq!(load_env("development"), Chaos::Deny);
+        assert_eq!(load_env("staging"), Chaos::Allow);
+        assert_eq!(load_env("production"), Chaos::Deny);
+        let everywhere = "project: p\nchaos: allow\nservices:\n  a: {command: x}\nenvironments:\n  production: {chaos: deny}\n";
+        let production = LoadOptions {
+            environment: "production".to_string(),
+            ..LoadOptions::default()
+        };
+        assert_eq!(load(everywhere, &production).unwrap().chaos, Chaos::Deny);
+        assert_eq!(
+            load(everywhere, &LoadOptions::default()).unwrap().chaos,
+            Chaos::Allow
+        );
+        let errors = validate(
+            "project: p\nchaos: yes\nservices:\n  a: {command: x}\n",
+            false,
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].path.as_str(), errors[0].span.line), ("chaos", 2));
+        assert!(
+            errors[0].message.contains("expected allow or deny"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn system_dirs_are_refused_lexically() {
         assert_eq!(system_dir("/"), Some("/"));
         assert_eq!(system_dir("/etc/ssl/private"), Some("/etc"));
