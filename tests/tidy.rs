@@ -180,10 +180,6 @@ const LONG_FILES: &[(&str, &str)] = &[
         "the spanned YAML tree and the reader's budgets, built from one stream of parser events",
     ),
     (
-        "crates/bow-edge/src/h1.rs",
-        "the HTTP/1.1 server connection as one state machine; its framing is to be shared with client.rs (issue 15, item 7)",
-    ),
-    (
         "crates/bow-edge/src/client.rs",
         "the upstream HTTP/1.1 client; its framing is to be shared with h1.rs (issue 15, item 7)",
     ),

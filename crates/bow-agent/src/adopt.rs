@@ -171,16 +171,7 @@ pub(crate) async fn stop_orphan(agent: &Arc<Agent>, handle: &Handle, found_by: &
             inner.adopted.remove(handle.instance_id());
         }
     }
-    let timeout = agent
-        .service_spec(handle.service())
-        .map_or(Duration::from_secs(10), |s| s.stop_timeout.as_std());
-    let outcome = agent.drivers.for_handle(handle).stop(handle, timeout).await;
-    let how = match outcome {
-        Ok(outcome) => outcome
-            .exit()
-            .map_or_else(|| "stopped".to_string(), |exit| format!("stopped: {exit}")),
-        Err(error) => format!("stop failed: {error}"),
-    };
+    let how = stop_outcome(agent, handle).await;
     agent.emit(
         handle.service(),
         handle.instance_id(),
@@ -230,22 +221,27 @@ pub async fn stop_unwanted(agent: &Arc<Agent>) {
 
 /// Stops an instance that has no slot.
 pub async fn stop_handle(agent: &Arc<Agent>, handle: &Handle) {
-    let timeout = agent
-        .service_spec(handle.service())
-        .map_or(Duration::from_secs(10), |s| s.stop_timeout.as_std());
-    let outcome = agent.drivers.for_handle(handle).stop(handle, timeout).await;
-    let message = match outcome {
-        Ok(outcome) => outcome
-            .exit()
-            .map_or_else(|| "stopped".to_string(), |exit| format!("stopped: {exit}")),
-        Err(error) => format!("stop failed: {error}"),
-    };
+    let message = stop_outcome(agent, handle).await;
     agent.emit(
         handle.service(),
         handle.instance_id(),
         EventKind::Stopped,
         &message,
     );
+}
+
+/// Stops `handle` through its driver within its service's stop timeout; what happened, for an
+/// event (`stopped`, `stopped: <exit>`, `stop failed: <why>`).
+async fn stop_outcome(agent: &Arc<Agent>, handle: &Handle) -> String {
+    let timeout = agent
+        .service_spec(handle.service())
+        .map_or(Duration::from_secs(10), |s| s.stop_timeout.as_std());
+    match agent.drivers.for_handle(handle).stop(handle, timeout).await {
+        Ok(outcome) => outcome
+            .exit()
+            .map_or_else(|| "stopped".to_string(), |exit| format!("stopped: {exit}")),
+        Err(error) => format!("stop failed: {error}"),
+    }
 }
 
 #[cfg(test)]

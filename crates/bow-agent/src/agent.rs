@@ -399,6 +399,21 @@ impl Agent {
         healthy as u32 >= service.replicas
     }
 
+    /// Instances of `service` other than `index` that serve or are starting.
+    pub(crate) fn others_up(&self, service: &str, index: u32) -> usize {
+        let inner = self.lock();
+        inner.services.get(service).map_or(0, |runtime| {
+            runtime
+                .slots
+                .iter()
+                .filter(|(other, slot)| {
+                    **other != index
+                        && matches!(slot.status.health, Health::Healthy | Health::Starting)
+                })
+                .count()
+        })
+    }
+
     /// Updates one slot's status.
     pub(crate) fn update(
         &self,

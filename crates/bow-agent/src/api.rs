@@ -60,7 +60,7 @@ pub enum Response {
         services: Vec<String>,
     },
     Progress(DeployReport),
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     Events {
         events: Vec<Event>,
     },
@@ -203,6 +203,20 @@ pub struct EdgeStatus {
     pub ca_certificate: Option<PathBuf>,
     /// `host/prefix → service (N healthy)`.
     pub routes: Vec<String>,
+    /// What the edge answered per service since it started.
+    #[serde(default)]
+    pub requests: std::collections::BTreeMap<String, EdgeRequests>,
+}
+
+/// Requests of one service the edge answered, by outcome (counters since the edge started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeRequests {
+    /// Every answered request.
+    pub total: u64,
+    /// 4xx answers (the client's request, or the edge's own refusals).
+    pub client_errors: u64,
+    /// 5xx answers: the instance failed, or none could take the request (502, 503, 504).
+    pub server_errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

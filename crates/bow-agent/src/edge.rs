@@ -11,7 +11,7 @@ use bow_edge::{Backend, Edge, EdgeConfig, EdgeHooks, JsonLinesSink, Route, Route
 use bow_spec::{Spec, Tls};
 
 use crate::agent::{Agent, Inner};
-use crate::api::EdgeStatus;
+use crate::api::{EdgeRequests, EdgeStatus};
 
 /// The running edge and the settings it was started with.
 pub(crate) struct EdgeRuntime {
@@ -200,7 +200,23 @@ impl Agent {
                 )
             })
             .collect();
+        let requests = runtime
+            .edge
+            .metrics()
+            .services
+            .into_iter()
+            .map(|service| {
+                let counts = service.requests;
+                let requests = EdgeRequests {
+                    total: counts.total(),
+                    client_errors: counts.client_error,
+                    server_errors: counts.server_error,
+                };
+                (service.service, requests)
+            })
+            .collect();
         Some(EdgeStatus {
+            requests,
             https: runtime.edge.https_addr().to_string(),
             http: runtime.edge.http_addr().to_string(),
             ca_certificate: matches!(runtime.settings.tls, Tls::SelfSigned | Tls::Acme)
@@ -233,10 +249,7 @@ pub(crate) struct RotatingFile {
 
 impl RotatingFile {
     pub(crate) fn open(path: PathBuf, max_bytes: u64, keep: u32) -> std::io::Result<RotatingFile> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
+        let file = open_private(&path)?;
         let written = file.metadata()?.len();
         Ok(RotatingFile {
             path,
@@ -253,13 +266,25 @@ impl RotatingFile {
             let _ = std::fs::rename(numbered(n), numbered(n + 1));
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        self.file = open_private(&self.path)?;
         self.written = 0;
         Ok(())
     }
+}
+
+/// Opens `path` for appending, readable and writable by its owner only (0600): the access
+/// log holds client addresses and paths. A file made earlier with a wider mode is narrowed.
+fn open_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 impl std::io::Write for RotatingFile {
@@ -303,6 +328,27 @@ mod tests {
     use std::io::Write;
 
     use super::RotatingFile;
+
+    #[test]
+    fn access_logs_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = dir.path().join("access.log");
+        let mut file = RotatingFile::open(fresh.clone(), 100, 2).unwrap();
+        assert_eq!(mode(&fresh), 0o600);
+        for line in 0..10 {
+            file.write_all(format!("{line:040}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(mode(&fresh), 0o600, "after rotation");
+        assert_eq!(mode(&dir.path().join("access.log.1")), 0o600);
+        // A file an older bow made world-readable is narrowed when opened.
+        let old = dir.path().join("old.log");
+        std::fs::write(&old, "x\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        RotatingFile::open(old.clone(), 100, 2).unwrap();
+        assert_eq!(mode(&old), 0o600);
+    }
 
     #[test]
     fn access_log_rotates_by_size_and_keeps_a_few() {

@@ -119,3 +119,53 @@ pub fn environment(service: &Service, context: &InstanceContext<'_>) -> BTreeMap
     }
     env
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(yaml: &str) -> Service {
+        let spec = bow_spec::load(
+            &format!("project: p\nservices:\n  web: {yaml}\n"),
+            &Default::default(),
+        )
+        .unwrap();
+        spec.services["web"].clone()
+    }
+
+    fn build_as_root(service: &Service) -> Result<InstanceSpec, String> {
+        let state_dir = Path::new("/tmp/bow-instance-spec-test");
+        let context = InstanceContext {
+            project: "p",
+            environment: "development",
+            state_dir,
+            service_name: "web",
+            index: 1,
+            port: 5000,
+            venv: None,
+            root: true,
+            names: crate::discovery::Names::default(),
+        };
+        build(service, &context, Vec::new())
+    }
+
+    #[test]
+    fn a_uid_0_user_needs_allow_root_even_past_validation() {
+        // A spec recorded before the rule, or a user given uid 0 after validation: the agent
+        // looks the uid up itself before anything runs as root.
+        let mut web = service("{command: run, user: nobody}");
+        web.user = Some("root".to_string());
+        let error = build_as_root(&web).unwrap_err();
+        assert!(
+            error.contains("uid 0") && error.contains("allow_root"),
+            "{error}"
+        );
+        web.allow_root = true;
+        assert_eq!(build_as_root(&web).unwrap().user.as_deref(), Some("root"));
+        let nobody = service("{command: run, user: nobody}");
+        assert_eq!(
+            build_as_root(&nobody).unwrap().user.as_deref(),
+            Some("nobody")
+        );
+    }
+}

@@ -95,7 +95,7 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
         Request::Status => {
             let mut report = agent.status();
             report.edge = agent.edge_status().await;
-            Response::Status(report)
+            Response::Status(Box::new(report))
         }
         Request::Events {
             after_id,

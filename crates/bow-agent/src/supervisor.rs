@@ -13,7 +13,7 @@ use bow_spec::Service;
 
 use crate::agent::{Agent, Slot};
 use crate::api::{Health, InstanceStatus};
-use crate::backoff::{Backoff, STABLE_PERIOD};
+use crate::backoff::{self, Backoff};
 use crate::instance_spec::{self, InstanceContext};
 
 /// What the agent asks of a slot.
@@ -120,6 +120,8 @@ async fn run(
     let mut resume: Option<(Handle, u16)> = None;
     let mut first_start = true;
     let mut reported_crash_loop = false;
+    // The release this slot last served (was healthy) in: its program works.
+    let mut served_release = None;
     // A restarted instance keeps its port while the port is free, so what talks to it directly
     // finds it again; one that never became healthy gets a fresh port.
     let mut slot_port: Option<u16> = pending.as_ref().map(|a| a.port);
@@ -319,11 +321,20 @@ async fn run(
                 .await;
             }
         }
-        if healthy_for.is_some_and(|d| d >= STABLE_PERIOD) {
-            backoff.reset();
+        // Killed or crashed after it served: restart at once (backoff is for a program that
+        // cannot start), and never leave a working service waiting with nothing up.
+        let served = healthy_for.is_some();
+        if served {
+            served_release = Some(release);
             reported_crash_loop = false;
         }
-        let delay = backoff.next_delay();
+        let delay = backoff::delay_for(
+            backoff.after_run(served),
+            backoff::Service {
+                served_in_release: served_release == Some(release),
+                others_up: agent.others_up(&service, index),
+            },
+        );
         restarts += 1;
         let crash_looping = backoff.crash_looping();
         agent.update(&service, index, |s| {
@@ -343,9 +354,8 @@ async fn run(
                 &id,
                 EventKind::CrashLooping,
                 &format!(
-                    "{} restarts in a row without staying healthy for {}",
-                    backoff.consecutive(),
-                    bow_spec::units::Duration(STABLE_PERIOD)
+                    "{} restarts in a row without becoming healthy",
+                    backoff.consecutive()
                 ),
             );
         }

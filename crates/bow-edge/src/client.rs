@@ -37,8 +37,11 @@ const MAX_RESPONSE_HEADERS: usize = 128;
 /// Bodies up to this size that came whole with their head are copied out of the buffer.
 const SMALL_BODY: usize = 4 * 1024;
 
-/// Longest chunk-size or trailer line of a chunked response body.
+/// Longest chunk-size or trailer line of a chunked body.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Most bytes of trailers after a chunked body.
+const MAX_TRAILERS: usize = 16 * 1024;
 
 /// One keep-alive connection to an upstream endpoint.
 pub(crate) struct Connection {
@@ -51,6 +54,8 @@ pub(crate) struct Connection {
     spans: Vec<[u32; 4]>,
     /// When the last request on it began (or it was opened): its idle age in the pool.
     pub(crate) last_used: Instant,
+    /// Its place among the endpoint's connections ([`crate::pool`]); a tunnel gives it up.
+    pub(crate) slot: Option<crate::pool::Slot>,
 }
 
 /// Opens a connection to `addr`.
@@ -69,6 +74,7 @@ pub(crate) async fn connect(
         head_length: 0,
         spans: Vec::new(),
         last_used: Instant::now(),
+        slot: None,
     })
 }
 
@@ -93,6 +99,9 @@ pub(crate) struct ResponseHead {
     pub(crate) framing: Framing,
     /// Whether the connection may take another request once the body was read.
     pub(crate) keep_alive: bool,
+    /// The `Content-Length` the upstream declared (one value, duplicates collapsed): passed
+    /// on by the edge itself, also where there is no body (HEAD, 304).
+    pub(crate) declared_length: Option<u64>,
 }
 
 impl Connection {
@@ -185,16 +194,12 @@ impl Connection {
             })
     }
 
-    /// The response headers a client gets: all but hop-by-hop ones, and `Content-Length` only
-    /// when the body keeps its length on the way (`framing` is empty or a length).
-    pub(crate) fn headers_to_pass_on(
-        &self,
-        framing: Framing,
-    ) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let keep_length = matches!(framing, Framing::Empty | Framing::Length(_));
+    /// The response headers a client gets: all but hop-by-hop ones and `Content-Length`,
+    /// which the edge writes itself ([`ResponseHead::length_to_pass_on`]).
+    pub(crate) fn headers_to_pass_on(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let hop = HopByHop::new(self.response_headers());
         self.response_headers().filter(move |(name, _)| {
-            !hop.contains(name) && (keep_length || !name.eq_ignore_ascii_case(b"content-length"))
+            !hop.contains(name) && !name.eq_ignore_ascii_case(b"content-length")
         })
     }
 
@@ -389,6 +394,23 @@ impl Sending {
     }
 }
 
+impl ResponseHead {
+    /// The `Content-Length` a client gets: the body's length, or for a response without a
+    /// body (HEAD, 304) the one the upstream declared; none for a body of unknown length,
+    /// 1xx and 204.
+    pub(crate) fn length_to_pass_on(&self) -> Option<u64> {
+        match self.framing {
+            Framing::Length(length) => Some(length),
+            Framing::Empty
+                if !self.status.is_informational() && self.status != StatusCode::NO_CONTENT =>
+            {
+                self.declared_length
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A response head at the front of `buffer`: its length and what it says, with where its
 /// headers are in `spans`; `None` when it is not all in yet.
 fn parse_response_head(
@@ -442,6 +464,7 @@ fn parse_response_head(
         status,
         framing,
         keep_alive: keep_alive && framing != Framing::UntilClose,
+        declared_length: facts.length.filter(|_| !facts.transfer_encoding),
     };
     Ok(Some((length, head)))
 }
@@ -515,8 +538,8 @@ enum Chunk {
     Data(u64),
     /// The line end after a chunk's data.
     DataEnd,
-    /// Trailer lines, up to an empty one (trailers are not forwarded).
-    Trailers,
+    /// Trailer lines, up to an empty one (trailers are not forwarded), and their bytes so far.
+    Trailers(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -605,37 +628,49 @@ impl BodyDecoder {
                 Reading::Chunked(Chunk::DataEnd) => {
                     if buffer.starts_with(b"\r\n") {
                         buffer.advance(2);
-                    } else if buffer.starts_with(b"\n") {
-                        buffer.advance(1);
                     } else if buffer.is_empty() || &buffer[..] == b"\r" {
                         return Ok(Decoded::More);
                     } else {
-                        return Err("invalid chunked body");
+                        return Err("no CRLF after chunk data");
                     }
                     self.reading = Reading::Chunked(Chunk::Size);
                 }
-                Reading::Chunked(state @ (Chunk::Size | Chunk::Trailers)) => {
+                Reading::Chunked(state @ (Chunk::Size | Chunk::Trailers(_))) => {
                     let Some(end) = buffer.iter().position(|&byte| byte == b'\n') else {
                         if buffer.len() > MAX_CHUNK_LINE {
                             return Err("chunk line too long");
                         }
                         return Ok(Decoded::More);
                     };
+                    if end > MAX_CHUNK_LINE {
+                        return Err("chunk line too long");
+                    }
                     let line = buffer.split_to(end + 1);
-                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    self.reading = if state == Chunk::Trailers {
-                        if line.is_empty() {
-                            Reading::Done
-                        } else {
-                            Reading::Chunked(Chunk::Trailers)
+                    // CRLF only (a bare LF is read another way by some), and no other
+                    // control character but a tab in the line.
+                    let Some(line) = line.strip_suffix(b"\r\n") else {
+                        return Err("chunk line without CRLF");
+                    };
+                    if line
+                        .iter()
+                        .any(|&byte| (byte < b' ' && byte != b'\t') || byte == 0x7f)
+                    {
+                        return Err("control character in a chunk line");
+                    }
+                    self.reading = match state {
+                        Chunk::Trailers(_) if line.is_empty() => Reading::Done,
+                        Chunk::Trailers(seen) => {
+                            let seen = seen + end + 1;
+                            if seen > MAX_TRAILERS {
+                                return Err("trailers too large");
+                            }
+                            Reading::Chunked(Chunk::Trailers(seen))
                         }
-                    } else {
-                        match chunk_size(line) {
-                            Some(0) => Reading::Chunked(Chunk::Trailers),
+                        _ => match chunk_size(line) {
+                            Some(0) => Reading::Chunked(Chunk::Trailers(0)),
                             Some(size) => Reading::Chunked(Chunk::Data(size)),
                             None => return Err("invalid chunk size"),
-                        }
+                        },
                     };
                 }
             }
@@ -643,15 +678,32 @@ impl BodyDecoder {
     }
 }
 
-/// The size a chunk-size line gives (hex digits, then optional extensions after `;`).
+/// The size a chunk-size line gives (RFC 9112 §7.1): hex digits only (no sign, `0x` or
+/// space before them; leading zeros are fine), then nothing or extensions after optional
+/// spaces and a `;`. At most 15 significant digits.
 fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.split(|&byte| byte == b';').next()?;
-    let digits = digits.trim_ascii();
-    if digits.is_empty() || digits.len() > 15 {
+    let digits = line
+        .iter()
+        .position(|byte| !byte.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    let (digits, rest) = line.split_at(digits);
+    if digits.is_empty() {
         return None;
     }
-    let text = std::str::from_utf8(digits).ok()?;
-    u64::from_str_radix(text, 16).ok()
+    let rest = rest.trim_ascii_start();
+    if !(rest.is_empty() || rest.starts_with(b";")) {
+        return None;
+    }
+    let significant = &digits[digits.iter().take_while(|&&digit| digit == b'0').count()..];
+    if significant.len() > 15 {
+        return None;
+    }
+    let mut size = 0u64;
+    for &digit in significant {
+        let value = (digit as char).to_digit(16)? as u64;
+        size = size << 4 | value;
+    }
+    Some(size)
 }
 
 /// A response body read from the upstream connection as the client's side polls it; the
@@ -882,8 +934,21 @@ mod tests {
         assert_eq!(chunk_size(b"1a"), Some(26));
         assert_eq!(chunk_size(b"0;ext=1"), Some(0));
         assert_eq!(chunk_size(b"FF "), Some(255));
-        assert_eq!(chunk_size(b""), None);
-        assert_eq!(chunk_size(b"zz"), None);
-        assert_eq!(chunk_size(b"ffffffffffffffffff"), None);
+        assert_eq!(chunk_size(b"5 ;x"), Some(5));
+        assert_eq!(chunk_size(b"00000000000000000005"), Some(5));
+        assert_eq!(chunk_size(b"fffffffffffffff"), Some(0xfffffffffffffff));
+        for bad in [
+            &b""[..],
+            b"zz",
+            b"ffffffffffffffffff",
+            b"+5",
+            b"-5",
+            b" 5",
+            b"0x5",
+            b"5 x",
+            b";x",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -42,6 +42,12 @@ pub struct EdgeConfig {
     /// its response body (else the connection closes). Time spent waiting for the client's
     /// body does not count.
     pub upstream_timeout: Duration,
+    /// Connections the edge keeps to one upstream instance at most, in use or idle (a
+    /// WebSocket tunnel no longer counts); requests beyond it wait for one to be free.
+    pub max_upstream_connections: usize,
+    /// An idle connection to an instance unused for this long is closed (looked at on a
+    /// timer every half of it, so within 1.5× of it).
+    pub upstream_idle_timeout: Duration,
     /// Where server certificates come from.
     pub tls: TlsSource,
     /// The scheme clients used, as told to upstreams in `X-Forwarded-Proto` and `Forwarded`.
@@ -67,10 +73,13 @@ impl Scheme {
 }
 
 impl EdgeConfig {
+    /// The default of [`EdgeConfig::max_upstream_connections`].
+    pub const DEFAULT_MAX_UPSTREAM_CONNECTIONS: usize = 256;
+
     /// A configuration with the documented defaults: HSTS one year, bodies up to 16 MiB,
     /// heads up to 32 KiB, header timeout 10 s, body timeout 60 s, idle timeout 75 s,
     /// 10 000 connections, drain timeout 30 s, upstream connect timeout 5 s, upstream
-    /// timeout 60 s.
+    /// timeout 60 s, 256 connections per upstream instance, idle ones closed after 60 s.
     pub fn new(http_addr: SocketAddr, https_addr: SocketAddr, tls: TlsSource) -> Self {
         EdgeConfig {
             http_addr,
@@ -85,6 +94,8 @@ impl EdgeConfig {
             drain_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
+            max_upstream_connections: Self::DEFAULT_MAX_UPSTREAM_CONNECTIONS,
+            upstream_idle_timeout: Duration::from_secs(60),
             tls,
             scheme: Scheme::Https,
         }
@@ -97,6 +108,7 @@ impl EdgeConfig {
             ("idle_timeout", self.idle_timeout),
             ("upstream_connect_timeout", self.upstream_connect_timeout),
             ("upstream_timeout", self.upstream_timeout),
+            ("upstream_idle_timeout", self.upstream_idle_timeout),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -111,6 +123,11 @@ impl EdgeConfig {
                 u32::MAX / 2,
                 self.max_connections
             )));
+        }
+        if self.max_upstream_connections == 0 {
+            return Err(EdgeError::InvalidConfig(
+                "max_upstream_connections must be at least 1".to_string(),
+            ));
         }
         if self.max_header_size < 1024 || self.max_header_size > u32::MAX as usize {
             return Err(EdgeError::InvalidConfig(format!(

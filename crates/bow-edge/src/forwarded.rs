@@ -1,6 +1,7 @@
 //! Header rewriting between client and upstream, on the bytes of the heads: hop-by-hop
 //! headers out (RFC 9110 §7.6.1: the fixed list, every `Proxy-*` header and the headers
-//! `Connection` names), `Host` and the `X-Forwarded-*` and `Forwarded` headers in.
+//! `Connection` names, never one the edge decides), `Host`, the body's framing and the
+//! `X-Forwarded-*` and `Forwarded` headers in, each written by the edge itself.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -29,6 +30,27 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|&byte| byte == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
+}
+
+/// Headers the edge itself decides or writes for the upstream (framing, routing, forwarding,
+/// upgrades): a `Connection` header may not name them. A request that does is refused
+/// ([`crate::request_head`]), and in a response the name is ignored.
+const DECIDED: [&[u8]; 8] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"forwarded",
+    b"upgrade",
+];
+
+/// Whether `name` is a header the edge decides ([`DECIDED`]).
+pub(crate) fn decides(name: &[u8]) -> bool {
+    DECIDED
+        .iter()
+        .any(|decided| name.eq_ignore_ascii_case(decided))
 }
 
 /// Whether a `Connection` value names headers besides the options every connection has.
@@ -80,6 +102,7 @@ where
             return true;
         }
         self.listed
+            && !decides(name)
             && self.headers.clone().any(|(header, value)| {
                 header.eq_ignore_ascii_case(b"connection")
                     && tokens(value).any(|token| token.eq_ignore_ascii_case(name))
@@ -168,9 +191,22 @@ pub(crate) struct UpstreamHead<'a> {
     pub(crate) host: &'a [u8],
     /// The protocol of an HTTP/1.1 upgrade the client asked for.
     pub(crate) upgrade: Option<&'a [u8]>,
-    /// The body goes upstream chunked (its length is not known).
-    pub(crate) chunked: bool,
+    /// How the body is framed, as the edge decided.
+    pub(crate) body: UpstreamBody,
     pub(crate) forwarding: &'a ClientForwarding,
+}
+
+/// The framing of a request body as it goes upstream, written by the edge (the client's
+/// `Content-Length` and `Transfer-Encoding` headers never go through as they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum UpstreamBody {
+    /// No body, and no framing header.
+    None,
+    /// `Content-Length` (zero included, when the client declared it).
+    Length(u64),
+    /// Chunked: the client's transfer codings before its final `chunked` are kept (`gzip,
+    /// chunked`), as the edge only takes the chunked coding off and puts it back on.
+    Chunked,
 }
 
 /// Writes the request head for the upstream: the request line, `Host`, the client's
@@ -209,7 +245,7 @@ where
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-host")
             || name.eq_ignore_ascii_case(b"expect")
-            || (head.chunked && name.eq_ignore_ascii_case(b"content-length"));
+            || name.eq_ignore_ascii_case(b"content-length");
         if replaced || hop.contains(name) {
             continue;
         }
@@ -232,7 +268,7 @@ where
     out.extend_from_slice(head.host);
     out.extend_from_slice(b"\r\nforwarded: ");
     if forwarded {
-        join_values(out, headers, b"forwarded", b", ");
+        join_values(out, headers.clone(), b"forwarded", b", ");
         out.extend_from_slice(b", ");
     }
     head.forwarding.write_element(out, head.host);
@@ -242,8 +278,27 @@ where
         out.extend_from_slice(protocol);
         out.extend_from_slice(b"\r\n");
     }
-    if head.chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    match head.body {
+        UpstreamBody::None => {}
+        UpstreamBody::Length(length) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        UpstreamBody::Chunked => {
+            out.extend_from_slice(b"transfer-encoding: ");
+            for (name, value) in headers {
+                if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                    for coding in tokens(value) {
+                        if !coding.eq_ignore_ascii_case(b"chunked") {
+                            out.extend_from_slice(coding);
+                            out.extend_from_slice(b", ");
+                        }
+                    }
+                }
+            }
+            out.extend_from_slice(b"chunked\r\n");
+        }
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -275,7 +330,10 @@ where
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`).
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` + `Upgrade`),
+/// when it is `websocket`: the only upgrade passed on. Others (`h2c` above all, which would
+/// let a client talk to the upstream past the edge's routing) are dropped with the
+/// hop-by-hop headers, and the request goes on as a plain one.
 pub(crate) fn upgrade_request<'h, I>(headers: I) -> Option<&'h [u8]>
 where
     I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
@@ -291,6 +349,7 @@ where
         .filter(|(name, _)| name.eq_ignore_ascii_case(b"upgrade"))
         .map(|(_, value)| value.trim_ascii())
         .find(|value| !value.is_empty())
+        .filter(|protocol| protocol.eq_ignore_ascii_case(b"websocket"))
 }
 
 #[cfg(test)]
@@ -315,7 +374,7 @@ mod tests {
             target: b"/a?b=1",
             host: b"app.example.com",
             upgrade: None,
-            chunked: false,
+            body: UpstreamBody::None,
             forwarding: &client,
         };
         let text = head(
@@ -349,7 +408,7 @@ mod tests {
             target: b"/",
             host: b"app.example.com:8443",
             upgrade: None,
-            chunked: true,
+            body: UpstreamBody::Chunked,
             forwarding: &client,
         };
         let text = head(
@@ -381,7 +440,7 @@ mod tests {
         // The element is remembered per connection and made anew for another host.
         let other = UpstreamHead {
             host: b"b.example.com",
-            chunked: false,
+            body: UpstreamBody::None,
             ..upstream
         };
         assert!(
@@ -408,7 +467,7 @@ mod tests {
             target: b"/ws",
             host: b"a",
             upgrade: Some(b"websocket"),
-            chunked: false,
+            body: UpstreamBody::None,
             forwarding: &client,
         };
         let text = head(

@@ -8,7 +8,6 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,20 +15,16 @@ use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, StatusCode};
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{BodyFailure, BodySource, RequestBody, RequestRecord, stalled_upstream};
 use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
-use crate::forwarded::{
-    UpstreamHead, content_length, push_header, tokens, upgrade_request, write_upstream_head,
-};
+use crate::forwarded::push_header;
 use crate::proxy::{Inbound, Outcome, Proxy};
+use crate::request_head::{BadRequest, HeadBuffers, RequestFacts, read_request_head};
 use crate::server::{Activity, ConnContext, closed};
 use crate::stall::Stall;
-
-/// Most request headers taken from a client.
-const MAX_REQUEST_HEADERS: usize = 100;
 
 /// Free input buffer space asked of the allocator before a read, when less is left.
 const READ_SIZE: usize = 8 * 1024;
@@ -69,9 +64,7 @@ where
         stall: Stall::new(proxy.config.body_timeout),
         input: BytesMut::new(),
         output: Vec::new(),
-        upstream_head: Vec::new(),
-        host: String::new(),
-        path: String::new(),
+        head: HeadBuffers::default(),
     };
     Http1Connection {
         activity,
@@ -90,38 +83,8 @@ struct Client<IO> {
     input: BytesMut,
     /// The response being written.
     output: Vec<u8>,
-    /// The request head for the upstream.
-    upstream_head: Vec<u8>,
-    /// The current request's host and path, copied out of its head.
-    host: String,
-    path: String,
-}
-
-/// What a request head says besides what went into the upstream head.
-struct RequestFacts {
-    method: Method,
-    http10: bool,
-    /// The client asked to keep the connection open (HTTP/1.1 by default).
-    keep_alive: bool,
-    body: Framing,
-    declared_length: Option<u64>,
-    expect_continue: bool,
-    upgrade: bool,
-}
-
-/// Why a request head cannot be served: the status it is answered with, and why.
-struct BadRequest {
-    status: StatusCode,
-    why: String,
-}
-
-impl BadRequest {
-    fn new(status: StatusCode, why: &str) -> Self {
-        BadRequest {
-            status,
-            why: why.to_string(),
-        }
-    }
+    /// The current request's upstream head, host and path.
+    head: HeadBuffers,
 }
 
 async fn run<IO>(mut client: Client<IO>, context: Arc<ConnContext>, proxy: Arc<Proxy>)
@@ -183,142 +146,19 @@ where
         }
     }
 
-    /// Parses the head at the front of the input, writes the upstream's request head from
-    /// it, notes host and path, and takes the head off the input; `None` while it is not all
-    /// in yet.
+    /// Parses the head at the front of the input ([`read_request_head`]: the upstream's
+    /// request head written, host and path noted) and takes it off the input; `None` while
+    /// it is not all in yet.
     fn take_head(
         &mut self,
         limit: usize,
         context: &ConnContext,
     ) -> Result<Option<RequestFacts>, BadRequest> {
-        let bad = |why: &str| BadRequest::new(StatusCode::BAD_REQUEST, why);
-        let too_large = || {
-            let why = format!("request head larger than {limit} bytes");
-            BadRequest::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &why)
+        let Some((length, facts)) =
+            read_request_head(&self.input, limit, &context.forwarding, &mut self.head)?
+        else {
+            return Ok(None);
         };
-        let mut slots =
-            [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_REQUEST_HEADERS];
-        let mut request = httparse::Request::new(&mut []);
-        let length = match request.parse_with_uninit_headers(&self.input, &mut slots) {
-            Ok(httparse::Status::Complete(length)) if length > limit => return Err(too_large()),
-            Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) if self.input.len() >= limit => return Err(too_large()),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(BadRequest::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too many request headers",
-                ));
-            }
-            Err(_) => return Err(bad("invalid request head")),
-        };
-        let method = Method::from_bytes(request.method.unwrap_or_default().as_bytes())
-            .map_err(|_| bad("invalid method"))?;
-        let http10 = request.version == Some(0);
-        let raw_target = request.path.unwrap_or_default();
-        let headers = request
-            .headers
-            .iter()
-            .map(|header| (header.name.as_bytes(), header.value));
-        let mut facts = RequestFacts {
-            method,
-            http10,
-            keep_alive: !http10,
-            body: Framing::Empty,
-            declared_length: None,
-            expect_continue: false,
-            upgrade: false,
-        };
-        let mut host: Option<&[u8]> = None;
-        let mut transfer_encoding = false;
-        for (name, value) in headers.clone() {
-            if name.eq_ignore_ascii_case(b"host") {
-                if host.is_some() {
-                    return Err(bad("more than one host header"));
-                }
-                host = Some(value.trim_ascii());
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in tokens(value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        facts.keep_alive = false;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        facts.keep_alive = true;
-                    }
-                }
-            } else if name.eq_ignore_ascii_case(b"content-length") {
-                let length = content_length(value).ok_or_else(|| bad("invalid content-length"))?;
-                if facts.declared_length.is_some_and(|seen| seen != length) {
-                    return Err(bad("conflicting content-length"));
-                }
-                facts.declared_length = Some(length);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = value
-                    .rsplit(|&byte| byte == b',')
-                    .next()
-                    .unwrap_or_default();
-                if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    return Err(bad("transfer-encoding without chunked last"));
-                }
-                transfer_encoding = true;
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                facts.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
-            }
-        }
-        if transfer_encoding && facts.declared_length.is_some() {
-            return Err(bad("both transfer-encoding and content-length"));
-        }
-        facts.body = if transfer_encoding {
-            Framing::Chunked
-        } else {
-            match facts.declared_length {
-                None | Some(0) => Framing::Empty,
-                Some(length) => Framing::Length(length),
-            }
-        };
-        facts.expect_continue &= !http10 && facts.body != Framing::Empty;
-        // Origin form as usual; absolute form names the host itself.
-        let (target, host) = if raw_target.starts_with('/') {
-            (raw_target, host)
-        } else if let Some(rest) = raw_target
-            .strip_prefix("http://")
-            .or_else(|| raw_target.strip_prefix("https://"))
-        {
-            let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            (
-                if target.is_empty() { "/" } else { target },
-                Some(authority.as_bytes()),
-            )
-        } else {
-            return Err(bad("the request target is not a valid path"));
-        };
-        let host = match host {
-            Some(host) => std::str::from_utf8(host).map_err(|_| bad("invalid host"))?,
-            None if http10 => "",
-            None => return Err(bad("no host header")),
-        };
-        let upgrade = if http10 {
-            None
-        } else {
-            upgrade_request(headers.clone())
-        };
-        facts.upgrade = upgrade.is_some();
-        write_upstream_head(
-            &mut self.upstream_head,
-            &UpstreamHead {
-                method: facts.method.as_str(),
-                target: target.as_bytes(),
-                host: host.as_bytes(),
-                upgrade,
-                chunked: facts.body == Framing::Chunked,
-                forwarding: &context.forwarding,
-            },
-            headers,
-        );
-        self.host.clear();
-        self.host.push_str(host);
-        self.path.clear();
-        self.path
-            .push_str(target.split('?').next().unwrap_or_default());
         self.input.advance(length);
         Ok(Some(facts))
     }
@@ -333,8 +173,8 @@ where
     ) -> io::Result<bool> {
         let inbound = Inbound {
             method: &facts.method,
-            host: &self.host,
-            path: &self.path,
+            host: &self.head.host,
+            path: &self.head.path,
             protocol: "HTTP/1.1",
             declared_length: facts.declared_length,
         };
@@ -362,7 +202,7 @@ where
                 .forward(
                     context,
                     &inbound,
-                    &self.upstream_head,
+                    &self.head.upstream,
                     &mut body,
                     &mut self.upstream,
                 )
@@ -543,10 +383,15 @@ where
         push_status_line(out, head.status);
         let mut hsts = proxy.hsts.is_some();
         let mut date = true;
-        for (name, value) in connection.headers_to_pass_on(head.framing) {
+        for (name, value) in connection.headers_to_pass_on() {
             hsts &= !name.eq_ignore_ascii_case(b"strict-transport-security");
             date &= !name.eq_ignore_ascii_case(b"date");
             push_header(out, name, value);
+        }
+        if let Some(length) = head.length_to_pass_on() {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if hsts && let Some(value) = &proxy.hsts {
             push_header(out, b"strict-transport-security", value.as_bytes());
@@ -627,7 +472,7 @@ where
                 protocol = value.to_vec();
             }
         }
-        for (name, value) in connection.headers_to_pass_on(head.framing) {
+        for (name, value) in connection.headers_to_pass_on() {
             push_header(out, name, value);
         }
         out.extend_from_slice(b"connection: upgrade\r\n");

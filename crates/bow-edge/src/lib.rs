@@ -26,17 +26,21 @@ mod client;
 mod config;
 mod error;
 mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod metrics;
 mod pool;
 mod proxy;
 mod redirect;
+mod request_head;
 mod routes;
 mod server;
 mod service_listener;
 mod stall;
 mod tls;
 mod upstream;
+mod uri;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -62,6 +66,7 @@ pub use tls::{CertFiles, CertificateSource, LocalCa, crypto_provider};
 pub use upstream::DrainOutcome;
 
 use metrics::MetricsRegistry;
+use pool::PoolLimits;
 use proxy::{DOWN_COOLOFF, Proxy};
 use redirect::Redirect;
 use server::{Listeners, Phase, Port, accept_loop};
@@ -99,6 +104,8 @@ pub struct Edge {
     connections: Arc<Semaphore>,
     phase: watch::Sender<Phase>,
     accept_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Closes idle upstream connections on a timer.
+    reaper: JoinHandle<()>,
     routes_update: std::sync::Mutex<()>,
 }
 
@@ -132,7 +139,14 @@ impl Edge {
         let http_addr = local_addr(&http, config.http_addr)?;
 
         let metrics = Arc::new(MetricsRegistry::default());
-        let upstreams = Arc::new(Upstreams::new(DOWN_COOLOFF));
+        let upstreams = Arc::new(Upstreams::new(
+            DOWN_COOLOFF,
+            PoolLimits {
+                max_connections: config.max_upstream_connections,
+                idle_timeout: config.upstream_idle_timeout,
+            },
+        ));
+        let reaper = upstream::spawn_reaper(&upstreams);
         let (phase, phase_receiver) = watch::channel(Phase::Running);
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let proxy = Arc::new(Proxy::new(
@@ -147,6 +161,7 @@ impl Edge {
             https_addr.port(),
             hooks.acme_challenges,
             metrics.clone(),
+            table.clone(),
         ));
         let listeners = Arc::new(Listeners {
             config: config.clone(),
@@ -172,6 +187,7 @@ impl Edge {
             connections,
             phase,
             accept_tasks: std::sync::Mutex::new(accept_tasks),
+            reaper,
             routes_update: std::sync::Mutex::new(()),
         })
     }
@@ -235,6 +251,7 @@ impl Edge {
 
 impl Drop for Edge {
     fn drop(&mut self) {
+        self.reaper.abort();
         self.phase.send_replace(Phase::Closed);
     }
 }

@@ -20,7 +20,7 @@ use crate::access_log::AccessLogSink;
 use crate::body::{BodyFailure, EdgeBody, Http2Body, RequestBody, RequestRecord};
 use crate::client::{self, Connection, ResponseBody, ResponseHead};
 use crate::config::EdgeConfig;
-use crate::forwarded::{UpstreamHead, write_upstream_head};
+use crate::forwarded::{UpstreamBody, UpstreamHead, write_upstream_head};
 use crate::metrics::MetricsRegistry;
 use crate::pool::{AttemptError, Checkout};
 use crate::redirect::strip_port;
@@ -345,9 +345,9 @@ impl Proxy {
                 Checkout::Idle(connection) => (connection, true),
                 Checkout::Open(permit) => {
                     let timeout = self.config.upstream_connect_timeout;
-                    let connection = client::connect(endpoint.addr, timeout).await;
-                    drop(permit);
-                    (connection?, false)
+                    let mut connection = client::connect(endpoint.addr, timeout).await?;
+                    permit.opened(&mut connection);
+                    (connection, false)
                 }
             };
             match connection.exchange(method, head, body, upstream).await {
@@ -382,18 +382,51 @@ impl Proxy {
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or_default(),
         };
-        let declared_length = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|value| crate::forwarded::content_length(value.as_bytes()));
-        let target = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |target| target.as_str());
+        // The same rules as HTTP/1.1 for what the edge decides (h2 itself refuses
+        // connection-specific headers and a body that disagrees with its length).
+        let refuse = |why: &str| {
+            let mut response =
+                Response::new(EdgeBody::full(Bytes::from(format!("400 {why}\n")), None));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            response
+        };
+        if parts.method == Method::CONNECT {
+            return refuse("CONNECT is not proxied");
+        }
+        if !crate::uri::valid_host(host.as_bytes()) {
+            return refuse("invalid host");
+        }
+        let mut declared_length = None;
+        for value in parts.headers.get_all(header::CONTENT_LENGTH) {
+            let Some(length) = crate::forwarded::content_length(value.as_bytes()) else {
+                return refuse("invalid content-length");
+            };
+            if declared_length.is_some_and(|seen| seen != length) {
+                return refuse("conflicting content-length");
+            }
+            declared_length = Some(length);
+        }
+        let path = parts.uri.path();
+        let normal = match crate::uri::normalize_path(path) {
+            Ok(normal) => normal,
+            Err(error) => return refuse(error.reason()),
+        };
+        let target = match (&normal, parts.uri.query()) {
+            (std::borrow::Cow::Borrowed(_), _) => std::borrow::Cow::Borrowed(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |target| target.as_str()),
+            ),
+            (std::borrow::Cow::Owned(normal), None) => std::borrow::Cow::Borrowed(normal.as_str()),
+            (std::borrow::Cow::Owned(normal), Some(query)) => {
+                std::borrow::Cow::Owned(format!("{normal}?{query}"))
+            }
+        };
         let inbound = Inbound {
             method: &parts.method,
             host,
-            path: parts.uri.path(),
+            path: &normal,
             protocol: "HTTP/2.0",
             declared_length,
         };
@@ -411,7 +444,11 @@ impl Proxy {
                 target: target.as_bytes(),
                 host: host.as_bytes(),
                 upgrade: None,
-                chunked: !empty && declared_length.is_none(),
+                body: match declared_length {
+                    Some(length) => UpstreamBody::Length(length),
+                    None if empty => UpstreamBody::None,
+                    None => UpstreamBody::Chunked,
+                },
                 forwarding: &context.forwarding,
             },
             headers.iter().copied(),
@@ -457,13 +494,16 @@ impl Proxy {
         }
         let mut headers = HeaderMap::new();
         {
-            for (name, value) in connection.headers_to_pass_on(head.framing) {
+            for (name, value) in connection.headers_to_pass_on() {
                 let (Ok(name), Ok(value)) =
                     (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
                 else {
                     continue;
                 };
                 headers.append(name, value);
+            }
+            if let Some(length) = head.length_to_pass_on() {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
             }
         }
         self.add_hsts(&mut headers);

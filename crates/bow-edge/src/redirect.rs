@@ -1,5 +1,7 @@
 //! The plain-HTTP port: a 308 redirect to HTTPS for everything except ACME HTTP-01
-//! challenges, which go to a pluggable [`AcmeChallengeHandler`].
+//! challenges, which go to a pluggable [`AcmeChallengeHandler`]. Only a host the route table
+//! serves is redirected to: any other (or a malformed one) gets 4xx, so the port never
+//! echoes an arbitrary `Host` into `Location`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,8 +10,12 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use arc_swap::ArcSwap;
+
 use crate::body::EdgeBody;
 use crate::metrics::MetricsRegistry;
+use crate::routes::normalized_host;
+use crate::upstream::ActiveTable;
 
 /// Where ACME HTTP-01 challenge tokens are answered (`/.well-known/acme-challenge/TOKEN`).
 pub trait AcmeChallengeHandler: Send + Sync + 'static {
@@ -33,6 +39,8 @@ pub(crate) struct Redirect {
     https_port: u16,
     acme: Arc<dyn AcmeChallengeHandler>,
     metrics: Arc<MetricsRegistry>,
+    /// The routes: which hosts are served.
+    table: Arc<ArcSwap<ActiveTable>>,
 }
 
 impl Redirect {
@@ -40,11 +48,13 @@ impl Redirect {
         https_port: u16,
         acme: Arc<dyn AcmeChallengeHandler>,
         metrics: Arc<MetricsRegistry>,
+        table: Arc<ArcSwap<ActiveTable>>,
     ) -> Self {
         Redirect {
             https_port,
             acme,
             metrics,
+            table,
         }
     }
 
@@ -52,27 +62,30 @@ impl Redirect {
         self.metrics
             .http_port_requests
             .fetch_add(1, Ordering::Relaxed);
-        let host = request
-            .uri()
-            .host()
-            .map(str::to_string)
-            .or_else(|| {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|value| value.to_str().ok())
-                    .map(|host| strip_port(host).to_string())
-            })
-            .filter(|host| !host.is_empty());
-        let Some(host) = host else {
+        let named = match request.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => request
+                .headers()
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok()),
+        };
+        let Some(named) = named.filter(|host| !host.is_empty()) else {
             return text(StatusCode::BAD_REQUEST, "400 missing host header");
         };
+        if !crate::uri::valid_host(named.as_bytes()) {
+            return text(StatusCode::BAD_REQUEST, "400 invalid host header");
+        }
+        let host = normalized_host(strip_port(named)).into_owned();
         let path = request.uri().path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
             return match self.acme.key_authorization(&host, token) {
                 Some(answer) => text(StatusCode::OK, &answer),
                 None => text(StatusCode::NOT_FOUND, "404 unknown acme challenge"),
             };
+        }
+        let table = self.table.load();
+        if !(table.has_host(&host) || table.has_host(crate::ANY_HOST)) {
+            return text(StatusCode::NOT_FOUND, "404 no route for this host");
         }
         let path_and_query = request
             .uri()

@@ -77,9 +77,26 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// A table from routes. Refused: an empty host, a prefix not starting with `/`, the same
-    /// host and prefix twice, or one endpoint id with two different addresses.
-    pub fn new(routes: Vec<Route>) -> Result<Self, EdgeError> {
+    /// A table from routes. Each path prefix is put in the normal form request paths are
+    /// matched in (`/a/./b` → `/a/b`, `%7e` → `~`). Refused: an empty host, a prefix not
+    /// starting with `/` or that the normaliser refuses, the same host and prefix twice, or
+    /// one endpoint id with two different addresses.
+    pub fn new(mut routes: Vec<Route>) -> Result<Self, EdgeError> {
+        for route in routes
+            .iter_mut()
+            .filter(|route| route.path_prefix.starts_with('/'))
+        {
+            match crate::uri::normalize_path(&route.path_prefix) {
+                Ok(std::borrow::Cow::Borrowed(_)) => {}
+                Ok(std::borrow::Cow::Owned(normal)) => route.path_prefix = normal,
+                Err(error) => {
+                    return Err(EdgeError::InvalidRoute {
+                        route: route.label(),
+                        reason: error.reason().replace("the path", "the path prefix"),
+                    });
+                }
+            }
+        }
         let mut seen = HashMap::new();
         let mut endpoint_addrs: HashMap<&str, SocketAddr> = HashMap::new();
         for route in &routes {
@@ -119,9 +136,12 @@ impl RouteTable {
         &self.routes
     }
 
-    /// The route for a request: exact host, then the longest matching path prefix.
+    /// The route for a request: exact host, then the longest prefix matching its normalised
+    /// path (none for a path the normaliser refuses).
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Route> {
         let host = normalize_host(host);
+        let path = crate::uri::normalize_path(path).ok()?;
+        let path = &*path;
         self.routes
             .iter()
             .filter(|route| route.host == host && prefix_matches(&route.path_prefix, path))
@@ -180,6 +200,9 @@ mod tests {
         assert_eq!(service("/api/users"), "back");
         assert_eq!(service("/apix"), "front");
         assert_eq!(service("/api/v2/x"), "v2");
+        assert_eq!(service("/x/../api/y"), "back");
+        assert_eq!(service("/api/%2e%2e/secret"), "front");
+        assert!(table.lookup("example.com", "/api/..%2fsecret").is_none());
         assert!(table.lookup("other.com", "/").is_none());
         assert!(table.lookup("EXAMPLE.com.", "/").is_some());
     }
@@ -191,6 +214,10 @@ mod tests {
             Route::new("a.com", "/", backend("y")),
         ]);
         assert!(dup.unwrap_err().to_string().contains("appear twice"));
+        let normalised = RouteTable::new(vec![Route::new("a.com", "/a/./b/%7e", backend("x"))]);
+        assert_eq!(normalised.unwrap().routes()[0].path_prefix, "/a/b/~");
+        let refused = RouteTable::new(vec![Route::new("a.com", "/a/%zz", backend("x"))]);
+        assert!(refused.unwrap_err().to_string().contains("percent escape"));
         let prefix = RouteTable::new(vec![Route::new("a.com", "api", backend("x"))]);
         assert!(
             prefix

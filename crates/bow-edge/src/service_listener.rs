@@ -24,10 +24,11 @@ use crate::access_log::DiscardAccessLog;
 use crate::config::{EdgeConfig, Scheme, TlsSource};
 use crate::error::EdgeError;
 use crate::metrics::MetricsRegistry;
+use crate::pool::PoolLimits;
 use crate::proxy::{DOWN_COOLOFF, Proxy};
 use crate::routes::{Backend, Endpoint, Route, RouteTable};
 use crate::server::{ConnContext, Phase, accept_connections, closed, serve_plain};
-use crate::upstream::{ActiveTable, DrainOutcome, EndpointState, Upstreams};
+use crate::upstream::{self, ActiveTable, DrainOutcome, EndpointState, Upstreams};
 use crate::{MetricsSnapshot, bind, close_gracefully, install_table, local_addr};
 
 /// What a service listener speaks.
@@ -120,6 +121,8 @@ pub struct ServiceListener {
     connections: Arc<Semaphore>,
     phase: watch::Sender<Phase>,
     accept_tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Closes idle upstream connections on a timer.
+    reaper: JoinHandle<()>,
     endpoints_update: std::sync::Mutex<()>,
 }
 
@@ -145,7 +148,14 @@ impl ServiceListener {
         let listener = bind(config.addr)?;
         let addr = local_addr(&listener, config.addr)?;
         let table = Arc::new(ArcSwap::from_pointee(ActiveTable::default()));
-        let upstreams = Arc::new(Upstreams::new(DOWN_COOLOFF));
+        let upstreams = Arc::new(Upstreams::new(
+            DOWN_COOLOFF,
+            PoolLimits {
+                max_connections: edge_config.max_upstream_connections,
+                idle_timeout: edge_config.upstream_idle_timeout,
+            },
+        ));
+        let reaper = upstream::spawn_reaper(&upstreams);
         let metrics = Arc::new(MetricsRegistry::default());
         let connections = Arc::new(Semaphore::new(config.max_connections));
         let (phase, phase_receiver) = watch::channel(Phase::Running);
@@ -178,6 +188,7 @@ impl ServiceListener {
             connections,
             phase,
             accept_tasks: std::sync::Mutex::new(vec![accept_task]),
+            reaper,
             endpoints_update: std::sync::Mutex::new(()),
         };
         listener.set_endpoints(Vec::new());
@@ -233,6 +244,7 @@ impl ServiceListener {
 
 impl Drop for ServiceListener {
     fn drop(&mut self) {
+        self.reaper.abort();
         self.phase.send_replace(Phase::Closed);
         let tasks = self
             .accept_tasks

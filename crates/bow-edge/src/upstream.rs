@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::metrics::{MetricsRegistry, RouteStats};
-use crate::pool::IdleConnections;
+use crate::pool::{IdleConnections, PoolLimits};
 use crate::routes::{RouteTable, normalize_host, prefix_matches};
 
 /// How a call to [`crate::Edge::drain`] ended.
@@ -41,7 +41,7 @@ pub(crate) struct EndpointState {
 }
 
 impl EndpointState {
-    fn new(id: &str, addr: SocketAddr) -> Self {
+    fn new(id: &str, addr: SocketAddr, limits: PoolLimits) -> Self {
         EndpointState {
             id: Arc::from(id),
             addr,
@@ -49,7 +49,7 @@ impl EndpointState {
             retired: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
             idle: Notify::new(),
-            connections: IdleConnections::default(),
+            connections: IdleConnections::new(limits),
         }
     }
 
@@ -118,14 +118,16 @@ impl ActiveTable {
 pub(crate) struct Upstreams {
     epoch: Instant,
     cooloff: Duration,
+    limits: PoolLimits,
     states: Mutex<HashMap<String, Arc<EndpointState>>>,
 }
 
 impl Upstreams {
-    pub(crate) fn new(cooloff: Duration) -> Self {
+    pub(crate) fn new(cooloff: Duration, limits: PoolLimits) -> Self {
         Upstreams {
             epoch: Instant::now(),
             cooloff,
+            limits,
             states: Mutex::new(HashMap::new()),
         }
     }
@@ -159,7 +161,8 @@ impl Upstreams {
                 let state = match reusable {
                     Some(state) => state.clone(),
                     None => {
-                        let state = Arc::new(EndpointState::new(&endpoint.id, endpoint.addr));
+                        let state =
+                            Arc::new(EndpointState::new(&endpoint.id, endpoint.addr, self.limits));
                         if let Some(old) = states.insert(endpoint.id.clone(), state.clone()) {
                             old.retired.store(true, Ordering::SeqCst);
                         }
@@ -247,6 +250,21 @@ impl Upstreams {
         }
     }
 
+    /// Closes every endpoint's idle connections past the idle timeout.
+    pub(crate) fn reap_idle(&self) {
+        let endpoints: Vec<Arc<EndpointState>> = self
+            .states
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for endpoint in endpoints {
+            endpoint.connections.reap(now);
+        }
+    }
+
     /// Takes an endpoint out for the cool-off after it refused or reset a connection.
     pub(crate) fn mark_down(&self, endpoint: &EndpointState) {
         let until = self.now_ms() + self.cooloff.as_millis() as u64;
@@ -295,10 +313,35 @@ impl Upstreams {
     }
 }
 
+/// Closes idle upstream connections on a timer (every half idle timeout), so that they do
+/// not outlive the idle timeout when no request touches their endpoint again. Ends when
+/// the upstreams are dropped; the owner aborts it sooner.
+pub(crate) fn spawn_reaper(upstreams: &Arc<Upstreams>) -> tokio::task::JoinHandle<()> {
+    let every = (upstreams.limits.idle_timeout / 2).max(Duration::from_millis(10));
+    let upstreams = Arc::downgrade(upstreams);
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(every);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer.tick().await;
+        loop {
+            timer.tick().await;
+            let Some(upstreams) = upstreams.upgrade() else {
+                return;
+            };
+            upstreams.reap_idle();
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::routes::{Backend, Endpoint, Route};
+
+    const LIMITS: PoolLimits = PoolLimits {
+        max_connections: 4,
+        idle_timeout: Duration::from_secs(60),
+    };
 
     fn table(ids: &[(&str, u16)]) -> RouteTable {
         let endpoints = ids
@@ -315,7 +358,7 @@ mod tests {
 
     #[test]
     fn least_outstanding_and_down_endpoints_are_avoided() {
-        let upstreams = Upstreams::new(Duration::from_secs(60));
+        let upstreams = Upstreams::new(Duration::from_secs(60), LIMITS);
         let metrics = MetricsRegistry::default();
         let (active, _) = upstreams.activate(&table(&[("web.1", 1), ("web.2", 2)]), &metrics);
         let route = active.lookup("a.com", "/").unwrap();
@@ -336,7 +379,7 @@ mod tests {
 
     #[tokio::test]
     async fn removed_endpoints_get_no_requests_and_drain() {
-        let upstreams = Upstreams::new(Duration::from_secs(2));
+        let upstreams = Upstreams::new(Duration::from_secs(2), LIMITS);
         let metrics = MetricsRegistry::default();
         let (active, _) = upstreams.activate(&table(&[("web.1", 1)]), &metrics);
         let guard = upstreams

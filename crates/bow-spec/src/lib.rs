@@ -373,6 +373,89 @@ mod tests {
     }
 
     #[test]
+    fn root_needs_allow_root_by_any_name() {
+        let file = "project: p\nservices:\n  a: {command: x, user: root}\n  b: {command: x, user: toor}\n  c: {command: x, user: toor, allow_root: true}\n";
+        let host = LoadOptions {
+            uid0_users: vec!["toor".to_string()],
+            ..LoadOptions::default()
+        };
+        let errors = validate_with(file, &host);
+        let found: Vec<(&str, usize)> = errors
+            .iter()
+            .map(|d| (d.path.as_str(), d.span.line))
+            .collect();
+        assert_eq!(
+            found,
+            [("services.a.user", 3), ("services.b.user", 4)],
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].message.contains("uid 0 on this host"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0]
+                .hint
+                .as_deref()
+                .unwrap()
+                .contains("allow_root: true")
+        );
+        // Elsewhere `toor` is an ordinary user.
+        assert_eq!(validate(file, false).len(), 1);
+    }
+
+    #[test]
+    fn chaos_drills_are_denied_unless_an_environment_allows_them() {
+        let file = "project: p\nservices:\n  a: {command: x}\nenvironments:\n  staging: {chaos: allow}\n  production: {}\n";
+        let load_env = |environment: &str| {
+            let options = LoadOptions {
+                environment: environment.to_string(),
+                ..LoadOptions::default()
+            };
+            load(file, &options).unwrap().chaos
+        };
+        assert_eq!(load_env("development"), Chaos::Deny);
+        assert_eq!(load_env("staging"), Chaos::Allow);
+        assert_eq!(load_env("production"), Chaos::Deny);
+        let everywhere = "project: p\nchaos: allow\nservices:\n  a: {command: x}\nenvironments:\n  production: {chaos: deny}\n";
+        let production = LoadOptions {
+            environment: "production".to_string(),
+            ..LoadOptions::default()
+        };
+        assert_eq!(load(everywhere, &production).unwrap().chaos, Chaos::Deny);
+        assert_eq!(
+            load(everywhere, &LoadOptions::default()).unwrap().chaos,
+            Chaos::Allow
+        );
+        let errors = validate(
+            "project: p\nchaos: yes\nservices:\n  a: {command: x}\n",
+            false,
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!((errors[0].path.as_str(), errors[0].span.line), ("chaos", 2));
+        assert!(
+            errors[0].message.contains("expected allow or deny"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn system_dirs_are_refused_lexically() {
+        assert_eq!(system_dir("/"), Some("/"));
+        assert_eq!(system_dir("/etc/ssl/private"), Some("/etc"));
+        assert_eq!(system_dir("/srv/../etc"), Some("/etc"));
+        assert_eq!(
+            system_dir("/var/lib/bow/p-development/logs"),
+            Some("/var/lib/bow")
+        );
+        assert_eq!(system_dir("/usr"), Some("/usr"));
+        assert_eq!(system_dir("/usr/local/app"), None);
+        assert_eq!(system_dir("/home/ann/app"), None);
+        assert_eq!(system_dir("/etcetera"), None);
+        assert_eq!(system_dir("./etc"), None);
+    }
+
+    #[test]
     fn paths_are_anchored_at_the_file() {
         let mut spec = load(
             "project: p\nservices:\n  a: {command: x, dir: ./web/../api}\n  b: {command: y}\n",

@@ -97,6 +97,11 @@ impl Reader {
             .push(Diagnostic::new(path, span, message, hint));
     }
 
+    /// True once reporting stopped (`MAX_DIAGNOSTICS`): callers may skip costly hints.
+    pub fn is_full(&self) -> bool {
+        self.diagnostics.len() > MAX_DIAGNOSTICS
+    }
+
     /// Suppresses further diagnostics that start inside `span`.
     pub fn poison(&mut self, span: Span) {
         let end = self.poisoned.entry(span.start).or_insert(span.end);
@@ -122,7 +127,7 @@ impl Reader {
         };
         for (key, _) in entries {
             let name = key.scalar().unwrap_or_default();
-            if !allowed.contains(&name) {
+            if !allowed.contains(&name) && !self.is_full() {
                 let hint = match did_you_mean(name, allowed.iter().copied()) {
                     Some(close) => format!("did you mean `{close}`?"),
                     None => format!("known keys here: {}", allowed.join(", ")),

@@ -20,6 +20,18 @@ pub struct Spec {
     pub vars: BTreeMap<String, String>,
     pub edge: Edge,
     pub services: BTreeMap<String, Service>,
+    /// Whether `bow chaos` drills may run in this environment.
+    #[serde(default)]
+    pub chaos: Chaos,
+}
+
+/// `chaos: allow | deny`: chaos drills (`bow chaos`) run only where they are allowed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Chaos {
+    Allow,
+    #[default]
+    Deny,
 }
 
 /// The HTTPS edge that fronts every service with `routes`.

@@ -165,6 +165,6 @@ fn every_key_the_decoder_reads_is_in_the_vocabulary() {
         .collect();
     assert!(
         missing.is_empty(),
-        "keys the decoder reads but no key list names (add them to a list in decode.rs): {missing:?}"
+        "keys the decoder reads but no key list names (add them to a list in decode/mod.rs): {missing:?}"
     );
 }

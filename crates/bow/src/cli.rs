@@ -156,6 +156,12 @@ pub enum Command {
         stack: StackArgs,
         service: String,
     },
+    /// A chaos drill: kill or pause instances for a bounded time, then report what the edge
+    /// served and whether the system came back to where it was (needs `chaos: allow`)
+    Chaos {
+        #[command(subcommand)]
+        drill: ChaosDrill,
+    },
     /// Stop every instance and the agent
     Down {
         #[command(flatten)]
@@ -284,4 +290,35 @@ pub enum ConfigOutput {
     #[default]
     Yaml,
     Json,
+}
+
+/// The drills of `bow chaos`.
+#[derive(Debug, Subcommand)]
+pub enum ChaosDrill {
+    /// SIGKILL a random running instance (of SERVICE, or of any service) at every interval
+    Kill {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: Option<String>,
+        /// Time between two kills
+        #[arg(long, default_value = "2s")]
+        every: bow_spec::units::Duration,
+        /// How long the drill lasts (at most 1h)
+        #[arg(long = "for", default_value = "30s")]
+        duration: bow_spec::units::Duration,
+        /// Seed of the random choice of victims (printed; the same seed picks the same way)
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// SIGSTOP one random running instance of SERVICE, SIGCONT it after the given time
+    Pause {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// How long it stays stopped (at most 1h)
+        #[arg(long = "for", default_value = "10s")]
+        duration: bow_spec::units::Duration,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }

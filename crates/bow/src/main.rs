@@ -78,6 +78,14 @@ fn main() -> ExitCode {
             commands::restart::run(&stack.or(&cli.stack), &service)
         }
         Command::Down { stack } => commands::down::run(&stack.or(&cli.stack)),
+        Command::Chaos { drill } => {
+            let stack = match &drill {
+                cli::ChaosDrill::Kill { stack, .. } | cli::ChaosDrill::Pause { stack, .. } => {
+                    stack.clone().or(&cli.stack)
+                }
+            };
+            commands::chaos::run(&stack, &drill)
+        }
         Command::Secret { command } => commands::secret::run(command, &cli.stack),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Agent {

@@ -140,6 +140,13 @@ pub fn render_diagnostics(file: &StackFile, diagnostics: &[Diagnostic]) -> Strin
     let name = file.path.display().to_string();
     let mut out = String::new();
     for diagnostic in diagnostics {
+        if line_length(&file.text, diagnostic.span.start) > MAX_RENDERED_LINE {
+            // A minified or hostile file: the source line would be megabytes (and miette
+            // cannot draw a caret that far in); the one-line form still has line:col.
+            out.push_str(&diagnostic.one_line(&name));
+            out.push('\n');
+            continue;
+        }
         let report = Rendered {
             message: diagnostic
                 .one_line(&name)
@@ -160,6 +167,24 @@ pub fn render_diagnostics(file: &StackFile, diagnostics: &[Diagnostic]) -> Strin
         out.push('\n');
     }
     out
+}
+
+/// Longer source lines are not drawn, only named by line and column.
+const MAX_RENDERED_LINE: usize = 4096;
+
+/// The length in bytes of the line holding byte `offset` of `text`.
+fn line_length(text: &str, offset: usize) -> usize {
+    let bytes = text.as_bytes();
+    let offset = offset.min(bytes.len());
+    let start = bytes[..offset]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    let end = bytes[offset..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |at| offset + at);
+    end - start
 }
 
 #[derive(Debug)]

@@ -403,3 +403,116 @@ pub async fn load(
     }
     total
 }
+
+pub mod reference;
+
+/// What a [`RecordingUpstream`] saw on one connection.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// Every byte the edge sent on it, in order.
+    pub bytes: Vec<u8>,
+    /// The whole requests the reference read from them (each was answered 200).
+    pub requests: Vec<reference::Request>,
+    /// Why the reference stopped reading, when the bytes were not a valid request.
+    pub invalid: Option<String>,
+    /// The edge closed the connection.
+    pub closed: bool,
+}
+
+/// An upstream on a raw socket that records exactly the bytes it gets, reads them with the
+/// [`reference`] reader and answers each whole request `200` with `ok` (`keep-alive`).
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>>,
+    task: JoinHandle<()>,
+}
+
+impl RecordingUpstream {
+    pub async fn start() -> RecordingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections: Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>> = Arc::default();
+        let all = connections.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = Arc::new(Mutex::new(Recorded::default()));
+                all.lock().unwrap().push(recorded.clone());
+                tokio::spawn(record_connection(stream, recorded));
+            }
+        });
+        RecordingUpstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::new("raw.1", self.addr)
+    }
+
+    /// A copy of what every connection got so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|recorded| recorded.lock().unwrap().clone())
+            .collect()
+    }
+
+    /// Forgets the requests recorded so far (connections stay known: the edge reuses them).
+    pub fn clear(&self) {
+        for recorded in self.connections.lock().unwrap().iter() {
+            recorded.lock().unwrap().requests.clear();
+        }
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn record_connection(mut stream: TcpStream, recorded: Arc<Mutex<Recorded>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut unread: Vec<u8> = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let count = stream.read(&mut buffer).await.unwrap_or(0);
+        if count == 0 {
+            recorded.lock().unwrap().closed = true;
+            return;
+        }
+        unread.extend_from_slice(&buffer[..count]);
+        recorded
+            .lock()
+            .unwrap()
+            .bytes
+            .extend_from_slice(&buffer[..count]);
+        loop {
+            match reference::read(&unread) {
+                reference::Read::Request(request) => {
+                    unread.drain(..request.consumed);
+                    recorded.lock().unwrap().requests.push(request);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+                reference::Read::Partial => break,
+                reference::Read::Invalid(why) => {
+                    recorded.lock().unwrap().invalid = Some(why);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+}

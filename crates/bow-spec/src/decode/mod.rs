@@ -22,7 +22,14 @@ use crate::schema::*;
 use crate::units::{Duration, Size};
 use crate::yaml::Node;
 
-pub const TOP_KEYS: &[&str] = &["project", "vars", "environments", "edge", "services"];
+pub const TOP_KEYS: &[&str] = &[
+    "project",
+    "vars",
+    "environments",
+    "edge",
+    "services",
+    "chaos",
+];
 pub const EDGE_KEYS: &[&str] = &[
     "http_port",
     "https_port",
@@ -181,7 +188,12 @@ pub fn spec(
             Some("add a `services:` mapping with at least one service".to_string()),
         ),
     }
+    let chaos = match top.get("chaos") {
+        Some((node, path)) => chaos(node, &path, reader).unwrap_or_default(),
+        None => Chaos::default(),
+    };
     Some(Spec {
+        chaos,
         project: project.unwrap_or_default(),
         environment: options.environment.clone(),
         vars,
@@ -275,4 +287,24 @@ fn names(node: &Node, path: &str, what: &str, reader: &mut Reader) -> Vec<String
         }
     }
     out
+}
+
+/// `chaos: allow | deny`.
+fn chaos(node: &Node, path: &str, reader: &mut Reader) -> Option<Chaos> {
+    match node.scalar() {
+        Some("allow") => Some(Chaos::Allow),
+        Some("deny") => Some(Chaos::Deny),
+        _ => {
+            reader.error(
+                path,
+                node.span,
+                format!("expected allow or deny, found {}", node.describe()),
+                Some(
+                    "`chaos: allow` lets `bow chaos` drills run in this environment (set it under `environments:` for one)"
+                        .to_string(),
+                ),
+            );
+            None
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod chaos;
 pub mod config;
 pub mod down;
 pub mod events;

@@ -12,7 +12,7 @@ use crate::session;
 pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
     let state_dir = session::state_dir_only(args)?;
     let report = match session::call(&state_dir, &Request::Status, Duration::from_secs(10))? {
-        Some(Response::Status(report)) => report,
+        Some(Response::Status(report)) => *report,
         _ => return Err(session::no_agent(&state_dir)),
     };
     match output {

@@ -192,7 +192,7 @@ fn wait_healthy(session: &Session) -> Result<ExitCode> {
     let started = Instant::now();
     loop {
         let report = match session.call(&Request::Status, Duration::from_secs(10))? {
-            Some(Response::Status(report)) => report,
+            Some(Response::Status(report)) => *report,
             _ => return Err(crate::session::no_agent(&session.state_dir)),
         };
         // Routed services are served only once the edge listens; an edge that cannot start
