@@ -10,6 +10,7 @@ mod agent;
 pub mod api;
 pub mod backoff;
 pub mod client;
+mod container_net;
 mod deploy;
 pub mod discovery;
 mod drivers;

@@ -1,6 +1,6 @@
 //! `bow-testapp`: the fixture web service bow's integration tests run, steered by environment variables.
 //!
-//! It listens on 127.0.0.1:$PORT and answers `GET /healthz` and `GET /`; see [`config::Config`]
+//! It listens on 127.0.0.1:$PORT ($TESTAPP_HOST:$PORT when set) and answers `GET /healthz` and `GET /`; see [`config::Config`]
 //! for the `TESTAPP_*` switches that make it crash, start slowly, fail health checks, ignore
 //! SIGTERM or grow its memory.
 
@@ -53,18 +53,21 @@ fn main() {
     if let Some(delay) = config.start_delay {
         std::thread::sleep(delay);
     }
-    let listener = match TcpListener::bind(("127.0.0.1", config.port)) {
+    // 127.0.0.1 unless TESTAPP_HOST says otherwise (0.0.0.0 in the test image: a container
+    // is reached on its own network's address).
+    let host = env
+        .get("TESTAPP_HOST")
+        .map_or("127.0.0.1", String::as_str)
+        .to_string();
+    let listener = match TcpListener::bind((host.as_str(), config.port)) {
         Ok(listener) => listener,
         Err(error) => {
-            eprintln!(
-                "testapp: cannot listen on 127.0.0.1:{}: {error}",
-                config.port
-            );
+            eprintln!("testapp: cannot listen on {host}:{}: {error}", config.port);
             std::process::exit(1);
         }
     };
     println!(
-        "listening on 127.0.0.1:{} version={}",
+        "listening on {host}:{} version={}",
         config.port, config.version
     );
     let app = Arc::new(App {
