@@ -8,8 +8,8 @@ mod support;
 use std::time::Duration;
 
 use support::containers::{containers_of, docker, docker_ok, testapp_image};
-use support::procs::{free_port, http_get, is_root};
-use support::stack::{Stack, WAIT, instance};
+use support::procs::{free_port, http_get, is_root, kill, wait_gone};
+use support::stack::{Stack, WAIT, instance, pid_in, show_events};
 
 fn curl(args: &[&str]) -> (bool, String) {
     let output = std::process::Command::new("curl")
@@ -69,5 +69,204 @@ fn a_container_starts_turns_healthy_serves_through_the_edge_and_down_removes_it(
         "bow down left containers: {:?}",
         containers_of(&stack.project)
     );
-    let _ = (docker, docker_ok, Duration::from_secs(1));
+}
+
+fn web_stack(label: &str, replicas: u32, extra: &str) -> Stack {
+    let image = testapp_image();
+    Stack::new(
+        label,
+        &format!(
+            "services:\n  web:\n    image: {image}\n    replicas: {replicas}\n    \
+             health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n{extra}"
+        ),
+    )
+}
+
+#[test]
+fn a_killed_container_is_restarted_and_a_killed_agent_adopts_them_without_duplicates() {
+    assert!(is_root(), "this test needs root");
+    let stack = web_stack("ctr-crash", 2, "");
+    let status = stack.up_ok();
+    let pid = pid_in(&status, "web.1").expect("web.1 has a pid");
+    kill(pid, libc::SIGKILL);
+    wait_gone(pid, WAIT);
+    stack.wait_status("web.1 healthy again in a new container", WAIT, |s| {
+        instance(s, "web.1")
+            .is_some_and(|i| i["health"] == "healthy" && i["pid"].as_i64() != Some(pid as i64))
+    });
+    let events = stack.events();
+    assert!(
+        events.iter().any(|e| e.is("exited", "web.1"))
+            && events.iter().any(|e| e.is("restarted", "web.1")),
+        "{}",
+        show_events(&events)
+    );
+    // The killed container was removed: one container per instance.
+    let before = containers_of(&stack.project);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let agent = stack.agent_pid_file().expect("agent.pid");
+    kill(agent, libc::SIGKILL);
+    wait_gone(agent, WAIT);
+    let ran = stack.up();
+    assert_eq!(
+        ran.code,
+        0,
+        "bow up -d after the agent was killed: {}",
+        ran.describe()
+    );
+    stack.wait_status("adopted and healthy", WAIT, support::stack::all_healthy);
+    let mut after = containers_of(&stack.project);
+    let mut expected = before.clone();
+    after.sort();
+    expected.sort();
+    assert_eq!(
+        after,
+        expected,
+        "the same containers, adopted: none new, none lost\n{}",
+        show_events(&stack.events())
+    );
+    let events = stack.events();
+    for id in ["web.1", "web.2"] {
+        assert!(
+            events.iter().any(|e| e.is("adopted", id)),
+            "no adopted event for {id}: {}",
+            show_events(&events)
+        );
+    }
+    // Output written while no agent ran still reaches bow's log.
+    let port = instance(&stack.status_ok(), "web.1").unwrap()["port"]
+        .as_u64()
+        .unwrap() as u16;
+    assert_eq!(http_get(port, "/after-adoption").0, 404);
+    stack.wait_log("web.1", "GET /after-adoption 404", 1, WAIT);
+    let down = stack.down();
+    assert_eq!(down.code, 0, "{}", down.describe());
+    assert!(containers_of(&stack.project).is_empty());
+}
+
+#[test]
+fn a_container_and_a_process_call_each_other_by_name() {
+    assert!(
+        is_root(),
+        "this test needs root: names live in a mount namespace"
+    );
+    let image = testapp_image();
+    let testapp = support::stack::testapp();
+    let (api_port, front_port) = (free_port(), free_port());
+    // `front` is a container whose image listens on a fixed port (80); its check calls the
+    // process `api` by name. `api`'s check calls the container `front` by name.
+    let stack = Stack::new(
+        "ctr-names",
+        &format!(
+            "services:\n  front:\n    image: {image}\n    container_port: 80\n    port: {front_port}\n    replicas: 2\n    \
+             health: {{ exec: \"bow-testapp fetch http://api:{api_port}/healthz\", interval: 300ms, timeout: 3s, retries: 5 }}\n  \
+             api:\n    command: {testapp}\n    port: {api_port}\n    \
+             health: {{ http: /healthz, interval: 200ms }}\n  \
+             caller:\n    command: \"sh -c 'while true; do {testapp} fetch http://front:{front_port}/ && echo; echo FETCHED; sleep 0.3; done'\"\n    depends_on: [front]\n",
+            testapp = testapp.display()
+        ),
+    );
+    let status = stack.up_ok();
+    for id in ["front.1", "front.2", "api.1", "caller.1"] {
+        assert_eq!(
+            instance(&status, id).unwrap()["health"],
+            "healthy",
+            "{status}"
+        );
+    }
+    // The container listens on 80 inside: two replicas, no clash; env tells it its own port.
+    let front = instance(&status, "front.1").unwrap();
+    let endpoint = front["endpoint"].as_str().unwrap_or_default();
+    assert!(endpoint.ends_with(":80"), "{front}");
+    let env = docker_ok(&["exec", &container_of(&stack, "front.1"), "env"]);
+    assert!(env.contains("PORT=80"), "{env}");
+    assert!(env.contains(&format!("BOW_API_PORT={api_port}")), "{env}");
+    let hosts = docker_ok(&[
+        "exec",
+        &container_of(&stack, "front.1"),
+        "cat",
+        "/etc/hosts",
+    ]);
+    assert!(
+        hosts.contains(" api ") || hosts.contains("\tapi "),
+        "{hosts}"
+    );
+    stack.down();
+}
+
+/// The container id of an instance.
+fn container_of(stack: &Stack, id: &str) -> String {
+    docker_ok(&[
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        &format!("label=dev.bow.scope={}-development", stack.project),
+        "--filter",
+        &format!("label=dev.bow.instance={id}"),
+    ])
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn secrets_are_files_in_the_container_and_nowhere_else() {
+    assert!(is_root(), "this test needs root");
+    let stack = web_stack(
+        "ctr-secrets",
+        1,
+        "    user: app\n    secrets: [api_key]\n    env: { TESTAPP_ECHO_ENV: \"PORT\" }\n",
+    );
+    support::secrets::use_key(&stack, "ctr-secrets");
+    support::secrets::init_and_set(&stack, &[("api_key", "s3cr3t-value-42")]);
+    stack.up_ok();
+    let id = container_of(&stack, "web.1");
+    let listing = docker_ok(&["exec", &id, "ls", "-ln", "/run/secrets"]);
+    assert!(
+        listing.contains("-r--------") && listing.contains(" 1000 ") && listing.contains("api_key"),
+        "{listing}"
+    );
+    let value = docker_ok(&["exec", "-u", "1000", &id, "cat", "/run/secrets/api_key"]);
+    assert_eq!(value.trim(), "s3cr3t-value-42");
+    // Not in the container's env, not in what the engine shows, not in bow's logs.
+    let inspect = docker_ok(&["inspect", &id]);
+    assert!(
+        !inspect.contains("s3cr3t-value-42"),
+        "docker inspect shows the secret"
+    );
+    let env = docker_ok(&["exec", &id, "env"]);
+    assert!(!env.contains("s3cr3t-value-42"), "{env}");
+    assert!(env.contains("BOW_SECRETS_DIR=/run/secrets"), "{env}");
+    // A secret the program prints is redacted in bow's log.
+    docker_ok(&[
+        "exec",
+        &id,
+        "sh",
+        "-c",
+        "cat /run/secrets/api_key > /proc/1/fd/1",
+    ]);
+    stack.wait_log("web.1", "[redacted:api_key]", 1, WAIT);
+    let log = std::fs::read_to_string(stack.state_dir.join("logs/web.1.log")).unwrap();
+    assert!(!log.contains("s3cr3t-value-42"), "{log}");
+    stack.down();
+    let _ = docker;
+}
+
+#[test]
+fn the_memory_limit_holds_in_a_container() {
+    assert!(is_root(), "this test needs root");
+    let stack = web_stack(
+        "ctr-memory",
+        1,
+        "    resources: { memory: 64M }\n    env: { TESTAPP_GROW_MEMORY: 8M }\n",
+    );
+    let ran = stack.up();
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    let events = stack.wait_event("oom-killed", Duration::from_secs(60), |e| {
+        e.is("oom-killed", "web.1")
+    });
+    let oom = events.iter().find(|e| e.is("oom-killed", "web.1")).unwrap();
+    assert!(oom.message.contains("memory limit"), "{oom}");
+    stack.down();
 }
