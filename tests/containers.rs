@@ -270,3 +270,101 @@ fn the_memory_limit_holds_in_a_container() {
     assert!(oom.message.contains("memory limit"), "{oom}");
     stack.down();
 }
+
+/// A stack of 3 `web` containers behind the edge, `APP_VERSION: v1`.
+fn routed_stack(label: &str, host: &str) -> (Stack, u16) {
+    let image = testapp_image();
+    let (http, https) = (free_port(), free_port());
+    let stack = Stack::new(
+        label,
+        &format!(
+            "edge: {{ http_port: {http}, https_port: {https} }}\n\
+             services:\n  web:\n    image: {image}\n    replicas: 3\n    routes: [\"{host}\"]\n    \
+             env: {{ APP_VERSION: v1 }}\n    \
+             health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n    \
+             deploy: {{ timeout: 6s, drain_timeout: 5s }}\n"
+        ),
+    );
+    (stack, https)
+}
+
+fn set_version(stack: &Stack, env: &str) {
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(&stack.file, text.replace("APP_VERSION: v1", env)).unwrap();
+}
+
+fn releases_running(status: &serde_json::Value) -> Vec<i64> {
+    let mut releases: Vec<i64> = support::stack::instances(status)
+        .iter()
+        .map(|i| i["release"].as_i64().unwrap_or(-1))
+        .collect();
+    releases.sort();
+    releases
+}
+
+#[test]
+fn a_rolling_deploy_of_three_containers_under_load_fails_no_request() {
+    assert!(is_root(), "this test needs root");
+    let host = "ctr-roll.bow.localhost";
+    let (stack, https) = routed_stack("ctr-roll", host);
+    stack.up_ok();
+    let load = support::load::Load::start(&stack, host, https, 12.0);
+    std::thread::sleep(Duration::from_secs(2));
+    set_version(&stack, "APP_VERSION: v2");
+    let ran = stack.run(&["apply", "--yes"], Duration::from_secs(90));
+    assert_eq!(ran.code, 0, "apply failed: {}", ran.describe());
+    assert!(
+        ran.output().contains("web: release 2 live (rolling"),
+        "{}",
+        ran.output()
+    );
+    load.mark();
+    assert_eq!(releases_running(&stack.status_ok()), [2, 2, 2]);
+    let report = load.finish();
+    assert!(
+        report["ok"].as_u64().unwrap() > 300,
+        "too few requests: {report}"
+    );
+    assert_eq!(
+        report["failed"],
+        0,
+        "failed requests: {report}\n{}",
+        show_events(&stack.events())
+    );
+    let after = report["after_mark"].as_object().unwrap();
+    assert!(after.len() == 1 && after.contains_key("v2"), "{report}");
+    // The replaced containers are gone: three, all of release 2.
+    assert_eq!(containers_of(&stack.project).len(), 3);
+    stack.down();
+}
+
+#[test]
+fn a_container_release_that_fails_its_checks_is_rolled_back_under_load() {
+    assert!(is_root(), "this test needs root");
+    let host = "ctr-back.bow.localhost";
+    let (stack, https) = routed_stack("ctr-back", host);
+    stack.up_ok();
+    let load = support::load::Load::start(&stack, host, https, 10.0);
+    std::thread::sleep(Duration::from_secs(1));
+    set_version(&stack, "APP_VERSION: v2, TESTAPP_FAIL_HEALTH: \"1\"");
+    let ran = stack.run(&["apply", "--yes"], Duration::from_secs(90));
+    assert_eq!(ran.code, 1, "apply must fail: {}", ran.describe());
+    let out = ran.output();
+    assert!(out.contains("web: release 2 FAILED"), "{out}");
+    assert!(
+        out.contains("rolled back: release 1 keeps serving"),
+        "{out}"
+    );
+    load.mark();
+    assert_eq!(releases_running(&stack.status_ok()), [1, 1, 1]);
+    let report = load.finish();
+    assert_eq!(report["failed"], 0, "failed requests: {report}");
+    let versions: Vec<&String> = report["versions"].as_object().unwrap().keys().collect();
+    assert_eq!(versions, ["v1"], "{report}");
+    assert_eq!(
+        containers_of(&stack.project).len(),
+        3,
+        "the failed ones are removed"
+    );
+    stack.down();
+}
