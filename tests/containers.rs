@@ -368,3 +368,61 @@ fn a_container_release_that_fails_its_checks_is_rolled_back_under_load() {
     );
     stack.down();
 }
+
+#[test]
+fn a_build_service_is_built_from_its_dockerfile_and_a_changed_context_rolls_it() {
+    assert!(is_root(), "this test needs root");
+    let base = testapp_image();
+    let port = free_port();
+    let stack = Stack::new(
+        "ctr-build",
+        &format!(
+            "services:\n  web:\n    build: {{ context: ./app, args: {{ GREETING: hello }} }}\n    port: {port}\n    \
+             health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n"
+        ),
+    );
+    stack.write(
+        "app/Dockerfile",
+        &format!(
+            "FROM {base}\nARG GREETING\nENV APP_VERSION=b1-$GREETING\nCOPY page.txt /page.txt\n"
+        ),
+    );
+    stack.write("app/page.txt", "one\n");
+    stack.write("app/.dockerignore", "notes/\n");
+    stack.write("app/notes/todo.txt", "not part of the image\n");
+    let status = stack.up_ok();
+    let web = instance(&status, "web.1").unwrap();
+    let (code, body) = http_get(web["port"].as_u64().unwrap() as u16, "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("b1-hello"), "{body}");
+    let events = stack.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "built" && e.message.contains("bow-build/")),
+        "{}",
+        show_events(&events)
+    );
+    // What .dockerignore leaves out is no new code; the Dockerfile is.
+    stack.write("app/notes/todo.txt", "edited\n");
+    let plan = stack.run(&["plan"], WAIT);
+    assert_eq!(plan.code, 0, "nothing to do: {}", plan.describe());
+    stack.write(
+        "app/Dockerfile",
+        &format!(
+            "FROM {base}\nARG GREETING\nENV APP_VERSION=b2-$GREETING\nCOPY page.txt /page.txt\n"
+        ),
+    );
+    let ran = stack.run(&["apply", "--yes"], Duration::from_secs(120));
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    assert!(
+        ran.output().contains("web: release 2 live"),
+        "{}",
+        ran.output()
+    );
+    let status = stack.status_ok();
+    let web = support::stack::instances(&status)[0].clone();
+    let (_, body) = http_get(web["port"].as_u64().unwrap() as u16, "/");
+    assert!(body.contains("b2-hello"), "{body}");
+    stack.down();
+}

@@ -97,6 +97,21 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
             return;
         }
     }
+    if matches!(&definition.workload, bow_spec::Workload::Container(c) if c.build.is_some()) {
+        agent.set_phase(&name, Phase::Building, "image");
+        if let Err(reason) = agent.build_image(&name, &definition).await {
+            agent.set_failed(
+                &name,
+                DeployFailure {
+                    reason,
+                    instance: None,
+                    last_lines: Vec::new(),
+                    serving: None,
+                },
+            );
+            return;
+        }
+    }
     // Instances whose release differs only in what the agent itself does (checks, timeouts,
     // replicas) take the new definition as they run.
     let stale: Vec<u32> = {

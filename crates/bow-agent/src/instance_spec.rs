@@ -101,9 +101,8 @@ fn build_container(
     context: &InstanceContext<'_>,
     secrets: Vec<bow_driver::SecretFile>,
 ) -> Result<InstanceSpec, String> {
-    let image = container.image.clone().ok_or_else(|| {
-        "the service has no image to run (`build:` without `image:` is built first)".to_string()
-    })?;
+    let image = crate::image_build::image_of(context.project, context.service_name, service)
+        .ok_or_else(|| "the service has no image to run".to_string())?;
     let network = context
         .container_network
         .clone()

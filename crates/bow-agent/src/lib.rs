@@ -20,6 +20,7 @@ mod error;
 mod fake_world;
 pub mod health;
 mod health_watch;
+mod image_build;
 mod instance_spec;
 mod ports;
 mod releases;

@@ -2,6 +2,7 @@
 //! Podman's Docker-compatible API), reached through bollard; nothing shells out to a CLI.
 //! See docs/containers.md for the model (network, ports, secrets, logs, adoption).
 
+pub mod build;
 mod driver;
 pub mod engine;
 mod logs;
