@@ -426,3 +426,97 @@ fn a_build_service_is_built_from_its_dockerfile_and_a_changed_context_rolls_it()
     assert!(body.contains("b2-hello"), "{body}");
     stack.down();
 }
+
+#[test]
+fn without_an_engine_plan_names_the_socket_and_only_the_container_services_fail() {
+    let image = "shop-web:1.0";
+    let stack = Stack::new(
+        "ctr-noengine",
+        &format!(
+            "services:\n  web:\n    image: {image}\n    replicas: 1\n  worker:\n    command: {{testapp}}\n"
+        ),
+    );
+    stack.set_env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let plan = stack.run(&["plan"], WAIT);
+    assert_eq!(plan.code, 2, "{}", plan.describe());
+    assert!(
+        plan.stdout
+            .contains("no container engine at unix:///nonexistent/docker.sock")
+            && plan.stdout.contains("web cannot start")
+            && !plan.stdout.contains("worker cannot start"),
+        "{}",
+        plan.stdout
+    );
+    // The process service runs; the container service says why it cannot.
+    let ran = stack.up();
+    assert_ne!(ran.code, 0, "{}", ran.describe());
+    let status = stack.wait_status("worker healthy", WAIT, |s| {
+        instance(s, "worker.1").is_some_and(|i| i["health"] == "healthy")
+    });
+    let web = instance(&status, "web.1").unwrap();
+    assert!(
+        web["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no container engine at unix:///nonexistent/docker.sock")),
+        "{web}"
+    );
+    stack.down();
+}
+
+#[test]
+fn a_named_volume_keeps_its_data_across_deploys_and_down_and_only_volume_rm_deletes_it() {
+    assert!(is_root(), "this test needs root");
+    let stack = web_stack(
+        "ctr-volume",
+        1,
+        "    volumes: [\"uploads:/data\"]\n    env: { APP_VERSION: v1 }\n",
+    );
+    stack.up_ok();
+    docker_ok(&[
+        "exec",
+        &container_of(&stack, "web.1"),
+        "sh",
+        "-c",
+        "echo kept > /data/file",
+    ]);
+    // A new release (env change) runs a new container on the same volume.
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(
+        &stack.file,
+        text.replace("APP_VERSION: v1", "APP_VERSION: v2"),
+    )
+    .unwrap();
+    let ran = stack.run(&["apply", "--yes"], Duration::from_secs(90));
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    let read = |stack: &Stack| {
+        let status = stack.status_ok();
+        let id = support::stack::instances(&status)[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        docker_ok(&["exec", &container_of(stack, &id), "cat", "/data/file"])
+    };
+    assert_eq!(read(&stack).trim(), "kept");
+    // In use: refused.
+    let rm = stack.run(&["volume", "rm", "uploads", "--yes"], WAIT);
+    assert_eq!(rm.code, 1, "{}", rm.describe());
+    assert!(rm.stderr.contains("in use"), "{}", rm.describe());
+    // down keeps it; up finds the data.
+    assert_eq!(stack.down().code, 0);
+    let ls = stack.run(&["volume", "ls"], WAIT);
+    assert!(
+        ls.stdout.contains("uploads") && ls.stdout.contains("web"),
+        "{}",
+        ls.describe()
+    );
+    stack.up_ok();
+    assert_eq!(read(&stack).trim(), "kept");
+    assert_eq!(stack.down().code, 0);
+    // Without --yes and without a terminal: refused, kept.
+    let rm = stack.run(&["volume", "rm", "uploads"], WAIT);
+    assert_eq!(rm.code, 1, "{}", rm.describe());
+    let rm = stack.run(&["volume", "rm", "uploads", "--yes"], WAIT);
+    assert_eq!(rm.code, 0, "{}", rm.describe());
+    let ls = stack.run(&["volume", "ls", "--output", "json"], WAIT);
+    assert_eq!(ls.stdout.trim(), "[]", "{}", ls.describe());
+}

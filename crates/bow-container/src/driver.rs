@@ -271,6 +271,15 @@ impl ContainerDriver {
             let _ = docker.remove_container(&id, Some(options)).await;
         }
         let image_user = self.image_user(&docker, &container.image).await?;
+        for mount in container.mounts.iter().filter(|m| m.named) {
+            let name = mount
+                .source
+                .strip_prefix(&format!("bow-{}-", self.scope.name()))
+                .unwrap_or(&mount.source);
+            crate::volumes::ensure(&self.engine, &self.scope.name(), &mount.source, name)
+                .await
+                .map_err(DriverError::Engine)?;
+        }
         let user = container
             .user
             .clone()

@@ -9,6 +9,7 @@ mod logs;
 pub mod network;
 mod passwd;
 mod usage;
+pub mod volumes;
 
 pub use driver::{ContainerDriver, ContainerScope, SECRETS_TARGET};
 pub use engine::Engine;

@@ -177,6 +177,11 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// The environment's named volumes (container data); data is deleted only by `volume rm`
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
         #[command(flatten)]
@@ -184,6 +189,27 @@ pub enum Command {
         /// Print a systemd unit that runs this agent, and exit
         #[arg(long)]
         print_systemd_unit: bool,
+    },
+}
+
+/// `bow volume …`: the named volumes of an environment.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Every named volume: its name in bow.yaml, the services that declare it, where its data is
+    Ls {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a volume and all its data (refused while a container uses it)
+    Rm {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
     },
 }
 

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
         }
         Command::Secret { command } => commands::secret::run(command, &cli.stack),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
+        Command::Volume { command } => commands::volume::run(command, &cli.stack),
         Command::Agent {
             stack,
             print_systemd_unit,

@@ -16,3 +16,4 @@ pub mod status;
 pub mod trust;
 pub mod up;
 pub mod validate;
+pub mod volume;
