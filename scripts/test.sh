@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # System packages the tests use (real processes, python venvs, curl). Installed only when
 # missing, so a warm machine skips apt entirely.
 PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
-  docker.io busybox-static iptables)
+  docker.io busybox-static iptables docker-compose python3-yaml)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -139,8 +139,12 @@ fn build_container(
     let volume_prefix = format!("bow-{}-{}-", context.project, context.environment);
     spec.container = Some(bow_driver::ContainerSpec {
         image,
-        command: container.command.as_ref().map(container_argv),
-        entrypoint: container.entrypoint.as_ref().map(container_argv),
+        command: container.command.as_ref().map(container_argv).transpose()?,
+        entrypoint: container
+            .entrypoint
+            .as_ref()
+            .map(container_argv)
+            .transpose()?,
         container_port,
         host_port: context.port,
         working_dir: container.working_dir.clone(),
@@ -168,11 +172,12 @@ fn build_container(
     Ok(spec)
 }
 
-/// A list is the exec form; a string the shell form, run by the image's `/bin/sh -c`.
-fn container_argv(command: &CommandLine) -> Vec<String> {
+/// A list as it is; a string split into words like a process's command (and as Compose
+/// does), run by the image's `/bin/sh -c` when it uses shell syntax.
+fn container_argv(command: &CommandLine) -> Result<Vec<String>, String> {
     match command {
-        CommandLine::Argv(argv) => argv.clone(),
-        CommandLine::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+        CommandLine::Argv(argv) => Ok(argv.clone()),
+        CommandLine::Shell(line) => bow_driver::command_to_argv(line).map_err(|e| e.to_string()),
     }
 }
 

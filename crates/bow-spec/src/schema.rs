@@ -179,8 +179,8 @@ pub struct Container {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<Build>,
-    /// Replaces the image's CMD: a list is the exec form, a string the shell form
-    /// (`/bin/sh -c`).
+    /// Replaces the image's CMD: a list as it is, a string split into words like a process's
+    /// command (as Compose does), under `/bin/sh -c` when it uses shell syntax.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandLine>,
     /// Replaces the image's ENTRYPOINT (same forms as `command`).

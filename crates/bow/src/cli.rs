@@ -182,6 +182,30 @@ pub enum Command {
         #[command(subcommand)]
         command: VolumeCommand,
     },
+    /// Translate a Compose file into a bow.yaml (what has no equivalent is listed, with its line)
+    Import {
+        /// The Compose file (docker-compose.yml, compose.yaml, a Swarm stack file)
+        compose_file: PathBuf,
+        /// Write the bow.yaml here instead of to stdout (an existing file is kept unless --force)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace the output file when it exists
+        #[arg(long)]
+        force: bool,
+        /// The project name (default: the file's `name:`, else its directory's name)
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// The resolved stack of an environment as a Compose file or Kubernetes objects (no secret values)
+    Export {
+        #[arg(value_enum)]
+        format: ExportFormat,
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Write here instead of to stdout
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
         #[command(flatten)]
@@ -190,6 +214,15 @@ pub enum Command {
         #[arg(long)]
         print_systemd_unit: bool,
     },
+}
+
+/// What `bow export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A Compose file (docker compose / docker stack)
+    Compose,
+    /// Kubernetes Deployments, Services, Ingresses, PersistentVolumeClaims and Secrets
+    Kubernetes,
 }
 
 /// `bow volume …`: the named volumes of an environment.
