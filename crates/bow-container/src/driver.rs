@@ -5,39 +5,33 @@
 //! restarts it, with the same backoff as a process. Its output goes into bow's log files.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HostConfig, HostConfigLogConfig, Mount,
-    MountType, PortBinding, RestartPolicy, RestartPolicyNameEnum,
-};
+use bollard::models::ContainerInspectResponse;
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bow_driver::logs::{LogLine, LogQuery};
 use bow_driver::{
-    BoxFuture, ContainerHandle, ContainerSpec, Driver, DriverError, Found, Handle, InstanceExit,
-    InstanceSpec, Listing, Result, SecretFile, StopOutcome, Stray, Usage,
+    BoxFuture, ContainerHandle, Driver, DriverError, Found, Handle, InstanceExit, InstanceSpec,
+    Listing, Result, SecretFile, StopOutcome, Stray, Usage,
 };
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
+use crate::create::INSTANCE_LABEL;
+use crate::create::{create_body, describe_command, unique_suffix};
 use crate::engine::{Engine, is_not_found, message};
+use crate::inspect::{
+    container_address, exit_of, handle_of, now_ms, process_runs, read_secrets, wait_not_running,
+};
 use crate::logs::{LogTarget, follow};
 use crate::network::SCOPE_LABEL;
 
-const SERVICE_LABEL: &str = "dev.bow.service";
-const INDEX_LABEL: &str = "dev.bow.index";
-const INSTANCE_LABEL: &str = "dev.bow.instance";
-const RELEASE_LABEL: &str = "dev.bow.release";
-const PORT_LABEL: &str = "dev.bow.port";
-const USER_LABEL: &str = "dev.bow.user";
-const CONTAINER_PORT_LABEL: &str = "dev.bow.container-port";
-const SECRETS_LABEL: &str = "dev.bow.secrets-dir";
 /// Where a container finds its secrets (Docker's convention).
 pub const SECRETS_TARGET: &str = "/run/secrets";
 /// How long the end of an instance waits for its last output to be written.
@@ -663,8 +657,8 @@ impl Driver for ContainerDriver {
             match tokio::time::timeout(timeout, this.exec_in(handle, command.clone())).await {
                 Ok(result) => result,
                 Err(_) => Err(format!(
-                    "exec {command:?} did not finish within {}",
-                    bow_driver_duration(timeout)
+                    "exec {command:?} did not finish within {:.1}s",
+                    timeout.as_secs_f64()
                 )),
             }
         }))
@@ -697,293 +691,4 @@ impl ContainerDriver {
             state: self.state.clone(),
         }
     }
-}
-
-/// Resolves once the container no longer runs (or no longer exists).
-async fn wait_not_running(docker: &Docker, id: &str) {
-    loop {
-        let options = WaitContainerOptionsBuilder::default()
-            .condition("not-running")
-            .build();
-        let mut stream = docker.wait_container(id, Some(options));
-        match stream.next().await {
-            // A non-zero exit code arrives as an error of its own kind: it ended.
-            Some(Ok(_)) | None => return,
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { .. })) => return,
-            Some(Err(error)) if is_not_found(&error) => return,
-            Some(Err(_)) => {
-                // The engine went away (restarted?): look again shortly.
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                match docker.inspect_container(id, None).await {
-                    Ok(inspect) if inspect.state.as_ref().and_then(|s| s.running) == Some(true) => {
-                    }
-                    Err(error) if !is_not_found(&error) => {}
-                    _ => return,
-                }
-            }
-        }
-    }
-}
-
-/// The create request for one instance.
-fn create_body(
-    spec: &InstanceSpec,
-    container: &ContainerSpec,
-    user: &str,
-    secrets_dir: Option<&Path>,
-    scope: &str,
-) -> ContainerCreateBody {
-    let port_key = format!("{}/tcp", container.container_port);
-    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if secrets_dir.is_some() {
-        env.push(format!("{}={SECRETS_TARGET}", bow_driver::SECRETS_DIR_ENV));
-    }
-    let mut mounts: Vec<Mount> = container
-        .mounts
-        .iter()
-        .map(|m| Mount {
-            target: Some(m.target.clone()),
-            source: Some(m.source.clone()),
-            typ: Some(if m.named {
-                MountType::VOLUME
-            } else {
-                MountType::BIND
-            }),
-            read_only: Some(m.read_only),
-            ..Default::default()
-        })
-        .collect();
-    if let Some(dir) = secrets_dir {
-        mounts.push(bind(dir, SECRETS_TARGET));
-    }
-    if let Some(hosts) = &spec.hosts_file {
-        mounts.push(bind(hosts, "/etc/hosts"));
-    }
-    let labels = HashMap::from([
-        (SCOPE_LABEL.to_string(), scope.to_string()),
-        (SERVICE_LABEL.to_string(), spec.service.clone()),
-        (INDEX_LABEL.to_string(), spec.index.to_string()),
-        (INSTANCE_LABEL.to_string(), spec.instance_id.clone()),
-        (RELEASE_LABEL.to_string(), spec.release.to_string()),
-        (PORT_LABEL.to_string(), container.host_port.to_string()),
-        (
-            CONTAINER_PORT_LABEL.to_string(),
-            container.container_port.to_string(),
-        ),
-        (USER_LABEL.to_string(), user.to_string()),
-    ])
-    .into_iter()
-    .chain(secrets_dir.map(|d| (SECRETS_LABEL.to_string(), d.display().to_string())))
-    .collect();
-    let memory = spec.resources.memory_bytes.map(|b| b as i64);
-    ContainerCreateBody {
-        image: Some(container.image.clone()),
-        cmd: container.command.clone(),
-        entrypoint: container.entrypoint.clone(),
-        env: Some(env),
-        working_dir: container.working_dir.clone(),
-        user: container.user.clone(),
-        labels: Some(labels),
-        exposed_ports: Some(vec![port_key.clone()]),
-        host_config: Some(HostConfig {
-            port_bindings: Some(HashMap::from([(
-                port_key,
-                Some(vec![PortBinding {
-                    host_ip: Some("127.0.0.1".into()),
-                    host_port: Some(container.host_port.to_string()),
-                }]),
-            )])),
-            network_mode: Some(container.network.clone()),
-            mounts: Some(mounts),
-            memory,
-            // No swap beyond the limit: the limit is the limit.
-            memory_swap: memory,
-            nano_cpus: spec
-                .resources
-                .cpu_cores
-                .map(|cores| (cores * 1e9).round() as i64),
-            restart_policy: Some(RestartPolicy {
-                name: Some(RestartPolicyNameEnum::NO),
-                maximum_retry_count: None,
-            }),
-            log_config: Some(HostConfigLogConfig {
-                typ: Some("json-file".into()),
-                config: Some(HashMap::from([
-                    ("max-size".to_string(), "10m".to_string()),
-                    ("max-file".to_string(), "2".to_string()),
-                ])),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn bind(source: &Path, target: &str) -> Mount {
-    Mount {
-        target: Some(target.to_string()),
-        source: Some(source.display().to_string()),
-        typ: Some(MountType::BIND),
-        read_only: Some(true),
-        ..Default::default()
-    }
-}
-
-/// A container's handle from its labels and state (one bow made).
-fn handle_of(
-    inspect: &ContainerInspectResponse,
-    scope: &ContainerScope,
-) -> Option<ContainerHandle> {
-    let labels = inspect.config.as_ref()?.labels.as_ref()?;
-    if labels.get(SCOPE_LABEL)? != &scope.name() {
-        return None;
-    }
-    let instance_id = labels.get(INSTANCE_LABEL)?.clone();
-    let state = inspect.state.clone().unwrap_or_default();
-    let pid = state.pid.unwrap_or(0) as i32;
-    let start_time = bow_driver::procfs::read_stat(pid)
-        .ok()
-        .flatten()
-        .map_or(0, |s| s.start_time);
-    Some(ContainerHandle {
-        scope: scope.name(),
-        service: labels.get(SERVICE_LABEL)?.clone(),
-        index: labels.get(INDEX_LABEL)?.parse().ok()?,
-        instance_id: instance_id.clone(),
-        release: labels
-            .get(RELEASE_LABEL)
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0),
-        container_id: inspect.id.clone()?,
-        name: inspect
-            .name
-            .as_deref()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string(),
-        image: inspect.config.as_ref()?.image.clone().unwrap_or_default(),
-        pid,
-        start_time,
-        user: labels
-            .get(USER_LABEL)
-            .cloned()
-            .unwrap_or_else(|| "root".into()),
-        log_path: bow_driver::logs::current_log_path(&scope.log_dir, &instance_id),
-        secrets_dir: labels.get(SECRETS_LABEL).map(PathBuf::from),
-        port: labels
-            .get(PORT_LABEL)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0),
-        endpoint: labels
-            .get(CONTAINER_PORT_LABEL)
-            .and_then(|p| p.parse::<u16>().ok())
-            .and_then(|port| {
-                let network = inspect.host_config.as_ref()?.network_mode.clone()?;
-                Some(std::net::SocketAddr::from((
-                    container_address(inspect, &network)?,
-                    port,
-                )))
-            }),
-        started_at_unix_ms: state
-            .started_at
-            .as_deref()
-            .and_then(bow_driver::parse_rfc3339)
-            .map_or(0, bow_driver::unix_millis),
-    })
-}
-
-/// The container's address on `network`.
-fn container_address(
-    inspect: &ContainerInspectResponse,
-    network: &str,
-) -> Option<std::net::IpAddr> {
-    inspect
-        .network_settings
-        .as_ref()?
-        .networks
-        .as_ref()?
-        .get(network)?
-        .ip_address
-        .as_deref()?
-        .parse()
-        .ok()
-}
-
-/// How a container ended, from the engine's record (a signal shows as 128 + its number).
-fn exit_of(inspect: &ContainerInspectResponse) -> Option<InstanceExit> {
-    let state = inspect.state.as_ref()?;
-    if state.running == Some(true) {
-        return None;
-    }
-    let code = state.exit_code.unwrap_or(0) as i32;
-    let (code, signal) = if (129..=159).contains(&code) {
-        (None, Some(code - 128))
-    } else {
-        (Some(code), None)
-    };
-    Some(InstanceExit {
-        code,
-        signal,
-        oom_killed: state.oom_killed.unwrap_or(false),
-        exited_at_unix_ms: state
-            .finished_at
-            .as_deref()
-            .and_then(bow_driver::parse_rfc3339)
-            .map_or_else(now_ms, bow_driver::unix_millis),
-    })
-}
-
-/// Whether the container's main process (the very one) still runs on the host.
-fn process_runs(handle: &ContainerHandle) -> bool {
-    matches!(
-        bow_driver::procfs::read_stat(handle.pid),
-        Ok(Some(stat)) if stat.start_time == handle.start_time && stat.is_alive()
-    )
-}
-
-/// The secrets in an instance's dir (for redacting its output after an agent restart).
-fn read_secrets(dir: &Path) -> Vec<SecretFile> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            Some(SecretFile {
-                name: entry.file_name().to_str()?.to_string(),
-                value: std::fs::read(entry.path()).ok()?,
-            })
-        })
-        .collect()
-}
-
-fn describe_command(container: &ContainerSpec) -> String {
-    let mut words = Vec::new();
-    words.extend(container.entrypoint.iter().flatten().cloned());
-    words.extend(container.command.iter().flatten().cloned());
-    if words.is_empty() {
-        format!("the image {}'s own command", container.image)
-    } else {
-        words.join(" ")
-    }
-}
-
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{:x}{:x}",
-        now_ms() % 0xff_ffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed) % 0xfff
-    )
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn bow_driver_duration(duration: Duration) -> String {
-    format!("{:.1}s", duration.as_secs_f64())
 }

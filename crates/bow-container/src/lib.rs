@@ -3,8 +3,10 @@
 //! See docs/containers.md for the model (network, ports, secrets, logs, adoption).
 
 pub mod build;
+mod create;
 mod driver;
 pub mod engine;
+mod inspect;
 mod logs;
 pub mod network;
 mod passwd;
