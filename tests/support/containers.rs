@@ -22,11 +22,26 @@ pub fn docker_host() -> String {
     host
 }
 
+/// Podman's Docker-compatible service of the tests (scripts/podman.sh).
+pub fn podman_host() -> String {
+    let host = std::env::var("BOW_TEST_PODMAN_HOST")
+        .unwrap_or_else(|_| "unix:///var/tmp/bow-test-podman/podman.sock".to_string());
+    assert!(
+        Path::new(host.trim_start_matches("unix://")).exists(),
+        "the podman tests need podman's API service: run `bash scripts/podman.sh start` (scripts/test.sh does)"
+    );
+    host
+}
+
 /// `docker ARGS` against the tests' engine.
 pub fn docker(args: &[&str]) -> Output {
-    let host = docker_host();
+    docker_on(&docker_host(), args)
+}
+
+/// `docker ARGS` against the engine at `host` (Docker's CLI speaks to Podman's API too).
+pub fn docker_on(host: &str, args: &[&str]) -> Output {
     Command::new("/usr/bin/docker")
-        .args(["-H", &host])
+        .args(["-H", host])
         .args(args)
         .output()
         .expect("run /usr/bin/docker")
@@ -34,7 +49,12 @@ pub fn docker(args: &[&str]) -> Output {
 
 /// `docker ARGS`, which must succeed; its stdout.
 pub fn docker_ok(args: &[&str]) -> String {
-    let output = docker(args);
+    docker_ok_on(&docker_host(), args)
+}
+
+/// `docker ARGS` against `host`, which must succeed; its stdout.
+pub fn docker_ok_on(host: &str, args: &[&str]) -> String {
+    let output = docker_on(host, args);
     assert!(
         output.status.success(),
         "docker {args:?}: {}",
@@ -47,6 +67,11 @@ pub fn docker_ok(args: &[&str]) -> String {
 /// shell commands and a user `app` (uid 1000); tagged by the testapp binary's digest, made
 /// once for all test processes.
 pub fn testapp_image() -> String {
+    testapp_image_on(&docker_host())
+}
+
+/// [`testapp_image`] on the engine at `host`.
+pub fn testapp_image_on(host: &str) -> String {
     use sha2::{Digest, Sha256};
     let testapp = super::stack::testapp();
     let binary = std::fs::read(&testapp).expect("read bow-testapp");
@@ -58,7 +83,10 @@ pub fn testapp_image() -> String {
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    if docker(&["image", "inspect", &tag]).status.success() {
+    if docker_on(host, &["image", "inspect", &tag])
+        .status
+        .success()
+    {
         return tag;
     }
     let root = tempfile::tempdir().unwrap();
@@ -110,31 +138,42 @@ pub fn testapp_image() -> String {
         .status()
         .unwrap();
     assert!(status.success());
-    docker_ok(&[
-        "import",
-        "--change",
-        r#"CMD ["/usr/local/bin/bow-testapp"]"#,
-        "--change",
-        "ENV PATH=/usr/local/bin:/bin",
-        "--change",
-        "ENV TESTAPP_HOST=0.0.0.0",
-        tar.to_str().unwrap(),
-        &tag,
-    ]);
+    docker_ok_on(
+        host,
+        &[
+            "import",
+            "--change",
+            r#"CMD ["/usr/local/bin/bow-testapp"]"#,
+            "--change",
+            "ENV PATH=/usr/local/bin:/bin",
+            "--change",
+            "ENV TESTAPP_HOST=0.0.0.0",
+            tar.to_str().unwrap(),
+            &tag,
+        ],
+    );
     let _ = std::fs::remove_file(&tar);
     tag
 }
 
 /// The ids of the containers of a project (any state).
 pub fn containers_of(project: &str) -> Vec<String> {
-    docker_ok(&[
-        "ps",
-        "-a",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        &format!("label=dev.bow.scope={project}-development"),
-    ])
+    containers_of_on(&docker_host(), project)
+}
+
+/// [`containers_of`] on the engine at `host`.
+pub fn containers_of_on(host: &str, project: &str) -> Vec<String> {
+    docker_ok_on(
+        host,
+        &[
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=dev.bow.scope={project}-development"),
+        ],
+    )
     .lines()
     .map(str::to_string)
     .collect()

@@ -54,8 +54,8 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Agent {
     /// Makes (once) the engine network containers join, gives every service with a port its
     /// bridge address and writes the containers' hosts file. Called before a container starts
-    /// and when discovery is brought up to date.
-    pub(crate) async fn ensure_container_network(&self) -> Result<NetworkInfo, String> {
+    /// and when discovery is brought up to date; says whether it added addresses to the bridge.
+    pub(crate) async fn ensure_container_network(&self) -> Result<(NetworkInfo, bool), String> {
         let driver = self
             .drivers
             .container()
@@ -70,11 +70,23 @@ impl Agent {
                 info
             }
         };
-        self.assign_bridge_addresses(&info);
-        Ok(info)
+        let added = self.assign_bridge_addresses(&info);
+        Ok((info, added))
     }
 
-    fn assign_bridge_addresses(&self, info: &NetworkInfo) {
+    /// After a container started: the bridge exists now (Podman makes it with the first
+    /// container), so addresses that could not be given or listened on before can be.
+    pub(crate) async fn container_started(self: &Arc<Self>) {
+        if let Ok((_, true)) = self.ensure_container_network().await
+            && let Some(spec) = self.lock().spec.clone()
+        {
+            let agent = self.clone();
+            tokio::spawn(async move { agent.ensure_discovery(&spec).await });
+        }
+    }
+
+    /// Gives services their bridge addresses; true when it added any to the bridge.
+    fn assign_bridge_addresses(&self, info: &NetworkInfo) -> bool {
         let wanted: Vec<String> = self
             .lock()
             .spec
@@ -107,18 +119,24 @@ impl Agent {
                 ),
             }
         }
-        let present = bridge_addresses(&info.bridge);
-        for (name, address) in addresses.iter() {
-            if present.contains(address) {
-                continue;
-            }
-            if let Err(reason) = add_address(&info.bridge, *address) {
-                self.emit(
-                    name,
-                    "",
-                    EventKind::DiscoveryFailed,
-                    &format!("cannot give {address} to {}: {reason}", info.bridge),
-                );
+        // The interface that has the gateway's address (the engine names it; Podman makes it
+        // with the first container on the network).
+        let mut added = false;
+        if let Some(bridge) = interface_with(info.gateway) {
+            let present = bridge_addresses(&bridge);
+            for (name, address) in addresses.iter() {
+                if present.contains(address) {
+                    continue;
+                }
+                match add_address(&bridge, *address) {
+                    Ok(()) => added = true,
+                    Err(reason) => self.emit(
+                        name,
+                        "",
+                        EventKind::DiscoveryFailed,
+                        &format!("cannot give {address} to {bridge}: {reason}"),
+                    ),
+                }
             }
         }
         let current: BTreeMap<String, Ipv4Addr> = addresses
@@ -138,6 +156,7 @@ impl Agent {
                 &format!("cannot write {}: {error}", path.display()),
             );
         }
+        added
     }
 
     /// What a container is told about the other services: their bridge addresses.
@@ -185,6 +204,23 @@ impl Agent {
             .map(|(name, (addr, _))| (name, addr))
             .collect()
     }
+}
+
+/// The interface that has `address`, if any.
+fn interface_with(address: Ipv4Addr) -> Option<String> {
+    let output = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.nth(1)?.to_string();
+            words.find(|w| *w == "inet")?;
+            let found: Ipv4Addr = words.next()?.split('/').next()?.parse().ok()?;
+            (found == address).then_some(name)
+        })
 }
 
 /// The IPv4 addresses the interface has now.

@@ -431,7 +431,7 @@ async fn start(
     let venv = agent.venv(service);
     let mut context = context(agent, service, index, port, venv.as_deref());
     if matches!(definition.workload, bow_spec::Workload::Container(_)) {
-        let network = agent.ensure_container_network().await?;
+        let (network, _) = agent.ensure_container_network().await?;
         context.names = agent.container_names();
         context.container_network = Some(network.name);
     }
@@ -439,6 +439,9 @@ async fn start(
     let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
     let handle = driver.start(spec).await.map_err(|e| e.to_string())?;
+    if handle.kind() == "container" {
+        agent.container_started().await;
+    }
     Ok((handle, port))
 }
 

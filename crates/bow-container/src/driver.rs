@@ -670,14 +670,15 @@ impl Driver for ContainerDriver {
             let Ok(docker) = this.docker().await else {
                 return;
             };
-            let Ok(containers) = this.containers(&docker, None).await else {
-                return;
-            };
-            for inspect in containers {
-                if let Some(handle) = handle_of(&inspect, &this.scope) {
-                    this.finish(&docker, &handle).await;
+            if let Ok(containers) = this.containers(&docker, None).await {
+                for inspect in containers {
+                    if let Some(handle) = handle_of(&inspect, &this.scope) {
+                        this.finish(&docker, &handle).await;
+                    }
                 }
             }
+            // Nothing of the scope runs: its network goes too (volumes stay).
+            crate::network::remove(&this.engine, &this.scope.name()).await;
         })
     }
 }

@@ -112,13 +112,25 @@ pub async fn ensure(engine: &Engine, scope: &str) -> Result<NetworkInfo, String>
                         .map_err(|e| format!("cannot inspect network {name}: {}", message(&e)))?;
                     return read(&name, &bridge, &found);
                 }
-                if !last_error.contains("overlap") {
+                // Docker says "overlaps", Podman "already used on the host": the next /24.
+                if !["overlap", "already used", "in use"]
+                    .iter()
+                    .any(|word| last_error.contains(word))
+                {
                     break;
                 }
             }
         }
     }
     Err(format!("cannot create network {name}: {last_error}"))
+}
+
+/// Removes the scope's network (after `bow down` took every container off it); a network
+/// still in use stays.
+pub async fn remove(engine: &Engine, scope: &str) {
+    if let Ok(docker) = engine.docker().await {
+        let _ = docker.remove_network(&network_name(scope)).await;
+    }
 }
 
 fn read(

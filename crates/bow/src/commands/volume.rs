@@ -128,7 +128,7 @@ fn remove(args: &StackArgs, name: &str, yes: bool) -> Result<ExitCode> {
             println!("deleted volume {name}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(reason) if reason.contains("in use") => bail!(
+        Err(reason) if reason.contains("in use") || reason.contains("being used") => bail!(
             "volume {name} is in use by a running container ({reason}); stop its service first (remove it from bow.yaml and apply, or bow down)"
         ),
         Err(reason) => bail!("cannot delete volume {name}: {reason}"),
