@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     pub progress: BTreeMap<String, crate::api::ServiceProgress>,
     /// The revision `progress` belongs to.
     pub progress_revision: i64,
+    /// Chaos drills' faults on services' traffic at the edge, until when.
+    pub faults: BTreeMap<String, (bow_edge::Fault, std::time::Instant)>,
 }
 
 impl Inner {

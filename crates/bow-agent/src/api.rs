@@ -43,6 +43,15 @@ pub enum Request {
     },
     /// Stop every instance, then the agent.
     Down,
+    /// A chaos drill's fault on a service's traffic at the edge for `for_ms` (then it lifts
+    /// by itself; a new fault replaces the old one). Refused unless the applied spec has
+    /// `chaos: allow`.
+    Fault {
+        service: String,
+        delay_ms: u64,
+        loss_per_million: u32,
+        for_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +79,10 @@ pub enum Response {
     },
     Down {
         stopped: Vec<String>,
+    },
+    /// A fault is on (`bow chaos latency|loss`).
+    FaultOn {
+        service: String,
     },
     Error {
         message: String,

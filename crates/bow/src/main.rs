@@ -81,9 +81,11 @@ fn main() -> ExitCode {
         Command::Down { stack } => commands::down::run(&stack.or(&cli.stack)),
         Command::Chaos { drill } => {
             let stack = match &drill {
-                cli::ChaosDrill::Kill { stack, .. } | cli::ChaosDrill::Pause { stack, .. } => {
-                    stack.clone().or(&cli.stack)
-                }
+                cli::ChaosDrill::Kill { stack, .. }
+                | cli::ChaosDrill::Pause { stack, .. }
+                | cli::ChaosDrill::Agent { stack, .. }
+                | cli::ChaosDrill::Latency { stack, .. }
+                | cli::ChaosDrill::Loss { stack, .. } => stack.clone().or(&cli.stack),
             };
             commands::chaos::run(&stack, &drill)
         }

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod apply;
 pub mod chaos;
+pub mod chaos_agent;
 pub mod config;
 pub mod down;
 pub mod events;
