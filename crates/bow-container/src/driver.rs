@@ -261,8 +261,13 @@ impl ContainerDriver {
                     pid,
                 });
             }
-            let options = RemoveContainerOptionsBuilder::default().force(true).build();
-            let _ = docker.remove_container(&id, Some(options)).await;
+            // An ended one goes in the background (it may be being torn down still): the new
+            // container has a name of its own.
+            let docker = docker.clone();
+            tokio::spawn(async move {
+                let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                let _ = docker.remove_container(&id, Some(options)).await;
+            });
         }
         let image_user = self.image_user(&docker, &container.image).await?;
         for mount in container.mounts.iter().filter(|m| m.named) {
@@ -465,7 +470,23 @@ impl ContainerDriver {
             .unwrap_or_default();
         self.ensure_follower(&docker, &handle, secrets);
         wait_not_running(&docker, &handle.container_id).await;
-        self.finish(&docker, &handle).await
+        // How it ended is known now; its last output and its removal follow in the background
+        // so that a restart does not wait for the engine to tear it down.
+        let exit = match docker.inspect_container(&handle.container_id, None).await {
+            Ok(inspect) => exit_of(&inspect),
+            Err(_) => None,
+        };
+        if let Some(exit) = &exit {
+            self.state()
+                .exits
+                .insert(handle.container_id.clone(), exit.clone());
+        }
+        let recorded = self.state().exits.get(&handle.container_id).cloned();
+        let this = self.clone_ref();
+        tokio::spawn(async move {
+            this.finish(&docker, &handle).await;
+        });
+        exit.or(recorded)
     }
 
     async fn list_containers(&self) -> Listing {
