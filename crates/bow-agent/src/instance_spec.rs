@@ -27,6 +27,7 @@ pub fn build(
     context: &InstanceContext<'_>,
     secrets: Vec<bow_driver::SecretFile>,
 ) -> Result<InstanceSpec, String> {
+    let mut postgres = None;
     let argv = match &service.workload {
         Workload::Command(CommandLine::Shell(line)) => {
             bow_driver::command_to_argv(line).map_err(|e| e.to_string())?
@@ -38,10 +39,15 @@ pub fn build(
             ));
         }
         Workload::Postgres(_) => {
-            return Err(
-                "postgres services need the postgres driver, which this bow does not have yet"
-                    .to_string(),
-            );
+            let cluster = crate::postgres::Cluster::locate(
+                context.state_dir,
+                context.service_name,
+                service,
+                context.root,
+            )?;
+            let argv = cluster.argv(context.port);
+            postgres = Some(cluster);
+            argv
         }
     };
     let run_dir = crate::layout::run_dir(context.state_dir);
@@ -90,6 +96,11 @@ pub fn build(
     spec.log_rotation = LogRotation::default();
     spec.stop_timeout = service.stop_timeout.as_std();
     spec.hosts_file = context.names.hosts_file.clone();
+    if let Some(cluster) = postgres {
+        spec.working_dir = cluster.volume;
+        // Fast shutdown: sessions end, a checkpoint is written, the postmaster exits.
+        spec.stop_signal = Some(libc::SIGINT);
+    }
     Ok(spec)
 }
 

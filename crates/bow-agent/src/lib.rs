@@ -21,6 +21,8 @@ pub mod health;
 mod health_watch;
 mod instance_spec;
 mod ports;
+pub mod postgres;
+mod postgres_admin;
 mod releases;
 mod rollout;
 mod secrets;
