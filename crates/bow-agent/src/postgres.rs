@@ -44,13 +44,13 @@ pub(crate) fn of(service: &Service) -> Option<&Postgres> {
 }
 
 /// `<state-dir>/volumes`: bow-managed volumes, one directory per service.
-pub(crate) fn volumes_dir(state_dir: &Path) -> PathBuf {
+pub fn volumes_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("volumes")
 }
 
 /// Where the binaries of `version` are; `BOW_POSTGRES_BIN` (a directory with `{version}` in
 /// it) overrides the Debian layout.
-fn bin_dir(version: u32) -> PathBuf {
+pub fn bin_dir(version: u32) -> PathBuf {
     let pattern = std::env::var("BOW_POSTGRES_BIN")
         .unwrap_or_else(|_| "/usr/lib/postgresql/{version}/bin".to_string());
     PathBuf::from(pattern.replace("{version}", &version.to_string()))
@@ -125,13 +125,6 @@ impl Cluster {
         }
         command
     }
-
-    /// The major version the data directory was made by, if it has one.
-    fn data_version(&self) -> Option<String> {
-        std::fs::read_to_string(self.data.join("PG_VERSION"))
-            .ok()
-            .map(|v| v.trim().to_string())
-    }
 }
 
 /// Gets the cluster of a postgres service ready to start: binaries, user, volume, data
@@ -143,6 +136,21 @@ pub(crate) async fn prepare(
     root: bool,
 ) -> Result<Option<String>, String> {
     let postgres = of(definition).ok_or("not a postgres service")?;
+    // Data of another major version is refused before anything else, also when that
+    // version's binaries are not installed.
+    let data = volumes_dir(state_dir).join(service_name).join("data");
+    let found = data_version(&data);
+    if let Some(found) = found
+        .as_deref()
+        .filter(|f| *f != postgres.version.to_string())
+    {
+        return Err(format!(
+            "the data of {service_name} ({}) was made by PostgreSQL {found}, and postgres.version is {}: bow never initialises over existing data. Upgrade it yourself: stop the service, then either run pg_upgrade (postgresql-{} installed beside postgresql-{found}) into a new data directory, or pg_dump it with PostgreSQL {found} and restore into a fresh {service_name}; or set postgres.version back to {found}",
+            data.display(),
+            postgres.version,
+            postgres.version
+        ));
+    }
     let (state_dir, name, owned) = (
         state_dir.to_path_buf(),
         service_name.to_string(),
@@ -158,15 +166,7 @@ pub(crate) async fn prepare(
     make_dir(&cluster.volume, 0o700, cluster.ids)?;
     make_dir(&cluster.sockets, 0o700, cluster.ids)?;
     let mut did = None;
-    match cluster.data_version() {
-        Some(found) if found != postgres.version.to_string() => {
-            return Err(format!(
-                "the data of {service_name} ({}) was made by PostgreSQL {found}, and postgres.version is {}: bow never initialises over existing data. Upgrade it yourself: stop the service, then either run pg_upgrade (postgresql-{} installed beside postgresql-{found}) into a new data directory, or pg_dump it with PostgreSQL {found} and restore into a fresh {service_name}; or set postgres.version back to {found}",
-                cluster.data.display(),
-                postgres.version,
-                postgres.version
-            ));
-        }
+    match found {
         Some(_) => {}
         None => {
             initdb(&cluster).await?;
@@ -179,6 +179,13 @@ pub(crate) async fn prepare(
     }
     write_conf(&cluster, postgres)?;
     Ok(did)
+}
+
+/// The major version a data directory was made by, if it has one.
+fn data_version(data: &Path) -> Option<String> {
+    std::fs::read_to_string(data.join("PG_VERSION"))
+        .ok()
+        .map(|v| v.trim().to_string())
 }
 
 /// Creates `dir` with `mode` (and owner `ids`) when missing; fixes the owner when present.

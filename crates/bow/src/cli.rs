@@ -177,6 +177,19 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// psql on a postgres service as its role, no password typed; ARGS go to psql
+    Psql {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// bow-managed volumes (a postgres service's data): data is removed only here
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
         #[command(flatten)]
@@ -235,6 +248,27 @@ pub enum SecretCommand {
     Rotate {
         #[command(flatten)]
         stack: StackArgs,
+    },
+}
+
+/// `bow volume …`
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Volumes, their size and whether a server uses them
+    Ls {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a volume and its data for good (refused while its server runs)
+    Rm {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(short = 'y', long)]
+        yes: bool,
     },
 }
 

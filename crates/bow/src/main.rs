@@ -87,6 +87,19 @@ fn main() -> ExitCode {
             commands::chaos::run(&stack, &drill)
         }
         Command::Secret { command } => commands::secret::run(command, &cli.stack),
+        Command::Psql {
+            stack,
+            service,
+            args,
+        } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
+        Command::Volume { command } => match command {
+            cli::VolumeCommand::Ls { stack, output } => {
+                commands::volume::list(&stack.or(&cli.stack), output)
+            }
+            cli::VolumeCommand::Rm { stack, name, yes } => {
+                commands::volume::remove(&stack.or(&cli.stack), &name, yes)
+            }
+        },
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Agent {
             stack,

@@ -193,7 +193,7 @@ fn supervise(config: ShimConfig) -> i32 {
     SERVICE_PGID.store(handle.pgid, Ordering::SeqCst);
     install_signal_forwarding();
     shim_log(&format!("started pid {pid}: {:?}", config.argv));
-    reply(&ShimReply::Started(handle.clone()));
+    reply(&ShimReply::Started(Box::new(handle.clone())));
     detach_stdio();
     service::join_cgroup_after_exec(&config, pid);
 
