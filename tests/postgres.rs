@@ -437,18 +437,17 @@ fn a_major_version_change_is_refused_with_the_upgrade_path() {
 }
 
 /// A Flask-style app in Python's standard library: GET / answers the items it reads from
-/// the service `db` by name, through psql with the password from its secret file.
+/// the database its DATABASE_URL names (`${postgres:db}`: the service `db` by name).
 const APP: &str = r#"
-import http.server, os, subprocess
+import http.server, os, subprocess, urllib.parse
+url = urllib.parse.urlparse(os.environ["DATABASE_URL"])
+database = dict(os.environ, PGHOST=url.hostname, PGPORT=str(url.port), PGUSER=url.username,
+                PGPASSWORD=urllib.parse.unquote(url.password), PGDATABASE=url.path[1:])
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        with open(os.path.join(os.environ["BOW_SECRETS_DIR"], "db_password")) as f:
-            password = f.read()
-        env = dict(os.environ, PGPASSWORD=password)
         rows = subprocess.run(
-            ["/usr/lib/postgresql/15/bin/psql", "-h", "db", "-p", "5432", "-U", "shopper", "-d", "shop",
-             "-XAtc", "SELECT string_agg(name, ',' ORDER BY id) FROM items"],
-            env=env, capture_output=True, text=True)
+            ["/usr/lib/postgresql/15/bin/psql", "-XAtc", "SELECT string_agg(name, ',' ORDER BY id) FROM items"],
+            env=database, capture_output=True, text=True)
         body = (rows.stdout if rows.returncode == 0 else "error: " + rows.stderr).encode()
         self.send_response(200 if rows.returncode == 0 else 500)
         self.send_header("Content-Length", str(len(body)))
@@ -461,7 +460,7 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_fo
 fn a_process_service_reads_rows_through_the_name_db_behind_the_edge() {
     let (http, https) = (procs::free_port(), procs::free_port());
     let yaml = format!(
-        "edge: {{ http_port: {http}, https_port: {https} }}\n{DB}  back:\n    command: /usr/bin/python3 app.py\n    dir: ./back\n    port: 5001\n    secrets: [db_password]\n    depends_on: [db]\n    routes: [shop.bow.localhost]\n    health: {{ http: /, interval: 500ms, timeout: 2s, retries: 3 }}\n"
+        "edge: {{ http_port: {http}, https_port: {https} }}\n{DB}  back:\n    command: /usr/bin/python3 app.py\n    dir: ./back\n    port: 5001\n    secrets: [db_password]\n    env: {{ DATABASE_URL: '${{postgres:db}}' }}\n    depends_on: [db]\n    routes: [shop.bow.localhost]\n    health: {{ http: /, interval: 500ms, timeout: 2s, retries: 3 }}\n"
     );
     let stack = stack("pgseed", &yaml, "pw-1");
     stack.write("back/app.py", APP);

@@ -18,6 +18,8 @@ pub struct InstanceContext<'a> {
     pub root: bool,
     /// The other services' addresses and the hosts file (service discovery).
     pub names: crate::discovery::Names,
+    /// The postgres services of the spec, for `${postgres:SERVICE}` in env values.
+    pub databases: BTreeMap<String, bow_spec::Postgres>,
 }
 
 /// The driver's view of one instance of `service`, with its secrets (delivered as files;
@@ -68,6 +70,10 @@ pub fn build(
     for (name, value) in spec.env.iter_mut() {
         if value.contains("${secret:") {
             *value = crate::secrets::resolve_references(value, &secrets)
+                .map_err(|reason| format!("env {name}: {reason}"))?;
+        }
+        if value.contains("${postgres:") {
+            *value = crate::postgres::resolve_urls(value, context, &secrets)
                 .map_err(|reason| format!("env {name}: {reason}"))?;
         }
     }
@@ -156,6 +162,7 @@ mod tests {
             venv: None,
             root: true,
             names: crate::discovery::Names::default(),
+            databases: BTreeMap::new(),
         };
         build(service, &context, Vec::new())
     }

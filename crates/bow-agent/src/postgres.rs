@@ -43,6 +43,73 @@ pub(crate) fn of(service: &Service) -> Option<&Postgres> {
     }
 }
 
+/// Replaces each `${postgres:SERVICE}` in `value` by the service's URL,
+/// `postgresql://USER:PASSWORD@HOST:PORT/DATABASE`: HOST is the service's name where names
+/// resolve (as root), else its discovery address; the password is the value of the
+/// service's password secret among `secrets` (the using service lists it).
+pub(crate) fn resolve_urls(
+    value: &str,
+    context: &crate::instance_spec::InstanceContext<'_>,
+    secrets: &[bow_driver::SecretFile],
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(at) = rest.find("${postgres:") {
+        let after = &rest[at + "${postgres:".len()..];
+        let Some(end) = after.find('}') else { break };
+        let target = &after[..end];
+        let postgres = context
+            .databases
+            .get(target)
+            .ok_or_else(|| format!("`${{postgres:{target}}}` names no postgres service"))?;
+        let (address, _) = context
+            .names
+            .services
+            .get(target)
+            .ok_or_else(|| format!("{target} has no service address yet"))?;
+        let host = if context.names.hosts_file.is_some() {
+            target.to_string()
+        } else {
+            address.ip().to_string()
+        };
+        let password = secrets
+            .iter()
+            .find(|s| s.name == postgres.password_secret)
+            .map(|s| s.value.strip_suffix(b"\n").unwrap_or(&s.value))
+            .ok_or_else(|| {
+                format!(
+                    "`${{postgres:{target}}}` needs the secret {} among the service's secrets",
+                    postgres.password_secret
+                )
+            })?;
+        out.push_str(&rest[..at]);
+        out.push_str(&format!(
+            "postgresql://{}:{}@{host}:{}/{}",
+            postgres.user,
+            percent_encode(password),
+            address.port(),
+            postgres.database
+        ));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Percent-encoding of everything but RFC 3986's unreserved characters.
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// `<state-dir>/volumes`: bow-managed volumes, one directory per service.
 pub fn volumes_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("volumes")
@@ -298,6 +365,12 @@ fn write_owned(path: &Path, text: &str, ids: Option<(u32, u32)>) -> Result<(), S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_passwords_are_percent_encoded() {
+        assert_eq!(percent_encode(b"pw-1_a.b~"), "pw-1_a.b~");
+        assert_eq!(percent_encode(b"p@ss:w/rd%"), "p%40ss%3Aw%2Frd%25");
+    }
 
     #[test]
     fn conf_values_are_quoted() {

@@ -561,6 +561,17 @@ pub(crate) fn context<'a>(
         venv,
         root: agent.root,
         names: agent.names(),
+        databases: agent
+            .lock()
+            .spec
+            .as_ref()
+            .map(|spec| {
+                spec.services
+                    .iter()
+                    .filter_map(|(name, s)| Some((name.clone(), crate::postgres::of(s)?.clone())))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
