@@ -348,7 +348,56 @@ fn a_changed_setting_is_reloaded_or_restarted_as_the_plan_says() {
         ),
         "{planned}"
     );
+    // A session held through the service address (a pool's connection) does not hold the
+    // restart up: a database is not drained like HTTP, its fast shutdown ends the session.
+    let status = stack.status_ok();
+    let address = status["discovery"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["service"] == "db")
+        .and_then(|d| d["address"].as_str())
+        .expect("db's service address")
+        .to_string();
+    let (host, service_port) = address.rsplit_once(':').unwrap();
+    let mut pooled = Command::new(PSQL)
+        .env("PGPASSWORD", "pw-1")
+        .args([
+            "-h",
+            host,
+            "-p",
+            service_port,
+            "-U",
+            "shopper",
+            "-d",
+            "shop",
+            "-XAtq",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pooled_in = pooled.stdin.take().unwrap();
+    writeln!(pooled_in, "SELECT 'connected';").unwrap();
+    pooled_in.flush().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(pooled.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "connected", "a session through {address}");
+    let started = std::time::Instant::now();
     stack.up_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the restart waited {:?} (a drain of the held session?)",
+        started.elapsed()
+    );
+    drop(pooled_in);
+    let _ = pooled.kill();
+    let _ = pooled.wait();
     assert_ne!(postmaster(&stack), pid, "a restart");
     let port = db_port(&stack);
     assert_eq!(query(port, "SHOW shared_buffers"), "32MB");

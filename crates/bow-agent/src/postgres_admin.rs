@@ -1,7 +1,7 @@
-//! What bow does to a running postgres service: waits until it answers, sets up the role,
-//! database and `init:` SQL (`bootstrap`, after every start), applies a changed password and
-//! settings in place (`reconfigure`: `ALTER ROLE`, `pg_reload_conf()`), and checks its health
-//! with a real login and `SELECT 1`.
+//! What bow does to a running postgres service: waits until it answers, then (`bootstrap`,
+//! after every start and every in-place change) reloads bow's conf files (`pg_reload_conf()`),
+//! gives the role the secret's password (`ALTER ROLE`: open sessions stay), creates the
+//! database and runs `init:` once; and checks its health with a real login and `SELECT 1`.
 //!
 //! Administration goes through `psql` as the superuser (the service's unix user) over the unix
 //! socket, SQL on stdin; passwords go to the server only as SCRAM verifiers, and to `psql`
