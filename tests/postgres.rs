@@ -533,3 +533,19 @@ fn a_process_service_reads_rows_through_the_name_db_behind_the_edge() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn missing_server_binaries_name_the_package_to_install() {
+    let stack = stack("pgmissing", DB, "pw-1");
+    // Where the binaries of each version are (the Debian layout unless this says otherwise).
+    stack.set_env("BOW_POSTGRES_BIN", "/nonexistent/postgresql/{version}/bin");
+    let up = stack.up();
+    assert_ne!(up.code, 0, "{}", up.describe());
+    let said = format!("{}{}", up.stdout, up.stderr);
+    assert!(
+        said.contains("PostgreSQL 15 is not installed")
+            && said.contains("install the Debian package postgresql-15"),
+        "{said}"
+    );
+    assert!(!data_dir(&stack).exists(), "nothing was initialised");
+}
