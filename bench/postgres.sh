@@ -72,30 +72,34 @@ SERVICE_ADDRESS=$(python3 -c 'import json,sys; s=json.loads(sys.argv[1]); print(
 [ "${PGBENCH:-1}" = 0 ] && exit 0
 
 echo "== pgbench -i -s $SCALE on both"
-PGPASSWORD=bench-pw "$PG/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$BOW_PORT" -U bench bench >/dev/null 2>&1
-"$PG/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$PLAIN_PORT" -U postgres postgres >/dev/null 2>&1
 tps() { sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1; }
 run() { # $1 label, $2 host, $3 port, $4 user, $5 db, $6 password, rest: pgbench options
   local label=$1 host=$2 port=$3 user=$4 db=$5 password=$6; shift 6
   PGPASSWORD=$password "$PG/pgbench" -h "$host" -p "$port" -U "$user" -c "$CLIENTS" -j 2 -T "$SECONDS_EACH" "$@" "$db" 2>/dev/null | tps
 }
 HOST=${SERVICE_ADDRESS%:*}; SPORT=${SERVICE_ADDRESS##*:}
+init_first() { PGPASSWORD=bench-pw "$PG/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$BOW_PORT" -U bench bench >/dev/null 2>&1; "$PG/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$PLAIN_PORT" -U postgres postgres >/dev/null 2>&1; }
+init_first
 mean() { python3 -c "import sys; print(f'{(float(sys.argv[1]) + float(sys.argv[2])) / 2:.0f}')" "$1" "$2"; }
 # Each pair runs twice in the order bow, pg_ctl, pg_ctl, bow: drift (checkpoints, the page
 # cache, a busy neighbour) weighs on both sides alike. The figure is the mean of the two.
+# A write workload slows down as its tables grow (dead rows, WAL, checkpoints): with
+# FRESH=1 the tables are made again (pgbench -i) before each run, so every run starts alike.
+init_bow() { PGPASSWORD=bench-pw "$PG/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$BOW_PORT" -U bench bench >/dev/null 2>&1; }
+init_plain() { "$PG/pgbench" -q -i -s "$SCALE" -h 127.0.0.1 -p "$PLAIN_PORT" -U postgres postgres >/dev/null 2>&1; }
 pair() { # $1 label; rest: pgbench options. Sets A (bow) and B (pg_ctl).
   shift
   local a1 b1 b2 a2
-  a1=$(run bow 127.0.0.1 "$BOW_PORT" bench bench bench-pw "$@")
-  b1=$(run plain 127.0.0.1 "$PLAIN_PORT" postgres postgres "" "$@")
-  b2=$(run plain 127.0.0.1 "$PLAIN_PORT" postgres postgres "" "$@")
-  a2=$(run bow 127.0.0.1 "$BOW_PORT" bench bench bench-pw "$@")
+  [ "$FRESH" = 1 ] && init_bow; a1=$(run bow 127.0.0.1 "$BOW_PORT" bench bench bench-pw "$@")
+  [ "$FRESH" = 1 ] && init_plain; b1=$(run plain 127.0.0.1 "$PLAIN_PORT" postgres postgres "" "$@")
+  [ "$FRESH" = 1 ] && init_plain; b2=$(run plain 127.0.0.1 "$PLAIN_PORT" postgres postgres "" "$@")
+  [ "$FRESH" = 1 ] && init_bow; a2=$(run bow 127.0.0.1 "$BOW_PORT" bench bench bench-pw "$@")
   A=$(mean "$a1" "$a2"); B=$(mean "$b1" "$b2")
 }
 echo "== pgbench, $CLIENTS clients, ${SECONDS_EACH} s per run, 4 runs per workload (same binaries, same scale)"
-pair select -S; S_BOW=$A; S_PLAIN=$B
+FRESH=0; pair select -S; S_BOW=$A; S_PLAIN=$B
 S_ADDR=$(run address "$HOST" "$SPORT" bench bench bench-pw -S)
-pair tpcb; T_BOW=$A; T_PLAIN=$B
+FRESH=1; pair tpcb; T_BOW=$A; T_PLAIN=$B
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.3f}')" "$1" "$2"; }
 printf '%-44s %10s %10s %7s\n' "workload" "bow tps" "pg_ctl tps" "ratio"
 printf '%-44s %10s %10s %7s\n' "select-only, instance port" "$S_BOW" "$S_PLAIN" "$(ratio "$S_BOW" "$S_PLAIN")"
