@@ -238,6 +238,13 @@ pub struct InstanceStatus {
     pub index: u32,
     pub pid: Option<i32>,
     pub port: Option<u16>,
+    /// Where the agent reaches it when not at 127.0.0.1:`port` (a container's address on
+    /// the engine network and the port it listens on inside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// What runs it: `process` or `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub health: Health,
     pub restarts: u32,
     pub started_at_ms: Option<u64>,

@@ -97,6 +97,21 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
             return;
         }
     }
+    if matches!(&definition.workload, bow_spec::Workload::Container(c) if c.build.is_some()) {
+        agent.set_phase(&name, Phase::Building, "image");
+        if let Err(reason) = agent.build_image(&name, &definition).await {
+            agent.set_failed(
+                &name,
+                DeployFailure {
+                    reason,
+                    instance: None,
+                    last_lines: Vec::new(),
+                    serving: None,
+                },
+            );
+            return;
+        }
+    }
     if crate::postgres::of(&definition).is_some() {
         agent.set_phase(&name, Phase::Building, "postgres data directory");
         match crate::postgres::prepare(&agent.state_dir, &name, &definition, agent.root).await {

@@ -62,7 +62,12 @@ pub(crate) async fn health_loop(
         dir: &dir,
         env: &env,
         ids: agent.root.then(|| handle.run_as()),
+        inside: (handle.kind() == "container")
+            .then(|| (agent.drivers.for_handle(handle), handle.clone())),
     };
+    let target = handle
+        .endpoint()
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let started = Instant::now();
     let interval = health.interval.as_std();
     let mut ever_healthy = false;
@@ -70,7 +75,7 @@ pub(crate) async fn health_loop(
     let mut failures = 0;
     let mut last_counted: Option<Instant> = None;
     loop {
-        match probe(&health.check, port, health.timeout.as_std(), &exec).await {
+        match probe(&health.check, target, health.timeout.as_std(), &exec).await {
             Ok(()) => {
                 failures = 0;
                 if !healthy {

@@ -64,6 +64,8 @@ pub(crate) fn spawn(
         index,
         pid: None,
         port: None,
+        endpoint: None,
+        kind: Some(plan.definition.workload.kind().to_string()),
         health: Health::Starting,
         restarts: adopted.as_ref().map_or(0, |a| a.restarts),
         started_at_ms: None,
@@ -230,6 +232,7 @@ async fn run(
             }
             s.pid = handle.pid();
             s.port = Some(port);
+            s.endpoint = handle.endpoint();
             s.started_at_ms = Some(handle.started_at_unix_ms());
             s.user = Some(handle.user().to_string());
             s.log_path = handle.log_path().map(Into::into);
@@ -424,17 +427,21 @@ async fn start(
     if let Some(orphan) = crate::adopt::live_handle(agent, &format!("{service}.{index}")) {
         crate::adopt::stop_orphan(agent, &orphan, "found where this slot was to start").await;
     }
+    let driver = agent.drivers.for_service(definition)?;
     let venv = agent.venv(service);
-    let context = context(agent, service, index, port, venv.as_deref());
+    let mut context = context(agent, service, index, port, venv.as_deref());
+    if matches!(definition.workload, bow_spec::Workload::Container(_)) {
+        let (network, _) = agent.ensure_container_network().await?;
+        context.names = agent.container_names();
+        context.container_network = Some(network.name);
+    }
     let secrets = crate::secrets::files_for(agent, service, definition)?;
     let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
-    let handle = agent
-        .drivers
-        .for_service(definition)
-        .start(spec)
-        .await
-        .map_err(|e| e.to_string())?;
+    let handle = driver.start(spec).await.map_err(|e| e.to_string())?;
+    if handle.kind() == "container" {
+        agent.container_started().await;
+    }
     Ok((handle, port))
 }
 
@@ -575,6 +582,7 @@ pub(crate) fn context<'a>(
                     .collect()
             })
             .unwrap_or_default(),
+        container_network: None,
     }
 }
 

@@ -19,6 +19,8 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         // What runs and how it is started: a new release.
         "command" | "image" | "build" | "postgres" | "dir" | "env" | "user" | "resources"
         | "python" | "secrets" | "volumes" | "code" => ChangeClass::Replace,
+        // A container's image, build and overrides (`container` is how they are recorded).
+        "container" | "entrypoint" | "container_port" | "working_dir" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
         SECRET_DIGESTS_FIELD => ChangeClass::Replace,
         // The edge's route table only.

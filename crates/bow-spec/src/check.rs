@@ -34,17 +34,9 @@ fn not_available(root: &Node, reader: &mut Reader) {
                 continue;
             };
             let (what, hint) = match field {
-                "image" | "build" => (
-                    "containers are",
-                    "run the service as a process with `command:`",
-                ),
                 "postgres" => (
                     "managed PostgreSQL is",
                     "run PostgreSQL outside bow (or as a `command:` service) and give its address in `env`",
-                ),
-                "volumes" => (
-                    "volumes are",
-                    "a service can read and write its `dir` or any path its user may use",
                 ),
                 _ => ("backups are", "back the data up outside bow for now"),
             };

@@ -255,7 +255,11 @@ pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
                 service.dir = Some(anchor(service.dir.as_deref().unwrap_or(".")))
             }
             Workload::Postgres(postgres) => postgres.init = postgres.init.as_deref().map(anchor),
-            Workload::Image(_) => {}
+            Workload::Container(container) => {
+                if let Some(build) = &mut container.build {
+                    build.context = anchor(&build.context);
+                }
+            }
         }
         for volume in &mut service.volumes {
             if let VolumeSource::Path(path) = &mut volume.source {

@@ -185,10 +185,34 @@ pub enum Command {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
-    /// bow-managed volumes (a postgres service's data): data is removed only here
+    /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
+    },
+    /// Translate a Compose file into a bow.yaml (what has no equivalent is listed, with its line)
+    Import {
+        /// The Compose file (docker-compose.yml, compose.yaml, a Swarm stack file)
+        compose_file: PathBuf,
+        /// Write the bow.yaml here instead of to stdout (an existing file is kept unless --force)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace the output file when it exists
+        #[arg(long)]
+        force: bool,
+        /// The project name (default: the file's `name:`, else its directory's name)
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// The resolved stack of an environment as a Compose file or Kubernetes objects (no secret values)
+    Export {
+        #[arg(value_enum)]
+        format: ExportFormat,
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Write here instead of to stdout
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
@@ -197,6 +221,36 @@ pub enum Command {
         /// Print a systemd unit that runs this agent, and exit
         #[arg(long)]
         print_systemd_unit: bool,
+    },
+}
+
+/// What `bow export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A Compose file (docker compose / docker stack)
+    Compose,
+    /// Kubernetes Deployments, Services, Ingresses, PersistentVolumeClaims and Secrets
+    Kubernetes,
+}
+
+/// `bow volume …`: the named volumes of an environment.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Every named volume and postgres data volume: its name, who uses it, where its data is
+    Ls {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a volume and all its data (refused while a container or a postgres server uses it)
+    Rm {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -248,27 +302,6 @@ pub enum SecretCommand {
     Rotate {
         #[command(flatten)]
         stack: StackArgs,
-    },
-}
-
-/// `bow volume …`
-#[derive(Debug, Subcommand)]
-pub enum VolumeCommand {
-    /// Volumes, their size and whether a server uses them
-    Ls {
-        #[command(flatten)]
-        stack: StackArgs,
-        #[arg(long, value_enum, default_value_t)]
-        output: Output,
-    },
-    /// Delete a volume and its data for good (refused while its server runs)
-    Rm {
-        #[command(flatten)]
-        stack: StackArgs,
-        name: String,
-        /// Do not ask (needed when stdin is not a terminal)
-        #[arg(short = 'y', long)]
-        yes: bool,
     },
 }
 

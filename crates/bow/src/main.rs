@@ -3,6 +3,7 @@
 mod cli;
 mod code_version;
 mod commands;
+mod compose;
 mod secret_store;
 mod session;
 mod stack;
@@ -92,15 +93,19 @@ fn main() -> ExitCode {
             service,
             args,
         } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
-        Command::Volume { command } => match command {
-            cli::VolumeCommand::Ls { stack, output } => {
-                commands::volume::list(&stack.or(&cli.stack), output)
-            }
-            cli::VolumeCommand::Rm { stack, name, yes } => {
-                commands::volume::remove(&stack.or(&cli.stack), &name, yes)
-            }
-        },
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
+        Command::Volume { command } => commands::volume::run(command, &cli.stack),
+        Command::Import {
+            compose_file,
+            output,
+            force,
+            project,
+        } => commands::import::run(&compose_file, output.as_deref(), force, project.as_deref()),
+        Command::Export {
+            format,
+            stack,
+            output,
+        } => commands::import::export(format, &stack.or(&cli.stack), output.as_deref()),
         Command::Agent {
             stack,
             print_systemd_unit,

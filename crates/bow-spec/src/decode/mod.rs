@@ -65,10 +65,15 @@ pub const SERVICE_KEYS: &[&str] = &[
     "backup",
     "stop_timeout",
     "build",
+    "entrypoint",
+    "container_port",
+    "working_dir",
 ];
 /// Service keys this version decodes but cannot run yet: validation refuses them
 /// (`check::not_available`), each later issue lifts its own.
-pub const NOT_AVAILABLE_KEYS: &[&str] = &["image", "build", "volumes", "backup"];
+pub const NOT_AVAILABLE_KEYS: &[&str] = &["backup"];
+/// The keys only a container service may have.
+pub const CONTAINER_ONLY_KEYS: &[&str] = &["entrypoint", "container_port", "working_dir"];
 pub const HEALTH_KEYS: &[&str] = &[
     "http",
     "tcp",
@@ -86,6 +91,7 @@ pub const POSTGRES_KEYS: &[&str] = &[
     "init",
     "settings",
 ];
+pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const DEPLOY_KEYS: &[&str] = &["strategy", "max_surge", "timeout", "drain_timeout"];
 pub const BACKUP_KEYS: &[&str] = &["schedule", "keep", "to"];
 pub const ACME_KEYS: &[&str] = &["email", "directory"];
@@ -104,6 +110,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         SERVICE_KEYS,
         HEALTH_KEYS,
         POSTGRES_KEYS,
+        BUILD_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,

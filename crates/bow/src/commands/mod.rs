@@ -7,6 +7,7 @@ pub mod config;
 pub mod down;
 pub mod events;
 pub mod history;
+pub mod import;
 pub mod logs;
 pub mod plan;
 pub mod psql;

@@ -16,6 +16,9 @@ use crate::session::Session;
 pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
     crate::secret_store::attach_digests(&mut session)?;
+    if let Some(note) = crate::commands::plan::engine_note(&session.spec) {
+        eprintln!("{note}");
+    }
     let running = session.call(&Request::Ping, Duration::from_secs(5))?;
     match (running, detach) {
         (Some(_), _) => {
