@@ -18,6 +18,8 @@ pub struct InstanceContext<'a> {
     pub root: bool,
     /// The other services' addresses and the hosts file (service discovery).
     pub names: crate::discovery::Names,
+    /// The postgres services of the spec, for `${postgres:SERVICE}` in env values.
+    pub databases: BTreeMap<String, bow_spec::Postgres>,
     /// The engine network a container instance joins (`None` for a process).
     pub container_network: Option<String>,
 }
@@ -29,6 +31,7 @@ pub fn build(
     context: &InstanceContext<'_>,
     secrets: Vec<bow_driver::SecretFile>,
 ) -> Result<InstanceSpec, String> {
+    let mut postgres = None;
     let argv = match &service.workload {
         Workload::Command(CommandLine::Shell(line)) => {
             bow_driver::command_to_argv(line).map_err(|e| e.to_string())?
@@ -38,10 +41,15 @@ pub fn build(
             return build_container(service, container, context, secrets);
         }
         Workload::Postgres(_) => {
-            return Err(
-                "postgres services need the postgres driver, which this bow does not have yet"
-                    .to_string(),
-            );
+            let cluster = crate::postgres::Cluster::locate(
+                context.state_dir,
+                context.service_name,
+                service,
+                context.root,
+            )?;
+            let argv = cluster.argv(context.port);
+            postgres = Some(cluster);
+            argv
         }
     };
     let run_dir = crate::layout::run_dir(context.state_dir);
@@ -62,6 +70,10 @@ pub fn build(
     for (name, value) in spec.env.iter_mut() {
         if value.contains("${secret:") {
             *value = crate::secrets::resolve_references(value, &secrets)
+                .map_err(|reason| format!("env {name}: {reason}"))?;
+        }
+        if value.contains("${postgres:") {
+            *value = crate::postgres::resolve_urls(value, context, &secrets)
                 .map_err(|reason| format!("env {name}: {reason}"))?;
         }
     }
@@ -90,6 +102,11 @@ pub fn build(
     spec.log_rotation = LogRotation::default();
     spec.stop_timeout = service.stop_timeout.as_std();
     spec.hosts_file = context.names.hosts_file.clone();
+    if let Some(cluster) = postgres {
+        spec.working_dir = cluster.volume;
+        // Fast shutdown: sessions end, a checkpoint is written, the postmaster exits.
+        spec.stop_signal = Some(libc::SIGINT);
+    }
     Ok(spec)
 }
 
@@ -233,6 +250,7 @@ mod tests {
             venv: None,
             root: true,
             names: crate::discovery::Names::default(),
+            databases: BTreeMap::new(),
             container_network: None,
         };
         build(service, &context, Vec::new())

@@ -23,6 +23,8 @@ mod health_watch;
 mod image_build;
 mod instance_spec;
 mod ports;
+pub mod postgres;
+mod postgres_admin;
 mod releases;
 mod rollout;
 mod secrets;

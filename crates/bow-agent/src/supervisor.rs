@@ -458,7 +458,10 @@ async fn stop_instance(
     let id = handle.instance_id();
     let timeout = definition.stop_timeout.as_std();
     agent.update(service, index, |s| s.health = Health::Stopping);
+    // A database's connections are sessions, not requests: they do not end by themselves
+    // (pools keep them), and its fast shutdown ends them cleanly. No drain for postgres.
     if (!definition.routes.is_empty() || definition.port.is_some())
+        && crate::postgres::of(definition).is_none()
         && let Some(bow_edge::DrainOutcome::TimedOut { in_flight }) = agent
             .drain_instance(id, definition.deploy.drain_timeout.as_std())
             .await
@@ -568,6 +571,17 @@ pub(crate) fn context<'a>(
         venv,
         root: agent.root,
         names: agent.names(),
+        databases: agent
+            .lock()
+            .spec
+            .as_ref()
+            .map(|spec| {
+                spec.services
+                    .iter()
+                    .filter_map(|(name, s)| Some((name.clone(), crate::postgres::of(s)?.clone())))
+                    .collect()
+            })
+            .unwrap_or_default(),
         container_network: None,
     }
 }

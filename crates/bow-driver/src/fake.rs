@@ -98,6 +98,7 @@ pub fn handle_for_tests(service: &str, index: u32, pid: i32) -> InstanceHandle {
         gid: 0,
         started_at_unix_ms: 0,
         secrets_dir: None,
+        stop_signal: None,
     }
 }
 
@@ -203,6 +204,7 @@ impl FakeProcessDriver {
             gid: 0,
             started_at_unix_ms: unix_millis(SystemTime::now()),
             secrets_dir: None,
+            stop_signal: None,
         };
         let exit = state.exit_on_start.get(&spec.service).cloned();
         let port = spec.env.get("PORT").and_then(|p| p.parse().ok());

@@ -64,6 +64,11 @@ pub struct InstanceSpec {
     /// `BOW_SECRETS_DIR` names it. Empty: no dir, no variable.
     #[serde(default)]
     pub secrets: Vec<crate::SecretFile>,
+    /// A signal `stop` sends to the service process alone, instead of SIGTERM to its whole
+    /// group: for programs that stop their own children in order (PostgreSQL's postmaster
+    /// does a fast shutdown with a checkpoint on SIGINT). `None`: SIGTERM to the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
     /// Run as a container (the container driver), not as a process: the image and what
     /// replaces `argv` and `working_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +195,7 @@ impl InstanceSpec {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             hosts_file: None,
             secrets: Vec::new(),
+            stop_signal: None,
             container: None,
         }
     }

@@ -24,7 +24,7 @@ pub use decode::{
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;
-pub use interp::secret_references;
+pub use interp::{postgres_references, secret_references};
 pub use schema::*;
 
 use reader::Reader;

@@ -218,8 +218,13 @@ pub struct Postgres {
     pub database: String,
     pub user: String,
     pub password_secret: String,
+    /// SQL run once, right after the database is created: a file, or a directory whose
+    /// `*.sql` files run in name order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Server settings (`shared_buffers: 256MB`), written to a conf include bow owns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// A host plus path prefix the edge serves from a service: `app.example.com/api`.

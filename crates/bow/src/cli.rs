@@ -177,7 +177,15 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
-    /// The environment's named volumes (container data); data is deleted only by `volume rm`
+    /// psql on a postgres service as its role, no password typed; ARGS go to psql
+    Psql {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
         #[command(subcommand)]
         command: VolumeCommand,
@@ -228,14 +236,14 @@ pub enum ExportFormat {
 /// `bow volume …`: the named volumes of an environment.
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
-    /// Every named volume: its name in bow.yaml, the services that declare it, where its data is
+    /// Every named volume and postgres data volume: its name, who uses it, where its data is
     Ls {
         #[command(flatten)]
         stack: StackArgs,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-    /// Delete a volume and all its data (refused while a container uses it)
+    /// Delete a volume and all its data (refused while a container or a postgres server uses it)
     Rm {
         #[command(flatten)]
         stack: StackArgs,

@@ -90,6 +90,11 @@ fn main() -> ExitCode {
             commands::chaos::run(&stack, &drill)
         }
         Command::Secret { command } => commands::secret::run(command, &cli.stack),
+        Command::Psql {
+            stack,
+            service,
+            args,
+        } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
         Command::Import {

@@ -50,13 +50,16 @@ pub struct ShimConfig {
     /// The secrets to write there; their values are also redacted from the captured output.
     #[serde(default)]
     pub secrets: Vec<crate::SecretFile>,
+    /// [`crate::InstanceSpec::stop_signal`], recorded in the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
 }
 
 /// The shim's answer: the service was exec'd, or why it could not be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ShimReply {
-    Started(InstanceHandle),
+    Started(Box<InstanceHandle>),
     Failed(StartFailure),
 }
 

@@ -323,6 +323,22 @@ pub(super) fn service(
     if let Some((n, p)) = fields.get("stop_timeout") {
         service.stop_timeout = reader.duration(n, &p).unwrap_or(service.stop_timeout);
     }
+    if let Some(Workload::Postgres(_)) = &workload {
+        if service.port.is_none() {
+            service.port = Some(defaults::POSTGRES_PORT);
+        }
+        if let Some((n, p)) = fields.get("health") {
+            reader.error(
+                &p,
+                n.blame(),
+                "a postgres service has its own health check",
+                Some(
+                    "bow connects with the service's role and runs SELECT 1; remove `health:`"
+                        .to_string(),
+                ),
+            );
+        }
+    }
     if let Some(Workload::Postgres(_)) = &workload
         && service.replicas > 1
     {

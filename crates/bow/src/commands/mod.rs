@@ -11,6 +11,7 @@ pub mod history;
 pub mod import;
 pub mod logs;
 pub mod plan;
+pub mod psql;
 pub mod restart;
 pub mod rollback;
 pub mod secret;
