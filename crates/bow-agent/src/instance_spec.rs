@@ -185,6 +185,7 @@ fn build_container(
             })
             .collect(),
         network,
+        pull_auth: None,
     });
     Ok(spec)
 }
