@@ -551,62 +551,6 @@ impl ContainerDriver {
             strays: Vec::new(),
         }
     }
-
-    async fn exec_in(
-        &self,
-        handle: ContainerHandle,
-        command: String,
-    ) -> std::result::Result<(), String> {
-        let docker = self.docker().await.map_err(|e| e.to_string())?;
-        let exec = docker
-            .create_exec(
-                &handle.container_id,
-                bollard::exec::CreateExecOptions {
-                    cmd: Some(vec![
-                        "/bin/sh".to_string(),
-                        "-c".to_string(),
-                        command.clone(),
-                    ]),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| format!("exec {command:?}: {}", message(&e)))?;
-        let started = docker
-            .start_exec(&exec.id, None)
-            .await
-            .map_err(|e| format!("exec {command:?}: {}", message(&e)))?;
-        let mut output = Vec::new();
-        if let bollard::exec::StartExecResults::Attached {
-            output: mut stream, ..
-        } = started
-        {
-            while let Some(Ok(chunk)) = stream.next().await {
-                if output.len() < 4096 {
-                    output.extend_from_slice(&chunk.into_bytes());
-                }
-            }
-        }
-        let inspect = docker
-            .inspect_exec(&exec.id)
-            .await
-            .map_err(|e| format!("exec {command:?}: {}", message(&e)))?;
-        match inspect.exit_code {
-            Some(0) => Ok(()),
-            code => {
-                let text = String::from_utf8_lossy(&output);
-                let text = text.trim();
-                let code = code.map_or("unknown".to_string(), |c| c.to_string());
-                if text.is_empty() {
-                    Err(format!("exec {command:?} exited with code {code}"))
-                } else {
-                    Err(format!("exec {command:?} exited with code {code}: {text}"))
-                }
-            }
-        }
-    }
 }
 
 impl Driver for ContainerDriver {
@@ -688,7 +632,9 @@ impl Driver for ContainerDriver {
         let this = self.clone_ref();
         let command = command.to_string();
         Some(Box::pin(async move {
-            match tokio::time::timeout(timeout, this.exec_in(handle, command.clone())).await {
+            let docker = this.docker().await.map_err(|e| e.to_string())?;
+            let run = crate::exec::exec_in(docker, handle, command.clone());
+            match tokio::time::timeout(timeout, run).await {
                 Ok(result) => result,
                 Err(_) => Err(format!(
                     "exec {command:?} did not finish within {:.1}s",

@@ -6,6 +6,7 @@ pub mod build;
 mod create;
 mod driver;
 pub mod engine;
+mod exec;
 mod inspect;
 mod logs;
 pub mod network;
