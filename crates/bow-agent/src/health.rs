@@ -14,8 +14,9 @@ use bow_spec::{Check, TcpTarget};
 pub struct ExecContext<'a> {
     pub dir: &'a Path,
     pub env: &'a BTreeMap<String, String>,
-    /// uid/gid of the service; `None`: the agent's own.
-    pub ids: Option<(u32, u32)>,
+    /// `sh -c CHECK` in `dir` as the instance runs (its driver's `check_command`: its user,
+    /// its sandbox).
+    pub command: &'a (dyn Fn(&str, &Path) -> std::process::Command + Send + Sync),
 }
 
 /// Runs one probe against an instance listening on `port`. `Err` says why it failed.
@@ -48,20 +49,14 @@ async fn probe_inner(check: &Check, port: u16, exec: &ExecContext<'_>) -> Result
                 .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}"))
         }
         Check::Exec(command) => {
-            let mut child = tokio::process::Command::new("/bin/sh");
+            let mut child = tokio::process::Command::from((exec.command)(command, exec.dir));
             child
-                .arg("-c")
-                .arg(command)
-                .current_dir(exec.dir)
                 .env_clear()
                 .envs(exec.env)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
-            if let Some((uid, gid)) = exec.ids {
-                child.uid(uid).gid(gid);
-            }
             let output = child
                 .output()
                 .await
@@ -136,6 +131,12 @@ mod tests {
         port
     }
 
+    fn shell(check: &str, dir: &Path) -> std::process::Command {
+        let mut command = std::process::Command::new("/bin/sh");
+        command.arg("-c").arg(check).current_dir(dir);
+        command
+    }
+
     fn context() -> (std::path::PathBuf, BTreeMap<String, String>) {
         (
             std::env::temp_dir(),
@@ -149,7 +150,7 @@ mod tests {
         let exec = ExecContext {
             dir: &dir,
             env: &env,
-            ids: None,
+            command: &shell,
         };
         let timeout = Duration::from_secs(2);
         let ok = serve_once("200 OK").await;
@@ -177,7 +178,7 @@ mod tests {
         let exec = ExecContext {
             dir: &dir,
             env: &env,
-            ids: None,
+            command: &shell,
         };
         let timeout = Duration::from_secs(2);
         let port = serve_once("200 OK").await;

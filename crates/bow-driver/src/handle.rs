@@ -49,6 +49,9 @@ pub struct InstanceHandle {
     /// The instance's secrets dir, removed when it has ended.
     #[serde(default)]
     pub secrets_dir: Option<PathBuf>,
+    /// How it is confined (its checks run confined the same way); `None`: not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 impl InstanceHandle {

@@ -213,6 +213,15 @@ impl Driver for LinuxProcessDriver {
         usage(handle.as_process())
     }
 
+    fn check_command(
+        &self,
+        handle: &Handle,
+        check: &str,
+        dir: &std::path::Path,
+    ) -> std::process::Command {
+        crate::check::check_command(handle.as_process(), check, dir)
+    }
+
     fn clean_up(&self) -> BoxFuture<()> {
         let project = format!("{}-{}", self.scope.project, self.scope.environment);
         blocking(move || {

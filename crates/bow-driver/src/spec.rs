@@ -64,6 +64,9 @@ pub struct InstanceSpec {
     /// `BOW_SECRETS_DIR` names it. Empty: no dir, no variable.
     #[serde(default)]
     pub secrets: Vec<crate::SecretFile>,
+    /// How the instance is confined (see [`crate::sandbox`]); `None`: not at all.
+    #[serde(default)]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 /// Resource limits, enforced with cgroups.
@@ -151,6 +154,7 @@ impl InstanceSpec {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             hosts_file: None,
             secrets: Vec::new(),
+            sandbox: None,
         }
     }
 

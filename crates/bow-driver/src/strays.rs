@@ -236,6 +236,7 @@ mod tests {
             gid: 1,
             started_at_unix_ms: 0,
             secrets_dir: None,
+            sandbox: None,
         }
     }
 

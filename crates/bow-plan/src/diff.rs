@@ -18,7 +18,7 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
     Some(match field {
         // What runs and how it is started: a new release.
         "command" | "image" | "build" | "postgres" | "dir" | "env" | "user" | "resources"
-        | "python" | "secrets" | "volumes" | "code" => ChangeClass::Replace,
+        | "python" | "secrets" | "volumes" | "code" | "sandbox" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
         SECRET_DIGESTS_FIELD => ChangeClass::Replace,
         // The edge's route table only.

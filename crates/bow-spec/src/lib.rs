@@ -11,6 +11,7 @@ pub mod diag;
 pub mod environ;
 mod interp;
 mod reader;
+pub mod sandbox;
 pub mod schema;
 pub mod units;
 pub mod yaml;
@@ -19,12 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use decode::{
     ACME_KEYS, BACKUP_KEYS, DEPLOY_KEYS, EDGE_KEYS, HEALTH_KEYS, NOT_AVAILABLE_KEYS, POSTGRES_KEYS,
-    PYTHON_KEYS, RESOURCES_KEYS, SERVICE_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys,
-    defaults, is_secret_name, parse_route, parse_volume, system_dir,
+    PYTHON_KEYS, RESOURCES_KEYS, SANDBOX_KEYS, SERVICE_KEYS, SYSCALLS_KEYS, SYSTEM_DIRS,
+    TLS_FILE_KEYS, TOP_KEYS, all_keys, defaults, is_secret_name, parse_route, parse_volume,
+    system_dir,
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;
 pub use interp::secret_references;
+pub use sandbox::{Sandbox, SandboxLevel, SyscallRules};
 pub use schema::*;
 
 use reader::Reader;
@@ -256,6 +259,9 @@ pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
             }
             Workload::Postgres(postgres) => postgres.init = postgres.init.as_deref().map(anchor),
             Workload::Image(_) => {}
+        }
+        for path in &mut service.sandbox.writable {
+            *path = anchor(path);
         }
         for volume in &mut service.volumes {
             if let VolumeSource::Path(path) = &mut volume.source {

@@ -293,6 +293,7 @@ fn describe(config: &ShimConfig, pid: i32) -> Result<InstanceHandle, String> {
         gid: config.gid,
         started_at_unix_ms: unix_millis(SystemTime::now()),
         secrets_dir: config.secrets_dir.clone(),
+        sandbox: config.sandbox.clone(),
     })
 }
 

@@ -50,6 +50,9 @@ pub struct ShimConfig {
     /// The secrets to write there; their values are also redacted from the captured output.
     #[serde(default)]
     pub secrets: Vec<crate::SecretFile>,
+    /// How the service is confined; `None`: not at all.
+    #[serde(default)]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 /// The shim's answer: the service was exec'd, or why it could not be.
