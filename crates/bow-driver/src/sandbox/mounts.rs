@@ -292,8 +292,12 @@ impl MountPlan {
             }
             plan.layers.push((layer, points));
         }
-        plan.described.push("read-only host tree".into());
-        plan.described.push("/etc/hosts".into());
+        plan.described
+            .push("its mount namespace (a read-only view of the host)".into());
+        plan.described.push(match context.hosts_file {
+            Some(hosts) => format!("{} over /etc/hosts", hosts.display()),
+            None => "/etc/hosts".into(),
+        });
         Ok(plan)
     }
 
@@ -357,6 +361,7 @@ impl MountPlan {
         for target in &self.read_only_after {
             if let Err(code) = set_read_only(libc::AT_FDCWD, target, 0)
                 && code != libc::EINVAL
+                && code != libc::ENOENT
             {
                 return Err(failed(root_entry, code));
             }
@@ -370,6 +375,9 @@ impl MountPlan {
     }
 
     fn entry_of(&self, kept: usize) -> Option<usize> {
+        if self.hosts == Some(kept) {
+            return Some(self.described.len() - 1);
+        }
         self.layers
             .iter()
             .position(|(layer, _)| matches!(layer, Layer::Attach(n) if *n == kept))

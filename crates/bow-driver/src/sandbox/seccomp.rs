@@ -38,6 +38,8 @@ pub fn syscall_number(name: &str) -> Option<libc::c_long> {
         "fsopen" => libc::SYS_fsopen,
         "fsmount" => libc::SYS_fsmount,
         "fsconfig" => libc::SYS_fsconfig,
+        "fspick" => libc::SYS_fspick,
+        "pidfd_getfd" => libc::SYS_pidfd_getfd,
         "mount_setattr" => libc::SYS_mount_setattr,
         "swapon" => libc::SYS_swapon,
         "swapoff" => libc::SYS_swapoff,

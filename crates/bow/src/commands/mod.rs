@@ -12,6 +12,7 @@ pub mod plan;
 pub mod restart;
 pub mod rollback;
 pub mod secret;
+pub mod security;
 pub mod status;
 pub mod trust;
 pub mod up;
