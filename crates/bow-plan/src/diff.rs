@@ -65,6 +65,7 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
                 kind: service.workload.kind().to_string(),
                 replicas: service.replicas,
                 routes: service.routes.iter().map(ToString::to_string).collect(),
+                sandbox: (!service.sandbox.is_default()).then(|| service.sandbox.summary()),
             }),
             Some(before) => {
                 let mut fields = Vec::new();

@@ -250,7 +250,6 @@ impl MountPlan {
                 !matches!(layer, Layer::Tmpfs { .. }),
             )
         });
-        let layer_paths: Vec<PathBuf> = entries.iter().map(|(p, _)| p.clone()).collect();
         for (path, layer) in entries {
             plan.described.push(match &layer {
                 Layer::Tmpfs {
@@ -271,24 +270,19 @@ impl MountPlan {
             {
                 plan.read_only_after.push(target.clone());
             }
-            // Mount points below the nearest tmpfs above the path.
-            let tmpfs_above = layer_paths
-                .iter()
-                .zip(0..)
-                .filter(|(p, _)| path.starts_with(p) && path != **p)
-                .max_by_key(|(p, _)| p.components().count())
-                .map(|(p, _)| p.clone());
+            // Every dir from the top down: one that exists answers EEXIST (even on a
+            // read-only mount); one a tmpfs layer hides is made in it.
             let mut points = Vec::new();
-            if let Some(base) = tmpfs_above {
-                let mut current = base.clone();
-                let relative = path.strip_prefix(&base).unwrap_or(&path).to_path_buf();
-                let parts: Vec<_> = relative.components().collect();
-                for (position, part) in parts.iter().enumerate() {
-                    current.push(part);
-                    let last = position + 1 == parts.len();
-                    let is_file = last && matches!(layer, Layer::Attach(n) if plan.kept[n].is_file);
-                    points.push((c_path(&current), is_file));
+            let mut current = PathBuf::from("/");
+            let parts: Vec<_> = path.components().skip(1).collect();
+            for (position, part) in parts.iter().enumerate() {
+                current.push(part);
+                let last = position + 1 == parts.len();
+                if last && matches!(layer, Layer::Tmpfs { .. } | Layer::DevExtras) {
+                    break;
                 }
+                let is_file = last && matches!(layer, Layer::Attach(n) if plan.kept[n].is_file);
+                points.push((c_path(&current), is_file));
             }
             plan.layers.push((layer, points));
         }
