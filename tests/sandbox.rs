@@ -319,9 +319,7 @@ fn health_exec_checks_run_in_the_same_sandbox() {
     // definition names stays visible) and has no capabilities.
     let (stack, _lines) = probe(
         "sbcheck",
-        &format!(
-            "    health: {{ exec: \"test -z \\\"$(ls -A /root)\\\" && grep -q '^CapBnd:.0000000000000000' /proc/self/status\", interval: 200ms, timeout: 2s, retries: 3 }}\n"
-        ),
+        "    health: { exec: \"test -z \\\"$(ls -A /root)\\\" && grep -q '^CapBnd:.0000000000000000' /proc/self/status\", interval: 200ms, timeout: 2s, retries: 3 }\n",
         "",
     );
     std::fs::remove_file(&marker).unwrap();

@@ -38,7 +38,7 @@ pub fn check_command(handle: &InstanceHandle, check: &str, dir: &Path) -> Comman
         None
     };
     let dir = sandbox::c_path(dir);
-    let identity = root.then(|| (handle.uid, handle.gid));
+    let identity = root.then_some((handle.uid, handle.gid));
     let uid = handle.uid;
     // SAFETY: setns, chdir, setrlimit, prctl, capset, setgroups, setgid, setuid: system
     // calls only, no allocation.

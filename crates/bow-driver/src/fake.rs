@@ -204,7 +204,7 @@ impl FakeProcessDriver {
             gid: 0,
             started_at_unix_ms: unix_millis(SystemTime::now()),
             secrets_dir: None,
-            sandbox: spec.sandbox.clone(),
+            sandbox: spec.sandbox.clone().map(Box::new),
         };
         let exit = state.exit_on_start.get(&spec.service).cloned();
         let port = spec.env.get("PORT").and_then(|p| p.parse().ok());

@@ -51,7 +51,7 @@ pub struct InstanceHandle {
     pub secrets_dir: Option<PathBuf>,
     /// How it is confined (its checks run confined the same way); `None`: not at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<crate::sandbox::SandboxSpec>,
+    pub sandbox: Option<Box<crate::sandbox::SandboxSpec>>,
 }
 
 impl InstanceHandle {

@@ -181,7 +181,7 @@ fn run_shim(shim: &ShimCommand, config: &ShimConfig, shim_log: &Path) -> Result<
     reap_first_shim_process(&mut child);
     let line = reply.map_err(shim_error)?;
     match serde_json::from_slice::<ShimReply>(&line) {
-        Ok(ShimReply::Started(handle)) => Ok(handle),
+        Ok(ShimReply::Started(handle)) => Ok(*handle),
         Ok(ShimReply::Failed(failure)) => {
             Err(failure.into_error(&config.instance_id, shim_log.to_path_buf()))
         }

@@ -193,7 +193,7 @@ fn supervise(config: ShimConfig) -> i32 {
     SERVICE_PGID.store(handle.pgid, Ordering::SeqCst);
     install_signal_forwarding();
     shim_log(&format!("started pid {pid}: {:?}", config.argv));
-    reply(&ShimReply::Started(handle.clone()));
+    reply(&ShimReply::Started(Box::new(handle.clone())));
     detach_stdio();
     service::join_cgroup_after_exec(&config, pid);
 
@@ -293,7 +293,7 @@ fn describe(config: &ShimConfig, pid: i32) -> Result<InstanceHandle, String> {
         gid: config.gid,
         started_at_unix_ms: unix_millis(SystemTime::now()),
         secrets_dir: config.secrets_dir.clone(),
-        sandbox: config.sandbox.clone(),
+        sandbox: config.sandbox.clone().map(Box::new),
     })
 }
 

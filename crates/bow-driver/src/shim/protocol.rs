@@ -59,7 +59,7 @@ pub struct ShimConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ShimReply {
-    Started(InstanceHandle),
+    Started(Box<InstanceHandle>),
     Failed(StartFailure),
 }
 
