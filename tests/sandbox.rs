@@ -300,6 +300,7 @@ fn what_a_service_needs_still_works() {
         "    sandbox: { writable: [./data] }\n",
         "echo kept > ../data/written && echo 'R write-writable ok'
          cat probe.sh >/dev/null && echo 'R read-own-dir ok'
+         echo \"R devices $(head -c 16 /dev/urandom | wc -c) $(echo x > /dev/null && echo null-ok)\"
          python3 -c \"import urllib.request; print('R http', urllib.request.urlopen('http://target:%d/healthz' % $TARGET_PORT, timeout=5).status)\" 2>&1 | grep '^R' || echo 'R http failed'",
     );
     assert_eq!(result(&lines, "write-writable"), "ok");
@@ -308,6 +309,7 @@ fn what_a_service_needs_still_works() {
         "kept\n"
     );
     assert_eq!(result(&lines, "read-own-dir"), "ok");
+    assert_eq!(result(&lines, "devices"), "16 null-ok");
     assert_eq!(result(&lines, "http"), "200");
 }
 
