@@ -553,3 +553,85 @@ fn dev_extras() -> Result<(), i32> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(spec: &SandboxSpec) -> MountPlan {
+        let context = Context {
+            program: Path::new("/usr/bin/env"),
+            hosts_file: None,
+            secrets_dir: None,
+            root: true,
+            switches_user: true,
+        };
+        MountPlan::new(spec, &context).unwrap()
+    }
+
+    #[test]
+    fn only_what_a_layer_hides_is_moved_back() {
+        let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+        let app = dir.path().join("app");
+        let tool = dir.path().join("tool");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir_all(&tool).unwrap();
+        let spec = SandboxSpec {
+            level: "default".into(),
+            writable: vec![app.clone()],
+            // /usr/bin is on the read-only host already; /tmp and /root are layers.
+            visible: vec![
+                tool.join("."),
+                "/usr/bin".into(),
+                "/tmp".into(),
+                "/root".into(),
+            ],
+            hidden: vec![dir.path().join("state")],
+            ..SandboxSpec::default()
+        };
+        let described = plan(&spec).described;
+        let app = std::fs::canonicalize(&app).unwrap();
+        let tool = std::fs::canonicalize(&tool).unwrap();
+        let position = |text: &str| described.iter().position(|d| d == text);
+        let app_at = position(&format!("{} (writable)", app.display())).expect("app");
+        let tool_at = position(&format!("{} (read-only)", tool.display())).expect("tool");
+        let tmp_at = position("a private tmpfs on /tmp").expect("/tmp");
+        assert!(tmp_at < app_at && tmp_at < tool_at, "{described:#?}");
+        assert!(
+            position("an empty tmpfs over /root").is_some(),
+            "{described:#?}"
+        );
+        assert!(
+            position("an empty tmpfs over /home").is_some(),
+            "{described:#?}"
+        );
+        assert!(
+            !described.iter().any(|d| d.starts_with("/usr/bin")),
+            "{described:#?}"
+        );
+        assert!(
+            !described.iter().any(|d| d == "/tmp (read-only)"),
+            "{described:#?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_writable_path_is_an_error_that_names_it() {
+        let spec = SandboxSpec {
+            writable: vec!["/nonexistent/bow-data".into()],
+            ..SandboxSpec::default()
+        };
+        let context = Context {
+            program: Path::new("/usr/bin/env"),
+            hosts_file: None,
+            secrets_dir: None,
+            root: true,
+            switches_user: true,
+        };
+        let error = MountPlan::new(&spec, &context).unwrap_err();
+        assert!(
+            error.contains("/nonexistent/bow-data") && error.contains("writable"),
+            "{error}"
+        );
+    }
+}
