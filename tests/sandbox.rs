@@ -329,3 +329,27 @@ fn health_exec_checks_run_in_the_same_sandbox() {
     let probe = support::stack::instance(&status, "probe.1").unwrap();
     assert_eq!(probe["health"], "healthy", "{probe}");
 }
+
+#[test]
+fn strict_makes_its_dir_read_only_too() {
+    // As root (allow_root), so that only the mount's read-only flag can refuse the write.
+    let script = "python3 -c \"
+import errno
+try:
+    open('written-here', 'w').write('x'); print('R write-dir ok')
+except OSError as e:
+    print('R write-dir', errno.errorcode[e.errno])
+\"";
+    let (_stack, lines) = probe(
+        "sbstrict",
+        "    user: root\n    allow_root: true\n    sandbox: { level: strict }\n",
+        script,
+    );
+    assert_eq!(result(&lines, "write-dir"), "EROFS");
+    let (_stack, lines) = probe(
+        "sbdefault",
+        "    user: root\n    allow_root: true\n",
+        script,
+    );
+    assert_eq!(result(&lines, "write-dir"), "ok");
+}
