@@ -353,3 +353,50 @@ except OSError as e:
     );
     assert_eq!(result(&lines, "write-dir"), "ok");
 }
+
+#[test]
+fn status_and_security_show_the_sandbox() {
+    let (stack, _lines) = probe("sbshow", "    sandbox: { caps: [net_bind_service] }\n", "");
+    let status = stack.status_ok();
+    let probe = support::stack::service(&status, "probe").unwrap();
+    assert_eq!(
+        probe["sandbox"], "default +caps net_bind_service",
+        "{probe}"
+    );
+    let target = support::stack::service(&status, "target").unwrap();
+    assert_eq!(target["sandbox"], "default", "{target}");
+    let text = stack.run(&["status"], Duration::from_secs(20));
+    assert!(
+        text.stdout
+            .contains("sandbox: probe default +caps net_bind_service · target default"),
+        "{}",
+        text.stdout
+    );
+
+    let security = stack.run(&["security", "probe"], Duration::from_secs(20));
+    assert_eq!(security.code, 0, "{}", security.describe());
+    assert!(
+        security
+            .stdout
+            .contains("✗ CAP_NET_(BIND_SERVICE|BROADCAST|RAW)")
+            && security.stdout.contains("net_bind_service kept")
+            && security.stdout.contains("✓ ProtectSystem=strict")
+            && security.stdout.contains("Overall exposure level for probe"),
+        "{}",
+        security.stdout
+    );
+    let json = stack.run(
+        &["security", "target", "--output", "json"],
+        Duration::from_secs(20),
+    );
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(report["rating"], "OK", "{report}");
+    assert!(report["exposure"].as_f64().unwrap() < 5.0, "{report}");
+    let missing = stack.run(&["security", "nope"], Duration::from_secs(20));
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("probe, target"),
+        "{}",
+        missing.stderr
+    );
+}
