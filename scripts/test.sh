@@ -6,7 +6,11 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use (real processes, python venvs, curl). Installed only when
 # missing, so a warm machine skips apt entirely.
-PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux)
+# postgresql-15: the server binaries of postgres services (tests/postgres.rs, bench/postgres.sh);
+# its maintainer scripts create a default cluster, which policy-rc.d keeps from starting.
+PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
+  docker.io busybox-static iptables docker-compose python3-yaml podman runc containernetworking-plugins
+  postgresql-15)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -25,6 +29,14 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
+
+# The container tests' own Docker Engine (private socket, data root and bridge; never the
+# machine's default engine); every bow the tests start reaches it through DOCKER_HOST.
+bash scripts/docker.sh start
+export "$(bash scripts/docker.sh env)"
+# And Podman's Docker-compatible service, for tests/containers_podman.rs.
+bash scripts/podman.sh start
+export "$(bash scripts/podman.sh env)"
 
 # One build of every test binary, then all tests in parallel; never stop at the first failure.
 cargo nextest run --workspace --no-fail-fast "$@"

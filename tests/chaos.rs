@@ -212,3 +212,161 @@ fn bow_chaos_drills_report_and_are_refused_where_not_allowed() {
     );
     assert!(pause.stdout.contains("orphans: none"), "{}", pause.stdout);
 }
+
+/// A stack whose every environment allows drills: `web` (2 replicas) behind the edge.
+fn drill_stack(label: &str) -> (Stack, u16, String) {
+    let (http, https) = (free_port(), free_port());
+    let host = format!("{label}.bow.localhost");
+    let stack = Stack::new(
+        label,
+        &format!(
+            "chaos: allow\nedge: {{ http_port: {http}, https_port: {https} }}\n\
+             services:\n  web:\n    command: {{testapp}}\n    replicas: 2\n    routes: [\"{host}\"]\n    \
+             health: {{ http: /healthz, interval: 100ms, timeout: 300ms, retries: 2 }}\n    \
+             stop_timeout: 1s\n"
+        ),
+    );
+    stack.up_ok();
+    (stack, https, host)
+}
+
+/// The time one GET through the edge takes, and its status.
+fn timed_get(stack: &Stack, host: &str, https: u16) -> (Duration, String) {
+    let ca = stack.run(&["trust"], WAIT).stdout.trim().to_string();
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca,
+        ])
+        .args(["--resolve", &format!("{host}:{https}:127.0.0.1")])
+        .arg(format!("https://{host}:{https}/"))
+        .output()
+        .expect("curl");
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_latency_drill_slows_the_services_traffic_then_lifts() {
+    let (stack, https, host) = drill_stack("lat");
+    let drill = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            stack.run(
+                &["chaos", "latency", "web", "--add", "400ms", "--for", "3s"],
+                Duration::from_secs(150),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1200));
+        let (during, status) = timed_get(&stack, &host, https);
+        assert_eq!(status, "200");
+        assert!(
+            during >= Duration::from_millis(400),
+            "a request during the drill took {during:?}"
+        );
+        running.join().unwrap()
+    });
+    assert_eq!(drill.code, 0, "{}", drill.describe());
+    assert!(
+        drill.stdout.contains("400ms added to every request of web"),
+        "{}",
+        drill.stdout
+    );
+    assert!(drill.stdout.contains("orphans: none"), "{}", drill.stdout);
+    let (after, status) = timed_get(&stack, &host, https);
+    assert_eq!(status, "200");
+    assert!(after < Duration::from_millis(400), "lifted: {after:?}");
+    let events = stack.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "chaos-fault" && e.message == "lifted"),
+        "{}",
+        support::stack::show_events(&events)
+    );
+}
+
+#[test]
+fn a_loss_drill_is_retried_where_safe_and_reported_where_not() {
+    let (stack, https, host) = drill_stack("loss");
+    // Every attempt lost: every request fails (honestly, 502) while it lasts.
+    let drill = std::thread::scope(|scope| {
+        let running = scope.spawn(|| {
+            stack.run(
+                &["chaos", "loss", "web", "--percent", "100", "--for", "2s"],
+                Duration::from_secs(150),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let (_, status) = timed_get(&stack, &host, https);
+        assert_eq!(status, "502");
+        running.join().unwrap()
+    });
+    assert_eq!(drill.code, 0, "{}", drill.describe());
+    assert!(
+        drill.stdout.contains("100% of the attempts to web lost"),
+        "{}",
+        drill.stdout
+    );
+    assert!(
+        drill.stdout.contains("failed (5xx)") && !drill.stdout.contains(", 0 failed (5xx)"),
+        "{}",
+        drill.stdout
+    );
+    assert_eq!(timed_get(&stack, &host, https).1, "200");
+    // Half the attempts lost under load: GETs go to the other instance, most succeed.
+    let load = support::load::Load::start(&stack, &host, https, 4.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let drill = stack.run(
+        &["chaos", "loss", "web", "--percent", "50", "--for", "3s"],
+        Duration::from_secs(150),
+    );
+    let report = load.finish();
+    assert_eq!(drill.code, 0, "{}", drill.describe());
+    let (ok, failed) = (
+        report["ok"].as_u64().unwrap(),
+        report["failed"].as_u64().unwrap(),
+    );
+    // With 2 instances a GET fails only when both of its attempts are lost (25% of them).
+    assert!(
+        ok > 100 && (failed as f64) < 0.35 * ((ok + failed) as f64),
+        "{report}"
+    );
+}
+
+#[test]
+fn an_agent_drill_kills_and_restarts_the_agent_and_the_system_comes_back() {
+    let (stack, _, _) = drill_stack("agentdrill");
+    let before = stack.agent_pid_file().expect("agent.pid");
+    let drill = stack.run(
+        &[
+            "chaos", "agent", "--every", "1s", "--for", "4s", "--seed", "3",
+        ],
+        Duration::from_secs(200),
+    );
+    assert_eq!(drill.code, 0, "{}", drill.describe());
+    let report = &drill.stdout;
+    assert!(
+        report.contains("agent kills, each followed by `bow up -d`"),
+        "{report}"
+    );
+    assert!(report.contains("healthy again:"), "{report}");
+    assert!(report.contains("orphans: none"), "{report}");
+    let after = stack.agent_pid_file().expect("agent.pid");
+    assert_ne!(after, before, "a new agent runs");
+    let status = stack.status_ok();
+    let restarts: u64 = instances(&status)
+        .iter()
+        .map(|i| i["restarts"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(restarts, 0, "the instances ran on: {status}");
+}

@@ -89,6 +89,8 @@ pub(crate) struct Inner {
     pub progress: BTreeMap<String, crate::api::ServiceProgress>,
     /// The revision `progress` belongs to.
     pub progress_revision: i64,
+    /// Chaos drills' faults on services' traffic at the edge, until when.
+    pub faults: BTreeMap<String, (bow_edge::Fault, std::time::Instant)>,
 }
 
 impl Inner {
@@ -118,6 +120,7 @@ pub struct Agent {
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) discovery: crate::discovery::Discovery,
+    pub(crate) container_net: crate::container_net::ContainerNet,
     pub(crate) secrets: crate::secrets::Supply,
     event_sink: Option<EventSink>,
     shutdown: Notify,
@@ -166,6 +169,7 @@ impl Agent {
             edge_handle: Mutex::new(None),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
+            container_net: Default::default(),
             secrets: crate::secrets::Supply::new(config.secrets),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
@@ -430,10 +434,11 @@ impl Agent {
             else {
                 return;
             };
-            let (was_healthy, old_port) = (slot.status.health == Health::Healthy, slot.status.port);
+            let was_healthy = slot.status.health == Health::Healthy;
+            let old_target = (slot.status.port, slot.status.endpoint);
             change(&mut slot.status);
             (slot.status.health == Health::Healthy) != was_healthy
-                || (was_healthy && slot.status.port != old_port)
+                || (was_healthy && (slot.status.port, slot.status.endpoint) != old_target)
         };
         // Only healthy instances get traffic: the edge follows every change of that set.
         if routes_changed {

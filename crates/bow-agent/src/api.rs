@@ -43,6 +43,15 @@ pub enum Request {
     },
     /// Stop every instance, then the agent.
     Down,
+    /// A chaos drill's fault on a service's traffic at the edge for `for_ms` (then it lifts
+    /// by itself; a new fault replaces the old one). Refused unless the applied spec has
+    /// `chaos: allow`.
+    Fault {
+        service: String,
+        delay_ms: u64,
+        loss_per_million: u32,
+        for_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +79,10 @@ pub enum Response {
     },
     Down {
         stopped: Vec<String>,
+    },
+    /// A fault is on (`bow chaos latency|loss`).
+    FaultOn {
+        service: String,
     },
     Error {
         message: String,
@@ -242,6 +255,13 @@ pub struct InstanceStatus {
     pub index: u32,
     pub pid: Option<i32>,
     pub port: Option<u16>,
+    /// Where the agent reaches it when not at 127.0.0.1:`port` (a container's address on
+    /// the engine network and the port it listens on inside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// What runs it: `process` or `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     pub health: Health,
     pub restarts: u32,
     pub started_at_ms: Option<u64>,

@@ -23,7 +23,7 @@ use bow_store::ReleaseStatus;
 
 use crate::agent::{Agent, Slot, now_ms};
 use crate::api::{DeployFailure, Health, Phase};
-use crate::rollout::{blue_green, describe_failure, ids, last_lines, roll_back, rolling};
+use crate::rollout::{blue_green, describe_failure, ids, last_lines, recreate, roll_back, rolling};
 use crate::supervisor::{self, SlotPlan};
 
 /// How often a deploy looks at its instances.
@@ -97,6 +97,41 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
             return;
         }
     }
+    if matches!(&definition.workload, bow_spec::Workload::Container(c) if c.build.is_some()) {
+        agent.set_phase(&name, Phase::Building, "image");
+        if let Err(reason) = agent.build_image(&name, &definition).await {
+            agent.set_failed(
+                &name,
+                DeployFailure {
+                    reason,
+                    instance: None,
+                    last_lines: Vec::new(),
+                    serving: None,
+                },
+            );
+            return;
+        }
+    }
+    if crate::postgres::of(&definition).is_some() {
+        agent.set_phase(&name, Phase::Building, "postgres data directory");
+        match crate::postgres::prepare(&agent.state_dir, &name, &definition, agent.root).await {
+            Ok(Some(did)) => agent.emit(&name, "", EventKind::Built, &did),
+            Ok(None) => {}
+            Err(reason) => {
+                agent.emit(&name, "", EventKind::DeployFailed, &reason);
+                agent.set_failed(
+                    &name,
+                    DeployFailure {
+                        reason,
+                        instance: None,
+                        last_lines: Vec::new(),
+                        serving: None,
+                    },
+                );
+                return;
+            }
+        }
+    }
     // Instances whose release differs only in what the agent itself does (checks, timeouts,
     // replicas) take the new definition as they run.
     let stale: Vec<u32> = {
@@ -123,6 +158,10 @@ pub(crate) async fn converge(agent: Arc<Agent>, name: String) {
         return;
     }
     let outcome = match definition.deploy.strategy {
+        // Two servers cannot share a data directory: the old one stops first.
+        _ if crate::postgres::of(&definition).is_some() => {
+            recreate(&agent, &name, &definition, release, stale).await
+        }
         Strategy::Rolling => rolling(&agent, &name, &definition, release, stale).await,
         Strategy::BlueGreen => blue_green(&agent, &name, &definition, release, stale).await,
     };

@@ -38,6 +38,8 @@ pub(crate) struct Discovery {
     addresses: Mutex<BTreeMap<String, Ipv4Addr>>,
     /// The running listeners, by service.
     listeners: Mutex<BTreeMap<String, Arc<RunningListener>>>,
+    /// The listeners on the containers' bridge, by service (crate::container_net).
+    bridge: crate::container_net::BridgeListeners,
     /// Why a service's listener could not start, by service.
     errors: Mutex<BTreeMap<String, String>>,
     /// One `ensure_discovery` at a time.
@@ -50,7 +52,7 @@ pub(crate) struct Discovery {
     mount_namespaces: std::sync::OnceLock<Result<(), String>>,
 }
 
-struct RunningListener {
+pub(crate) struct RunningListener {
     listener: ServiceListener,
     addr: SocketAddr,
     protocol: ServiceProtocol,
@@ -202,7 +204,7 @@ pub(crate) fn hosts_text(
 /// Rewrites `path` in place (same inode: bind mounts of it see the new text): the new text
 /// over the old from the start, then the file cut to its length. Readers never find it empty
 /// or without the host's lines; for a moment they may see a stale tail of old bow lines.
-fn rewrite_in_place(path: &Path, text: &str) -> std::io::Result<()> {
+pub(crate) fn rewrite_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
@@ -236,7 +238,9 @@ pub(crate) fn healthy_endpoints(inner: &Inner, service: &str) -> Vec<Endpoint> {
                 .filter_map(|slot| {
                     Some(Endpoint::new(
                         slot.status.id.clone(),
-                        SocketAddr::from((Ipv4Addr::LOCALHOST, slot.status.port?)),
+                        slot.status.endpoint.or_else(|| {
+                            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, slot.status.port?)))
+                        })?,
                     ))
                 })
                 .collect()
@@ -358,8 +362,28 @@ impl Agent {
     /// service listeners to match `spec`.
     pub(crate) async fn ensure_discovery(&self, spec: &Spec) {
         let _one_at_a_time = self.discovery.ensure.lock().await;
-        let wanted = self.names();
-        let running: Vec<(String, Arc<RunningListener>)> = locked(&self.discovery.listeners)
+        let wanted = self.names().services;
+        self.reconcile_listeners(&self.discovery.listeners, wanted.clone(), spec)
+            .await;
+        // Containers reach the same listeners' twins on their bridge.
+        let bridge: BTreeMap<String, (SocketAddr, ServiceProtocol)> = self
+            .bridge_listen_addresses(spec)
+            .await
+            .into_iter()
+            .filter_map(|(name, addr)| Some((name.clone(), (addr, wanted.get(&name)?.1))))
+            .collect();
+        self.reconcile_listeners(&self.discovery.bridge, bridge, spec)
+            .await;
+        self.refresh_discovery();
+    }
+
+    async fn reconcile_listeners(
+        &self,
+        listeners: &Mutex<BTreeMap<String, Arc<RunningListener>>>,
+        wanted: BTreeMap<String, (SocketAddr, ServiceProtocol)>,
+        spec: &Spec,
+    ) {
+        let running: Vec<(String, Arc<RunningListener>)> = locked(listeners)
             .iter()
             .map(|(name, running)| (name.clone(), running.clone()))
             .collect();
@@ -368,18 +392,18 @@ impl Agent {
                 .services
                 .get(&name)
                 .map(|s| s.deploy.drain_timeout.as_std());
-            let keep = wanted.services.get(&name).is_some_and(|(addr, protocol)| {
+            let keep = wanted.get(&name).is_some_and(|(addr, protocol)| {
                 *addr == running.addr
                     && *protocol == running.protocol
                     && Some(running.drain_timeout) == drain_timeout
             });
             if !keep {
-                locked(&self.discovery.listeners).remove(&name);
+                locked(listeners).remove(&name);
                 running.listener.shutdown().await;
             }
         }
-        for (name, (addr, protocol)) in &wanted.services {
-            if locked(&self.discovery.listeners).contains_key(name) {
+        for (name, (addr, protocol)) in &wanted {
+            if locked(listeners).contains_key(name) {
                 continue;
             }
             let drain_timeout = spec.services[name].deploy.drain_timeout.as_std();
@@ -388,7 +412,7 @@ impl Agent {
             match ServiceListener::start(config).await {
                 Ok(listener) => {
                     locked(&self.discovery.errors).remove(name);
-                    locked(&self.discovery.listeners).insert(
+                    locked(listeners).insert(
                         name.clone(),
                         Arc::new(RunningListener {
                             listener,
@@ -405,15 +429,25 @@ impl Agent {
                 }
             }
         }
-        self.refresh_discovery();
+    }
+
+    /// Every running service listener, on loopback and on the containers' bridge.
+    fn all_listeners(&self) -> Vec<(String, Arc<RunningListener>)> {
+        let mut all: Vec<(String, Arc<RunningListener>)> = locked(&self.discovery.listeners)
+            .iter()
+            .map(|(name, running)| (name.clone(), running.clone()))
+            .collect();
+        all.extend(
+            locked(&self.discovery.bridge)
+                .iter()
+                .map(|(name, running)| (name.clone(), running.clone())),
+        );
+        all
     }
 
     /// Gives every service listener the healthy instances of its service.
     pub(crate) fn refresh_discovery(&self) {
-        let listeners: Vec<(String, Arc<RunningListener>)> = locked(&self.discovery.listeners)
-            .iter()
-            .map(|(name, running)| (name.clone(), running.clone()))
-            .collect();
+        let listeners = self.all_listeners();
         if listeners.is_empty() {
             return;
         }
@@ -433,9 +467,10 @@ impl Agent {
         timeout: std::time::Duration,
     ) -> Option<DrainOutcome> {
         self.refresh_discovery();
-        let listeners: Vec<Arc<RunningListener>> = locked(&self.discovery.listeners)
-            .values()
-            .cloned()
+        let listeners: Vec<Arc<RunningListener>> = self
+            .all_listeners()
+            .into_iter()
+            .map(|(_, running)| running)
             .collect();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut outcome = None;
@@ -452,7 +487,8 @@ impl Agent {
 
     /// Closes every service listener (`bow down`).
     pub(crate) async fn stop_discovery(&self) {
-        let listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
+        let mut listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
+        listeners.append(&mut std::mem::take(&mut *locked(&self.discovery.bridge)));
         for running in listeners.into_values() {
             running.listener.shutdown().await;
         }

@@ -312,15 +312,93 @@ fn route_table(inner: &Inner) -> Vec<Route> {
             continue;
         }
         let endpoints = crate::discovery::healthy_endpoints(inner, name);
+        let fault = inner
+            .faults
+            .get(name)
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(fault, _)| *fault);
         for route in &service.routes {
-            routes.push(Route::new(
-                route.host.clone(),
-                route.path.clone(),
-                Backend::new(name.clone(), endpoints.clone()),
-            ));
+            let mut backend = Backend::new(name.clone(), endpoints.clone());
+            backend.fault = fault;
+            routes.push(Route::new(route.host.clone(), route.path.clone(), backend));
         }
     }
     routes
+}
+
+impl Agent {
+    /// Starts a chaos drill's fault on `service`'s traffic at the edge; it lifts after
+    /// `for_ms` (the routes are refreshed then).
+    pub(crate) fn inject_fault(
+        self: &Arc<Self>,
+        service: &str,
+        delay_ms: u64,
+        loss_per_million: u32,
+        for_ms: u64,
+    ) -> Result<(), String> {
+        {
+            let mut inner = self.lock();
+            let Some(spec) = &inner.spec else {
+                return Err("nothing is applied".to_string());
+            };
+            if spec.chaos != bow_spec::Chaos::Allow {
+                return Err(format!(
+                    "chaos drills are refused in environment `{}` (chaos: allow is not set)",
+                    spec.environment
+                ));
+            }
+            if spec
+                .services
+                .get(service)
+                .is_none_or(|s| s.routes.is_empty())
+            {
+                return Err(format!(
+                    "service {service} has no routes: the edge carries none of its traffic"
+                ));
+            }
+            if loss_per_million > 1_000_000 || for_ms > 3_600_000 {
+                return Err("a loss is at most 100% and a drill lasts at most 1h".to_string());
+            }
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(for_ms);
+            let fault = bow_edge::Fault {
+                delay: std::time::Duration::from_millis(delay_ms),
+                loss_per_million,
+            };
+            inner.faults.insert(service.to_string(), (fault, until));
+        }
+        self.emit(
+            service,
+            "",
+            EventKind::ChaosFault,
+            &format!(
+                "{delay_ms} ms added, {:.1}% of attempts lost, for {}",
+                f64::from(loss_per_million) / 10_000.0,
+                bow_spec::units::Duration(std::time::Duration::from_millis(for_ms))
+            ),
+        );
+        self.refresh_routes();
+        let agent = self.clone();
+        let service = service.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(for_ms)).await;
+            let lifted = {
+                let mut inner = agent.lock();
+                let expired = inner
+                    .faults
+                    .get(&service)
+                    .is_some_and(|(_, until)| *until <= std::time::Instant::now());
+                if expired {
+                    inner.faults.remove(&service);
+                }
+                expired
+            };
+            if lifted {
+                agent.refresh_routes();
+                agent.emit(&service, "", EventKind::ChaosFault, "lifted");
+            }
+        });
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //! the check's timeout.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,16 +19,24 @@ pub struct ExecContext<'a> {
     /// `sh -c CHECK` in `dir` as the instance runs (its driver's `check_command`: its user,
     /// its sandbox).
     pub command: &'a (dyn Fn(&str, &Path) -> std::process::Command + Send + Sync),
+    /// Runs the command inside the instance instead (a container: through the engine).
+    pub inside: Option<(Arc<dyn bow_driver::Driver>, bow_driver::Handle)>,
 }
 
-/// Runs one probe against an instance listening on `port`. `Err` says why it failed.
+/// Runs one probe against an instance listening on `target` (127.0.0.1 and its port for a
+/// process). `Err` says why it failed.
 pub async fn probe(
     check: &Check,
-    port: u16,
+    target: SocketAddr,
     timeout: Duration,
     exec: &ExecContext<'_>,
 ) -> Result<(), String> {
-    match tokio::time::timeout(timeout, probe_inner(check, port, exec)).await {
+    if let (Check::Exec(command), Some((driver, handle))) = (check, &exec.inside)
+        && let Some(run) = driver.exec_check(handle, command, timeout)
+    {
+        return run.await;
+    }
+    match tokio::time::timeout(timeout, probe_inner(check, target, exec)).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "no answer within {}",
@@ -35,18 +45,22 @@ pub async fn probe(
     }
 }
 
-async fn probe_inner(check: &Check, port: u16, exec: &ExecContext<'_>) -> Result<(), String> {
+async fn probe_inner(
+    check: &Check,
+    target: SocketAddr,
+    exec: &ExecContext<'_>,
+) -> Result<(), String> {
     match check {
-        Check::Http(path) => http(port, path).await,
-        Check::Tcp(target) => {
-            let port = match target {
-                TcpTarget::InstancePort(_) => port,
-                TcpTarget::Port(port) => *port,
+        Check::Http(path) => http(target, path).await,
+        Check::Tcp(tcp) => {
+            let target = match tcp {
+                TcpTarget::InstancePort(_) => target,
+                TcpTarget::Port(port) => SocketAddr::new(target.ip(), *port),
             };
-            TcpStream::connect(("127.0.0.1", port))
+            TcpStream::connect(target)
                 .await
                 .map(drop)
-                .map_err(|e| format!("tcp 127.0.0.1:{port}: {e}"))
+                .map_err(|e| format!("tcp {target}: {e}"))
         }
         Check::Exec(command) => {
             let mut child = tokio::process::Command::from((exec.command)(command, exec.dir));
@@ -74,24 +88,24 @@ async fn probe_inner(check: &Check, port: u16, exec: &ExecContext<'_>) -> Result
     }
 }
 
-async fn http(port: u16, path: &str) -> Result<(), String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
+async fn http(target: SocketAddr, path: &str) -> Result<(), String> {
+    let mut stream = TcpStream::connect(target)
         .await
-        .map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
+        .map_err(|e| format!("GET http://{target}{path}: {e}"))?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: bow-health\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: bow-health\r\nConnection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
+        .map_err(|e| format!("GET http://{target}{path}: {e}"))?;
     let mut head = Vec::with_capacity(64);
     let mut buffer = [0u8; 256];
     while !head.contains(&b'\n') && head.len() < 4096 {
         let read = stream
             .read(&mut buffer)
             .await
-            .map_err(|e| format!("GET http://127.0.0.1:{port}{path}: {e}"))?;
+            .map_err(|e| format!("GET http://{target}{path}: {e}"))?;
         if read == 0 {
             break;
         }
@@ -102,13 +116,11 @@ async fn http(port: u16, path: &str) -> Result<(), String> {
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("GET http://127.0.0.1:{port}{path}: not an HTTP response"))?;
+        .ok_or_else(|| format!("GET http://{target}{path}: not an HTTP response"))?;
     if (200..400).contains(&status) {
         Ok(())
     } else {
-        Err(format!(
-            "GET http://127.0.0.1:{port}{path}: status {status}"
-        ))
+        Err(format!("GET http://{target}{path}: status {status}"))
     }
 }
 
@@ -116,9 +128,9 @@ async fn http(port: u16, path: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    async fn serve_once(status: &'static str) -> u16 {
+    async fn serve_once(status: &'static str) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let port = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let mut buffer = [0u8; 512];
@@ -151,6 +163,7 @@ mod tests {
             dir: &dir,
             env: &env,
             command: &shell,
+            inside: None,
         };
         let timeout = Duration::from_secs(2);
         let ok = serve_once("200 OK").await;
@@ -179,6 +192,7 @@ mod tests {
             dir: &dir,
             env: &env,
             command: &shell,
+            inside: None,
         };
         let timeout = Duration::from_secs(2);
         let port = serve_once("200 OK").await;
@@ -195,8 +209,7 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
-            .unwrap()
-            .port();
+            .unwrap();
         assert!(
             probe(
                 &Check::Tcp(TcpTarget::InstancePort(true)),
@@ -208,18 +221,18 @@ mod tests {
             .is_err()
         );
         assert!(
-            probe(&Check::Exec("true".into()), 0, timeout, &exec)
+            probe(&Check::Exec("true".into()), port, timeout, &exec)
                 .await
                 .is_ok()
         );
         assert!(
-            probe(&Check::Exec("exit 3".into()), 0, timeout, &exec)
+            probe(&Check::Exec("exit 3".into()), port, timeout, &exec)
                 .await
                 .is_err()
         );
         let slow = probe(
             &Check::Exec("sleep 5".into()),
-            0,
+            port,
             Duration::from_millis(100),
             &exec,
         )

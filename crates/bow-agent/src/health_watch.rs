@@ -37,6 +37,9 @@ pub(crate) async fn health_loop(
         agent.update(service, index, |s| s.health = Health::Healthy);
         agent.emit(service, &id, EventKind::Healthy, message);
     };
+    if crate::postgres::of(definition).is_some() {
+        return postgres_loop(agent, definition, service, &id, port, &mark_healthy).await;
+    }
     let Some(health) = &definition.health else {
         tokio::time::sleep(NO_CHECK_HEALTHY_AFTER).await;
         mark_healthy(&format!(
@@ -55,7 +58,7 @@ pub(crate) async fn health_loop(
         instance_spec::environment(definition, &context),
     );
     let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
-    let driver = Arc::clone(agent.drivers.for_handle(handle));
+    let driver = agent.drivers.for_handle(handle);
     let confined = handle.clone();
     let command =
         move |check: &str, dir: &std::path::Path| driver.check_command(&confined, check, dir);
@@ -63,7 +66,12 @@ pub(crate) async fn health_loop(
         dir: &dir,
         env: &env,
         command: &command,
+        inside: (handle.kind() == "container")
+            .then(|| (agent.drivers.for_handle(handle), handle.clone())),
     };
+    let target = handle
+        .endpoint()
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let started = Instant::now();
     let interval = health.interval.as_std();
     let mut ever_healthy = false;
@@ -71,7 +79,7 @@ pub(crate) async fn health_loop(
     let mut failures = 0;
     let mut last_counted: Option<Instant> = None;
     loop {
-        match probe(&health.check, port, health.timeout.as_std(), &exec).await {
+        match probe(&health.check, target, health.timeout.as_std(), &exec).await {
             Ok(()) => {
                 failures = 0;
                 if !healthy {
@@ -106,6 +114,70 @@ pub(crate) async fn health_loop(
             interval.min(STARTUP_PROBE_PAUSE)
         };
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// How often a postgres service is checked, how long a check may take, and how many may
+/// fail in a row before it is unhealthy.
+const POSTGRES_INTERVAL: Duration = Duration::from_secs(2);
+const POSTGRES_TIMEOUT: Duration = Duration::from_secs(5);
+const POSTGRES_RETRIES: u32 = 3;
+
+/// A postgres service: set up (role, password, database, `init:`, settings reloaded) once it
+/// answers, after every start and in-place change; then healthy while its role can log in
+/// and run `SELECT 1`.
+async fn postgres_loop(
+    agent: &Arc<Agent>,
+    definition: &Service,
+    service: &str,
+    id: &str,
+    port: u16,
+    mark_healthy: &(dyn Fn(&str) + Sync),
+) -> String {
+    let Some(postgres) = crate::postgres::of(definition) else {
+        return "not a postgres service".to_string();
+    };
+    let started = Instant::now();
+    let ready = async {
+        let cluster =
+            crate::postgres::Cluster::locate(&agent.state_dir, service, definition, agent.root)?;
+        let secrets = crate::secrets::files_for(agent, service, definition)?;
+        let password = crate::postgres_admin::password(definition, &secrets)?.to_vec();
+        let notes = crate::postgres_admin::bootstrap(&cluster, postgres, port, &password).await?;
+        Ok::<_, String>((cluster, password, notes))
+    };
+    let (cluster, password, notes) = match ready.await {
+        Ok(ready) => ready,
+        Err(reason) => return reason,
+    };
+    for note in notes {
+        agent.emit(service, id, EventKind::Reconfigured, &note);
+    }
+    let mut healthy = false;
+    let mut failures = 0;
+    loop {
+        match crate::postgres_admin::probe(&cluster, postgres, port, &password, POSTGRES_TIMEOUT)
+            .await
+        {
+            Ok(()) => {
+                failures = 0;
+                if !healthy {
+                    healthy = true;
+                    mark_healthy(&format!(
+                        "postgres check (login as {}, SELECT 1) passed after {} ms",
+                        postgres.user,
+                        started.elapsed().as_millis()
+                    ));
+                }
+            }
+            Err(reason) => {
+                failures += 1;
+                if failures >= POSTGRES_RETRIES {
+                    return format!("postgres check failed {failures} times in a row: {reason}");
+                }
+            }
+        }
+        tokio::time::sleep(POSTGRES_INTERVAL).await;
     }
 }
 

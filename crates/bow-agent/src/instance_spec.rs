@@ -20,6 +20,10 @@ pub struct InstanceContext<'a> {
     pub names: crate::discovery::Names,
     /// The other services' dirs: hidden from a confined instance.
     pub other_dirs: Vec<PathBuf>,
+    /// The postgres services of the spec, for `${postgres:SERVICE}` in env values.
+    pub databases: BTreeMap<String, bow_spec::Postgres>,
+    /// The engine network a container instance joins (`None` for a process).
+    pub container_network: Option<String>,
 }
 
 /// The driver's view of one instance of `service`, with its secrets (delivered as files;
@@ -29,21 +33,25 @@ pub fn build(
     context: &InstanceContext<'_>,
     secrets: Vec<bow_driver::SecretFile>,
 ) -> Result<InstanceSpec, String> {
+    let mut postgres = None;
     let argv = match &service.workload {
         Workload::Command(CommandLine::Shell(line)) => {
             bow_driver::command_to_argv(line).map_err(|e| e.to_string())?
         }
         Workload::Command(CommandLine::Argv(argv)) => argv.clone(),
-        Workload::Image(image) => {
-            return Err(format!(
-                "image {image}: container services need the container driver, which this bow does not have yet"
-            ));
+        Workload::Container(container) => {
+            return build_container(service, container, context, secrets);
         }
         Workload::Postgres(_) => {
-            return Err(
-                "postgres services need the postgres driver, which this bow does not have yet"
-                    .to_string(),
-            );
+            let cluster = crate::postgres::Cluster::locate(
+                context.state_dir,
+                context.service_name,
+                service,
+                context.root,
+            )?;
+            let argv = cluster.argv(context.port);
+            postgres = Some(cluster);
+            argv
         }
     };
     let run_dir = crate::layout::run_dir(context.state_dir);
@@ -64,6 +72,10 @@ pub fn build(
     for (name, value) in spec.env.iter_mut() {
         if value.contains("${secret:") {
             *value = crate::secrets::resolve_references(value, &secrets)
+                .map_err(|reason| format!("env {name}: {reason}"))?;
+        }
+        if value.contains("${postgres:") {
+            *value = crate::postgres::resolve_urls(value, context, &secrets)
                 .map_err(|reason| format!("env {name}: {reason}"))?;
         }
     }
@@ -92,7 +104,20 @@ pub fn build(
     spec.log_rotation = LogRotation::default();
     spec.stop_timeout = service.stop_timeout.as_std();
     spec.hosts_file = context.names.hosts_file.clone();
+    let postgres_volume = postgres.as_ref().map(|cluster| cluster.volume.clone());
+    if let Some(cluster) = postgres {
+        spec.working_dir = cluster.volume;
+        // Fast shutdown: sessions end, a checkpoint is written, the postmaster exits.
+        spec.stop_signal = Some(libc::SIGINT);
+    }
     spec.sandbox = sandbox(service, context, &spec.working_dir);
+    // A postgres server writes its data and its socket in its volume, at every level.
+    if let (Some(sandbox), Some(volume)) = (spec.sandbox.as_mut(), postgres_volume) {
+        sandbox.visible.retain(|path| *path != volume);
+        if !sandbox.writable.contains(&volume) {
+            sandbox.writable.push(volume);
+        }
+    }
     Ok(spec)
 }
 
@@ -157,6 +182,94 @@ pub fn sandbox(
     })
 }
 
+/// A container instance: the image, its overrides, the port it listens on inside (its
+/// `container_port`, or the instance's port when it reads `$PORT`), volumes and secrets.
+fn build_container(
+    service: &Service,
+    container: &bow_spec::Container,
+    context: &InstanceContext<'_>,
+    secrets: Vec<bow_driver::SecretFile>,
+) -> Result<InstanceSpec, String> {
+    let image = crate::image_build::image_of(context.project, context.service_name, service)
+        .ok_or_else(|| "the service has no image to run".to_string())?;
+    let network = context
+        .container_network
+        .clone()
+        .ok_or_else(|| "the container network is not ready".to_string())?;
+    let run_dir = crate::layout::run_dir(context.state_dir);
+    let log_dir = crate::layout::log_dir(context.state_dir);
+    let mut spec = InstanceSpec::new(
+        &format!("{}-{}", context.project, context.environment),
+        context.service_name,
+        context.index,
+        Vec::new(),
+        &run_dir,
+        &log_dir,
+    );
+    let container_port = container.container_port.unwrap_or(context.port);
+    let mut env = environment(service, context);
+    // Inside the container the program listens on its own port; PATH and LANG are the
+    // image's unless the service sets them.
+    env.insert("PORT".into(), container_port.to_string());
+    for (name, value) in env.iter_mut() {
+        if value.contains("${secret:") {
+            *value = crate::secrets::resolve_references(value, &secrets)
+                .map_err(|reason| format!("env {name}: {reason}"))?;
+        }
+    }
+    spec.env = env;
+    spec.secrets = secrets;
+    spec.resources = Resources {
+        memory_bytes: service.resources.memory.map(|m| m.bytes()),
+        cpu_cores: service.resources.cpu,
+    };
+    spec.stop_timeout = service.stop_timeout.as_std();
+    spec.hosts_file = context.names.hosts_file.clone();
+    let volume_prefix = format!("bow-{}-{}-", context.project, context.environment);
+    spec.container = Some(bow_driver::ContainerSpec {
+        image,
+        command: container.command.as_ref().map(container_argv).transpose()?,
+        entrypoint: container
+            .entrypoint
+            .as_ref()
+            .map(container_argv)
+            .transpose()?,
+        container_port,
+        host_port: context.port,
+        working_dir: container.working_dir.clone(),
+        user: service.user.clone(),
+        mounts: service
+            .volumes
+            .iter()
+            .map(|volume| match &volume.source {
+                bow_spec::VolumeSource::Named(name) => bow_driver::ContainerMount {
+                    source: format!("{volume_prefix}{name}"),
+                    named: true,
+                    target: volume.target.clone(),
+                    read_only: volume.read_only,
+                },
+                bow_spec::VolumeSource::Path(path) => bow_driver::ContainerMount {
+                    source: path.clone(),
+                    named: false,
+                    target: volume.target.clone(),
+                    read_only: volume.read_only,
+                },
+            })
+            .collect(),
+        network,
+    });
+    Ok(spec)
+}
+
+/// A list as it is; a string split into words like a process's command (and as Compose
+/// does), run by the image's `/bin/sh -c` when it uses shell syntax.
+fn container_argv(command: &CommandLine) -> Result<Vec<String>, String> {
+    match command {
+        CommandLine::Argv(argv) => Ok(argv.clone()),
+        CommandLine::Shell(line) => bow_driver::command_to_argv(line).map_err(|e| e.to_string()),
+    }
+}
+
 /// The service's env plus what bow gives every instance: `PORT`, `BOW_*`, and
 /// `BOW_<SERVICE>_HOST/_PORT/_URL` of every service with a port (unless `env` sets them).
 pub fn environment(service: &Service, context: &InstanceContext<'_>) -> BTreeMap<String, String> {
@@ -210,6 +323,8 @@ mod tests {
             root: true,
             names: crate::discovery::Names::default(),
             other_dirs: Vec::new(),
+            databases: BTreeMap::new(),
+            container_network: None,
         };
         build(service, &context, Vec::new())
     }

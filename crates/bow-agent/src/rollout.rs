@@ -206,6 +206,42 @@ pub(crate) async fn rolling(
     Ok(())
 }
 
+/// Recreate, for what cannot run twice at once (a postgres server and its data directory):
+/// the old instances stop, then the new ones start and must become healthy. A new instance
+/// that fails is stopped before the rollback starts the old release again.
+pub(crate) async fn recreate(
+    agent: &Arc<Agent>,
+    name: &str,
+    definition: &Arc<Service>,
+    release: i64,
+    stale: Vec<u32>,
+) -> std::result::Result<(), Failure> {
+    let replicas = definition.replicas as usize;
+    agent.emit(
+        name,
+        "",
+        EventKind::Deploying,
+        &format!("release {release} (recreate: the old instance stops before the new one starts)"),
+    );
+    agent.set_phase(name, Phase::Draining, ids(name, &stale));
+    stop(agent, name, &stale).await;
+    let plan = SlotPlan {
+        release,
+        definition: definition.clone(),
+        routable: true,
+    };
+    let present = agent.lock().services.get(name).map_or(0, |r| r.slots.len());
+    let started = start_slots(agent, name, replicas.saturating_sub(present), &plan);
+    agent.set_phase(name, Phase::Health, ids(name, &started));
+    if let Err(failure) =
+        wait_healthy(agent, name, &started, definition.deploy.timeout.as_std()).await
+    {
+        stop(agent, name, &started).await;
+        return Err(failure);
+    }
+    Ok(())
+}
+
 /// Blue-green: the whole new set healthy while held out of the edge, one atomic switch, then
 /// the old set drained and stopped.
 pub(crate) async fn blue_green(

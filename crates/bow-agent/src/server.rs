@@ -126,5 +126,14 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
         Request::Down => Response::Down {
             stopped: agent.down_instances().await,
         },
+        Request::Fault {
+            service,
+            delay_ms,
+            loss_per_million,
+            for_ms,
+        } => match agent.inject_fault(&service, delay_ms, loss_per_million, for_ms) {
+            Ok(()) => Response::FaultOn { service },
+            Err(message) => Response::Error { message },
+        },
     }
 }

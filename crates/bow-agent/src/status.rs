@@ -43,7 +43,7 @@ impl Agent {
                     release: inner.services.get(name).map_or(0, |r| r.release),
                     state,
                     instances,
-                    sandbox: matches!(service.workload, bow_spec::Workload::Command(_))
+                    sandbox: (!matches!(service.workload, bow_spec::Workload::Container(_)))
                         .then(|| service.sandbox.summary()),
                 });
             }

@@ -64,6 +64,8 @@ pub(crate) fn spawn(
         index,
         pid: None,
         port: None,
+        endpoint: None,
+        kind: Some(plan.definition.workload.kind().to_string()),
         health: Health::Starting,
         restarts: adopted.as_ref().map_or(0, |a| a.restarts),
         started_at_ms: None,
@@ -230,6 +232,7 @@ async fn run(
             }
             s.pid = handle.pid();
             s.port = Some(port);
+            s.endpoint = handle.endpoint();
             s.started_at_ms = Some(handle.started_at_unix_ms());
             s.user = Some(handle.user().to_string());
             s.log_path = handle.log_path().map(Into::into);
@@ -424,17 +427,21 @@ async fn start(
     if let Some(orphan) = crate::adopt::live_handle(agent, &format!("{service}.{index}")) {
         crate::adopt::stop_orphan(agent, &orphan, "found where this slot was to start").await;
     }
+    let driver = agent.drivers.for_service(definition)?;
     let venv = agent.venv(service);
-    let context = context(agent, service, index, port, venv.as_deref());
+    let mut context = context(agent, service, index, port, venv.as_deref());
+    if matches!(definition.workload, bow_spec::Workload::Container(_)) {
+        let (network, _) = agent.ensure_container_network().await?;
+        context.names = agent.container_names();
+        context.container_network = Some(network.name);
+    }
     let secrets = crate::secrets::files_for(agent, service, definition)?;
     let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
-    let handle = agent
-        .drivers
-        .for_service(definition)
-        .start(spec)
-        .await
-        .map_err(|e| e.to_string())?;
+    let handle = driver.start(spec).await.map_err(|e| e.to_string())?;
+    if handle.kind() == "container" {
+        agent.container_started().await;
+    }
     Ok((handle, port))
 }
 
@@ -451,7 +458,10 @@ async fn stop_instance(
     let id = handle.instance_id();
     let timeout = definition.stop_timeout.as_std();
     agent.update(service, index, |s| s.health = Health::Stopping);
+    // A database's connections are sessions, not requests: they do not end by themselves
+    // (pools keep them), and its fast shutdown ends them cleanly. No drain for postgres.
     if (!definition.routes.is_empty() || definition.port.is_some())
+        && crate::postgres::of(definition).is_none()
         && let Some(bow_edge::DrainOutcome::TimedOut { in_flight }) = agent
             .drain_instance(id, definition.deploy.drain_timeout.as_std())
             .await
@@ -562,6 +572,18 @@ pub(crate) fn context<'a>(
         root: agent.root,
         names: agent.names(),
         other_dirs: agent.other_service_dirs(service),
+        databases: agent
+            .lock()
+            .spec
+            .as_ref()
+            .map(|spec| {
+                spec.services
+                    .iter()
+                    .filter_map(|(name, s)| Some((name.clone(), crate::postgres::of(s)?.clone())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        container_network: None,
     }
 }
 

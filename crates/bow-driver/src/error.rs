@@ -56,6 +56,11 @@ pub enum DriverError {
         source: std::io::Error,
     },
 
+    /// The container engine refused or could not be reached (its message, with what was
+    /// asked of it).
+    #[error("{0}")]
+    Engine(String),
+
     #[error("{}: malformed state file: {message}", path.display())]
     StateFile { path: PathBuf, message: String },
 }

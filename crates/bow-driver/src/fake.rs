@@ -99,6 +99,7 @@ pub fn handle_for_tests(service: &str, index: u32, pid: i32) -> InstanceHandle {
         started_at_unix_ms: 0,
         secrets_dir: None,
         sandbox: None,
+        stop_signal: None,
     }
 }
 
@@ -205,6 +206,7 @@ impl FakeProcessDriver {
             started_at_unix_ms: unix_millis(SystemTime::now()),
             secrets_dir: None,
             sandbox: spec.sandbox.clone().map(Box::new),
+            stop_signal: None,
         };
         let exit = state.exit_on_start.get(&spec.service).cloned();
         let port = spec.env.get("PORT").and_then(|p| p.parse().ok());

@@ -40,7 +40,7 @@ mod timestamp;
 pub mod users;
 
 pub use command_line::{command_to_argv, needs_shell};
-pub use driver::{BoxFuture, Driver, Found, Handle, Listing, Stray, Usage};
+pub use driver::{BoxFuture, ContainerHandle, Driver, Found, Handle, Listing, Stray, Usage};
 pub use error::{DriverError, Result};
 pub use handle::{
     EXIT_FILE, InstanceExit, InstanceHandle, ProcessState, SHIM_LOG_FILE, STATE_FILE, StopOutcome,
@@ -49,15 +49,17 @@ pub use handle::{
 pub use process::{LinuxProcessDriver, ProcessScope};
 pub use sandbox::SandboxSpec;
 pub use secret_files::{SECRETS_DIR_ENV, SecretFile};
+pub use shim::log_writer::RotatingLog;
+pub use shim::redact::Redactor;
 pub use shim::shim_main;
 pub use spec::{
-    DEFAULT_CGROUP_PARENT, DEFAULT_LANG, DEFAULT_PATH, InstanceSpec, LogRotation, Resources,
-    ShimCommand,
+    ContainerMount, ContainerSpec, DEFAULT_CGROUP_PARENT, DEFAULT_LANG, DEFAULT_PATH, InstanceSpec,
+    LogRotation, Resources, ShimCommand,
 };
 pub use start::{SHIM_REPLY_TIMEOUT, start};
 pub use status::{
     become_subreaper, exit_status, instance_pids, is_alive, reap_shim, verify, verify_shim,
 };
 pub use stop::{kill_instance, stop};
-pub use timestamp::{format_rfc3339_micros, parse_rfc3339};
+pub use timestamp::{format_rfc3339_micros, parse_rfc3339, unix_millis};
 pub use users::default_service_user;

@@ -55,7 +55,7 @@ pub fn is_valid_secret_name(name: &str) -> bool {
 /// bounded by the secrets' size), falling back to a plain directory when mounting is not
 /// permitted (the returned note says so). Files are 0400 and the directory 0500, both owned
 /// by `uid`:`gid`.
-pub(crate) fn deliver(
+pub fn deliver(
     dir: &Path,
     files: &[SecretFile],
     uid: u32,

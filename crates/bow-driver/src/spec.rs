@@ -67,6 +67,50 @@ pub struct InstanceSpec {
     /// How the instance is confined (see [`crate::sandbox`]); `None`: not at all.
     #[serde(default)]
     pub sandbox: Option<crate::sandbox::SandboxSpec>,
+    /// A signal `stop` sends to the service process alone, instead of SIGTERM to its whole
+    /// group: for programs that stop their own children in order (PostgreSQL's postmaster
+    /// does a fast shutdown with a checkpoint on SIGINT). `None`: SIGTERM to the group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
+    /// Run as a container (the container driver), not as a process: the image and what
+    /// replaces `argv` and `working_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// What a container instance runs and how it is wired (the container driver's part of an
+/// [`InstanceSpec`]; `argv` and `working_dir` are not used for it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The image reference, as the engine knows it.
+    pub image: String,
+    /// Replaces the image's CMD (`None`: the image's).
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's ENTRYPOINT (`None`: the image's).
+    pub entrypoint: Option<Vec<String>>,
+    /// The port the program listens on inside the container.
+    pub container_port: u16,
+    /// The port on 127.0.0.1 of the host that reaches `container_port` (the edge, health
+    /// checks and discovery connect to it).
+    pub host_port: u16,
+    /// The working directory inside the container (`None`: the image's).
+    pub working_dir: Option<String>,
+    /// `user[:group]` inside the container (`None`: the image's).
+    pub user: Option<String>,
+    /// Volumes and bind mounts.
+    pub mounts: Vec<ContainerMount>,
+    /// The engine network the container joins.
+    pub network: String,
+}
+
+/// One mount of a container: a named volume of the engine or a host path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMount {
+    /// A volume name (`named: true`) or an absolute host path.
+    pub source: String,
+    pub named: bool,
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// Resource limits, enforced with cgroups.
@@ -155,6 +199,8 @@ impl InstanceSpec {
             hosts_file: None,
             secrets: Vec::new(),
             sandbox: None,
+            stop_signal: None,
+            container: None,
         }
     }
 

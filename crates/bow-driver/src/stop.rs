@@ -22,7 +22,16 @@ pub fn stop(handle: &InstanceHandle, timeout: Duration) -> Result<StopOutcome> {
         clean_up_without_shim(handle)?;
         return Ok(StopOutcome::AlreadyGone(exit));
     }
-    signal_instance(handle, libc::SIGTERM);
+    match handle.stop_signal {
+        // The service stops its own children: only the service process is told.
+        Some(signal) => {
+            if matches!(verify(handle), Ok(ProcessState::Running)) {
+                // SAFETY: the process is alive and is ours (pid and start time match).
+                unsafe { libc::kill(handle.pid, signal) };
+            }
+        }
+        None => signal_instance(handle, libc::SIGTERM),
+    }
     let killed = !wait_until_gone(handle, timeout)?;
     if killed {
         let deadline = Instant::now() + KILL_TIMEOUT;

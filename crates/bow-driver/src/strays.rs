@@ -47,6 +47,7 @@ pub fn list(markers: &Markers<'_>) -> Vec<RunProcess> {
     };
     let mut found = Vec::new();
     let mut foreign_sessions = BTreeSet::new();
+    let own_pid_namespace = std::fs::read_link("/proc/self/ns/pid").ok();
     for pid in entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
@@ -69,6 +70,13 @@ pub fn list(markers: &Markers<'_>) -> Vec<RunProcess> {
                 continue;
             }
             Some(ShimOf::NotAShim) | None => {
+                // A process of another pid namespace runs in a container (the container
+                // driver's, whose environment carries the same markers): not ours.
+                if own_pid_namespace.is_some()
+                    && std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != own_pid_namespace
+                {
+                    continue;
+                }
                 let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
                     continue;
                 };
@@ -237,6 +245,7 @@ mod tests {
             started_at_unix_ms: 0,
             secrets_dir: None,
             sandbox: None,
+            stop_signal: None,
         }
     }
 

@@ -60,7 +60,7 @@ pub use metrics::{
     StatusClassCounts,
 };
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
-pub use routes::{Backend, Endpoint, Route, RouteTable};
+pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
 pub use tls::{CertFiles, CertificateSource, LocalCa, crypto_provider};
 pub use upstream::DrainOutcome;

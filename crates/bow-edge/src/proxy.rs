@@ -196,6 +196,11 @@ impl Proxy {
                 | Method::TRACE
         );
 
+        if let Some(fault) = route.fault
+            && !fault.delay.is_zero()
+        {
+            tokio::time::sleep(fault.delay).await;
+        }
         let mut tried: Vec<Arc<EndpointState>> = Vec::new();
         let mut failure: Option<Failure> = None;
         while tried.len() < MAX_ATTEMPTS {
@@ -227,6 +232,14 @@ impl Proxy {
                 Instant::now()
             };
             upstream.begin(now);
+            if route.fault.is_some_and(|fault| fault.loses()) {
+                // A chaos drill's lost attempt: refused, as an instance that died would.
+                failure = Some(Failure {
+                    endpoint,
+                    reason: "connection refused (chaos drill)".to_string(),
+                });
+                continue;
+            }
             let answered = self
                 .send(
                     &endpoint,

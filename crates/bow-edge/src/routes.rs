@@ -31,6 +31,8 @@ pub struct Backend {
     pub service: String,
     /// The instances requests are balanced over; empty means every request gets 503.
     pub endpoints: Vec<Endpoint>,
+    /// A fault a chaos drill injects on the way to the service (`None` normally).
+    pub fault: Option<Fault>,
 }
 
 impl Backend {
@@ -39,7 +41,39 @@ impl Backend {
         Backend {
             service: service.into(),
             endpoints,
+            fault: None,
         }
+    }
+}
+
+/// What a chaos drill (`bow chaos latency|loss`) does to a service's traffic at the edge:
+/// each request waits `delay` before it goes upstream, and each attempt is lost with the
+/// probability `loss_per_million` / 1e6 as if the instance had refused the connection (the
+/// edge's retry rules then apply; the endpoint is not marked down).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fault {
+    pub delay: std::time::Duration,
+    pub loss_per_million: u32,
+}
+
+impl Fault {
+    /// Whether this attempt is lost (a cheap per-thread xorshift; drills need no better).
+    pub(crate) fn loses(&self) -> bool {
+        use std::cell::Cell;
+        thread_local! {
+            static STATE: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) };
+        }
+        if self.loss_per_million == 0 {
+            return false;
+        }
+        STATE.with(|state| {
+            let mut x = state.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            state.set(x);
+            (x % 1_000_000) < u64::from(self.loss_per_million)
+        })
     }
 }
 

@@ -85,6 +85,8 @@ pub(crate) struct ActiveRoute {
     pub(crate) service: Arc<str>,
     endpoints: Vec<Arc<EndpointState>>,
     pub(crate) stats: Arc<RouteStats>,
+    /// A chaos drill's fault on this route's traffic.
+    pub(crate) fault: Option<crate::routes::Fault>,
     next: AtomicUsize,
 }
 
@@ -179,6 +181,7 @@ impl Upstreams {
                 service: Arc::from(route.backend.service.as_str()),
                 stats: metrics.route_stats(&route.backend.service, &label),
                 endpoints,
+                fault: route.backend.fault,
                 next: AtomicUsize::new(0),
             });
         }

@@ -19,6 +19,8 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         // What runs and how it is started: a new release.
         "command" | "image" | "build" | "postgres" | "dir" | "env" | "user" | "resources"
         | "python" | "secrets" | "volumes" | "code" | "sandbox" => ChangeClass::Replace,
+        // A container's image, build and overrides (`container` is how they are recorded).
+        "container" | "entrypoint" | "container_port" | "working_dir" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
         SECRET_DIGESTS_FIELD => ChangeClass::Replace,
         // The edge's route table only.
@@ -75,7 +77,7 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
                     Some(&to_value(before)),
                     Some(&to_value(service)),
                     &mut fields,
-                    &|p| classify_service_field(p.split('.').nth(2).unwrap_or_default()),
+                    &|p| classify_service_path(p, service),
                 );
                 if let Some(class) = fields.iter().map(|f| f.class).max() {
                     diff.to_change.push(ServiceChange {
@@ -92,6 +94,8 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
             diff.to_remove.push(ServiceRemove {
                 service: name.clone(),
                 replicas: service.replicas,
+                keeps_volume: matches!(service.workload, bow_spec::Workload::Postgres(_))
+                    .then(|| name.clone()),
             });
         }
     }
@@ -101,7 +105,12 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
             Some(&to_value(&recorded.edge)),
             Some(&to_value(&desired.edge)),
             &mut diff.edge,
-            &|p| classify_edge_field(p.split('.').nth(1).unwrap_or_default()),
+            &|p| {
+                (
+                    classify_edge_field(p.split('.').nth(1).unwrap_or_default()),
+                    None,
+                )
+            },
         );
     }
     diff
@@ -119,9 +128,43 @@ pub fn service_fields(
         Some(&to_value(before)),
         Some(&to_value(after)),
         &mut fields,
-        &|p| classify_service_field(p.split('.').nth(2).unwrap_or_default()),
+        &|p| classify_service_path(p, after),
     );
     fields
+}
+
+/// The class of a change at `path` (`services.<name>.<field>...`) of `service` (the desired
+/// definition), and how it is carried out when the class alone does not say it. A postgres
+/// service takes a changed setting by a reload unless PostgreSQL reads it only at start
+/// (`pg_settings.context = 'postmaster'`), and a changed password by `ALTER ROLE`.
+fn classify_service_path(path: &str, service: &bow_spec::Service) -> (ChangeClass, Option<String>) {
+    let mut parts = path.splitn(5, '.');
+    let (field, sub, name) = (parts.nth(2).unwrap_or_default(), parts.next(), parts.next());
+    if let bow_spec::Workload::Postgres(postgres) = &service.workload {
+        match (field, sub, name) {
+            ("postgres", Some("settings"), Some(setting)) => {
+                return if crate::postgres::needs_restart(setting) {
+                    (ChangeClass::Replace, Some("restart".to_string()))
+                } else {
+                    (ChangeClass::InPlace, Some("reload".to_string()))
+                };
+            }
+            (SECRET_DIGESTS_FIELD, Some(secret), None) if secret == postgres.password_secret => {
+                return (ChangeClass::InPlace, Some("ALTER ROLE".to_string()));
+            }
+            ("postgres", Some("version"), None) => {
+                return (
+                    ChangeClass::Replace,
+                    Some(
+                        "refused: a major version change needs pg_upgrade or a dump and restore"
+                            .to_string(),
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    (classify_service_field(field), None)
 }
 
 /// Records every leaf that differs between `before` and `after`. Objects are compared key by
@@ -131,7 +174,7 @@ fn compare(
     before: Option<&Value>,
     after: Option<&Value>,
     out: &mut Vec<FieldChange>,
-    class: &dyn Fn(&str) -> ChangeClass,
+    class: &dyn Fn(&str) -> (ChangeClass, Option<String>),
 ) {
     match (before, after) {
         (Some(Value::Object(a)), Some(Value::Object(b))) => {
@@ -143,12 +186,16 @@ fn compare(
             }
         }
         (a, b) if a == b => {}
-        (a, b) => out.push(FieldChange {
-            path: path.to_string(),
-            before: a.cloned(),
-            after: b.cloned(),
-            class: class(path),
-        }),
+        (a, b) => {
+            let (class, how) = class(path);
+            out.push(FieldChange {
+                path: path.to_string(),
+                before: a.cloned(),
+                after: b.cloned(),
+                class,
+                how,
+            })
+        }
     }
 }
 

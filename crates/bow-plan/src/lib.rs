@@ -5,6 +5,7 @@
 //! orders its actions so that dependencies come before dependants.
 
 mod diff;
+pub mod postgres;
 mod render;
 
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,10 @@ pub struct FieldChange {
     /// `None`: the field is no longer set.
     pub after: Option<Value>,
     pub class: ChangeClass,
+    /// How the change is carried out when the class alone does not say it (a postgres
+    /// setting: `reload` or `restart`; a postgres password: `ALTER ROLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub how: Option<String>,
 }
 
 /// A service the recorded state does not have.
@@ -77,6 +82,10 @@ pub struct ServiceChange {
 pub struct ServiceRemove {
     pub service: String,
     pub replicas: u32,
+    /// The volume whose data stays on the host (a postgres service's data directory):
+    /// removing a service never deletes data, `bow volume rm` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keeps_volume: Option<String>,
 }
 
 /// Desired against recorded, service by service and field by field.

@@ -21,11 +21,7 @@ fn field_line(f: &mut fmt::Formatter<'_>, change: &FieldChange) -> fmt::Result {
             (_, None) => ("-", "removed"),
             _ => ("~", "changed"),
         };
-        return writeln!(
-            f,
-            "    {sign} secret {name} ({what})  ({})",
-            change.class.label()
-        );
+        return writeln!(f, "    {sign} secret {name} ({what})  ({})", label(change));
     }
     let (sign, text) = match (&change.before, &change.after) {
         (None, _) => ("+", format!("{}: {}", change.path, value(&change.after))),
@@ -40,7 +36,15 @@ fn field_line(f: &mut fmt::Formatter<'_>, change: &FieldChange) -> fmt::Result {
             ),
         ),
     };
-    writeln!(f, "    {sign} {text}  ({})", change.class.label())
+    writeln!(f, "    {sign} {text}  ({})", label(change))
+}
+
+/// The class, with how it is carried out where the class alone does not say it.
+fn label(change: &FieldChange) -> String {
+    match &change.how {
+        Some(how) => format!("{}: {how}", change.class.label()),
+        None => change.class.label().to_string(),
+    }
 }
 
 fn plural(count: u32, word: &str) -> String {
@@ -98,6 +102,12 @@ impl fmt::Display for Plan {
                 remove.service,
                 plural(remove.replicas, "instance")
             )?;
+            if let Some(volume) = &remove.keeps_volume {
+                writeln!(
+                    f,
+                    "    ! data kept: volume {volume} stays on this host; `bow volume rm {volume}` deletes it"
+                )?;
+            }
         }
         if !self.diff.edge.is_empty() {
             writeln!(f, "~ edge  (edge-only)")?;

@@ -111,6 +111,8 @@ pub enum EventKind {
     Backoff,
     Building,
     Built,
+    /// Executor: a chaos drill's fault on a service's traffic started or lifted.
+    ChaosFault,
     /// Executor: the secrets of an instance that no longer runs were removed.
     Cleaned,
     CrashLooping,
@@ -155,12 +157,13 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 33] = [
+    pub const ALL: [EventKind; 34] = [
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
         EventKind::Building,
         EventKind::Built,
+        EventKind::ChaosFault,
         EventKind::Cleaned,
         EventKind::CrashLooping,
         EventKind::DeployFailed,
@@ -199,6 +202,7 @@ impl EventKind {
             EventKind::Backoff => "backoff",
             EventKind::Building => "building",
             EventKind::Built => "built",
+            EventKind::ChaosFault => "chaos-fault",
             EventKind::Cleaned => "cleaned",
             EventKind::CrashLooping => "crash-looping",
             EventKind::DeployFailed => "deploy-failed",

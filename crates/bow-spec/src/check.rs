@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::decode::NOT_AVAILABLE_KEYS;
 use crate::diag::{Span, did_you_mean};
-use crate::interp::secret_references;
+use crate::interp::{postgres_references, secret_references};
 use crate::reader::{Reader, index, join};
 use crate::schema::{Spec, Workload};
 use crate::yaml::{Node, NodeKind};
@@ -16,6 +16,7 @@ pub fn spec(spec: &Spec, root: &Node, reader: &mut Reader) {
     routes(spec, root, reader);
     ports(spec, root, reader);
     secrets(spec, root, reader);
+    database_urls(spec, root, reader);
     backups(spec, root, reader);
     not_available(root, reader);
 }
@@ -33,17 +34,9 @@ fn not_available(root: &Node, reader: &mut Reader) {
                 continue;
             };
             let (what, hint) = match field {
-                "image" | "build" => (
-                    "containers are",
-                    "run the service as a process with `command:`",
-                ),
                 "postgres" => (
                     "managed PostgreSQL is",
                     "run PostgreSQL outside bow (or as a `command:` service) and give its address in `env`",
-                ),
-                "volumes" => (
-                    "volumes are",
-                    "a service can read and write its `dir` or any path its user may use",
                 ),
                 _ => ("backups are", "back the data up outside bow for now"),
             };
@@ -237,6 +230,59 @@ fn secrets(spec: &Spec, root: &Node, reader: &mut Reader) {
                         span,
                         format!("secret `{secret}` is referenced but not listed in services.{name}.secrets"),
                         Some(format!("add `{secret}` to `secrets:` of `{name}`")),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `${postgres:SERVICE}` names a postgres service, and the service using it lists that
+/// service's password secret (the URL carries the password).
+fn database_urls(spec: &Spec, root: &Node, reader: &mut Reader) {
+    for (name, service) in &spec.services {
+        for (variable, value) in &service.env {
+            for target in postgres_references(value) {
+                let span = node_at(root, &["services", name, "env", variable])
+                    .map_or(root.span, |n| n.span);
+                let path = join(&format!("services.{name}.env"), variable);
+                let postgres = spec.services.get(target).and_then(|s| match &s.workload {
+                    Workload::Postgres(postgres) => Some(postgres),
+                    _ => None,
+                });
+                let Some(postgres) = postgres else {
+                    let databases = spec
+                        .services
+                        .iter()
+                        .filter(|(_, s)| matches!(s.workload, Workload::Postgres(_)))
+                        .map(|(n, _)| n.as_str());
+                    let hint = match did_you_mean(target, databases.clone()) {
+                        Some(close) => format!("did you mean `${{postgres:{close}}}`?"),
+                        None => format!(
+                            "postgres services here: {}",
+                            databases.collect::<Vec<_>>().join(", ")
+                        ),
+                    };
+                    reader.error(
+                        &path,
+                        span,
+                        format!("`${{postgres:{target}}}` names no postgres service"),
+                        Some(hint),
+                    );
+                    continue;
+                };
+                if !service.secrets.contains(&postgres.password_secret) {
+                    reader.error(
+                        &path,
+                        span,
+                        format!(
+                            "`${{postgres:{target}}}` carries {target}'s password, and `{name}` does not list its secret `{}`",
+                            postgres.password_secret
+                        ),
+                        Some(format!(
+                            "add `{}` to `secrets:` of `{name}`",
+                            postgres.password_secret
+                        )),
                     );
                 }
             }

@@ -1,7 +1,8 @@
 //! `${name}` substitution of vars in every string value.
 //!
-//! `${name}` is replaced by the var `name`. `${secret:NAME}` stays a reference (allowed in
-//! `env` values only). In `command`, `env` values and `health.exec`, an undefined
+//! `${name}` is replaced by the var `name`. `${secret:NAME}` and `${postgres:SERVICE}` (the
+//! URL of a postgres service, password included) stay references (allowed in `env` values
+//! only). In `command`, `env` values and `health.exec`, an undefined
 //! upper-case `${NAME}` is left for the instance's environment at run time (`${PORT}`). `$${`
 //! writes a literal `${`.
 
@@ -149,6 +150,19 @@ fn expand(
                 ok = false;
             }
             out.push_str(&tail[..=end]);
+        } else if let Some(service) = reference.strip_prefix("postgres:") {
+            if !allowed.secret {
+                reader.error(
+                    path,
+                    span,
+                    format!("`${{postgres:{service}}}` is only allowed in env values"),
+                    Some(format!(
+                        "write it as an env value, e.g. DATABASE_URL: ${{postgres:{service}}}"
+                    )),
+                );
+                ok = false;
+            }
+            out.push_str(&tail[..=end]);
         } else if let Some(value) = vars.get(reference) {
             out.push_str(value);
         } else if allowed.runtime
@@ -187,10 +201,19 @@ pub fn is_env_name(text: &str) -> bool {
 
 /// The names in `${secret:NAME}` references of `text`.
 pub fn secret_references(text: &str) -> Vec<&str> {
+    references(text, "${secret:")
+}
+
+/// The services in `${postgres:SERVICE}` references of `text`.
+pub fn postgres_references(text: &str) -> Vec<&str> {
+    references(text, "${postgres:")
+}
+
+fn references<'t>(text: &'t str, opening: &str) -> Vec<&'t str> {
     let mut names = Vec::new();
     let mut rest = text;
-    while let Some(at) = rest.find("${secret:") {
-        let tail = &rest[at + 9..];
+    while let Some(at) = rest.find(opening) {
+        let tail = &rest[at + opening.len()..];
         let Some(end) = tail.find('}') else { break };
         names.push(&tail[..end]);
         rest = &tail[end + 1..];

@@ -26,7 +26,7 @@ pub use decode::{
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;
-pub use interp::secret_references;
+pub use interp::{postgres_references, secret_references};
 pub use sandbox::{Sandbox, SandboxLevel, SyscallRules};
 pub use schema::*;
 
@@ -258,7 +258,11 @@ pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
                 service.dir = Some(anchor(service.dir.as_deref().unwrap_or(".")))
             }
             Workload::Postgres(postgres) => postgres.init = postgres.init.as_deref().map(anchor),
-            Workload::Image(_) => {}
+            Workload::Container(container) => {
+                if let Some(build) = &mut container.build {
+                    build.context = anchor(&build.context);
+                }
+            }
         }
         for path in &mut service.sandbox.writable {
             *path = anchor(path);

@@ -151,7 +151,7 @@ pub struct Service {
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     Command(CommandLine),
-    Image(String),
+    Container(Container),
     Postgres(Postgres),
 }
 
@@ -160,7 +160,7 @@ impl Workload {
     pub fn kind(&self) -> &'static str {
         match self {
             Workload::Command(_) => "process",
-            Workload::Image(_) => "container",
+            Workload::Container(_) => "container",
             Workload::Postgres(_) => "postgres",
         }
     }
@@ -174,6 +174,47 @@ pub enum CommandLine {
     Argv(Vec<String>),
 }
 
+/// A container: an image from the engine (`image:`) or one bow builds (`build:`), with the
+/// overrides a Compose file would give.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Container {
+    /// The image reference; with `build:`, the name the built image is tagged with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// Replaces the image's CMD: a list as it is, a string split into words like a process's
+    /// command (as Compose does), under `/bin/sh -c` when it uses shell syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandLine>,
+    /// Replaces the image's ENTRYPOINT (same forms as `command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<CommandLine>,
+    /// The port the image listens on inside the container (`None`: it reads `$PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+    /// The working directory inside the container (`None`: the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+/// How bow builds a service's image: a Dockerfile in a context directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Build {
+    /// The context directory (relative paths are anchored at bow.yaml's directory).
+    pub context: String,
+    /// The Dockerfile, relative to the context (`Dockerfile` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// The stage to build, for a multi-stage Dockerfile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
 /// A PostgreSQL server that bow runs from the host's binaries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,8 +223,13 @@ pub struct Postgres {
     pub database: String,
     pub user: String,
     pub password_secret: String,
+    /// SQL run once, right after the database is created: a file, or a directory whose
+    /// `*.sql` files run in name order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<String>,
+    /// Server settings (`shared_buffers: 256MB`), written to a conf include bow owns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// A host plus path prefix the edge serves from a service: `app.example.com/api`.

@@ -185,6 +185,43 @@ pub enum Command {
         #[command(subcommand)]
         command: SecretCommand,
     },
+    /// psql on a postgres service as its role, no password typed; ARGS go to psql
+    Psql {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
+    /// Translate a Compose file into a bow.yaml (what has no equivalent is listed, with its line)
+    Import {
+        /// The Compose file (docker-compose.yml, compose.yaml, a Swarm stack file)
+        compose_file: PathBuf,
+        /// Write the bow.yaml here instead of to stdout (an existing file is kept unless --force)
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace the output file when it exists
+        #[arg(long)]
+        force: bool,
+        /// The project name (default: the file's `name:`, else its directory's name)
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// The resolved stack of an environment as a Compose file or Kubernetes objects (no secret values)
+    Export {
+        #[arg(value_enum)]
+        format: ExportFormat,
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Write here instead of to stdout
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Run the agent alone in the foreground (what a systemd unit runs)
     Agent {
         #[command(flatten)]
@@ -192,6 +229,36 @@ pub enum Command {
         /// Print a systemd unit that runs this agent, and exit
         #[arg(long)]
         print_systemd_unit: bool,
+    },
+}
+
+/// What `bow export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A Compose file (docker compose / docker stack)
+    Compose,
+    /// Kubernetes Deployments, Services, Ingresses, PersistentVolumeClaims and Secrets
+    Kubernetes,
+}
+
+/// `bow volume …`: the named volumes of an environment.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Every named volume and postgres data volume: its name, who uses it, where its data is
+    Ls {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Delete a volume and all its data (refused while a container or a postgres server uses it)
+    Rm {
+        #[command(flatten)]
+        stack: StackArgs,
+        name: String,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -317,6 +384,41 @@ pub enum ChaosDrill {
         /// Seed of the random choice of victims (printed; the same seed picks the same way)
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// SIGKILL the agent at random moments (about every --every) and start it again at once
+    /// (as a systemd unit would), deploys under way included
+    Agent {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// About this long between two kills (each is at a random moment of 0.5–1.5 times it)
+        #[arg(long, default_value = "5s")]
+        every: bow_spec::units::Duration,
+        #[arg(long = "for", default_value = "30s")]
+        duration: bow_spec::units::Duration,
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Add latency to SERVICE's traffic at the edge for a while
+    Latency {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// How much each request waits before it goes to an instance
+        #[arg(long, default_value = "200ms")]
+        add: bow_spec::units::Duration,
+        #[arg(long = "for", default_value = "30s")]
+        duration: bow_spec::units::Duration,
+    },
+    /// Lose a share of SERVICE's upstream attempts at the edge (as refused connections) for a while
+    Loss {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// The share lost, in percent (0–100)
+        #[arg(long, default_value_t = 20.0)]
+        percent: f64,
+        #[arg(long = "for", default_value = "30s")]
+        duration: bow_spec::units::Duration,
     },
     /// SIGSTOP one random running instance of SERVICE, SIGCONT it after the given time
     Pause {

@@ -31,39 +31,51 @@ const MAX_FILES: usize = 200_000;
 const CACHE_FILE: &str = "code-digests.json";
 /// Paths in a service's dir that are not code, in gitignore syntax.
 pub const IGNORE_FILE: &str = ".bowignore";
+/// Paths of a build context the image is built without.
+pub const DOCKER_IGNORE_FILE: &str = ".dockerignore";
 
 /// Set to a build id (e.g. by CI), it is the code version of every process service instead
-/// of what bow reads from the dirs.
+/// of what bow reads from the dirs. (A `build:` context is always read: its image is built
+/// from what is there.)
 pub const OVERRIDE_VARIABLE: &str = "BOW_CODE_VERSION";
 
 /// Fills `code` of every process service from its `dir`. `stack_file` is left out of the
 /// digest; the cache lives in `state_dir` when it can be written.
 pub fn stamp(spec: &mut Spec, stack_file: &Path, state_dir: &Path) {
-    if let Some(given) = std::env::var(OVERRIDE_VARIABLE)
+    let given = std::env::var(OVERRIDE_VARIABLE)
         .ok()
-        .filter(|v| !v.is_empty())
-    {
-        for service in spec.services.values_mut() {
-            if matches!(service.workload, Workload::Command(_)) {
-                service.code = Some(given.clone());
-            }
-        }
-        return;
-    }
+        .filter(|v| !v.is_empty());
     let mut cache = Cache::load(state_dir);
     let mut versions: HashMap<(String, Option<u32>), Option<String>> = HashMap::new();
     for (name, service) in spec.services.iter_mut() {
-        if !matches!(service.workload, Workload::Command(_)) {
-            continue;
-        }
-        let Some(dir) = service.dir.clone() else {
-            continue;
+        // A process's code is its dir; a built image's, its build context.
+        let (dir, owner, ignore_file) = match &service.workload {
+            Workload::Command(_) => {
+                if let Some(given) = &given {
+                    service.code = Some(given.clone());
+                    continue;
+                }
+                let Some(dir) = service.dir.clone() else {
+                    continue;
+                };
+                (
+                    dir,
+                    service_owner(name, service.user.as_deref()),
+                    IGNORE_FILE,
+                )
+            }
+            Workload::Container(container) => {
+                let Some(build) = &container.build else {
+                    continue;
+                };
+                (build.context.clone(), None, DOCKER_IGNORE_FILE)
+            }
+            Workload::Postgres(_) => continue,
         };
-        let owner = service_owner(name, service.user.as_deref());
         let version = versions
             .entry((dir.clone(), owner))
             .or_insert_with(|| {
-                let skip = Skip::new(stack_file, state_dir, Path::new(&dir), owner);
+                let skip = Skip::new(stack_file, state_dir, Path::new(&dir), owner, ignore_file);
                 version_of(Path::new(&dir), &skip, &mut cache)
             })
             .clone();
@@ -98,8 +110,14 @@ struct Skip<'a> {
 }
 
 impl<'a> Skip<'a> {
-    fn new(stack_file: &'a Path, state_dir: &'a Path, dir: &Path, owner: Option<u32>) -> Self {
-        let ignore_file = dir.join(IGNORE_FILE);
+    fn new(
+        stack_file: &'a Path,
+        state_dir: &'a Path,
+        dir: &Path,
+        owner: Option<u32>,
+        ignore_name: &str,
+    ) -> Self {
+        let ignore_file = dir.join(ignore_name);
         let ignore = ignore_file.is_file().then(|| {
             let mut builder = GitignoreBuilder::new(dir);
             // A line that does not parse is left out; the others still apply.
@@ -393,7 +411,7 @@ mod tests {
         let mut cache = Cache::default();
         let stack_file = dir.join("bow.yaml");
         let state_dir = dir.join("state");
-        let skip = Skip::new(&stack_file, &state_dir, dir, owner);
+        let skip = Skip::new(&stack_file, &state_dir, dir, owner, IGNORE_FILE);
         version_of(dir, &skip, &mut cache).unwrap()
     }
 
@@ -559,5 +577,45 @@ mod tests {
         assert!(dirty.starts_with(&format!("{clean}+")), "{dirty}");
         std::fs::write(dir.path().join("app.py"), "print(3)").unwrap();
         assert_ne!(version(dir.path()), dirty);
+    }
+}
+
+#[cfg(test)]
+mod build_context_tests {
+    use super::*;
+
+    #[test]
+    fn a_build_context_is_versioned_without_what_dockerignore_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app/notes")).unwrap();
+        std::fs::write(root.join("app/Dockerfile"), "FROM a\n").unwrap();
+        std::fs::write(root.join("app/.dockerignore"), "notes/\n").unwrap();
+        std::fs::write(root.join("app/notes/x"), "1").unwrap();
+        let file = root.join("bow.yaml");
+        std::fs::write(
+            &file,
+            "project: p\nservices:\n  web:\n    build: { context: ./app }\n",
+        )
+        .unwrap();
+        let load = || {
+            let mut spec = bow_spec::load(
+                &std::fs::read_to_string(&file).unwrap(),
+                &Default::default(),
+            )
+            .unwrap();
+            bow_spec::anchor_paths(&mut spec, root);
+            stamp(&mut spec, &file, &root.join("state"));
+            spec.services["web"].code.clone()
+        };
+        let first = load();
+        assert!(
+            first.as_deref().is_some_and(|c| c.starts_with("files:")),
+            "{first:?}"
+        );
+        std::fs::write(root.join("app/notes/x"), "2").unwrap();
+        assert_eq!(load(), first);
+        std::fs::write(root.join("app/Dockerfile"), "FROM b\n").unwrap();
+        assert_ne!(load(), first);
     }
 }

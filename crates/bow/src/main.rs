@@ -3,6 +3,7 @@
 mod cli;
 mod code_version;
 mod commands;
+mod compose;
 mod secret_store;
 mod session;
 mod stack;
@@ -85,14 +86,33 @@ fn main() -> ExitCode {
         Command::Down { stack } => commands::down::run(&stack.or(&cli.stack)),
         Command::Chaos { drill } => {
             let stack = match &drill {
-                cli::ChaosDrill::Kill { stack, .. } | cli::ChaosDrill::Pause { stack, .. } => {
-                    stack.clone().or(&cli.stack)
-                }
+                cli::ChaosDrill::Kill { stack, .. }
+                | cli::ChaosDrill::Pause { stack, .. }
+                | cli::ChaosDrill::Agent { stack, .. }
+                | cli::ChaosDrill::Latency { stack, .. }
+                | cli::ChaosDrill::Loss { stack, .. } => stack.clone().or(&cli.stack),
             };
             commands::chaos::run(&stack, &drill)
         }
         Command::Secret { command } => commands::secret::run(command, &cli.stack),
+        Command::Psql {
+            stack,
+            service,
+            args,
+        } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
+        Command::Volume { command } => commands::volume::run(command, &cli.stack),
+        Command::Import {
+            compose_file,
+            output,
+            force,
+            project,
+        } => commands::import::run(&compose_file, output.as_deref(), force, project.as_deref()),
+        Command::Export {
+            format,
+            stack,
+            output,
+        } => commands::import::export(format, &stack.or(&cli.stack), output.as_deref()),
         Command::Agent {
             stack,
             print_systemd_unit,

@@ -301,6 +301,7 @@ fn describe(config: &ShimConfig, pid: i32) -> Result<InstanceHandle, String> {
         started_at_unix_ms: unix_millis(SystemTime::now()),
         secrets_dir: config.secrets_dir.clone(),
         sandbox: config.sandbox.clone().map(Box::new),
+        stop_signal: config.stop_signal,
     })
 }
 

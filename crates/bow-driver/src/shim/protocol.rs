@@ -53,6 +53,9 @@ pub struct ShimConfig {
     /// How the service is confined; `None`: not at all.
     #[serde(default)]
     pub sandbox: Option<crate::sandbox::SandboxSpec>,
+    /// [`crate::InstanceSpec::stop_signal`], recorded in the handle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
 }
 
 /// The shim's answer: the service was exec'd, or why it could not be.

@@ -67,10 +67,15 @@ pub const SERVICE_KEYS: &[&str] = &[
     "stop_timeout",
     "build",
     "sandbox",
+    "entrypoint",
+    "container_port",
+    "working_dir",
 ];
 /// Service keys this version decodes but cannot run yet: validation refuses them
 /// (`check::not_available`), each later issue lifts its own.
-pub const NOT_AVAILABLE_KEYS: &[&str] = &["image", "build", "postgres", "volumes", "backup"];
+pub const NOT_AVAILABLE_KEYS: &[&str] = &["backup"];
+/// The keys only a container service may have.
+pub const CONTAINER_ONLY_KEYS: &[&str] = &["entrypoint", "container_port", "working_dir"];
 pub const HEALTH_KEYS: &[&str] = &[
     "http",
     "tcp",
@@ -80,7 +85,15 @@ pub const HEALTH_KEYS: &[&str] = &[
     "retries",
     "start_period",
 ];
-pub const POSTGRES_KEYS: &[&str] = &["version", "database", "user", "password_secret", "init"];
+pub const POSTGRES_KEYS: &[&str] = &[
+    "version",
+    "database",
+    "user",
+    "password_secret",
+    "init",
+    "settings",
+];
+pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const DEPLOY_KEYS: &[&str] = &["strategy", "max_surge", "timeout", "drain_timeout"];
 pub const BACKUP_KEYS: &[&str] = &["schedule", "keep", "to"];
 pub const ACME_KEYS: &[&str] = &["email", "directory"];
@@ -101,6 +114,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         SERVICE_KEYS,
         HEALTH_KEYS,
         POSTGRES_KEYS,
+        BUILD_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,
@@ -134,6 +148,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: u32 = 10_000;
     pub const BACKUP_KEEP: u32 = 7;
     pub const POSTGRES_VERSION: u32 = 15;
+    /// The port other services reach a postgres service on when it names none.
+    pub const POSTGRES_PORT: u16 = 5432;
     /// Edge ports as root, and as an unprivileged user (who cannot bind below 1024).
     pub const PRIVILEGED_PORTS: (u16, u16) = (80, 443);
     pub const UNPRIVILEGED_PORTS: (u16, u16) = (8080, 8443);

@@ -56,14 +56,77 @@ pub(super) fn postgres(node: &Node, path: &str, reader: &mut Reader) -> Option<P
     let init = fields
         .get("init")
         .and_then(|(n, p)| reader.nonempty(n, &p, "an SQL file path"));
+    let mut settings = std::collections::BTreeMap::new();
+    if let Some((n, p)) = fields.get("settings") {
+        for (key, value) in reader
+            .map(n, &p, "a mapping of server settings")
+            .unwrap_or_default()
+        {
+            let name = key.scalar().unwrap_or_default();
+            let setting_path = join(&p, name);
+            let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.'
+                });
+            if !valid {
+                reader.error(
+                    &setting_path,
+                    key.span,
+                    format!("{name:?} is not a PostgreSQL setting name: expected [a-z][a-z0-9_.]*"),
+                    Some(
+                        "write settings as in postgresql.conf, e.g. shared_buffers: 256MB"
+                            .to_string(),
+                    ),
+                );
+                continue;
+            }
+            if BOW_OWNED_SETTINGS.contains(&name) {
+                reader.error(
+                    &setting_path,
+                    key.span,
+                    format!("`{name}` is set by bow"),
+                    Some("bow sets the listen address, port, sockets, data directory and authentication itself; remove it".to_string()),
+                );
+                continue;
+            }
+            if let Some(text) = reader.string(value, &setting_path, "a setting value") {
+                if text.contains(['\n', '\r']) {
+                    reader.error(
+                        &setting_path,
+                        value.span,
+                        "a setting value is one line",
+                        None,
+                    );
+                    continue;
+                }
+                settings.insert(name.to_string(), text);
+            }
+        }
+    }
     Some(Postgres {
         version: version?,
         database: database?,
         user: user?,
         password_secret: password_secret?,
         init,
+        settings,
     })
 }
+
+/// Settings bow writes itself: where the server listens, its files and who may connect.
+const BOW_OWNED_SETTINGS: &[&str] = &[
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "data_directory",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "include",
+    "include_dir",
+    "include_if_exists",
+    "password_encryption",
+];
 
 pub(super) fn health(node: &Node, path: &str, reader: &mut Reader) -> Option<Health> {
     let fields = reader.fields(node, path, "a health check mapping", HEALTH_KEYS)?;

@@ -23,7 +23,9 @@ pub(super) fn service(
     let workload = workload(&fields, node, path, reader);
     let is_command = matches!(workload, Some(Workload::Command(_)));
     let mut service = Service {
-        workload: workload.clone().unwrap_or(Workload::Image(String::new())),
+        workload: workload
+            .clone()
+            .unwrap_or(Workload::Command(CommandLine::Argv(Vec::new()))),
         dir: None,
         env: BTreeMap::new(),
         port: None,
@@ -194,8 +196,11 @@ pub(super) fn service(
         }
     }
     if let Some((n, p)) = fields.get("user") {
+        let in_container = matches!(workload, Some(Workload::Container(_)));
         service.user = reader.nonempty(n, &p, "a unix user name").filter(|user| {
-            let ok = is_user_name(user);
+            // Inside a container: a name or uid, with an optional group (`1000:1000`).
+            let ok = is_user_name(user)
+                || (in_container && is_container_user(user));
             if !ok {
                 let suggestion: String = crate::reader::suggest_name(user).chars().take(32).collect();
                 let hint = if suggestion.is_empty() { "use lowercase letters, digits, `_` and `-`".to_string() } else { format!("for example `{suggestion}`") };
@@ -208,6 +213,7 @@ pub(super) fn service(
         service.allow_root = reader.boolean(n, &p).unwrap_or(false);
     }
     if let Some(user) = &service.user
+        && !matches!(workload, Some(Workload::Container(_)))
         && !service.allow_root
         && (user == "root" || options.uid0_users.iter().any(|u| u == user))
         && let Some((n, p)) = fields.get("user")
@@ -225,12 +231,12 @@ pub(super) fn service(
         );
     }
     if let Some((n, p)) = fields.get("sandbox") {
-        if workload.is_some() && !is_command {
+        if matches!(workload, Some(Workload::Container(_))) {
             reader.error(
                 &p,
                 n.blame(),
-                "`sandbox` applies to command services only",
-                Some("remove it, or run the service with `command:`".to_string()),
+                "`sandbox` applies to process and postgres services; the engine confines containers",
+                Some("remove it: a container runs in its own namespaces under the engine's own confinement".to_string()),
             );
         }
         service.sandbox = super::sandbox::sandbox(n, &p, reader);
@@ -291,7 +297,17 @@ pub(super) fn service(
                 .unwrap_or(service.deploy.drain_timeout);
         }
     }
-    if let Some((n, p)) = fields.get("volumes") {
+    if let Some((n, p)) = fields.get("volumes")
+        && workload.is_some()
+        && !matches!(workload, Some(Workload::Container(_)))
+    {
+        reader.error(
+            &p,
+            n.blame(),
+            "`volumes` apply to container services only",
+            Some("a process service reads and writes its `dir` or any path its user may use; remove `volumes:`".to_string()),
+        );
+    } else if let Some((n, p)) = fields.get("volumes") {
         for (position, item) in reader
             .list(n, &p, "volumes like data:/var/lib/app")
             .unwrap_or_default()
@@ -319,6 +335,22 @@ pub(super) fn service(
     if let Some((n, p)) = fields.get("stop_timeout") {
         service.stop_timeout = reader.duration(n, &p).unwrap_or(service.stop_timeout);
     }
+    if let Some(Workload::Postgres(_)) = &workload {
+        if service.port.is_none() {
+            service.port = Some(defaults::POSTGRES_PORT);
+        }
+        if let Some((n, p)) = fields.get("health") {
+            reader.error(
+                &p,
+                n.blame(),
+                "a postgres service has its own health check",
+                Some(
+                    "bow connects with the service's role and runs SELECT 1; remove `health:`"
+                        .to_string(),
+                ),
+            );
+        }
+    }
     if let Some(Workload::Postgres(_)) = &workload
         && service.replicas > 1
     {
@@ -337,15 +369,19 @@ pub(super) fn service(
 }
 
 fn workload(fields: &Fields<'_>, node: &Node, path: &str, reader: &mut Reader) -> Option<Workload> {
+    // `image:` or `build:` make a container; `command:` beside them is the container's command.
+    let is_container = fields.get("image").is_some() || fields.get("build").is_some();
     let present: Vec<&str> = ["command", "image", "postgres"]
         .into_iter()
-        .filter(|key| fields.get(key).is_some())
+        .filter(|key| fields.get(key).is_some() && !(is_container && *key == "command"))
+        .chain(
+            fields
+                .get("build")
+                .filter(|_| fields.get("image").is_none())
+                .map(|_| "build"),
+        )
         .collect();
     if present.is_empty() {
-        if fields.get("build").is_some() {
-            // `build:` makes an image; it is refused as not available (check.rs) on its own.
-            return None;
-        }
         reader.error(path, node.blame(), "expected one of `command`, `image` or `postgres`, found none", Some("add `command: ...` to run a process, `image: ...` for a container or `postgres: {...}` for a database".to_string()));
         return None;
     }
@@ -355,46 +391,210 @@ fn workload(fields: &Fields<'_>, node: &Node, path: &str, reader: &mut Reader) -
         reader.error(&join(path, second), span, format!("`{}` and `{second}` are both set: a service runs exactly one of command, image or postgres", present[0]), Some("split them into two services".to_string()));
         return None;
     }
+    if !is_container {
+        for key in CONTAINER_ONLY_KEYS {
+            if let Some((n, p)) = fields.get(key) {
+                reader.error(
+                    &p,
+                    n.blame(),
+                    format!("`{key}` applies to container services only (`image:` or `build:`)"),
+                    Some("remove it, or run the service from an image".to_string()),
+                );
+            }
+        }
+    }
+    if is_container {
+        return container(fields, reader).map(Workload::Container);
+    }
     let (value, value_path) = fields.get(present[0])?;
     match present[0] {
-        "command" => match &value.kind {
-            NodeKind::Seq(items) => {
-                let mut argv = Vec::new();
-                for (position, item) in items.iter().enumerate() {
-                    argv.push(reader.nonempty(
-                        item,
-                        &index(&value_path, position),
-                        "a command argument",
-                    )?);
-                }
-                if argv.is_empty() {
-                    reader.error(
-                        &value_path,
-                        value.span,
-                        "expected a command, found an empty list",
-                        None,
-                    );
-                    return None;
-                }
-                Some(Workload::Command(CommandLine::Argv(argv)))
+        "command" => command_line(value, &value_path, reader).map(Workload::Command),
+        _ => postgres(value, &value_path, reader).map(Workload::Postgres),
+    }
+}
+
+/// A command as a string (shell form) or a list (exec form).
+fn command_line(value: &Node, value_path: &str, reader: &mut Reader) -> Option<CommandLine> {
+    match &value.kind {
+        NodeKind::Seq(items) => {
+            let mut argv = Vec::new();
+            for (position, item) in items.iter().enumerate() {
+                argv.push(reader.nonempty(
+                    item,
+                    &index(value_path, position),
+                    "a command argument",
+                )?);
             }
-            _ => reader
-                .nonempty(value, &value_path, "a command line")
-                .map(|c| Workload::Command(CommandLine::Shell(c))),
-        },
-        "image" => {
-            let image = reader.nonempty(value, &value_path, "an image reference like app:1.4.2")?;
-            if image.contains(char::is_whitespace) {
+            if argv.is_empty() {
                 reader.error(
-                    &value_path,
+                    value_path,
                     value.span,
-                    format!("expected an image reference like app:1.4.2, found {image:?}"),
+                    "expected a command, found an empty list",
                     None,
                 );
                 return None;
             }
-            Some(Workload::Image(image))
+            Some(CommandLine::Argv(argv))
         }
-        _ => postgres(value, &value_path, reader).map(Workload::Postgres),
+        _ => reader
+            .nonempty(value, value_path, "a command line")
+            .map(CommandLine::Shell),
     }
+}
+
+fn container(fields: &Fields<'_>, reader: &mut Reader) -> Option<Container> {
+    let before = reader.diagnostics.len();
+    let image = fields.get("image").and_then(|(value, value_path)| {
+        let image = reader.nonempty(value, &value_path, "an image reference like app:1.4.2")?;
+        if !is_image_reference(&image) {
+            reader.error(
+                &value_path,
+                value.span,
+                format!("expected an image reference like app:1.4.2 or registry.example.com/team/app@sha256:..., found {image:?}"),
+                None,
+            );
+            return None;
+        }
+        Some(image)
+    });
+    let build = fields.get("build").and_then(|(n, p)| build(n, &p, reader));
+    let command = fields
+        .get("command")
+        .and_then(|(n, p)| command_line(n, &p, reader));
+    let entrypoint = fields
+        .get("entrypoint")
+        .and_then(|(n, p)| command_line(n, &p, reader));
+    let container_port = fields
+        .get("container_port")
+        .and_then(|(n, p)| reader.port(n, &p));
+    let working_dir = fields.get("working_dir").and_then(|(n, p)| {
+        let dir = reader.nonempty(n, &p, "an absolute path inside the container")?;
+        if !dir.starts_with('/') {
+            reader.error(
+                &p,
+                n.span,
+                format!("expected an absolute path inside the container, found {dir:?}"),
+                Some("write it from the container's root, like /app".to_string()),
+            );
+            return None;
+        }
+        Some(dir)
+    });
+    if reader.diagnostics.len() > before {
+        return None;
+    }
+    Some(Container {
+        image,
+        build,
+        command,
+        entrypoint,
+        container_port,
+        working_dir,
+    })
+}
+
+fn build(node: &Node, path: &str, reader: &mut Reader) -> Option<Build> {
+    // `build: ./dir` is the short form of `build: {context: ./dir}` (as in Compose).
+    if node.scalar().is_some() {
+        let context = reader.nonempty(node, path, "a build context directory")?;
+        return Some(Build {
+            context,
+            dockerfile: None,
+            args: BTreeMap::new(),
+            target: None,
+        });
+    }
+    let fields = reader.fields(
+        node,
+        path,
+        "a build mapping like {context: ./app}",
+        BUILD_KEYS,
+    )?;
+    let Some((n, p)) = fields.get("context") else {
+        reader.error(
+            path,
+            node.blame(),
+            "`build` needs a `context`: the directory the image is built from",
+            Some("write build: {context: ./app}".to_string()),
+        );
+        return None;
+    };
+    let context = reader.nonempty(n, &p, "a build context directory")?;
+    let dockerfile = fields
+        .get("dockerfile")
+        .and_then(|(n, p)| reader.nonempty(n, &p, "a Dockerfile path inside the context"));
+    let target = fields
+        .get("target")
+        .and_then(|(n, p)| reader.nonempty(n, &p, "a build stage name"));
+    let mut args = BTreeMap::new();
+    if let Some((n, p)) = fields.get("args") {
+        for (key, value) in reader
+            .map(n, &p, "a mapping of build arguments")
+            .unwrap_or_default()
+        {
+            let name = key.scalar().unwrap_or_default();
+            if let Some(value) = reader.string(value, &join(&p, name), "a build argument value") {
+                args.insert(name.to_string(), value);
+            }
+        }
+    }
+    Some(Build {
+        context,
+        dockerfile,
+        args,
+        target,
+    })
+}
+
+/// `uid`, `name:group` or `uid:gid`: a user inside a container.
+fn is_container_user(user: &str) -> bool {
+    let part = |p: &str| {
+        is_user_name(p) || (!p.is_empty() && p.len() <= 10 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match user.split_once(':') {
+        Some((user, group)) => part(user) && part(group),
+        None => part(user),
+    }
+}
+
+/// `[registry[:port]/]name[/name...][:tag][@digest]`, lower-case names (Docker's grammar, loosely).
+fn is_image_reference(image: &str) -> bool {
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    if let Some(digest) = digest {
+        let Some((algorithm, hex)) = digest.split_once(':') else {
+            return false;
+        };
+        if algorithm.is_empty() || hex.len() < 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return false;
+        }
+    }
+    let (name, tag) = match rest.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
+        _ => (rest, None),
+    };
+    if let Some(tag) = tag
+        && (tag.is_empty()
+            || tag.len() > 128
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)))
+    {
+        return false;
+    }
+    !name.is_empty()
+        && name.split('/').enumerate().all(|(position, part)| {
+            let registry = position == 0
+                && name.contains('/')
+                && (part.contains('.') || part.contains(':') || part == "localhost");
+            !part.is_empty()
+                && part.bytes().all(|b| {
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b"._-".contains(&b)
+                        || (registry && (b.is_ascii_uppercase() || b == b':'))
+                })
+        })
 }

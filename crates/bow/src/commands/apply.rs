@@ -33,6 +33,9 @@ pub fn run(args: &StackArgs, yes: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", crate::commands::plan::render(&plan, &session.file));
+    if let Some(note) = crate::commands::plan::engine_note(&session.spec) {
+        println!("\n{note}");
+    }
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive && !yes && !confirm()? {
         eprintln!("not applied");

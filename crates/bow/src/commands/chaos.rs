@@ -34,7 +34,10 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
     let before = status(&session)?;
     let service = match drill {
         ChaosDrill::Kill { service, .. } => service.as_deref(),
-        ChaosDrill::Pause { service, .. } => Some(service.as_str()),
+        ChaosDrill::Pause { service, .. }
+        | ChaosDrill::Latency { service, .. }
+        | ChaosDrill::Loss { service, .. } => Some(service.as_str()),
+        ChaosDrill::Agent { .. } => None,
     };
     if let Some(name) = service
         && !before.services.iter().any(|s| s.name == name)
@@ -47,10 +50,13 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
         );
     }
     let seed = match drill {
-        ChaosDrill::Kill { seed, .. } | ChaosDrill::Pause { seed, .. } => {
-            seed.unwrap_or_else(clock_seed)
-        }
+        ChaosDrill::Kill { seed, .. }
+        | ChaosDrill::Pause { seed, .. }
+        | ChaosDrill::Agent { seed, .. } => seed.unwrap_or_else(clock_seed),
+        ChaosDrill::Latency { .. } | ChaosDrill::Loss { .. } => 0,
     };
+    // The edge lives in the agent: its counters start again with each new agent.
+    let mut edge_counted = true;
     let mut random = Random(seed);
     let what = match drill {
         ChaosDrill::Kill {
@@ -76,6 +82,58 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
                 std::thread::sleep(every.min(duration.saturating_sub(started.elapsed())));
             }
             format!("{} kills: {}", kills.len(), summarise(&kills))
+        }
+        ChaosDrill::Agent {
+            every, duration, ..
+        } => {
+            edge_counted = false;
+            let (every, duration) = (every.as_std(), bounded(duration.as_std())?);
+            if every.is_zero() {
+                bail!("--every must be longer than 0s");
+            }
+            eprintln!(
+                "chaos: SIGKILL the agent about every {} for {}, starting it again each time (seed {seed})",
+                bow_spec::units::Duration(every),
+                bow_spec::units::Duration(duration)
+            );
+            crate::commands::chaos_agent::drill(&session, every, duration, &mut random)?
+        }
+        ChaosDrill::Latency { add, duration, .. } => {
+            let duration = bounded(duration.as_std())?;
+            fault(
+                &session,
+                service.unwrap_or_default(),
+                add.as_std(),
+                0,
+                duration,
+            )?;
+            format!(
+                "{} added to every request of {} for {}",
+                bow_spec::units::Duration(add.as_std()),
+                service.unwrap_or_default(),
+                bow_spec::units::Duration(duration)
+            )
+        }
+        ChaosDrill::Loss {
+            percent, duration, ..
+        } => {
+            let duration = bounded(duration.as_std())?;
+            if !(0.0..=100.0).contains(percent) {
+                bail!("--percent is between 0 and 100");
+            }
+            let per_million = (percent * 10_000.0).round() as u32;
+            fault(
+                &session,
+                service.unwrap_or_default(),
+                Duration::ZERO,
+                per_million,
+                duration,
+            )?;
+            format!(
+                "{percent}% of the attempts to {} lost for {}",
+                service.unwrap_or_default(),
+                bow_spec::units::Duration(duration)
+            )
         }
         ChaosDrill::Pause { duration, .. } => {
             let duration = bounded(duration.as_std())?;
@@ -112,6 +170,7 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
     let drill_ended = Instant::now();
     let (after, settled) = settle(&session, &before)?;
     let report = Report {
+        edge_counted,
         what,
         before: &before,
         after: &after,
@@ -124,6 +183,34 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Asks the agent for a fault on `service`'s traffic, then waits the drill out.
+fn fault(
+    session: &Session,
+    service: &str,
+    delay: Duration,
+    loss_per_million: u32,
+    duration: Duration,
+) -> Result<()> {
+    let request = Request::Fault {
+        service: service.to_string(),
+        delay_ms: delay.as_millis() as u64,
+        loss_per_million,
+        for_ms: duration.as_millis() as u64,
+    };
+    match session.call(&request, Duration::from_secs(10))? {
+        Some(Response::FaultOn { .. }) => {}
+        Some(Response::Error { message }) => bail!("{message}"),
+        Some(other) => bail!("unexpected answer from the agent: {other:?}"),
+        None => return Err(crate::session::no_agent(&session.state_dir)),
+    }
+    eprintln!(
+        "chaos: fault on {service} for {}",
+        bow_spec::units::Duration(duration)
+    );
+    std::thread::sleep(duration);
+    Ok(())
 }
 
 fn bounded(duration: Duration) -> Result<Duration> {
@@ -249,6 +336,8 @@ fn orphans(session: &Session, report: &StatusReport) -> Vec<String> {
 }
 
 struct Report<'a> {
+    /// Whether the edge's counters span the drill (not when the agent was restarted).
+    edge_counted: bool,
     what: String,
     before: &'a StatusReport,
     after: &'a StatusReport,
@@ -273,7 +362,13 @@ impl std::fmt::Display for Report<'_> {
                 .unwrap_or_default()
         };
         let (first, last) = (requests(self.before), requests(self.after));
-        for (service, now) in &last {
+        if !self.edge_counted {
+            writeln!(
+                f,
+                "edge: its counters start again with each agent (the edge lives in it): requests during the drill are not counted"
+            )?;
+        }
+        for (service, now) in last.iter().filter(|_| self.edge_counted) {
             let then = first.get(service).copied().unwrap_or_default();
             let delta = EdgeRequests {
                 total: now.total.saturating_sub(then.total),
@@ -363,10 +458,10 @@ fn clock_seed() -> u64 {
 }
 
 /// splitmix64: seeded, so a drill can be replayed.
-struct Random(u64);
+pub(crate) struct Random(u64);
 
 impl Random {
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

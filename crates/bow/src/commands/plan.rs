@@ -15,13 +15,74 @@ pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
     let plan = bow_plan::plan(&session.spec, recorded.as_ref());
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-        Output::Text => print!("{}", render(&plan, &session.file)),
+        Output::Text => {
+            print!("{}", render(&plan, &session.file));
+            if let Some(note) = engine_note(&session.spec) {
+                println!("\n{note}");
+            }
+        }
     }
     Ok(if plan.has_changes() {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// When the spec has container services and no container engine answers: which services
+/// cannot start and the socket tried. (Process services run regardless.)
+pub fn engine_note(spec: &bow_spec::Spec) -> Option<String> {
+    let containers: Vec<&str> = spec
+        .services
+        .iter()
+        .filter(|(_, s)| matches!(s.workload, bow_spec::Workload::Container(_)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if containers.is_empty() {
+        return None;
+    }
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| bow_container::engine::DEFAULT_SOCKET.to_string());
+    let reason = match engine_answers(&socket) {
+        Ok(()) => return None,
+        Err(reason) => reason,
+    };
+    Some(format!(
+        "warning: no container engine at {socket} ({reason}): {} cannot start until one runs; start dockerd (or podman's API service) or set DOCKER_HOST",
+        containers.join(", ")
+    ))
+}
+
+/// `GET /_ping` on the engine's unix socket.
+fn engine_answers(socket: &str) -> std::result::Result<(), String> {
+    use std::io::{Read, Write};
+    let path = socket
+        .strip_prefix("unix://")
+        .ok_or_else(|| "only unix:// sockets are supported".to_string())?;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(|e| e.to_string())?;
+    let timeout = Some(std::time::Duration::from_secs(3));
+    stream
+        .set_read_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(timeout)
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let _ = stream.take(4096).read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(format!(
+            "it answered {:?}",
+            text.lines().next().unwrap_or_default()
+        ))
+    }
 }
 
 /// The last applied spec in `state_dir` (read-only), if any.

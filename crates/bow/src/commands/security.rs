@@ -46,8 +46,10 @@ pub fn run(args: &StackArgs, service: &str, output: Output) -> Result<ExitCode> 
             names.join(", ")
         );
     };
-    if !matches!(definition.workload, Workload::Command(_)) {
-        bail!("{service} is not a command service: the sandbox applies to process services");
+    if matches!(definition.workload, Workload::Container(_)) {
+        bail!(
+            "{service} is a container service: the engine confines it; the sandbox applies to process and postgres services"
+        );
     }
     let assessment = assess(service, definition);
     match output {

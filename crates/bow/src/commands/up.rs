@@ -16,6 +16,9 @@ use crate::session::Session;
 pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
     crate::secret_store::attach_digests(&mut session)?;
+    if let Some(note) = crate::commands::plan::engine_note(&session.spec) {
+        eprintln!("{note}");
+    }
     let running = session.call(&Request::Ping, Duration::from_secs(5))?;
     match (running, detach) {
         (Some(_), _) => {
@@ -28,7 +31,7 @@ pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
                         return Ok(code);
                     }
                 }
-                wait_healthy(&session).map_err(|error| {
+                wait_healthy(&session, None).map_err(|error| {
                     anyhow::anyhow!(
                         "{error:#}\nthe agent (started before this `bow up`) and its instances keep running: `bow status` shows them, `bow down` stops them"
                     )
@@ -47,7 +50,7 @@ pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
             // what this command started instead of leaving it behind. (An instance that
             // fails is different: the agent keeps retrying it while the others serve.)
             apply(&session)
-                .and_then(|_| wait_healthy(&session))
+                .and_then(|(revision, _)| wait_healthy(&session, Some(revision)))
                 .map_err(|error| stop_started(&session, error))
         }
         (None, false) => foreground(session),
@@ -187,7 +190,28 @@ fn wait_budget(session: &Session) -> Duration {
     budget.max(Duration::from_secs(10))
 }
 
-fn wait_healthy(session: &Session) -> Result<ExitCode> {
+/// A service of `revision` whose deploy failed before it had an instance (its python venv,
+/// its postgres cluster): no instance's health would ever say so, so its reason is the error.
+fn failed_before_any_instance(session: &Session, revision: i64) -> Result<()> {
+    let Some(Response::Progress(report)) =
+        session.call(&Request::Progress { revision }, Duration::from_secs(10))?
+    else {
+        return Ok(());
+    };
+    if let Some(failed) = report.services.iter().find(|s| {
+        s.phase == bow_agent::api::Phase::Failed
+            && s.failure.as_ref().is_some_and(|f| f.instance.is_none())
+    }) {
+        bail!(
+            "{} could not be deployed: {}",
+            failed.service,
+            failed.detail
+        );
+    }
+    Ok(())
+}
+
+fn wait_healthy(session: &Session, revision: Option<i64>) -> Result<ExitCode> {
     let deadline = Instant::now() + wait_budget(session);
     let started = Instant::now();
     loop {
@@ -204,6 +228,9 @@ fn wait_healthy(session: &Session) -> Result<ExitCode> {
             .find(|n| n.starts_with(bow_agent::EDGE_FAILED_NOTE))
         {
             bail!("{note}");
+        }
+        if let Some(revision) = revision {
+            failed_before_any_instance(session, revision)?;
         }
         if all_healthy(&report) && (!routed || report.edge.is_some()) {
             let count: usize = report.services.iter().map(|s| s.instances.len()).sum();

@@ -1,0 +1,19 @@
+//! The container driver: one instance of a service as a container of a Docker Engine (or
+//! Podman's Docker-compatible API), reached through bollard; nothing shells out to a CLI.
+//! See docs/containers.md for the model (network, ports, secrets, logs, adoption).
+
+pub mod build;
+mod create;
+mod driver;
+pub mod engine;
+mod exec;
+mod inspect;
+mod logs;
+pub mod network;
+mod passwd;
+mod usage;
+pub mod volumes;
+
+pub use driver::{ContainerDriver, ContainerScope, SECRETS_TARGET};
+pub use engine::Engine;
+pub use network::NetworkInfo;
