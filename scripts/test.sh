@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 # its maintainer scripts create a default cluster, which policy-rc.d keeps from starting.
 PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
   docker.io busybox-static iptables docker-compose python3-yaml podman runc containernetworking-plugins
+  docker-registry apache2-utils
   postgresql-15)
 missing=()
 for package in "${PACKAGES[@]}"; do

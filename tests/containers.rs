@@ -520,3 +520,141 @@ fn a_named_volume_keeps_its_data_across_deploys_and_down_and_only_volume_rm_dele
     let ls = stack.run(&["volume", "ls", "--output", "json"], WAIT);
     assert_eq!(ls.stdout.trim(), "[]", "{}", ls.describe());
 }
+
+/// A registry of the test's own (Debian's docker-registry) with htpasswd logins, on loopback
+/// (which the engine treats as an insecure registry), killed when dropped.
+struct Registry {
+    child: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn registry(user: &str, password: &str) -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let htpasswd = std::process::Command::new("htpasswd")
+        .args(["-Bbn", user, password])
+        .output()
+        .expect("htpasswd (apache2-utils)");
+    std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+    let config = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\nhttp:\n  addr: 127.0.0.1:{port}\n\
+         auth:\n  htpasswd:\n    realm: bow-test\n    path: {root}/htpasswd\n",
+        root = dir.path().display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    let child = std::process::Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry");
+    let address = format!("127.0.0.1:{port}");
+    support::procs::wait_for("the registry to listen", WAIT, || {
+        std::net::TcpStream::connect(&address).is_ok()
+    });
+    Registry {
+        child,
+        address,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn an_image_is_pulled_with_the_registry_login_from_a_bow_secret() {
+    assert!(is_root(), "this test needs root");
+    let registry = registry("deploy-bot", "right-token");
+    // Push the test image there with the docker CLI (its own config dir), then drop the tag.
+    let pushed = format!("{}/bow-test/pulled:1", registry.address);
+    let cli_config = tempfile::tempdir().unwrap();
+    let host = support::containers::docker_host();
+    let docker_cli = |args: &[&str], stdin: Option<&str>| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("/usr/bin/docker")
+            .env("DOCKER_CONFIG", cli_config.path())
+            .args(["-H", &host])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    docker_cli(&["tag", &testapp_image(), &pushed], None);
+    docker_cli(
+        &[
+            "login",
+            &registry.address,
+            "-u",
+            "deploy-bot",
+            "--password-stdin",
+        ],
+        Some("right-token"),
+    );
+    docker_cli(&["push", &pushed], None);
+    docker_cli(&["rmi", &pushed], None);
+    let stack = Stack::new(
+        "ctr-pull",
+        &format!(
+            "registries:\n  \"{}\": {{ username: deploy-bot, password_secret: registry_token }}\n\
+             services:\n  web:\n    image: {pushed}\n    \
+             health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n",
+            registry.address
+        ),
+    );
+    support::secrets::use_key(&stack, "ctr-pull");
+    support::secrets::init_and_set(&stack, &[("registry_token", "wrong-token")]);
+    // A wrong token: the start fails naming the image, and nothing else of the login shows.
+    let ran = stack.up();
+    assert_ne!(ran.code, 0, "{}", ran.describe());
+    let status = stack.wait_status("web.1 failed", WAIT, |s| {
+        instance(s, "web.1").is_some_and(|i| {
+            i["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("could not be pulled"))
+        })
+    });
+    let error = instance(&status, "web.1").unwrap()["last_error"].to_string();
+    assert!(
+        error.contains(&pushed) && !error.contains("wrong-token"),
+        "{error}"
+    );
+    // The right token: the next retry pulls and runs it.
+    let set = support::secrets::run_with_stdin(
+        &stack,
+        &["secret", "set", "registry_token"],
+        b"right-token",
+    );
+    assert_eq!(set.code, 0, "{}", set.describe());
+    stack.wait_status(
+        "web.1 healthy after the pull",
+        Duration::from_secs(60),
+        |s| instance(s, "web.1").is_some_and(|i| i["health"] == "healthy"),
+    );
+    let events = stack.events();
+    assert!(!format!("{events:?}").contains("right-token"));
+    stack.down();
+    let _ = docker(&["rmi", &pushed]);
+}

@@ -21,6 +21,32 @@ pub(crate) fn image_of(project: &str, service: &str, definition: &Service) -> Op
     }
 }
 
+/// The login for pulling `image`, when `registries:` has its registry (the password from
+/// the named bow secret).
+pub(crate) fn pull_auth(
+    agent: &Agent,
+    image: &str,
+) -> Result<Option<bow_driver::PullAuth>, String> {
+    let server = bow_spec::image_registry(image);
+    let auth = agent
+        .lock()
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.registries.get(server).cloned());
+    let Some(auth) = auth else {
+        return Ok(None);
+    };
+    let password = crate::secrets::reveal(agent, &auth.password_secret)
+        .map_err(|reason| format!("registry {server}: {reason}"))?;
+    Ok(Some(bow_driver::PullAuth {
+        server: server.to_string(),
+        username: auth.username,
+        password: String::from_utf8_lossy(&password)
+            .trim_end_matches('\n')
+            .to_string(),
+    }))
+}
+
 impl Agent {
     /// Builds the service's image when it has `build:` and the engine lacks this version.
     pub(crate) async fn build_image(&self, name: &str, definition: &Service) -> Result<(), String> {

@@ -257,6 +257,7 @@ fn build_container(
             })
             .collect(),
         network,
+        pull_auth: None,
     });
     Ok(spec)
 }

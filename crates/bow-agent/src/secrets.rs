@@ -37,6 +37,24 @@ impl Supply {
     }
 }
 
+/// One secret's value, for the agent's own use (a registry password): never a file, never
+/// an instance's.
+pub(crate) fn reveal(agent: &Agent, name: &str) -> Result<Vec<u8>, String> {
+    let Some(source) = &agent.secrets.source else {
+        return Err(format!(
+            "secret {name} is needed, and this agent was given no secrets file"
+        ));
+    };
+    let revealed = source
+        .reveal(&[name])
+        .map_err(|e| format!("secrets: {e}"))?;
+    revealed
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.value.to_vec())
+        .ok_or_else(|| format!("no secret {name} in {}", source.file.display()))
+}
+
 /// The secret files for an instance of `service` (empty when it uses no secrets); `Err`
 /// says why they cannot be had.
 pub(crate) fn files_for(

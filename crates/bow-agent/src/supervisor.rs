@@ -438,6 +438,9 @@ async fn start(
     let secrets = crate::secrets::files_for(agent, service, definition)?;
     let mut spec = instance_spec::build(definition, &context, secrets)?;
     spec.release = release.max(0) as u64;
+    if let Some(container) = spec.container.as_mut() {
+        container.pull_auth = crate::image_build::pull_auth(agent, &container.image)?;
+    }
     let handle = driver.start(spec).await.map_err(|e| e.to_string())?;
     if handle.kind() == "container" {
         agent.container_started().await;

@@ -209,7 +209,12 @@ impl ContainerDriver {
     }
 
     /// The image's configured user, pulling the image when the engine lacks it.
-    async fn image_user(&self, docker: &Docker, image: &str) -> Result<Option<String>> {
+    async fn image_user(
+        &self,
+        docker: &Docker,
+        image: &str,
+        auth: Option<&bow_driver::PullAuth>,
+    ) -> Result<Option<String>> {
         match docker.inspect_image(image).await {
             Ok(found) => return Ok(found.config.and_then(|c| c.user).filter(|u| !u.is_empty())),
             Err(error) if is_not_found(&error) => {}
@@ -223,7 +228,13 @@ impl ContainerDriver {
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let mut pull = docker.create_image(Some(options), None, None);
+        let credentials = auth.map(|auth| bollard::auth::DockerCredentials {
+            username: Some(auth.username.clone()),
+            password: Some(auth.password.clone()),
+            serveraddress: Some(auth.server.clone()),
+            ..Default::default()
+        });
+        let mut pull = docker.create_image(Some(options), None, credentials);
         while let Some(progress) = pull.next().await {
             if let Err(error) = progress {
                 return Err(DriverError::Engine(format!(
@@ -269,7 +280,9 @@ impl ContainerDriver {
                 let _ = docker.remove_container(&id, Some(options)).await;
             });
         }
-        let image_user = self.image_user(&docker, &container.image).await?;
+        let image_user = self
+            .image_user(&docker, &container.image, container.pull_auth.as_ref())
+            .await?;
         for mount in container.mounts.iter().filter(|m| m.named) {
             let name = mount
                 .source

@@ -54,7 +54,7 @@ pub use shim::redact::Redactor;
 pub use shim::shim_main;
 pub use spec::{
     ContainerMount, ContainerSpec, DEFAULT_CGROUP_PARENT, DEFAULT_LANG, DEFAULT_PATH, InstanceSpec,
-    LogRotation, Resources, ShimCommand,
+    LogRotation, PullAuth, Resources, ShimCommand,
 };
 pub use start::{SHIM_REPLY_TIMEOUT, start};
 pub use status::{

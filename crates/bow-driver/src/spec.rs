@@ -101,6 +101,28 @@ pub struct ContainerSpec {
     pub mounts: Vec<ContainerMount>,
     /// The engine network the container joins.
     pub network: String,
+    /// Credentials to pull the image with, when its registry needs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_auth: Option<PullAuth>,
+}
+
+/// A registry login for pulling an image (the password from a bow secret; never shown).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullAuth {
+    /// The registry host (`ghcr.io`).
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for PullAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PullAuth({}@{}, password hidden)",
+            self.username, self.server
+        )
+    }
 }
 
 /// One mount of a container: a named volume of the engine or a host path.

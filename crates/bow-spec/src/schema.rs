@@ -24,6 +24,29 @@ pub struct Spec {
     /// Whether `bow chaos` drills may run in this environment.
     #[serde(default)]
     pub chaos: Chaos,
+    /// Credentials for pulling images, by registry host (`ghcr.io`, `registry.example.com:5000`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, RegistryAuth>,
+}
+
+/// How bow logs in to a registry to pull images: a user and the bow secret holding the
+/// password or token (the value is never in bow.yaml, the plan or the state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: String,
+    pub password_secret: String,
+}
+
+/// The registry an image reference names: its first part when that looks like a host
+/// (`ghcr.io/team/app`, `localhost:5000/app`), else Docker Hub (`docker.io`).
+pub fn image_registry(image: &str) -> &str {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
 }
 
 /// `chaos: allow | deny`: chaos drills (`bow chaos`) run only where they are allowed.

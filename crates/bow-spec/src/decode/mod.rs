@@ -6,6 +6,7 @@
 
 mod edge;
 mod parts;
+mod registries;
 mod sandbox;
 mod service;
 mod values;
@@ -30,7 +31,9 @@ pub const TOP_KEYS: &[&str] = &[
     "edge",
     "services",
     "chaos",
+    "registries",
 ];
+pub const REGISTRY_KEYS: &[&str] = &["username", "password_secret"];
 pub const EDGE_KEYS: &[&str] = &[
     "http_port",
     "https_port",
@@ -115,6 +118,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         HEALTH_KEYS,
         POSTGRES_KEYS,
         BUILD_KEYS,
+        REGISTRY_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,
@@ -214,8 +218,13 @@ pub fn spec(
         Some((node, path)) => chaos(node, &path, reader).unwrap_or_default(),
         None => Chaos::default(),
     };
+    let registries = match top.get("registries") {
+        Some((node, path)) => registries::registries(node, &path, reader),
+        None => BTreeMap::new(),
+    };
     Some(Spec {
         chaos,
+        registries,
         project: project.unwrap_or_default(),
         environment: options.environment.clone(),
         vars,
