@@ -165,6 +165,21 @@ fn first_start_creates_role_database_and_runs_init_once() {
     let owner = std::fs::metadata(&data).unwrap().uid();
     assert_eq!(Some(owner), procs::uid_of("bow-db"));
     assert!(data.join("bow-init.json").is_file());
+    // Confined by default like every process service (docs/sandbox.md): no new privileges,
+    // the system call filter, its own mount namespace where bow's state is hidden and its
+    // volume is there.
+    let pid = postmaster(&stack);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"),
+        "{status}"
+    );
+    let inside = |path: &std::path::Path| {
+        PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap())
+    };
+    assert!(stack.state_dir.join("state.db").is_file());
+    assert!(!inside(&stack.state_dir.join("state.db")).exists());
+    assert!(inside(&data.join("PG_VERSION")).is_file());
 
     // A second start (down, up) keeps the data and does not run init again.
     let down = stack.down();

@@ -446,6 +446,19 @@ impl Agent {
         }
     }
 
+    /// The dirs of every service but `service` (hidden from its sandbox).
+    pub(crate) fn other_service_dirs(&self, service: &str) -> Vec<PathBuf> {
+        let inner = self.lock();
+        let Some(spec) = &inner.spec else {
+            return Vec::new();
+        };
+        spec.services
+            .iter()
+            .filter(|(name, _)| name.as_str() != service)
+            .filter_map(|(_, other)| other.dir.as_deref().map(PathBuf::from))
+            .collect()
+    }
+
     pub(crate) fn venv(&self, service: &str) -> Option<PathBuf> {
         self.lock().services.get(service)?.venv.clone()
     }

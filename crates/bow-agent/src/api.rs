@@ -242,6 +242,10 @@ pub struct ServiceStatus {
     pub release: i64,
     pub state: Health,
     pub instances: Vec<InstanceStatus>,
+    /// How its instances are confined (`default`, `strict +caps net_bind_service`, `off`);
+    /// `None` for a service that is not a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

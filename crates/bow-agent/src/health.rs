@@ -16,8 +16,9 @@ use bow_spec::{Check, TcpTarget};
 pub struct ExecContext<'a> {
     pub dir: &'a Path,
     pub env: &'a BTreeMap<String, String>,
-    /// uid/gid of the service; `None`: the agent's own.
-    pub ids: Option<(u32, u32)>,
+    /// `sh -c CHECK` in `dir` as the instance runs (its driver's `check_command`: its user,
+    /// its sandbox).
+    pub command: &'a (dyn Fn(&str, &Path) -> std::process::Command + Send + Sync),
     /// Runs the command inside the instance instead (a container: through the engine).
     pub inside: Option<(Arc<dyn bow_driver::Driver>, bow_driver::Handle)>,
 }
@@ -62,20 +63,14 @@ async fn probe_inner(
                 .map_err(|e| format!("tcp {target}: {e}"))
         }
         Check::Exec(command) => {
-            let mut child = tokio::process::Command::new("/bin/sh");
+            let mut child = tokio::process::Command::from((exec.command)(command, exec.dir));
             child
-                .arg("-c")
-                .arg(command)
-                .current_dir(exec.dir)
                 .env_clear()
                 .envs(exec.env)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .kill_on_drop(true);
-            if let Some((uid, gid)) = exec.ids {
-                child.uid(uid).gid(gid);
-            }
             let output = child
                 .output()
                 .await
@@ -148,6 +143,12 @@ mod tests {
         port
     }
 
+    fn shell(check: &str, dir: &Path) -> std::process::Command {
+        let mut command = std::process::Command::new("/bin/sh");
+        command.arg("-c").arg(check).current_dir(dir);
+        command
+    }
+
     fn context() -> (std::path::PathBuf, BTreeMap<String, String>) {
         (
             std::env::temp_dir(),
@@ -161,7 +162,7 @@ mod tests {
         let exec = ExecContext {
             dir: &dir,
             env: &env,
-            ids: None,
+            command: &shell,
             inside: None,
         };
         let timeout = Duration::from_secs(2);
@@ -190,7 +191,7 @@ mod tests {
         let exec = ExecContext {
             dir: &dir,
             env: &env,
-            ids: None,
+            command: &shell,
             inside: None,
         };
         let timeout = Duration::from_secs(2);

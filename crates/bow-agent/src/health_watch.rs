@@ -58,10 +58,14 @@ pub(crate) async fn health_loop(
         instance_spec::environment(definition, &context),
     );
     let dir = std::path::PathBuf::from(definition.dir.clone().unwrap_or_else(|| "/".to_string()));
+    let driver = agent.drivers.for_handle(handle);
+    let confined = handle.clone();
+    let command =
+        move |check: &str, dir: &std::path::Path| driver.check_command(&confined, check, dir);
     let exec = ExecContext {
         dir: &dir,
         env: &env,
-        ids: agent.root.then(|| handle.run_as()),
+        command: &command,
         inside: (handle.kind() == "container")
             .then(|| (agent.drivers.for_handle(handle), handle.clone())),
     };

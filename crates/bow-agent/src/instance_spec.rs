@@ -18,6 +18,8 @@ pub struct InstanceContext<'a> {
     pub root: bool,
     /// The other services' addresses and the hosts file (service discovery).
     pub names: crate::discovery::Names,
+    /// The other services' dirs: hidden from a confined instance.
+    pub other_dirs: Vec<PathBuf>,
     /// The postgres services of the spec, for `${postgres:SERVICE}` in env values.
     pub databases: BTreeMap<String, bow_spec::Postgres>,
     /// The engine network a container instance joins (`None` for a process).
@@ -102,12 +104,82 @@ pub fn build(
     spec.log_rotation = LogRotation::default();
     spec.stop_timeout = service.stop_timeout.as_std();
     spec.hosts_file = context.names.hosts_file.clone();
+    let postgres_volume = postgres.as_ref().map(|cluster| cluster.volume.clone());
     if let Some(cluster) = postgres {
         spec.working_dir = cluster.volume;
         // Fast shutdown: sessions end, a checkpoint is written, the postmaster exits.
         spec.stop_signal = Some(libc::SIGINT);
     }
+    spec.sandbox = sandbox(service, context, &spec.working_dir);
+    // A postgres server writes its data and its socket in its volume, at every level.
+    if let (Some(sandbox), Some(volume)) = (spec.sandbox.as_mut(), postgres_volume) {
+        sandbox.visible.retain(|path| *path != volume);
+        if !sandbox.writable.contains(&volume) {
+            sandbox.writable.push(volume);
+        }
+    }
     Ok(spec)
+}
+
+/// The confinement of `service` as paths and names (docs/sandbox.md): the system read-only;
+/// its `dir` writable (read-only at `strict`) and its `sandbox.writable` paths; visible
+/// read-only at the same place, even under the private /tmp, every absolute path its
+/// command, env values and health exec name, and its venv; bow's state dir and the other
+/// services' dirs hidden.
+pub fn sandbox(
+    service: &Service,
+    context: &InstanceContext<'_>,
+    dir: &Path,
+) -> Option<bow_driver::SandboxSpec> {
+    use bow_spec::SandboxLevel;
+    let rules = &service.sandbox;
+    if rules.level == SandboxLevel::Off {
+        return None;
+    }
+    let mut writable: Vec<PathBuf> = rules.writable.iter().map(PathBuf::from).collect();
+    let mut visible = Vec::new();
+    match rules.level {
+        SandboxLevel::Strict => visible.push(dir.to_path_buf()),
+        _ => writable.push(dir.to_path_buf()),
+    }
+    let mut texts: Vec<&str> = match &service.workload {
+        Workload::Command(CommandLine::Shell(line)) => vec![line.as_str()],
+        Workload::Command(CommandLine::Argv(argv)) => argv.iter().map(String::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if let Some(health) = &service.health
+        && let bow_spec::Check::Exec(check) = &health.check
+    {
+        texts.push(check);
+    }
+    texts.extend(service.env.values().map(String::as_str));
+    for text in texts {
+        visible.extend(bow_driver::sandbox::named_paths(text));
+    }
+    visible.extend(context.venv.map(Path::to_path_buf));
+    let mut hidden = vec![context.state_dir.to_path_buf()];
+    hidden.extend(
+        context
+            .other_dirs
+            .iter()
+            .filter(|other| *other != dir)
+            .cloned(),
+    );
+    let denied = bow_spec::sandbox::denied_syscalls(rules.level)
+        .into_iter()
+        .filter(|name| !rules.syscalls.allow.iter().any(|allowed| allowed == name))
+        .map(str::to_string)
+        .collect();
+    Some(bow_driver::SandboxSpec {
+        level: rules.level.name().to_string(),
+        writable,
+        visible,
+        hidden,
+        caps: rules.caps.clone(),
+        denied_syscalls: denied,
+        nofile: Some(bow_driver::sandbox::DEFAULT_NOFILE),
+        nproc: Some(bow_driver::sandbox::DEFAULT_NPROC),
+    })
 }
 
 /// A container instance: the image, its overrides, the port it listens on inside (its
@@ -251,6 +323,7 @@ mod tests {
             venv: None,
             root: true,
             names: crate::discovery::Names::default(),
+            other_dirs: Vec::new(),
             databases: BTreeMap::new(),
             container_network: None,
         };
@@ -274,6 +347,69 @@ mod tests {
         assert_eq!(
             build_as_root(&nobody).unwrap().user.as_deref(),
             Some("nobody")
+        );
+    }
+
+    #[test]
+    fn the_default_sandbox_keeps_what_the_definition_names() {
+        let web = service(
+            "{command: \"sh -c 'exec /opt/app/bin/run --conf=/etc/app.toml'\", dir: /srv/web, env: {DATA: /var/lib/web}, health: {exec: 'test -e /srv/flag'}}",
+        );
+        let sandbox = build_as_root(&web).unwrap().sandbox.unwrap();
+        assert_eq!(sandbox.level, "default");
+        assert_eq!(sandbox.writable, vec![PathBuf::from("/srv/web")]);
+        for named in [
+            "/opt/app/bin/run",
+            "/etc/app.toml",
+            "/var/lib/web",
+            "/srv/flag",
+        ] {
+            assert!(
+                sandbox.visible.contains(&PathBuf::from(named)),
+                "{named}: {sandbox:?}"
+            );
+        }
+        assert_eq!(
+            sandbox.hidden,
+            vec![PathBuf::from("/tmp/bow-instance-spec-test")]
+        );
+        assert!(sandbox.denied_syscalls.iter().any(|s| s == "ptrace"));
+        assert!(sandbox.caps.is_empty());
+
+        let loose = service(
+            "{command: run, dir: /srv/web, sandbox: {level: strict, caps: [net_bind_service], syscalls: {allow: [ptrace]}}}",
+        );
+        let sandbox = build_as_root(&loose).unwrap().sandbox.unwrap();
+        assert!(sandbox.writable.is_empty());
+        assert!(sandbox.visible.contains(&PathBuf::from("/srv/web")));
+        assert_eq!(sandbox.caps, vec!["net_bind_service".to_string()]);
+        assert!(!sandbox.denied_syscalls.iter().any(|s| s == "ptrace"));
+        assert!(
+            sandbox
+                .denied_syscalls
+                .iter()
+                .any(|s| s == "io_uring_setup")
+        );
+
+        let off = service("{command: run, sandbox: {level: off}}");
+        assert!(build_as_root(&off).unwrap().sandbox.is_none());
+    }
+
+    #[test]
+    fn every_system_call_bow_spec_can_refuse_is_one_the_driver_knows() {
+        for level in [
+            bow_spec::SandboxLevel::Default,
+            bow_spec::SandboxLevel::Strict,
+        ] {
+            let names: Vec<String> = bow_spec::sandbox::denied_syscalls(level)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            bow_driver::sandbox::seccomp::Filter::compile(&names).unwrap();
+        }
+        assert_eq!(
+            bow_spec::sandbox::CAPABILITIES,
+            bow_driver::sandbox::caps::CAP_NAMES
         );
     }
 }

@@ -43,6 +43,8 @@ impl Agent {
                     release: inner.services.get(name).map_or(0, |r| r.release),
                     state,
                     instances,
+                    sandbox: (!matches!(service.workload, bow_spec::Workload::Container(_)))
+                        .then(|| service.sandbox.summary()),
                 });
             }
         }
@@ -57,7 +59,7 @@ impl Agent {
         }
         if !self.root {
             notes.push(
-                "not running as root: services run as the agent's user, without resource limits"
+                "not running as root: services run as the agent's user, without resource limits, and their sandbox has no mount namespace and keeps the bounding set (no new privileges, the system call filter and rlimits hold)"
                     .to_string(),
             );
         }

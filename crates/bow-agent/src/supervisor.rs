@@ -574,6 +574,7 @@ pub(crate) fn context<'a>(
         venv,
         root: agent.root,
         names: agent.names(),
+        other_dirs: agent.other_service_dirs(service),
         databases: agent
             .lock()
             .spec

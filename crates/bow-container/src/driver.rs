@@ -551,6 +551,15 @@ impl ContainerDriver {
             strays: Vec::new(),
         }
     }
+
+    async fn exec_in(
+        &self,
+        handle: ContainerHandle,
+        command: String,
+    ) -> std::result::Result<(), String> {
+        let docker = self.docker().await.map_err(|e| e.to_string())?;
+        crate::exec::run(&docker, &handle.container_id, &command).await
+    }
 }
 
 impl Driver for ContainerDriver {
@@ -622,6 +631,15 @@ impl Driver for ContainerDriver {
         crate::usage::read(&handle.container_id)
     }
 
+    fn check_command(
+        &self,
+        _handle: &Handle,
+        check: &str,
+        _dir: &std::path::Path,
+    ) -> std::process::Command {
+        crate::exec::not_on_the_host(check)
+    }
+
     fn exec_check(
         &self,
         handle: &Handle,
@@ -632,9 +650,7 @@ impl Driver for ContainerDriver {
         let this = self.clone_ref();
         let command = command.to_string();
         Some(Box::pin(async move {
-            let docker = this.docker().await.map_err(|e| e.to_string())?;
-            let run = crate::exec::exec_in(docker, handle, command.clone());
-            match tokio::time::timeout(timeout, run).await {
+            match tokio::time::timeout(timeout, this.exec_in(handle, command.clone())).await {
                 Ok(result) => result,
                 Err(_) => Err(format!(
                     "exec {command:?} did not finish within {:.1}s",

@@ -1,26 +1,26 @@
-//! `exec` health checks inside a container: `/bin/sh -c CHECK` through the engine, its exit
-//! code and the start of its output.
+//! A health `exec` check of a container: `/bin/sh -c CHECK` inside it through the engine's
+//! exec API (never on the host, where the image's programs and files are not).
 
 use bollard::Docker;
-use bow_driver::ContainerHandle;
 use futures_util::StreamExt;
 
 use crate::engine::message;
 
-/// Runs `command` in the container; `Err` says how it failed.
-pub(crate) async fn exec_in(
-    docker: Docker,
-    handle: ContainerHandle,
-    command: String,
-) -> Result<(), String> {
+/// Runs `command` in the container with `sh -c`: `Ok` on exit 0, else its code and the
+/// start of its output.
+pub(crate) async fn run(
+    docker: &Docker,
+    container_id: &str,
+    command: &str,
+) -> std::result::Result<(), String> {
     let exec = docker
         .create_exec(
-            &handle.container_id,
+            container_id,
             bollard::exec::CreateExecOptions {
                 cmd: Some(vec![
                     "/bin/sh".to_string(),
                     "-c".to_string(),
-                    command.clone(),
+                    command.to_string(),
                 ]),
                 attach_stdout: Some(true),
                 attach_stderr: Some(true),
@@ -61,4 +61,16 @@ pub(crate) async fn exec_in(
             }
         }
     }
+}
+
+/// What the agent would run on the host for a container's check (it does not: the check
+/// runs inside through [`run`]): a command that fails and says so, running nothing of it.
+pub(crate) fn not_on_the_host(check: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("echo \"$1: a container's exec check runs inside it, not on the host\" >&2; exit 1")
+        .arg("sh")
+        .arg(check);
+    command
 }

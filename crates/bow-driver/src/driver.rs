@@ -60,6 +60,10 @@ pub trait Driver: Send + Sync + 'static {
     fn log_tail(&self, instance_id: &str, lines: usize) -> Vec<LogLine>;
     /// What the instance uses now, as far as the driver knows.
     fn usage(&self, handle: &Handle) -> Usage;
+    /// `sh -c CHECK` in `dir` run the way the instance runs (its user; confined like it, in
+    /// its sandbox); the caller adds the environment and stdio. A driver whose `exec_check`
+    /// runs checks inside the instance returns one that fails and runs nothing of the check.
+    fn check_command(&self, handle: &Handle, check: &str, dir: &Path) -> std::process::Command;
     /// After every instance of the scope was stopped (`bow down`): ends whatever is left of
     /// them (a child that escaped) and frees what the driver holds for them.
     fn clean_up(&self) -> BoxFuture<()>;

@@ -98,6 +98,7 @@ pub fn handle_for_tests(service: &str, index: u32, pid: i32) -> InstanceHandle {
         gid: 0,
         started_at_unix_ms: 0,
         secrets_dir: None,
+        sandbox: None,
         stop_signal: None,
     }
 }
@@ -204,6 +205,7 @@ impl FakeProcessDriver {
             gid: 0,
             started_at_unix_ms: unix_millis(SystemTime::now()),
             secrets_dir: None,
+            sandbox: spec.sandbox.clone().map(Box::new),
             stop_signal: None,
         };
         let exit = state.exit_on_start.get(&spec.service).cloned();
@@ -356,6 +358,18 @@ impl Driver for FakeProcessDriver {
 
     fn usage(&self, _handle: &Handle) -> Usage {
         Usage::default()
+    }
+
+    fn check_command(
+        &self,
+        _handle: &Handle,
+        check: &str,
+        dir: &std::path::Path,
+    ) -> std::process::Command {
+        // The fake's instances are not processes: the check runs as the agent does.
+        let mut command = std::process::Command::new("/bin/sh");
+        command.arg("-c").arg(check).current_dir(dir);
+        command
     }
 
     fn clean_up(&self) -> BoxFuture<()> {

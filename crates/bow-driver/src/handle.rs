@@ -49,6 +49,9 @@ pub struct InstanceHandle {
     /// The instance's secrets dir, removed when it has ended.
     #[serde(default)]
     pub secrets_dir: Option<PathBuf>,
+    /// How it is confined (its checks run confined the same way); `None`: not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Box<crate::sandbox::SandboxSpec>>,
     /// [`crate::InstanceSpec::stop_signal`]: what `stop` sends to the service process alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<i32>,

@@ -17,6 +17,7 @@
 //! scripts for the agent's unit tests. The free functions below it are blocking.
 
 pub mod cgroup;
+mod check;
 mod command_line;
 mod driver;
 mod error;
@@ -27,6 +28,7 @@ pub mod logs;
 mod pidfd;
 mod process;
 pub mod procfs;
+pub mod sandbox;
 pub mod secret_files;
 mod shim;
 mod spec;
@@ -45,6 +47,7 @@ pub use handle::{
     signal_name,
 };
 pub use process::{LinuxProcessDriver, ProcessScope};
+pub use sandbox::SandboxSpec;
 pub use secret_files::{SECRETS_DIR_ENV, SecretFile};
 pub use shim::log_writer::RotatingLog;
 pub use shim::redact::Redactor;

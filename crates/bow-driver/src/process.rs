@@ -3,8 +3,9 @@
 //! through a pidfd, the shim's `exit.json` and reaping, `run/*/state.json` and the process
 //! table for adoption, log files, cgroups.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::driver::{BoxFuture, Driver, Found, Handle, Listing, Stray, Usage};
@@ -36,11 +37,25 @@ pub struct ProcessScope {
 pub struct LinuxProcessDriver {
     pub shim: ShimCommand,
     pub scope: ProcessScope,
+    /// The mount namespace of each confined instance it started, held open. A namespace is
+    /// torn down (every mount of it unmounted) when its last reference goes: without this,
+    /// in the dying service's exit, which its restart waits for; held here, in the
+    /// background once the exit was seen ([`HELD_NAMESPACE_RELEASE`] later).
+    namespaces: Namespaces,
 }
+
+type Namespaces = Arc<Mutex<HashMap<(i32, u64), std::fs::File>>>;
+
+/// How long after an instance's exit the driver lets its namespace go.
+const HELD_NAMESPACE_RELEASE: Duration = Duration::from_millis(500);
 
 impl LinuxProcessDriver {
     pub fn new(shim: ShimCommand, scope: ProcessScope) -> LinuxProcessDriver {
-        LinuxProcessDriver { shim, scope }
+        LinuxProcessDriver {
+            shim,
+            scope,
+            namespaces: Namespaces::default(),
+        }
     }
 
     /// Every `run/<id>/state.json` and whether its process runs.
@@ -142,26 +157,37 @@ fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Box
 impl Driver for LinuxProcessDriver {
     fn start(&self, spec: InstanceSpec) -> BoxFuture<Result<Handle>> {
         let shim = self.shim.clone();
+        let namespaces = Arc::clone(&self.namespaces);
         blocking(move || {
             subreaper()?;
-            crate::start::start(&spec, &shim).map(Handle::process)
+            let handle = crate::start::start(&spec, &shim)?;
+            hold_namespace(&namespaces, &handle);
+            Ok(Handle::process(handle))
         })
     }
 
     fn stop(&self, handle: &Handle, timeout: Duration) -> BoxFuture<Result<StopOutcome>> {
         let handle = handle.as_process().clone();
+        let namespaces = Arc::clone(&self.namespaces);
         Box::pin(async move {
             let stopped = handle.clone();
             let outcome = tokio::task::spawn_blocking(move || crate::stop::stop(&stopped, timeout))
                 .await
                 .map_err(|e| DriverError::io("stop task", std::io::Error::other(e.to_string())))?;
+            release_namespace(&namespaces, &handle);
             reap_later(handle);
             outcome
         })
     }
 
     fn wait_exit(&self, handle: &Handle) -> BoxFuture<Option<InstanceExit>> {
-        Box::pin(wait_exit(handle.as_process().clone()))
+        let handle = handle.as_process().clone();
+        let namespaces = Arc::clone(&self.namespaces);
+        Box::pin(async move {
+            let exit = wait_exit(handle.clone()).await;
+            release_namespace(&namespaces, &handle);
+            exit
+        })
     }
 
     fn is_running(&self, handle: &Handle) -> bool {
@@ -213,9 +239,20 @@ impl Driver for LinuxProcessDriver {
         usage(handle.as_process())
     }
 
+    fn check_command(
+        &self,
+        handle: &Handle,
+        check: &str,
+        dir: &std::path::Path,
+    ) -> std::process::Command {
+        crate::check::check_command(handle.as_process(), check, dir)
+    }
+
     fn clean_up(&self) -> BoxFuture<()> {
         let project = format!("{}-{}", self.scope.project, self.scope.environment);
+        let held = std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|e| e.into_inner()));
         blocking(move || {
+            drop(held);
             // Anything left in the project's cgroups (a child that escaped its process group).
             let Some(layout) = crate::cgroup::detect_layout() else {
                 return;
@@ -226,6 +263,35 @@ impl Driver for LinuxProcessDriver {
             }
             let _ = crate::cgroup::remove_project_cgroups(&layout, parent, &project);
         })
+    }
+}
+
+/// Holds a confined instance's mount namespace open (as root: only then has it one).
+fn hold_namespace(namespaces: &Namespaces, handle: &InstanceHandle) {
+    if handle.sandbox.is_none() || !crate::users::is_root() {
+        return;
+    }
+    // Opened first, verified second: the namespace cannot be a reused pid's.
+    if let Ok(file) = std::fs::File::open(format!("/proc/{}/ns/mnt", handle.pid))
+        && crate::status::is_alive(handle)
+    {
+        let mut held = namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        held.insert((handle.pid, handle.start_time), file);
+    }
+}
+
+/// Lets an ended instance's namespace go, a moment later and off the async threads (the
+/// tear-down unmounts every mount of it).
+fn release_namespace(namespaces: &Namespaces, handle: &InstanceHandle) {
+    let held = namespaces
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(handle.pid, handle.start_time));
+    if let Some(file) = held {
+        tokio::spawn(async move {
+            tokio::time::sleep(HELD_NAMESPACE_RELEASE).await;
+            let _ = tokio::task::spawn_blocking(move || drop(file)).await;
+        });
     }
 }
 

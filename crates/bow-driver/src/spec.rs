@@ -64,6 +64,9 @@ pub struct InstanceSpec {
     /// `BOW_SECRETS_DIR` names it. Empty: no dir, no variable.
     #[serde(default)]
     pub secrets: Vec<crate::SecretFile>,
+    /// How the instance is confined (see [`crate::sandbox`]); `None`: not at all.
+    #[serde(default)]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
     /// A signal `stop` sends to the service process alone, instead of SIGTERM to its whole
     /// group: for programs that stop their own children in order (PostgreSQL's postmaster
     /// does a fast shutdown with a checkpoint on SIGINT). `None`: SIGTERM to the group.
@@ -217,6 +220,7 @@ impl InstanceSpec {
             cgroup_parent: DEFAULT_CGROUP_PARENT.to_string(),
             hosts_file: None,
             secrets: Vec::new(),
+            sandbox: None,
             stop_signal: None,
             container: None,
         }

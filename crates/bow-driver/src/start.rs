@@ -89,6 +89,7 @@ pub fn start(spec: &InstanceSpec, shim: &ShimCommand) -> Result<InstanceHandle> 
         hosts_file: spec.hosts_file.clone().filter(|_| root),
         secrets_dir,
         secrets: spec.secrets.clone(),
+        sandbox: spec.sandbox.clone(),
         stop_signal: spec.stop_signal,
     };
     let result = run_shim(shim, &config, &run_dir.join(SHIM_LOG_FILE));

@@ -244,6 +244,7 @@ mod tests {
             gid: 1,
             started_at_unix_ms: 0,
             secrets_dir: None,
+            sandbox: None,
             stop_signal: None,
         }
     }

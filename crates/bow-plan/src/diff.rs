@@ -18,7 +18,7 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
     Some(match field {
         // What runs and how it is started: a new release.
         "command" | "image" | "build" | "postgres" | "dir" | "env" | "user" | "resources"
-        | "python" | "secrets" | "volumes" | "code" => ChangeClass::Replace,
+        | "python" | "secrets" | "volumes" | "code" | "sandbox" => ChangeClass::Replace,
         // A container's image, build and overrides (`container` is how they are recorded).
         "container" | "entrypoint" | "container_port" | "working_dir" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
@@ -67,6 +67,7 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
                 kind: service.workload.kind().to_string(),
                 replicas: service.replicas,
                 routes: service.routes.iter().map(ToString::to_string).collect(),
+                sandbox: (!service.sandbox.is_default()).then(|| service.sandbox.summary()),
             }),
             Some(before) => {
                 let mut fields = Vec::new();

@@ -64,6 +64,9 @@ pub struct ServiceAdd {
     pub kind: String,
     pub replicas: u32,
     pub routes: Vec<String>,
+    /// Its sandbox when not the default (`off`, `strict +caps net_bind_service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
 }
 
 /// A service whose fields differ from the recorded ones.

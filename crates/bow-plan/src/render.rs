@@ -77,9 +77,13 @@ impl fmt::Display for Plan {
             } else {
                 format!(", routes {}", add.routes.join(" "))
             };
+            let sandbox = add
+                .sandbox
+                .as_ref()
+                .map_or(String::new(), |s| format!(", sandbox {s}"));
             writeln!(
                 f,
-                "+ {}  ({}, {}{routes})",
+                "+ {}  ({}, {}{routes}{sandbox})",
                 add.service,
                 add.kind,
                 plural(add.replicas, "replica")

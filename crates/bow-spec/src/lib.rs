@@ -11,6 +11,7 @@ pub mod diag;
 pub mod environ;
 mod interp;
 mod reader;
+pub mod sandbox;
 pub mod schema;
 pub mod units;
 pub mod yaml;
@@ -19,12 +20,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use decode::{
     ACME_KEYS, BACKUP_KEYS, DEPLOY_KEYS, EDGE_KEYS, HEALTH_KEYS, NOT_AVAILABLE_KEYS, POSTGRES_KEYS,
-    PYTHON_KEYS, RESOURCES_KEYS, SERVICE_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys,
-    defaults, is_secret_name, parse_route, parse_volume, system_dir,
+    PYTHON_KEYS, RESOURCES_KEYS, SANDBOX_KEYS, SERVICE_KEYS, SYSCALLS_KEYS, SYSTEM_DIRS,
+    TLS_FILE_KEYS, TOP_KEYS, all_keys, defaults, is_secret_name, parse_route, parse_volume,
+    system_dir,
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;
 pub use interp::{postgres_references, secret_references};
+pub use sandbox::{Sandbox, SandboxLevel, SyscallRules};
 pub use schema::*;
 
 use reader::Reader;
@@ -260,6 +263,9 @@ pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
                     build.context = anchor(&build.context);
                 }
             }
+        }
+        for path in &mut service.sandbox.writable {
+            *path = anchor(path);
         }
         for volume in &mut service.volumes {
             if let VolumeSource::Path(path) = &mut volume.source {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::Sandbox;
 use crate::units::{Duration, Size};
 
 /// One project in one environment, fully resolved.
@@ -162,6 +163,10 @@ pub struct Service {
     /// file. Part of the release: a changed value is a changed service.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_digests: BTreeMap<String, String>,
+    /// How the service is confined (docs/sandbox.md); left out of the recorded spec when
+    /// it is the default, so specs recorded before the key plan no change.
+    #[serde(default, skip_serializing_if = "Sandbox::is_default")]
+    pub sandbox: Sandbox,
 }
 
 /// What runs: exactly one of `command`, `image` or `postgres`.

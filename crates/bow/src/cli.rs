@@ -90,6 +90,14 @@ pub enum Command {
         #[arg(short = 'y', long)]
         yes: bool,
     },
+    /// What a service's sandbox lets it do, with an exposure score (like systemd-analyze security)
+    Security {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Deploy an earlier release of a service again (the last good one by default)
     Rollback {
         #[command(flatten)]

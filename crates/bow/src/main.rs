@@ -36,6 +36,11 @@ fn main() -> ExitCode {
         Command::Plan { stack, output } => commands::plan::run(&stack.or(&cli.stack), output),
         Command::Up { stack, detach } => commands::up::run(&stack.or(&cli.stack), detach),
         Command::Apply { stack, yes } => commands::apply::run(&stack.or(&cli.stack), yes),
+        Command::Security {
+            stack,
+            service,
+            output,
+        } => commands::security::run(&stack.or(&cli.stack), &service, output),
         Command::Rollback { stack, service, to } => {
             commands::rollback::run(&stack.or(&cli.stack), &service, to)
         }

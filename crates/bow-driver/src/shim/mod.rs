@@ -163,6 +163,7 @@ fn supervise(config: ShimConfig) -> i32 {
             shim_log(&format!("could not remove {}: {error}", dir.display()));
         }
     };
+    let spawning = Instant::now();
     let mut child = match service::spawn_service(&config) {
         Ok(child) => child,
         Err(failure) => {
@@ -192,7 +193,13 @@ fn supervise(config: ShimConfig) -> i32 {
     }
     SERVICE_PGID.store(handle.pgid, Ordering::SeqCst);
     install_signal_forwarding();
-    shim_log(&format!("started pid {pid}: {:?}", config.argv));
+    // How long fork, confinement and exec took (bench/sandbox.sh reads it).
+    let sandbox = config.sandbox.as_ref().map_or("off", |s| s.level.as_str());
+    shim_log(&format!(
+        "started pid {pid} in {} us (sandbox {sandbox}): {:?}",
+        spawning.elapsed().as_micros(),
+        config.argv
+    ));
     reply(&ShimReply::Started(Box::new(handle.clone())));
     detach_stdio();
     service::join_cgroup_after_exec(&config, pid);
@@ -293,6 +300,7 @@ fn describe(config: &ShimConfig, pid: i32) -> Result<InstanceHandle, String> {
         gid: config.gid,
         started_at_unix_ms: unix_millis(SystemTime::now()),
         secrets_dir: config.secrets_dir.clone(),
+        sandbox: config.sandbox.clone().map(Box::new),
         stop_signal: config.stop_signal,
     })
 }

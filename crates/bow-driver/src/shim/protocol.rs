@@ -50,6 +50,9 @@ pub struct ShimConfig {
     /// The secrets to write there; their values are also redacted from the captured output.
     #[serde(default)]
     pub secrets: Vec<crate::SecretFile>,
+    /// How the service is confined; `None`: not at all.
+    #[serde(default)]
+    pub sandbox: Option<crate::sandbox::SandboxSpec>,
     /// [`crate::InstanceSpec::stop_signal`], recorded in the handle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<i32>,

@@ -48,6 +48,13 @@ pub fn spawn_service(config: &ShimConfig) -> Result<Child, StartFailure> {
         .hosts_file
         .as_ref()
         .map(|path| CString::new(path.as_os_str().as_bytes()).expect("paths have no NUL"));
+    let sandbox = prepare_sandbox(config, &program)?;
+    let uid = if config.switch_user {
+        config.uid
+    } else {
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
+    };
 
     let mut command = Command::new(&program);
     command
@@ -60,16 +67,24 @@ pub fn spawn_service(config: &ShimConfig) -> Result<Child, StartFailure> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    let explain = sandbox.clone();
+    // The working dir is entered again inside the sandbox: std's chdir came before it and
+    // points at the host's (now read-only) mount of the dir.
+    let working_dir =
+        CString::new(config.working_dir.as_os_str().as_bytes()).expect("paths have no NUL");
     // SAFETY: the closure only makes async-signal-safe calls (open, write, close, getpid,
-    // unshare, mount, setgroups, setgid, setuid) and does not allocate; the shim is
-    // single-threaded here.
+    // unshare, mount, prctl, setrlimit, setgroups, setgid, setuid) and does not allocate;
+    // the shim is single-threaded here.
     unsafe {
         command.pre_exec(move || {
             for file in &procs_files {
                 join_cgroup(file).map_err(|errno| step_error(STEP_JOIN_CGROUP, errno))?;
             }
-            if let Some(hosts_file) = &hosts_file {
-                mount_hosts_file(hosts_file)?;
+            match (&sandbox, &hosts_file) {
+                (Some(prepared), _) => crate::sandbox::enter_before_user_switch(prepared, uid)
+                    .map_err(|(step, errno)| step_error(step, errno))?,
+                (None, Some(hosts_file)) => mount_hosts_file(hosts_file)?,
+                (None, None) => {}
             }
             if let Some((uid, gid, groups)) = &identity {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
@@ -82,12 +97,43 @@ pub fn spawn_service(config: &ShimConfig) -> Result<Child, StartFailure> {
                     return Err(step_error(STEP_SET_UID, errno()));
                 }
             }
+            if let Some(prepared) = &sandbox {
+                if libc::chdir(working_dir.as_ptr()) != 0 {
+                    return Err(step_error(crate::sandbox::STEP_CHDIR, errno()));
+                }
+                crate::sandbox::enter_after_user_switch(prepared)
+                    .map_err(|(step, errno)| step_error(step, errno))?;
+            }
             Ok(())
         });
     }
     command
         .spawn()
-        .map_err(|error| explain_spawn_error(&error, config, &program))
+        .map_err(|error| explain_spawn_error(&error, config, &program, explain.as_deref()))
+}
+
+/// The sandbox computed before the fork (mount plan, capability masks, compiled filter).
+fn prepare_sandbox(
+    config: &ShimConfig,
+    program: &Path,
+) -> Result<Option<std::sync::Arc<crate::sandbox::Prepared>>, StartFailure> {
+    let Some(spec) = &config.sandbox else {
+        return Ok(None);
+    };
+    let context = crate::sandbox::Context {
+        program,
+        hosts_file: config.hosts_file.as_deref(),
+        secrets_dir: config.secrets_dir.as_deref(),
+        // SAFETY: geteuid has no preconditions.
+        root: unsafe { libc::geteuid() } == 0,
+        switches_user: config.switch_user,
+    };
+    crate::sandbox::Prepared::new(spec, &context)
+        .map(|prepared| Some(std::sync::Arc::new(prepared)))
+        .map_err(|message| StartFailure::ExecFailed {
+            command: config.argv[0].clone(),
+            message,
+        })
 }
 
 fn check_working_dir(dir: &Path) -> Result<(), StartFailure> {
@@ -138,12 +184,22 @@ pub fn resolve_program(name: &str, search_path: &str, working_dir: &Path) -> Opt
     not_executable
 }
 
-fn explain_spawn_error(error: &io::Error, config: &ShimConfig, program: &Path) -> StartFailure {
+fn explain_spawn_error(
+    error: &io::Error,
+    config: &ShimConfig,
+    program: &Path,
+    sandbox: Option<&crate::sandbox::Prepared>,
+) -> StartFailure {
     let command = config.argv[0].clone();
     let code = error.raw_os_error().unwrap_or(0);
     if code >= STEP_BASE {
         let (step, errno) = (code / STEP_BASE, code % STEP_BASE);
         let reason = io::Error::from_raw_os_error(errno);
+        if let Some(message) =
+            sandbox.and_then(|prepared| crate::sandbox::describe_step(prepared, step, &reason))
+        {
+            return StartFailure::ExecFailed { command, message };
+        }
         let message = match step {
             STEP_JOIN_CGROUP => format!("joining its cgroup failed: {reason}"),
             STEP_SET_GROUPS => format!(

@@ -2,11 +2,12 @@
 //!
 //! Cross-service rules (cycles, duplicate routes and ports) live in `check`. One file per
 //! part: the root and shared helpers here, `edge.rs`, `service.rs` (a service and its
-//! workload), `parts.rs` (health, postgres, backup), `values.rs` (routes, volumes, names).
+//! workload), `parts.rs` (health, postgres, backup), `sandbox.rs`, `values.rs` (routes, volumes, names).
 
 mod edge;
 mod parts;
 mod registries;
+mod sandbox;
 mod service;
 mod values;
 
@@ -68,6 +69,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "backup",
     "stop_timeout",
     "build",
+    "sandbox",
     "entrypoint",
     "container_port",
     "working_dir",
@@ -101,6 +103,8 @@ pub const ACME_KEYS: &[&str] = &["email", "directory"];
 pub const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
 pub const RESOURCES_KEYS: &[&str] = &["memory", "cpu"];
 pub const PYTHON_KEYS: &[&str] = &["requirements", "version"];
+pub const SANDBOX_KEYS: &[&str] = &["level", "writable", "caps", "syscalls"];
+pub const SYSCALLS_KEYS: &[&str] = &["allow"];
 
 /// Every key the decoder reads, from each section's list (the property test's vocabulary).
 pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
@@ -119,6 +123,8 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         BACKUP_KEYS,
         RESOURCES_KEYS,
         PYTHON_KEYS,
+        SANDBOX_KEYS,
+        SYSCALLS_KEYS,
     ]
     .into_iter()
     .flatten()

@@ -49,6 +49,7 @@ pub(super) fn service(
         stop_timeout: defaults::STOP_TIMEOUT,
         code: None,
         secret_digests: BTreeMap::new(),
+        sandbox: Default::default(),
     };
     if let Some((n, p)) = fields.get("dir") {
         if workload.is_some() && !is_command {
@@ -228,6 +229,17 @@ pub(super) fn service(
             format!("`user: {user}`{uid0} runs the service as root, with every privilege of the host"),
             Some("run it as an unprivileged user (leave `user` out and bow creates one), or add `allow_root: true` to the service if it must be root".to_string()),
         );
+    }
+    if let Some((n, p)) = fields.get("sandbox") {
+        if matches!(workload, Some(Workload::Container(_))) {
+            reader.error(
+                &p,
+                n.blame(),
+                "`sandbox` applies to process and postgres services; the engine confines containers",
+                Some("remove it: a container runs in its own namespaces under the engine's own confinement".to_string()),
+            );
+        }
+        service.sandbox = super::sandbox::sandbox(n, &p, reader);
     }
     if let Some((n, p)) = fields.get("python") {
         if workload.is_some() && !is_command {

@@ -15,6 +15,7 @@ pub mod psql;
 pub mod restart;
 pub mod rollback;
 pub mod secret;
+pub mod security;
 pub mod status;
 pub mod trust;
 pub mod up;

@@ -82,6 +82,17 @@ pub fn table(report: &StatusReport) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    let sandboxes: Vec<String> = report
+        .services
+        .iter()
+        .filter_map(|s| Some(format!("{} {}", s.name, s.sandbox.as_ref()?)))
+        .collect();
+    if !sandboxes.is_empty() {
+        out.push_str(&format!(
+            "\nsandbox: {} (what each may do: bow security SERVICE)\n",
+            sandboxes.join(" · ")
+        ));
+    }
     if !report.discovery.is_empty() {
         out.push_str("\ninternal addresses (other services call these):\n");
         for entry in &report.discovery {
