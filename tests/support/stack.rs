@@ -358,6 +358,25 @@ impl Stack {
         command
     }
 
+    /// Like [`Stack::run`], with `--file` and `--state-dir` given before `args` (as global
+    /// flags), so that `args` may end with `-- …` for the command itself (`bow exec`).
+    pub fn run_trailing(&self, args: &[&str], timeout: Duration) -> Ran {
+        let mut command = super::bow();
+        command
+            .current_dir(self.dir.path())
+            .arg("--file")
+            .arg(&self.file)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .env(MARK_VARIABLE, &self.project)
+            .env("BOW_CODE_VERSION", "e2e");
+        for (name, value) in self.env.lock().unwrap().iter() {
+            command.env(name, value);
+        }
+        run_for(&mut command, timeout)
+    }
+
     /// Gives every later `bow` command of the stack the variable `name`.
     pub fn set_env(&self, name: &str, value: &str) {
         let mut env = self.env.lock().unwrap();

@@ -6,7 +6,7 @@ pub mod build;
 mod create;
 mod driver;
 pub mod engine;
-mod exec;
+pub mod exec;
 mod inspect;
 mod logs;
 pub mod network;
@@ -16,4 +16,5 @@ pub mod volumes;
 
 pub use driver::{ContainerDriver, ContainerScope, SECRETS_TARGET};
 pub use engine::Engine;
+pub use exec::exec_attached;
 pub use network::NetworkInfo;

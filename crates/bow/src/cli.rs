@@ -193,6 +193,19 @@ pub enum Command {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// Run a command as a running instance of SERVICE runs: its user, dir, env and secrets,
+    /// confined like it (a container: inside it, through the engine)
+    Exec {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// Which instance (`2` for SERVICE.2); the lowest-numbered running one by default
+        #[arg(long)]
+        instance: Option<u32>,
+        /// The command and its arguments (after `--`)
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
         #[command(subcommand)]

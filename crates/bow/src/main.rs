@@ -102,6 +102,12 @@ fn main() -> ExitCode {
         } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
+        Command::Exec {
+            stack,
+            service,
+            instance,
+            command,
+        } => commands::exec::run(&stack.or(&cli.stack), &service, instance, &command),
         Command::Import {
             compose_file,
             output,

@@ -7,6 +7,7 @@ pub mod chaos_agent;
 pub mod config;
 pub mod down;
 pub mod events;
+pub mod exec;
 pub mod history;
 pub mod import;
 pub mod logs;
