@@ -340,17 +340,27 @@ impl Stack {
 
     /// `bow <args> --file <file> --state-dir <state>`, run from the stack's directory.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with(args, false)
+    }
+
+    /// The stack's `bow` command; `globals_first` puts `--file`/`--state-dir` before `args`.
+    fn command_with(&self, args: &[&str], globals_first: bool) -> Command {
         let mut command = super::bow();
+        command.current_dir(self.dir.path());
+        if !globals_first {
+            command.args(args);
+        }
         command
-            .current_dir(self.dir.path())
-            .args(args)
             .arg("--file")
             .arg(&self.file)
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(&self.state_dir);
+        if globals_first {
+            command.args(args);
+        }
+        command
             .env(MARK_VARIABLE, &self.project)
-            // Tests write keys, scripts and markers next to bow.yaml: a fixed code version keeps
-            // those files from being new releases (code versions have their own unit tests).
+            // Keys and scripts beside bow.yaml are no new code (code versions have unit tests).
             .env("BOW_CODE_VERSION", "e2e");
         for (name, value) in self.env.lock().unwrap().iter() {
             command.env(name, value);
@@ -358,23 +368,9 @@ impl Stack {
         command
     }
 
-    /// Like [`Stack::run`], with `--file` and `--state-dir` given before `args` (as global
-    /// flags), so that `args` may end with `-- …` for the command itself (`bow exec`).
+    /// [`Stack::run`] with the global flags first: `args` may end with `-- …` (`bow exec`).
     pub fn run_trailing(&self, args: &[&str], timeout: Duration) -> Ran {
-        let mut command = super::bow();
-        command
-            .current_dir(self.dir.path())
-            .arg("--file")
-            .arg(&self.file)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(args)
-            .env(MARK_VARIABLE, &self.project)
-            .env("BOW_CODE_VERSION", "e2e");
-        for (name, value) in self.env.lock().unwrap().iter() {
-            command.env(name, value);
-        }
-        run_for(&mut command, timeout)
+        run_for(&mut self.command_with(args, true), timeout)
     }
 
     /// Gives every later `bow` command of the stack the variable `name`.
