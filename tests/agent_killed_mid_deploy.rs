@@ -13,7 +13,7 @@ use support::procs::{kill, start_time, wait_gone};
 use support::stack::{Stack, WAIT, all_healthy, instances, show_events};
 
 /// How many times each test kills the agent.
-const KILLS: usize = 8;
+const KILLS: usize = 10;
 
 /// The seed of this run: `BOW_KILL_SEED`, or one made from the clock (printed either way).
 fn seed(test: &str) -> u64 {
