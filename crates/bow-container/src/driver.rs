@@ -15,7 +15,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
 };
-use bow_driver::logs::{LogLine, LogQuery};
+use bow_driver::logs::LogLine;
 use bow_driver::{
     BoxFuture, ContainerHandle, Driver, DriverError, Found, Handle, InstanceExit, InstanceSpec,
     Listing, Result, SecretFile, StopOutcome, Stray, Usage,
@@ -613,15 +613,7 @@ impl Driver for ContainerDriver {
     }
 
     fn log_tail(&self, instance_id: &str, lines: usize) -> Vec<LogLine> {
-        bow_driver::logs::read_instance_log(
-            &self.scope.log_dir,
-            instance_id,
-            LogQuery {
-                since: None,
-                tail: Some(lines),
-            },
-        )
-        .unwrap_or_default()
+        bow_driver::logs::tail(&self.scope.log_dir, instance_id, lines)
     }
 
     fn usage(&self, handle: &Handle) -> Usage {

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
-use bow_driver::logs::{LogQuery, LogStream, read_instance_log};
+use bow_driver::logs::LogStream;
 use bow_driver::{LogRotation, Redactor, RotatingLog, SecretFile, parse_rfc3339};
 use futures_util::StreamExt;
 
@@ -82,17 +82,9 @@ pub async fn follow(
 
 /// The time of the last line in the instance's log, if any.
 fn last_written(log_dir: &Path, instance_id: &str) -> Option<SystemTime> {
-    read_instance_log(
-        log_dir,
-        instance_id,
-        LogQuery {
-            since: None,
-            tail: Some(1),
-        },
-    )
-    .ok()?
-    .last()
-    .map(|line| line.time)
+    bow_driver::logs::tail(log_dir, instance_id, 1)
+        .last()
+        .map(|line| line.time)
 }
 
 /// `2026-12-06T13:10:00.123456789Z text` → the time and the text.

@@ -190,6 +190,19 @@ pub fn read_instance_log(
     Ok(lines)
 }
 
+/// The last `lines` lines of an instance's output, oldest first (none when it has no log).
+pub fn tail(log_dir: &Path, instance_id: &str, lines: usize) -> Vec<LogLine> {
+    read_instance_log(
+        log_dir,
+        instance_id,
+        LogQuery {
+            since: None,
+            tail: Some(lines),
+        },
+    )
+    .unwrap_or_default()
+}
+
 /// Merges the lines of several instances into one time-ordered list, each line labelled with
 /// its source (e.g. the instance id). Lines with equal times keep their source order.
 pub fn merge_by_time<L: Clone>(sources: Vec<(L, Vec<LogLine>)>) -> Vec<(L, LogLine)> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::driver::{BoxFuture, Driver, Found, Handle, Listing, Stray, Usage};
 use crate::error::{DriverError, Result};
 use crate::handle::{InstanceExit, InstanceHandle, ProcessState, StopOutcome};
-use crate::logs::{LogLine, LogQuery};
+use crate::logs::LogLine;
 use crate::spec::{InstanceSpec, ShimCommand};
 use crate::strays::{self, RunProcess};
 
@@ -224,15 +224,7 @@ impl Driver for LinuxProcessDriver {
     }
 
     fn log_tail(&self, instance_id: &str, lines: usize) -> Vec<LogLine> {
-        crate::logs::read_instance_log(
-            &self.scope.log_dir,
-            instance_id,
-            LogQuery {
-                since: None,
-                tail: Some(lines),
-            },
-        )
-        .unwrap_or_default()
+        crate::logs::tail(&self.scope.log_dir, instance_id, lines)
     }
 
     fn usage(&self, handle: &Handle) -> Usage {
