@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::pg::{PSQL, psql_at, stack};
 use support::procs;
-use support::secrets::{init_and_set, run_with_stdin, use_key};
+use support::secrets::run_with_stdin;
 use support::stack::{Stack, WAIT, instance, pid_in};
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 const LIMIT: Duration = Duration::from_secs(120);
 
 const DB: &str = "
@@ -24,22 +24,6 @@ services:
     postgres: { version: 15, database: shop, user: shopper, password_secret: db_password,
                 init: ./init.sql, settings: { work_mem: 8MB } }
 ";
-
-const INIT: &str = "
-CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL);
-INSERT INTO items VALUES (1, 'anvil'), (2, 'rope');
-CREATE TABLE init_runs (at timestamptz DEFAULT now());
-INSERT INTO init_runs DEFAULT VALUES;
-";
-
-/// A stack with a postgres service `db` (password `pw`), set up but not started.
-fn stack(label: &str, yaml: &str, password: &str) -> Stack {
-    let stack = Stack::new(label, yaml);
-    stack.write("init.sql", INIT);
-    use_key(&stack, "me");
-    init_and_set(&stack, &[("db_password", password)]);
-    stack
-}
 
 /// The port the `db.1` instance listens on (127.0.0.1).
 fn db_port(stack: &Stack) -> u16 {
@@ -51,36 +35,7 @@ fn db_port(stack: &Stack) -> u16 {
 
 /// Runs `sql` as `user` with `password` on 127.0.0.1:`port`; (success, stdout, stderr).
 fn psql(port: u16, user: &str, password: &str, sql: &str) -> (bool, String, String) {
-    let output = Command::new(PSQL)
-        .env("PGPASSWORD", password)
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            user,
-            "-d",
-            "shop",
-        ])
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-w",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("psql runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-        String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    )
+    psql_at("127.0.0.1", port, user, password, sql)
 }
 
 fn query(port: u16, sql: &str) -> String {

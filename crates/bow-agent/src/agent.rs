@@ -122,6 +122,8 @@ pub struct Agent {
     pub(crate) discovery: crate::discovery::Discovery,
     pub(crate) container_net: crate::container_net::ContainerNet,
     pub(crate) secrets: crate::secrets::Supply,
+    /// Postgres services in a `bow db switchover`: their members wait before starting.
+    pub(crate) switchovers: watch::Sender<BTreeSet<String>>,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -171,6 +173,7 @@ impl Agent {
             discovery: Default::default(),
             container_net: Default::default(),
             secrets: crate::secrets::Supply::new(config.secrets),
+            switchovers: watch::channel(BTreeSet::new()).0,
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -436,9 +439,21 @@ impl Agent {
             };
             let was_healthy = slot.status.health == Health::Healthy;
             let old_target = (slot.status.port, slot.status.endpoint);
+            let old_role = slot
+                .status
+                .database
+                .as_ref()
+                .map(|d| (d.is_primary(), d.serving_reads));
             change(&mut slot.status);
+            let role = slot
+                .status
+                .database
+                .as_ref()
+                .map(|d| (d.is_primary(), d.serving_reads));
             (slot.status.health == Health::Healthy) != was_healthy
                 || (was_healthy && (slot.status.port, slot.status.endpoint) != old_target)
+                // A postgres instance's name (`db` or `db-ro`) follows its role.
+                || role != old_role
         };
         // Only healthy instances get traffic: the edge follows every change of that set.
         if routes_changed {

@@ -52,6 +52,12 @@ pub enum Request {
         loss_per_million: u32,
         for_ms: u64,
     },
+    /// `bow db switchover`: a caught-up replica of a postgres service becomes its primary
+    /// (`to`, or the least lagging one), the old primary its replica.
+    Switchover {
+        service: String,
+        to: Option<u32>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +89,10 @@ pub enum Response {
     /// A fault is on (`bow chaos latency|loss`).
     FaultOn {
         service: String,
+    },
+    /// A switchover is done; what happened.
+    SwitchedOver {
+        message: String,
     },
     Error {
         message: String,
@@ -273,9 +283,35 @@ pub struct InstanceStatus {
     /// The release this instance runs.
     #[serde(default)]
     pub release: i64,
+    /// A postgres instance's part in its cluster, as its last health check saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseRole>,
     /// The restart generation this instance's process answers to (internal).
     #[serde(skip)]
     pub generation: u64,
+}
+
+/// What a postgres instance is in its cluster: the primary (`<service>`) or a streaming
+/// replica (`<service>-ro`, while it serves reads).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseRole {
+    /// `primary` or `replica`.
+    pub role: String,
+    /// How far a replica's replay is behind what the primary sent it (0 when caught up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_ms: Option<u64>,
+    /// A replica within `max_lag` that streams from the primary: in `<service>-ro`.
+    #[serde(default)]
+    pub serving_reads: bool,
+}
+
+impl DatabaseRole {
+    pub const PRIMARY: &str = "primary";
+    pub const REPLICA: &str = "replica";
+
+    pub fn is_primary(&self) -> bool {
+        self.role == Self::PRIMARY
+    }
 }
 
 /// An instance's (or service's) state. Ordered from best to worst.

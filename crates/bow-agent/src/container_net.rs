@@ -92,10 +92,9 @@ impl Agent {
             .spec
             .as_ref()
             .map(|spec| {
-                spec.services
-                    .iter()
-                    .filter(|(_, s)| s.port.is_some())
-                    .map(|(name, _)| name.clone())
+                crate::discovery::discovery_names(spec)
+                    .into_iter()
+                    .map(|(name, _)| name)
                     .collect()
             })
             .unwrap_or_default();
@@ -166,7 +165,7 @@ impl Agent {
         let mut services = BTreeMap::new();
         if let Some(spec) = &inner.spec {
             for (name, address) in addresses {
-                if let Some(service) = spec.services.get(&name)
+                if let Some(service) = crate::discovery::named(spec, &name)
                     && let Some(port) = service.port
                 {
                     services.insert(

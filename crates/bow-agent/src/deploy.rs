@@ -347,9 +347,20 @@ async fn scale(agent: &Arc<Agent>, name: &str, definition: &Arc<Service>, releas
         let started = start_slots(agent, name, replicas - current.len(), &plan);
         agent.set_phase(name, Phase::Starting, ids(name, &started));
     } else if current.len() > replicas {
+        // A postgres service loses replicas, never its primary (wherever a switchover put it).
+        let primary: Option<u32> = {
+            let inner = agent.lock();
+            inner.services.get(name).and_then(|r| {
+                r.slots
+                    .iter()
+                    .find(|(_, s)| s.status.database.as_ref().is_some_and(|d| d.is_primary()))
+                    .map(|(i, _)| *i)
+            })
+        };
         let extra: Vec<u32> = current
             .iter()
             .rev()
+            .filter(|i| Some(**i) != primary)
             .take(current.len() - replicas)
             .copied()
             .collect();

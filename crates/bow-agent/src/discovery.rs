@@ -225,8 +225,35 @@ pub(crate) fn rewrite_in_place(path: &Path, text: &str) -> std::io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(0o644))
 }
 
-/// The healthy instances of `service`: what the edge and the service listener balance over.
-pub(crate) fn healthy_endpoints(inner: &Inner, service: &str) -> Vec<Endpoint> {
+/// Every name other services reach: each service with a port, and `<service>-ro`, the read
+/// replicas of a postgres service that has them.
+pub(crate) fn discovery_names(spec: &Spec) -> Vec<(String, &Service)> {
+    let mut names = Vec::new();
+    for (name, service) in spec.services.iter().filter(|(_, s)| s.port.is_some()) {
+        names.push((name.clone(), service));
+        if let Some(replicas) = crate::postgres::of(service).and_then(|p| p.replica_name(name)) {
+            names.push((replicas, service));
+        }
+    }
+    names
+}
+
+/// The service behind a discovery name (`db-ro` is served by `db`).
+pub(crate) fn named<'s>(spec: &'s Spec, name: &str) -> Option<&'s Service> {
+    match spec.database(name) {
+        Some((service, _, _)) => spec.services.get(service),
+        None => spec.services.get(name),
+    }
+}
+
+/// The healthy instances behind a name: what the edge and the service listener balance over.
+/// For a postgres service, the name is its primary's and `<service>-ro` its replicas' that
+/// stream within `max_lag`.
+pub(crate) fn healthy_endpoints(inner: &Inner, name: &str) -> Vec<Endpoint> {
+    let (service, reads) = match name.strip_suffix(bow_spec::REPLICA_SUFFIX) {
+        Some(base) if !inner.services.contains_key(name) => (base, true),
+        _ => (name, false),
+    };
     inner
         .services
         .get(service)
@@ -235,6 +262,11 @@ pub(crate) fn healthy_endpoints(inner: &Inner, service: &str) -> Vec<Endpoint> {
                 .slots
                 .values()
                 .filter(|slot| slot.status.health == Health::Healthy && slot.routable)
+                .filter(|slot| match &slot.status.database {
+                    None => !reads,
+                    Some(role) if reads => !role.is_primary() && role.serving_reads,
+                    Some(role) => role.is_primary(),
+                })
                 .filter_map(|slot| {
                     Some(Endpoint::new(
                         slot.status.id.clone(),
@@ -290,7 +322,8 @@ impl Agent {
                 BTreeMap::new()
             }
         };
-        for (name, service) in &spec.services {
+        for (name, service) in discovery_names(spec) {
+            let name = &name;
             let Some(port) = service.port else { continue };
             if known.contains_key(name) {
                 continue;
@@ -319,7 +352,7 @@ impl Agent {
         }
         let current: BTreeMap<String, Ipv4Addr> = known
             .into_iter()
-            .filter(|(name, _)| spec.services.get(name).is_some_and(|s| s.port.is_some()))
+            .filter(|(name, _)| named(spec, name).is_some_and(|s| s.port.is_some()))
             .collect();
         let host_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
         let text = hosts_text(&host_hosts, &self.project, &self.environment, &current);
@@ -342,7 +375,7 @@ impl Agent {
         let mut services = BTreeMap::new();
         if let Some(spec) = &inner.spec {
             for (name, address) in addresses {
-                if let Some(service) = spec.services.get(&name)
+                if let Some(service) = named(spec, &name)
                     && let Some(port) = service.port
                 {
                     services.insert(name, (SocketAddr::from((address, port)), protocol(service)));
@@ -388,10 +421,7 @@ impl Agent {
             .map(|(name, running)| (name.clone(), running.clone()))
             .collect();
         for (name, running) in running {
-            let drain_timeout = spec
-                .services
-                .get(&name)
-                .map(|s| s.deploy.drain_timeout.as_std());
+            let drain_timeout = named(spec, &name).map(|s| s.deploy.drain_timeout.as_std());
             let keep = wanted.get(&name).is_some_and(|(addr, protocol)| {
                 *addr == running.addr
                     && *protocol == running.protocol
@@ -406,7 +436,10 @@ impl Agent {
             if locked(listeners).contains_key(name) {
                 continue;
             }
-            let drain_timeout = spec.services[name].deploy.drain_timeout.as_std();
+            let Some(drain_timeout) = named(spec, name).map(|s| s.deploy.drain_timeout.as_std())
+            else {
+                continue;
+            };
             let mut config = ServiceListenerConfig::new(*addr, name.clone(), *protocol);
             config.drain_timeout = drain_timeout;
             match ServiceListener::start(config).await {
@@ -503,7 +536,8 @@ impl Agent {
         let listening: Vec<String> = locked(&self.discovery.listeners).keys().cloned().collect();
         let errors = locked(&self.discovery.errors).clone();
         let mut status = Vec::new();
-        for (name, service) in &spec.services {
+        for (name, service) in discovery_names(spec) {
+            let name = &name;
             let (Some(port), Some(address)) = (service.port, addresses.get(name)) else {
                 continue;
             };

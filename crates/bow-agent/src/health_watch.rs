@@ -38,7 +38,7 @@ pub(crate) async fn health_loop(
         agent.emit(service, &id, EventKind::Healthy, message);
     };
     if crate::postgres::of(definition).is_some() {
-        return postgres_loop(agent, definition, service, &id, port, &mark_healthy).await;
+        return postgres_loop(agent, definition, service, index, port, &mark_healthy).await;
     }
     let Some(health) = &definition.health else {
         tokio::time::sleep(NO_CHECK_HEALTHY_AFTER).await;
@@ -125,46 +125,114 @@ const POSTGRES_RETRIES: u32 = 3;
 
 /// A postgres service: set up (role, password, database, `init:`, settings reloaded) once it
 /// answers, after every start and in-place change; then healthy while its role can log in
-/// and run `SELECT 1`.
+/// and run the check query, which also says whether it is the primary or a replica (and its
+/// lag). A replica follows the primary wherever it moves.
 async fn postgres_loop(
     agent: &Arc<Agent>,
     definition: &Service,
     service: &str,
-    id: &str,
+    index: u32,
     port: u16,
     mark_healthy: &(dyn Fn(&str) + Sync),
 ) -> String {
+    use crate::api::DatabaseRole;
+    use crate::postgres_replica::{Seen, current_primary};
     let Some(postgres) = crate::postgres::of(definition) else {
         return "not a postgres service".to_string();
     };
+    let id = format!("{service}.{index}");
     let started = Instant::now();
     let ready = async {
-        let cluster =
-            crate::postgres::Cluster::locate(&agent.state_dir, service, definition, agent.root)?;
+        let cluster = crate::postgres::Cluster::locate(
+            &agent.state_dir,
+            service,
+            index,
+            definition,
+            agent.root,
+        )?;
         let secrets = crate::secrets::files_for(agent, service, definition)?;
         let password = crate::postgres_admin::password(definition, &secrets)?.to_vec();
-        let notes = crate::postgres_admin::bootstrap(&cluster, postgres, port, &password).await?;
-        Ok::<_, String>((cluster, password, notes))
+        let upstream = current_primary(agent, service, index);
+        let notes = crate::postgres_admin::bootstrap(
+            &cluster,
+            postgres,
+            port,
+            &password,
+            upstream.as_ref(),
+        )
+        .await?;
+        Ok::<_, String>((cluster, password, notes, upstream))
     };
-    let (cluster, password, notes) = match ready.await {
+    let (cluster, password, notes, mut following) = match ready.await {
         Ok(ready) => ready,
         Err(reason) => return reason,
     };
     for note in notes {
-        agent.emit(service, id, EventKind::Reconfigured, &note);
+        agent.emit(service, &id, EventKind::Reconfigured, &note);
     }
+    let max_lag = postgres.max_lag.as_std();
     let mut healthy = false;
     let mut failures = 0;
+    // When a replica was last seen streaming within max_lag: a short pause of the primary
+    // (a restart) does not take it out of `<service>-ro`.
+    let mut last_caught_up: Option<Instant> = None;
     loop {
         match crate::postgres_admin::probe(&cluster, postgres, port, &password, POSTGRES_TIMEOUT)
             .await
         {
-            Ok(()) => {
+            Ok(seen) => {
                 failures = 0;
+                let role = match seen {
+                    Seen::Primary => DatabaseRole {
+                        role: DatabaseRole::PRIMARY.to_string(),
+                        lag_ms: None,
+                        serving_reads: false,
+                    },
+                    Seen::Replica { receiving, lag_ms } => {
+                        if receiving && lag_ms <= max_lag.as_millis() as u64 {
+                            last_caught_up = Some(Instant::now());
+                        }
+                        let serving = last_caught_up.is_some_and(|t| t.elapsed() <= max_lag);
+                        // A replica follows the primary wherever it is now.
+                        let primary = current_primary(agent, service, index);
+                        if let Some(primary) = primary.filter(|p| following.as_ref() != Some(p)) {
+                            match crate::postgres_replica::follow(
+                                &cluster, postgres, port, &primary,
+                            )
+                            .await
+                            {
+                                Ok(()) => {
+                                    agent.emit(
+                                        service,
+                                        &id,
+                                        EventKind::Reconfigured,
+                                        &format!("replica follows {service}.{}", primary.member),
+                                    );
+                                    following = Some(primary);
+                                }
+                                Err(reason) => agent.emit(
+                                    service,
+                                    &id,
+                                    EventKind::Reconfigured,
+                                    &format!(
+                                        "cannot follow {service}.{}: {reason}",
+                                        primary.member
+                                    ),
+                                ),
+                            }
+                        }
+                        DatabaseRole {
+                            role: DatabaseRole::REPLICA.to_string(),
+                            lag_ms: Some(lag_ms),
+                            serving_reads: serving,
+                        }
+                    }
+                };
+                agent.update(service, index, |s| s.database = Some(role));
                 if !healthy {
                     healthy = true;
                     mark_healthy(&format!(
-                        "postgres check (login as {}, SELECT 1) passed after {} ms",
+                        "postgres check (login as {}) passed after {} ms",
                         postgres.user,
                         started.elapsed().as_millis()
                     ));

@@ -46,6 +46,7 @@ pub fn build(
             let cluster = crate::postgres::Cluster::locate(
                 context.state_dir,
                 context.service_name,
+                context.index,
                 service,
                 context.root,
             )?;

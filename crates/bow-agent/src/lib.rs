@@ -25,6 +25,8 @@ mod instance_spec;
 mod ports;
 pub mod postgres;
 mod postgres_admin;
+mod postgres_replica;
+mod postgres_switchover;
 mod releases;
 mod rollout;
 mod secrets;

@@ -25,9 +25,14 @@ pub(crate) struct Cluster {
     pub bin: PathBuf,
     /// `<state-dir>/volumes/<service>`: the service's volume, owned by its user.
     pub volume: PathBuf,
-    /// `<volume>/data`: PGDATA.
+    /// Which server of the service this is: its instance index (1, the first instance, is
+    /// the first primary; the others start as streaming replicas).
+    pub member: u32,
+    /// The member's own directory: the volume for member 1, `<volume>/member-N` otherwise.
+    pub home: PathBuf,
+    /// `<home>/data`: PGDATA.
     pub data: PathBuf,
-    /// `<volume>/run`: the server's unix socket directory.
+    /// `<home>/run`: the server's unix socket directory.
     pub sockets: PathBuf,
     /// The service's unix user, also the cluster's superuser role (peer, socket only).
     pub superuser: String,
@@ -58,9 +63,14 @@ pub(crate) fn resolve_urls(
         let after = &rest[at + "${postgres:".len()..];
         let Some(end) = after.find('}') else { break };
         let target = &after[..end];
+        // `db-ro`: the replicas of `db`, with its role and database.
         let postgres = context
             .databases
             .get(target)
+            .or_else(|| {
+                let base = target.strip_suffix(bow_spec::REPLICA_SUFFIX)?;
+                context.databases.get(base).filter(|p| p.replicas > 0)
+            })
             .ok_or_else(|| format!("`${{postgres:{target}}}` names no postgres service"))?;
         let (address, _) = context
             .names
@@ -115,6 +125,17 @@ pub fn volumes_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("volumes")
 }
 
+/// The directory of one member of a service's cluster: the volume itself for member 1 (the
+/// first instance, `db.1`, where a cluster without replicas has always lived),
+/// `<volume>/member-N` for the others.
+pub fn member_home(volume: &Path, member: u32) -> PathBuf {
+    if member <= 1 {
+        volume.to_path_buf()
+    } else {
+        volume.join(format!("member-{member}"))
+    }
+}
+
 /// Where the binaries of `version` are; `BOW_POSTGRES_BIN` (a directory with `{version}` in
 /// it) overrides the Debian layout.
 pub fn bin_dir(version: u32) -> PathBuf {
@@ -129,6 +150,7 @@ impl Cluster {
     pub(crate) fn locate(
         state_dir: &Path,
         service_name: &str,
+        member: u32,
         definition: &Service,
         root: bool,
     ) -> Result<Cluster, String> {
@@ -156,10 +178,13 @@ impl Cluster {
             (user.name, None)
         };
         let volume = volumes_dir(state_dir).join(service_name);
+        let home = member_home(&volume, member);
         Ok(Cluster {
             bin,
-            data: volume.join("data"),
-            sockets: volume.join("run"),
+            data: home.join("data"),
+            sockets: home.join("run"),
+            home,
+            member,
             volume,
             superuser,
             ids,
@@ -184,7 +209,7 @@ impl Cluster {
             .env_clear()
             .env("PATH", bow_driver::DEFAULT_PATH)
             .env("LANG", "C.UTF-8")
-            .current_dir(&self.volume)
+            .current_dir(&self.home)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         if let Some((uid, gid)) = self.ids {
@@ -194,8 +219,10 @@ impl Cluster {
     }
 }
 
-/// Gets the cluster of a postgres service ready to start: binaries, user, volume, data
-/// directory (initdb on first use), bow's conf files. Returns what it did, for the event.
+/// Gets the cluster of a postgres service ready to start: binaries, user, volume, the first
+/// member's data directory (initdb when no member has data yet), bow's conf files of every
+/// member that has data. Replicas get their data from the primary when they start
+/// (`postgres_replica::prepare_member`). Returns what it did, for the event.
 pub(crate) async fn prepare(
     state_dir: &Path,
     service_name: &str,
@@ -203,20 +230,20 @@ pub(crate) async fn prepare(
     root: bool,
 ) -> Result<Option<String>, String> {
     let postgres = of(definition).ok_or("not a postgres service")?;
+    let volume = volumes_dir(state_dir).join(service_name);
     // Data of another major version is refused before anything else, also when that
     // version's binaries are not installed.
-    let data = volumes_dir(state_dir).join(service_name).join("data");
-    let found = data_version(&data);
-    if let Some(found) = found
-        .as_deref()
-        .filter(|f| *f != postgres.version.to_string())
-    {
-        return Err(format!(
-            "the data of {service_name} ({}) was made by PostgreSQL {found}, and postgres.version is {}: bow never initialises over existing data. Upgrade it yourself: stop the service, then either run pg_upgrade (postgresql-{} installed beside postgresql-{found}) into a new data directory, or pg_dump it with PostgreSQL {found} and restore into a fresh {service_name}; or set postgres.version back to {found}",
-            data.display(),
-            postgres.version,
-            postgres.version
-        ));
+    let members = members_with_data(&volume);
+    for (member, found) in &members {
+        if *found != postgres.version.to_string() {
+            let data = member_home(&volume, *member).join("data");
+            return Err(format!(
+                "the data of {service_name} ({}) was made by PostgreSQL {found}, and postgres.version is {}: bow never initialises over existing data. Upgrade it yourself: stop the service, then either run pg_upgrade (postgresql-{} installed beside postgresql-{found}) into a new data directory, or pg_dump it with PostgreSQL {found} and restore into a fresh {service_name}; or set postgres.version back to {found}",
+                data.display(),
+                postgres.version,
+                postgres.version
+            ));
+        }
     }
     let (state_dir, name, owned) = (
         state_dir.to_path_buf(),
@@ -224,7 +251,7 @@ pub(crate) async fn prepare(
         definition.clone(),
     );
     let cluster =
-        tokio::task::spawn_blocking(move || Cluster::locate(&state_dir, &name, &owned, root))
+        tokio::task::spawn_blocking(move || Cluster::locate(&state_dir, &name, 1, &owned, root))
             .await
             .map_err(|e| e.to_string())??;
     if let Some(volumes) = cluster.volume.parent() {
@@ -233,30 +260,47 @@ pub(crate) async fn prepare(
     make_dir(&cluster.volume, 0o700, cluster.ids)?;
     make_dir(&cluster.sockets, 0o700, cluster.ids)?;
     let mut did = None;
-    match found {
-        Some(_) => {}
-        None => {
-            initdb(&cluster).await?;
-            did = Some(format!(
-                "initdb: PostgreSQL {} cluster in {} (checksums on, scram-sha-256)",
-                postgres.version,
-                cluster.data.display()
-            ));
-        }
+    if members.is_empty() {
+        initdb(&cluster).await?;
+        did = Some(format!(
+            "initdb: PostgreSQL {} cluster in {} (checksums on, scram-sha-256)",
+            postgres.version,
+            cluster.data.display()
+        ));
     }
-    write_conf(&cluster, postgres)?;
     Ok(did)
 }
 
+/// The members of a service's cluster that have data, with the major version that made it.
+pub(crate) fn members_with_data(volume: &Path) -> Vec<(u32, String)> {
+    let mut members: Vec<(u32, String)> = std::fs::read_dir(volume)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            name.to_str()?.strip_prefix("member-")?.parse::<u32>().ok()
+        })
+        .chain([1])
+        .filter_map(|member| {
+            let data = member_home(volume, member).join("data");
+            Some((member, data_version(&data)?))
+        })
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
 /// The major version a data directory was made by, if it has one.
-fn data_version(data: &Path) -> Option<String> {
+pub(crate) fn data_version(data: &Path) -> Option<String> {
     std::fs::read_to_string(data.join("PG_VERSION"))
         .ok()
         .map(|v| v.trim().to_string())
 }
 
 /// Creates `dir` with `mode` (and owner `ids`) when missing; fixes the owner when present.
-fn make_dir(dir: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn make_dir(dir: &Path, mode: u32, ids: Option<(u32, u32)>) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.is_dir() {
         std::fs::DirBuilder::new()
@@ -319,12 +363,17 @@ pub(crate) fn tail(stderr: &[u8]) -> String {
 }
 
 /// A value quoted for postgresql.conf.
-fn quote(value: &str) -> String {
+pub(crate) fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-/// Writes `bow.conf` (the include) and `pg_hba.conf`, owned by the service user.
-pub(crate) fn write_conf(cluster: &Cluster, postgres: &Postgres) -> Result<(), String> {
+/// Writes `bow.conf` (the include) and `pg_hba.conf`, owned by the service user. A replica's
+/// `bow.conf` also says where its primary is (`upstream`).
+pub(crate) fn write_conf(
+    cluster: &Cluster,
+    postgres: &Postgres,
+    upstream: Option<&crate::postgres_replica::Upstream>,
+) -> Result<(), String> {
     let mut conf = String::from(
         "# Written by bow at every start and change: edits here are lost.\n# Set server settings in bow.yaml, under postgres.settings.\n",
     );
@@ -334,14 +383,21 @@ pub(crate) fn write_conf(cluster: &Cluster, postgres: &Postgres) -> Result<(), S
         quote(&cluster.sockets.display().to_string())
     ));
     conf.push_str("password_encryption = 'scram-sha-256'\n");
+    if postgres.replicas > 0 || upstream.is_some() {
+        conf.push_str(&crate::postgres_replica::conf_lines(
+            cluster, postgres, upstream,
+        ));
+    }
     for (name, value) in &postgres.settings {
         conf.push_str(&format!("{name} = {}\n", quote(value)));
     }
     let hba = format!(
         "# Written by bow at every start and change: edits here are lost.\n\
-         # The superuser (the service's unix user) only over the unix socket, by peer;\n\
+         # The superuser (the service's unix user) only over the unix socket, by peer, also\n\
+         # for replication (the replicas run as the same user on this host);\n\
          # every role over TCP from this host with its password (scram-sha-256).\n\
          local all \"{superuser}\" peer\n\
+         local replication \"{superuser}\" peer\n\
          host all all 127.0.0.1/32 scram-sha-256\n",
         superuser = cluster.superuser
     );

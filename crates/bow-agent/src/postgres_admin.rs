@@ -102,14 +102,24 @@ async fn wait_ready(cluster: &Cluster, port: u16) -> Result<(), String> {
 /// written again and reloaded, the role with the secret's password (`ALTER ROLE`: open
 /// sessions stay), the database owned by it, `init:` once. Returns what is worth an event:
 /// init run or skipped, settings that wait for a restart (`pg_settings.pending_restart`).
+///
+/// A replica takes everything from its primary: only its files are written again (pointing at
+/// `upstream`, the primary now) and reloaded.
 pub(crate) async fn bootstrap(
     cluster: &Cluster,
     postgres: &Postgres,
     port: u16,
     password: &[u8],
+    upstream: Option<&crate::postgres_replica::Upstream>,
 ) -> Result<Vec<String>, String> {
     wait_ready(cluster, port).await?;
-    crate::postgres::write_conf(cluster, postgres)?;
+    if crate::postgres_replica::is_replica(cluster) {
+        if let Some(upstream) = upstream {
+            crate::postgres_replica::follow(cluster, postgres, port, upstream).await?;
+        }
+        return Ok(Vec::new());
+    }
+    crate::postgres::write_conf(cluster, postgres, None)?;
     let (role, database) = (&postgres.user, &postgres.database);
     let sql = format!(
         "SELECT pg_reload_conf();\n\
@@ -121,6 +131,14 @@ pub(crate) async fn bootstrap(
     admin(cluster, port, "postgres", &sql)
         .await
         .map_err(|e| format!("setting up role {role} and database {database}: {e}"))?;
+    admin(
+        cluster,
+        port,
+        "postgres",
+        &crate::postgres_replica::primary_slots_sql(postgres, cluster.member),
+    )
+    .await
+    .map_err(|e| format!("replication slots: {e}"))?;
     let mut did = Vec::new();
     if let Some(init) = &postgres.init {
         did.extend(run_init(cluster, postgres, port, Path::new(init)).await?);
@@ -221,14 +239,15 @@ async fn run_init(
     )])
 }
 
-/// The health check: log in as the application role with its password, `SELECT 1`.
+/// The health check: log in as the application role with its password and ask the server
+/// what it is (`postgres_replica::ROLE_QUERY`: as much work as `SELECT 1`).
 pub(crate) async fn probe(
     cluster: &Cluster,
     postgres: &Postgres,
     port: u16,
     password: &[u8],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<crate::postgres_replica::Seen, String> {
     let mut command = tokio::process::Command::new(cluster.bin.join("psql"));
     command
         .env_clear()
@@ -237,15 +256,21 @@ pub(crate) async fn probe(
         .env("PGCONNECT_TIMEOUT", timeout.as_secs().max(1).to_string())
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-U", &postgres.user, "-d", &postgres.database])
-        .args(["-X", "-A", "-t", "-q", "-w", "-c", "SELECT 1"])
+        .args(["-X", "-A", "-t", "-q", "-w", "-c"])
+        .arg(crate::postgres_replica::ROLE_QUERY)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let output = tokio::time::timeout(timeout, command.output())
         .await
         .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
         .map_err(|e| format!("cannot run psql: {e}"))?;
-    if output.status.success() && String::from_utf8_lossy(&output.stdout).trim() == "1" {
-        Ok(())
+    let seen = output
+        .status
+        .success()
+        .then(|| crate::postgres_replica::parse_role(&String::from_utf8_lossy(&output.stdout)))
+        .flatten();
+    if let Some(seen) = seen {
+        Ok(seen)
     } else {
         Err(format!(
             "SELECT 1 as {} on 127.0.0.1:{port}: {}",

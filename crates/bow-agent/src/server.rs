@@ -135,5 +135,9 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
             Ok(()) => Response::FaultOn { service },
             Err(message) => Response::Error { message },
         },
+        Request::Switchover { service, to } => match agent.switchover(&service, to).await {
+            Ok(message) => Response::SwitchedOver { message },
+            Err(message) => Response::Error { message },
+        },
     }
 }

@@ -15,15 +15,8 @@ use crate::supervisor::{self, Adopted};
 impl Agent {
     /// Restarts one instance and waits (up to `timeout`) until it is healthy again.
     async fn restart_slot(&self, service: &str, index: u32, timeout: Duration) {
-        let generation = {
-            let inner = self.lock();
-            let Some(slot) = inner.slot(service, index) else {
-                return;
-            };
-            let mut control = *slot.control.borrow();
-            control.restart_generation += 1;
-            slot.control.send_replace(control);
-            control.restart_generation
+        let Some(generation) = self.request_restart(service, index) else {
+            return;
         };
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
@@ -38,6 +31,17 @@ impl Agent {
                 return;
             }
         }
+    }
+
+    /// Asks an instance's supervisor to stop it and start it again; the restart generation it
+    /// will answer to once restarted.
+    pub(crate) fn request_restart(&self, service: &str, index: u32) -> Option<u64> {
+        let inner = self.lock();
+        let slot = inner.slot(service, index)?;
+        let mut control = *slot.control.borrow();
+        control.restart_generation += 1;
+        slot.control.send_replace(control);
+        Some(control.restart_generation)
     }
 
     /// `bow restart SERVICE`: one instance at a time, each healthy before the next.

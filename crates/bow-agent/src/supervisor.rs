@@ -75,6 +75,7 @@ pub(crate) fn spawn(
         user: None,
         log_path: None,
         release: plan.release,
+        database: None,
         generation: 0,
     };
     let task = tokio::spawn(run(
@@ -244,6 +245,8 @@ async fn run(
             };
             s.last_error = None;
             s.generation = generation;
+            // A postgres server's role is what its health check sees, from this start on.
+            s.database = None;
         });
         let healthy_since: Mutex<Option<Instant>> = Mutex::new(None);
         let ending = watch_instance(
@@ -434,6 +437,17 @@ async fn start(
         let (network, _) = agent.ensure_container_network().await?;
         context.names = agent.container_names();
         context.container_network = Some(network.name);
+    }
+    if crate::postgres::of(definition).is_some()
+        && let Some(did) =
+            crate::postgres_replica::prepare_member(agent, service, index, definition).await?
+    {
+        agent.emit(
+            service,
+            &format!("{service}.{index}"),
+            EventKind::Built,
+            &did,
+        );
     }
     let secrets = crate::secrets::files_for(agent, service, definition)?;
     let mut spec = instance_spec::build(definition, &context, secrets)?;

@@ -152,6 +152,18 @@ fn classify_service_path(path: &str, service: &bow_spec::Service) -> (ChangeClas
             (SECRET_DIGESTS_FIELD, Some(secret), None) if secret == postgres.password_secret => {
                 return (ChangeClass::InPlace, Some("ALTER ROLE".to_string()));
             }
+            ("postgres", Some("replicas"), None) => {
+                return (
+                    classify_service_field("replicas"),
+                    Some(
+                        "streaming replicas: a new one starts from a copy of the primary"
+                            .to_string(),
+                    ),
+                );
+            }
+            ("postgres", Some("max_lag"), None) => {
+                return (classify_service_field("health"), None);
+            }
             ("postgres", Some("version"), None) => {
                 return (
                     ChangeClass::Replace,

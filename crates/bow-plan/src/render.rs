@@ -81,12 +81,21 @@ impl fmt::Display for Plan {
                 .sandbox
                 .as_ref()
                 .map_or(String::new(), |s| format!(", sandbox {s}"));
+            // A postgres service's instances are a primary and its streaming replicas.
+            let instances = match add.kind.as_str() {
+                "postgres" if add.replicas <= 1 => "primary".to_string(),
+                "postgres" => format!(
+                    "primary + {} (streaming, as {}{})",
+                    plural(add.replicas - 1, "replica"),
+                    add.service,
+                    bow_spec::REPLICA_SUFFIX
+                ),
+                _ => plural(add.replicas, "replica"),
+            };
             writeln!(
                 f,
-                "+ {}  ({}, {}{routes}{sandbox})",
-                add.service,
-                add.kind,
-                plural(add.replicas, "replica")
+                "+ {}  ({}, {instances}{routes}{sandbox})",
+                add.service, add.kind,
             )?;
         }
         for change in &self.diff.to_change {

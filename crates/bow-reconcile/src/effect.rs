@@ -152,12 +152,14 @@ pub enum EventKind {
     /// Executor: the store could not be read or written.
     StoreError,
     Switched,
+    /// Executor: `bow db switchover` moved a postgres service's primary (or gave up).
+    Switchover,
     Unhealthy,
 }
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 34] = [
+    pub const ALL: [EventKind; 35] = [
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
@@ -191,6 +193,7 @@ impl EventKind {
         EventKind::Stopping,
         EventKind::StoreError,
         EventKind::Switched,
+        EventKind::Switchover,
         EventKind::Unhealthy,
     ];
 
@@ -230,6 +233,7 @@ impl EventKind {
             EventKind::Stopping => "stopping",
             EventKind::StoreError => "store-error",
             EventKind::Switched => "switched",
+            EventKind::Switchover => "switchover",
             EventKind::Unhealthy => "unhealthy",
         }
     }

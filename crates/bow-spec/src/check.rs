@@ -17,6 +17,7 @@ pub fn spec(spec: &Spec, root: &Node, reader: &mut Reader) {
     ports(spec, root, reader);
     secrets(spec, root, reader);
     database_urls(spec, root, reader);
+    replica_names(spec, root, reader);
     backups(spec, root, reader);
     not_available(root, reader);
 }
@@ -246,11 +247,7 @@ fn database_urls(spec: &Spec, root: &Node, reader: &mut Reader) {
                 let span = node_at(root, &["services", name, "env", variable])
                     .map_or(root.span, |n| n.span);
                 let path = join(&format!("services.{name}.env"), variable);
-                let postgres = spec.services.get(target).and_then(|s| match &s.workload {
-                    Workload::Postgres(postgres) => Some(postgres),
-                    _ => None,
-                });
-                let Some(postgres) = postgres else {
+                let Some((target, postgres, _)) = spec.database(target) else {
                     let databases = spec
                         .services
                         .iter()
@@ -286,6 +283,30 @@ fn database_urls(spec: &Spec, root: &Node, reader: &mut Reader) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The replicas of a postgres service are reached as `<service>-ro`: no service may be
+/// called that.
+fn replica_names(spec: &Spec, root: &Node, reader: &mut Reader) {
+    for (name, service) in &spec.services {
+        let Workload::Postgres(postgres) = &service.workload else {
+            continue;
+        };
+        let Some(replica) = postgres.replica_name(name) else {
+            continue;
+        };
+        if spec.services.contains_key(&replica) {
+            let span = node_at(root, &["services", &replica]).map_or(root.span, |n| n.blame());
+            reader.error(
+                &join("services", &replica),
+                span,
+                format!("`{replica}` is the name of {name}'s read replicas (postgres.replicas)"),
+                Some(format!(
+                    "rename this service, or set postgres.replicas: 0 on {name}"
+                )),
+            );
         }
     }
 }

@@ -253,7 +253,51 @@ pub struct Postgres {
     /// Server settings (`shared_buffers: 256MB`), written to a conf include bow owns.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
+    /// Streaming read replicas beside the primary (`<service>-ro`); the service runs
+    /// `1 + replicas` instances.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replicas: u32,
+    /// How far behind the primary a replica may be and still serve `<service>-ro`.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: Duration,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn default_max_lag() -> Duration {
+    crate::defaults::POSTGRES_MAX_LAG
+}
+
+impl Spec {
+    /// The postgres service a database name means: `db` is the primary of `db`, `db-ro` (when
+    /// `db` has read replicas) its replicas. Returns the service's name, its section and
+    /// whether the name is the replicas'.
+    pub fn database<'s>(&'s self, name: &'s str) -> Option<(&'s str, &'s Postgres, bool)> {
+        let postgres = |service: &str| match &self.services.get(service)?.workload {
+            Workload::Postgres(postgres) => Some(postgres),
+            _ => None,
+        };
+        if let Some(found) = postgres(name) {
+            return Some((name, found, false));
+        }
+        let base = name.strip_suffix(REPLICA_SUFFIX)?;
+        postgres(base)
+            .filter(|p| p.replicas > 0)
+            .map(|found| (base, found, true))
+    }
+}
+
+impl Postgres {
+    /// The name other services use for the replicas (`db-ro`), if it has any.
+    pub fn replica_name(&self, service: &str) -> Option<String> {
+        (self.replicas > 0).then(|| format!("{service}{REPLICA_SUFFIX}"))
+    }
+}
+
+/// What follows a postgres service's name in the name of its read replicas.
+pub const REPLICA_SUFFIX: &str = "-ro";
 
 /// A host plus path prefix the edge serves from a service: `app.example.com/api`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

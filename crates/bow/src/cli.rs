@@ -193,6 +193,11 @@ pub enum Command {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// PostgreSQL services: `db switchover` moves the primary to a caught-up replica
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Run a command as a running instance of SERVICE runs: its user, dir, env and secrets,
     /// confined like it (a container: inside it, through the engine)
     Exec {
@@ -252,6 +257,21 @@ pub enum ExportFormat {
     Compose,
     /// Kubernetes Deployments, Services, Ingresses, PersistentVolumeClaims and Secrets
     Kubernetes,
+}
+
+/// `bow db …`: what is done to a postgres service's cluster.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Promote a caught-up replica to primary (the service's name follows it; writes wait a
+    /// moment, none acknowledged is lost) and make the old primary its replica
+    Switchover {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// The replica to promote (`1` for SERVICE.1); the least lagging one by default
+        #[arg(long)]
+        to: Option<u32>,
+    },
 }
 
 /// `bow volume …`: the named volumes of an environment.

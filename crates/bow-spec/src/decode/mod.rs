@@ -95,6 +95,8 @@ pub const POSTGRES_KEYS: &[&str] = &[
     "password_secret",
     "init",
     "settings",
+    "replicas",
+    "max_lag",
 ];
 pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const DEPLOY_KEYS: &[&str] = &["strategy", "max_surge", "timeout", "drain_timeout"];
@@ -154,6 +156,10 @@ pub mod defaults {
     pub const POSTGRES_VERSION: u32 = 15;
     /// The port other services reach a postgres service on when it names none.
     pub const POSTGRES_PORT: u16 = 5432;
+    /// How far a read replica may lag and still serve `<service>-ro`.
+    pub const POSTGRES_MAX_LAG: Duration = Duration::from_secs(10);
+    /// At most this many read replicas per postgres service.
+    pub const POSTGRES_MAX_REPLICAS: u32 = 8;
     /// Edge ports as root, and as an unprivileged user (who cannot bind below 1024).
     pub const PRIVILEGED_PORTS: (u16, u16) = (80, 443);
     pub const UNPRIVILEGED_PORTS: (u16, u16) = (8080, 8443);

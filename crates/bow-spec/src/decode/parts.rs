@@ -103,7 +103,25 @@ pub(super) fn postgres(node: &Node, path: &str, reader: &mut Reader) -> Option<P
             }
         }
     }
+    let replicas = match fields.get("replicas") {
+        Some((n, p)) => reader
+            .integer(
+                n,
+                &p,
+                "a number of read replicas",
+                0,
+                defaults::POSTGRES_MAX_REPLICAS as i64,
+            )
+            .map(|v| v as u32),
+        None => Some(0),
+    };
+    let max_lag = match fields.get("max_lag") {
+        Some((n, p)) => reader.duration(n, &p),
+        None => Some(defaults::POSTGRES_MAX_LAG),
+    };
     Some(Postgres {
+        replicas: replicas?,
+        max_lag: max_lag?,
         version: version?,
         database: database?,
         user: user?,

@@ -351,16 +351,24 @@ pub(super) fn service(
             );
         }
     }
-    if let Some(Workload::Postgres(_)) = &workload
-        && service.replicas > 1
-    {
-        let span = fields.get("replicas").map_or(node.span, |(n, _)| n.span);
-        reader.error(
-            &join(path, "replicas"),
-            span,
-            "a postgres service runs one instance",
-            Some("streaming replicas are not supported yet; use replicas: 1".to_string()),
-        );
+    if let Some(Workload::Postgres(postgres)) = &workload {
+        if let Some((n, p)) = fields.get("replicas")
+            && service.replicas != 1
+        {
+            reader.error(
+                &p,
+                n.span,
+                "a postgres service has one primary: its instances are not set with `replicas`",
+                Some(format!(
+                    "for streaming read replicas, set postgres.replicas: {} (other services read them as {}{})",
+                    service.replicas.saturating_sub(1).max(1),
+                    path.rsplit('.').next().unwrap_or(path),
+                    crate::schema::REPLICA_SUFFIX
+                )),
+            );
+        }
+        // The primary plus its streaming replicas.
+        service.replicas = 1 + postgres.replicas;
     }
     if let Some(workload) = workload {
         service.workload = workload;

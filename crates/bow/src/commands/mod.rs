@@ -5,6 +5,7 @@ pub mod apply;
 pub mod chaos;
 pub mod chaos_agent;
 pub mod config;
+pub mod db;
 pub mod down;
 pub mod events;
 pub mod exec;

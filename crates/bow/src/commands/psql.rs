@@ -23,16 +23,17 @@ pub fn run(args: &StackArgs, service: &str, extra: &[String]) -> Result<ExitCode
         .filter(|(_, s)| matches!(s.workload, Workload::Postgres(_)))
         .map(|(name, _)| name.as_str())
         .collect();
-    let Some(definition) = session.spec.services.get(service) else {
+    // `db-ro`: the replicas of `db`.
+    let Some((base, postgres, replicas)) = session.spec.database(service) else {
+        if session.spec.services.contains_key(service) {
+            bail!(
+                "{service} is not a postgres service; postgres services: {}",
+                list(&postgres_services)
+            );
+        }
         bail!(
             "no service {service} in {}; postgres services: {}",
             session.file.display(),
-            list(&postgres_services)
-        );
-    };
-    let Workload::Postgres(postgres) = &definition.workload else {
-        bail!(
-            "{service} is not a postgres service; postgres services: {}",
             list(&postgres_services)
         );
     };
@@ -41,19 +42,35 @@ pub fn run(args: &StackArgs, service: &str, extra: &[String]) -> Result<ExitCode
         Some(other) => bail!("unexpected answer from the agent: {other:?}"),
         None => return Err(crate::session::no_agent(&session.state_dir)),
     };
+    // The primary for `db` (an instance without a role yet counts as one: a cluster without
+    // replicas), a replica that serves reads for `db-ro`.
     let port = report
         .services
         .iter()
-        .filter(|s| s.name == service)
+        .filter(|s| s.name == base)
         .flat_map(|s| &s.instances)
-        .find(|i| i.health == Health::Healthy)
+        .filter(|i| i.health == Health::Healthy)
+        .find(|i| match &i.database {
+            Some(role) if replicas => !role.is_primary() && role.serving_reads,
+            Some(role) => role.is_primary(),
+            None => !replicas,
+        })
         .and_then(|i| i.port)
-        .ok_or_else(|| anyhow!("{service} is not running and healthy; `bow status` shows it"))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{service} has no healthy {}; `bow status` shows it",
+                if replicas {
+                    "replica that is caught up"
+                } else {
+                    "primary"
+                }
+            )
+        })?;
     let source = crate::secret_store::source(&session)
         .ok_or_else(|| anyhow!("no key for the secrets of {}", session.spec.environment))?;
     let revealed = source
         .reveal(&[postgres.password_secret.as_str()])
-        .with_context(|| format!("the password of {service}"))?;
+        .with_context(|| format!("the password of {base}"))?;
     let value = &revealed[0].value;
     let password = String::from_utf8_lossy(value.strip_suffix(b"\n").unwrap_or(value)).into_owned();
     let psql = bow_agent::postgres::bin_dir(postgres.version).join("psql");

@@ -60,7 +60,7 @@ pub fn table(report: &StatusReport) -> String {
                 instance.release.to_string(),
                 instance.pid.map_or("-".into(), |p| p.to_string()),
                 instance.port.map_or("-".into(), |p| p.to_string()),
-                instance.health.label().into(),
+                health(instance),
                 instance.restarts.to_string(),
                 instance.uptime_ms.map_or("-".into(), uptime),
                 instance
@@ -124,6 +124,25 @@ pub fn table(report: &StatusReport) -> String {
         out.push_str(&format!("\nnote: {note}\n"));
     }
     out
+}
+
+/// An instance's health; a postgres instance's role and lag beside it
+/// (`healthy, replica lag 0 ms`).
+fn health(instance: &bow_agent::api::InstanceStatus) -> String {
+    let label = instance.health.label();
+    match &instance.database {
+        Some(role) if role.is_primary() => format!("{label}, primary"),
+        Some(role) => format!(
+            "{label}, replica lag {} ms{}",
+            role.lag_ms.unwrap_or(0),
+            if role.serving_reads {
+                ""
+            } else {
+                " (not serving reads)"
+            }
+        ),
+        None => label.to_string(),
+    }
 }
 
 fn uptime(ms: u64) -> String {
