@@ -127,6 +127,29 @@ fn a_replica_serves_reads_as_db_ro_within_a_second() {
         assert_eq!(ran.code, 0, "{}", ran.describe());
         assert_eq!(ran.stdout.trim(), want, "bow psql {name}");
     }
+    // A killed agent leaves both servers running; the next one adopts them in their roles.
+    let pids = (stack.pid("db.1"), stack.pid("db.2"));
+    let agent = stack.status_ok()["agent_pid"].as_i64().expect("agent_pid") as i32;
+    support::procs::kill(agent, libc::SIGKILL);
+    support::procs::wait_gone(agent, WAIT);
+    up(&stack);
+    assert_eq!(
+        (stack.pid("db.1"), stack.pid("db.2")),
+        pids,
+        "adopted, not restarted"
+    );
+    query(
+        &db_host,
+        db_port,
+        "INSERT INTO items VALUES (20, 'after the agent')",
+    );
+    wait_answer(
+        &ro_host,
+        ro_port,
+        "SELECT count(*) FROM items WHERE id = 20",
+        "1",
+        Duration::from_secs(5),
+    );
     // Status shows the role and the lag.
     let table = stack.run(&["status"], LIMIT);
     assert!(
@@ -134,6 +157,27 @@ fn a_replica_serves_reads_as_db_ro_within_a_second() {
         "{}",
         table.stdout
     );
+    // A second replica is a scale: copied from the primary, in `db-ro` too; removing it
+    // stops it and leaves the primary alone.
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(&stack.file, text.replace("replicas: 1 }", "replicas: 2 }")).unwrap();
+    let plan = stack.run(&["plan"], LIMIT);
+    assert!(
+        plan.stdout.contains("services.db.postgres.replicas"),
+        "{}",
+        plan.stdout
+    );
+    let ran = stack.run(&["apply", "--yes"], LIMIT);
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    stack.wait_status("db.3 a replica serving reads", WAIT, |s| {
+        serving(s, "db.1", "db.3")
+    });
+    assert_eq!(stack.pid("db.1"), pids.0, "the primary was not restarted");
+    std::fs::write(&stack.file, text).unwrap();
+    let ran = stack.run(&["apply", "--yes"], LIMIT);
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    stack.wait_status("db.3 gone", WAIT, |s| instance(s, "db.3").is_none());
+    assert_eq!(stack.pid("db.1"), pids.0, "the primary was not restarted");
     let down = stack.down();
     assert_eq!(down.code, 0, "{}", down.describe());
 }
