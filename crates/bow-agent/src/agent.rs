@@ -285,6 +285,19 @@ impl Agent {
         Ok((revision, changed))
     }
 
+    /// Records where revision `revision` came from (the git commit a follower applied); `bow
+    /// history` shows it beside its releases.
+    pub fn note_source(&self, revision: i64, source: &str) {
+        if let Err(error) = self.store().set_revision_source(revision, source) {
+            self.emit(
+                "",
+                "",
+                EventKind::StoreError,
+                &format!("revision {revision}: {error}"),
+            );
+        }
+    }
+
     /// Moves the running system towards `spec`: removed services stop, each other service's
     /// starter waits for its dependencies and then converges on its target release.
     pub(crate) fn reconcile(self: &Arc<Self>, spec: Spec) {

@@ -162,6 +162,7 @@ fn record_release(
         changes,
         digest: digest(definition),
         reason: note.unwrap_or_default(),
+        source: String::new(),
         definition: definition.clone(),
     })?;
     if in_place && let Some(live) = live {

@@ -132,6 +132,9 @@ pub enum EventKind {
     /// Executor.
     EdgeWarning,
     Exited,
+    /// Executor: `bow up --follow` fetched, applied, skipped or paused (dirty, diverged, a
+    /// commit that failed, a rollback).
+    Follow,
     Healthy,
     OomKilled,
     /// A process of the state dir that no instance could take over, stopped.
@@ -159,7 +162,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 35] = [
+    pub const ALL: [EventKind; 36] = [
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
@@ -178,6 +181,7 @@ impl EventKind {
         EventKind::EdgeStopped,
         EventKind::EdgeWarning,
         EventKind::Exited,
+        EventKind::Follow,
         EventKind::Healthy,
         EventKind::OomKilled,
         EventKind::OrphanStopped,
@@ -218,6 +222,7 @@ impl EventKind {
             EventKind::EdgeStopped => "edge-stopped",
             EventKind::EdgeWarning => "edge-warning",
             EventKind::Exited => "exited",
+            EventKind::Follow => "follow",
             EventKind::Healthy => "healthy",
             EventKind::OomKilled => "oom-killed",
             EventKind::OrphanStopped => "orphan-stopped",

@@ -58,6 +58,8 @@ const MIGRATIONS: &[&str] = &[
         address TEXT NOT NULL UNIQUE,
         assigned_at_ms INTEGER NOT NULL
     );",
+    // Where a revision came from: the git commit `bow up --follow` applied ('' by hand).
+    "ALTER TABLE revisions ADD COLUMN source TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Events kept in the store; older ones are pruned as new ones arrive.
@@ -172,6 +174,8 @@ pub struct ReleaseRow {
     pub digest: String,
     /// Why it failed, or a note (`rollback to release 2`).
     pub reason: String,
+    /// The git commit its revision was applied from (`bow up --follow`), or empty.
+    pub source: String,
     pub definition: bow_spec::Service,
 }
 
@@ -267,6 +271,15 @@ impl Store {
         Ok(self.connection.last_insert_rowid())
     }
 
+    /// Records where revision `id` came from (a git commit).
+    pub fn set_revision_source(&self, id: i64, source: &str) -> Result<(), StoreError> {
+        self.connection.execute(
+            "UPDATE revisions SET source = ?2 WHERE id = ?1",
+            params![id, source],
+        )?;
+        Ok(())
+    }
+
     /// The last applied spec, if any.
     pub fn latest_revision(&self) -> Result<Option<Revision>, StoreError> {
         let row = self
@@ -351,7 +364,8 @@ impl Store {
     pub fn releases(&self, service: Option<&str>) -> Result<Vec<ReleaseRow>, StoreError> {
         let mut statement = self.connection.prepare_cached(
             "SELECT id, service, number, revision, created_at_ms, finished_at_ms, status, strategy,
-                    changes, digest, reason, service_json
+                    changes, digest, reason, service_json,
+                    (SELECT source FROM revisions WHERE revisions.id = releases.revision)
              FROM releases WHERE ?1 IS NULL OR service = ?1 ORDER BY id",
         )?;
         let rows = statement.query_map(params![service], |row| {
@@ -369,6 +383,7 @@ impl Store {
                     digest: row.get(9)?,
                     reason: row.get(10)?,
                     json: row.get(11)?,
+                    source: row.get::<_, Option<String>>(12)?.unwrap_or_default(),
                 },
             ))
         })?;
@@ -388,6 +403,7 @@ impl Store {
                 changes: text.changes,
                 digest: text.digest,
                 reason: text.reason,
+                source: text.source,
                 definition,
             });
         }
@@ -517,6 +533,7 @@ struct ReleaseRowText {
     digest: String,
     reason: String,
     json: String,
+    source: String,
 }
 
 #[cfg(test)]
@@ -596,6 +613,7 @@ mod tests {
             changes: "created".into(),
             digest: "d".into(),
             reason: String::new(),
+            source: String::new(),
             definition: spec.services[service].clone(),
         };
         assert_eq!(store.create_release(&row("a")).unwrap(), 1);

@@ -81,6 +81,23 @@ pub enum Command {
         /// Run the agent in the background; return once every service is healthy
         #[arg(short = 'd', long = "detach")]
         detach: bool,
+        /// With -d: the agent follows BRANCH (default: the current one) of the file's git work
+        /// tree, fast-forwarding and applying each new commit (`bow follow` shows, pauses, stops)
+        #[arg(long, value_name = "BRANCH", num_args = 0..=1, default_missing_value = "", requires = "detach")]
+        follow: Option<String>,
+        /// How often --follow fetches
+        #[arg(
+            long,
+            value_name = "DURATION",
+            default_value = "1m",
+            requires = "follow"
+        )]
+        interval: String,
+    },
+    /// Continuous deployment (`bow up -d --follow`): its state, pause, resume, stop
+    Follow {
+        #[command(subcommand)]
+        command: FollowCommand,
     },
     /// Apply the file to the running agent: a zero-downtime deploy of each changed service
     Apply {
@@ -257,6 +274,31 @@ pub enum ExportFormat {
     Compose,
     /// Kubernetes Deployments, Services, Ingresses, PersistentVolumeClaims and Secrets
     Kubernetes,
+}
+
+/// `bow follow …`: the agent following a git branch.
+#[derive(Debug, Subcommand)]
+pub enum FollowCommand {
+    /// What is followed, the last commit applied, a failed one, and whether it is paused
+    Status {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Stop applying new commits until `bow follow resume`
+    Pause {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Apply new commits again (after a pause or a `bow rollback`)
+    Resume {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
+    /// Stop following for good (`bow up -d --follow` starts again)
+    Stop {
+        #[command(flatten)]
+        stack: StackArgs,
+    },
 }
 
 /// `bow db …`: what is done to a postgres service's cluster.

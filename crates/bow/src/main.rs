@@ -4,6 +4,7 @@ mod cli;
 mod code_version;
 mod commands;
 mod compose;
+mod follow;
 mod secret_store;
 mod session;
 mod stack;
@@ -34,7 +35,13 @@ fn main() -> ExitCode {
         }
         Command::Config { stack, output } => commands::config::run(&stack.or(&cli.stack), output),
         Command::Plan { stack, output } => commands::plan::run(&stack.or(&cli.stack), output),
-        Command::Up { stack, detach } => commands::up::run(&stack.or(&cli.stack), detach),
+        Command::Up {
+            stack,
+            detach,
+            follow,
+            interval,
+        } => commands::up::run(&stack.or(&cli.stack), detach, follow.as_deref(), &interval),
+        Command::Follow { command } => commands::follow::run(command, &cli.stack),
         Command::Apply { stack, yes } => commands::apply::run(&stack.or(&cli.stack), yes),
         Command::Security {
             stack,

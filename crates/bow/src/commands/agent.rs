@@ -39,6 +39,12 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
             crate::secret_store::attach_digests(&mut session)?;
             agent.apply(session.spec.clone())?;
         }
+        // Continuous deployment, when `bow up -d --follow` asked for it (follow.json).
+        crate::follow::spawn(
+            agent.clone(),
+            session.state_dir.clone(),
+            tokio::runtime::Handle::current(),
+        );
         eprintln!(
             "bow agent: serving {}-{} from {}",
             agent.project,

@@ -22,6 +22,9 @@ struct Release {
     reason: String,
     digest: String,
     code: Option<String>,
+    /// The git commit its revision came from (`bow up --follow`): short hash and subject.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    commit: String,
 }
 
 pub fn run(args: &StackArgs, service: Option<&str>, output: Output) -> Result<ExitCode> {
@@ -46,6 +49,7 @@ pub fn run(args: &StackArgs, service: Option<&str>, output: Output) -> Result<Ex
             reason: row.reason,
             digest: row.digest,
             code: row.definition.code,
+            commit: row.source,
         })
         .collect();
     releases.reverse();
@@ -71,6 +75,9 @@ fn table(releases: &[Release]) -> String {
     ]];
     for release in releases {
         let mut changes = release.changes.clone();
+        if !release.commit.is_empty() {
+            changes = format!("commit {}: {changes}", release.commit);
+        }
         if !release.reason.is_empty() {
             changes = format!("{changes} — {}", release.reason);
         }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod down;
 pub mod events;
 pub mod exec;
+pub mod follow;
 pub mod history;
 pub mod import;
 pub mod logs;

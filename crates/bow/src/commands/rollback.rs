@@ -22,5 +22,6 @@ pub fn run(args: &StackArgs, service: &str, to: Option<i64>) -> Result<ExitCode>
         None => return Err(session::no_agent(&state_dir)),
     };
     println!("rolling {service} back as revision {revision}");
+    crate::commands::follow::pause_for_rollback(&state_dir, service);
     crate::commands::apply::follow(&state_dir, revision)
 }

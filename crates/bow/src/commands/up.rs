@@ -13,9 +13,46 @@ use crate::cli::StackArgs;
 use crate::commands::status;
 use crate::session::Session;
 
-pub fn run(args: &StackArgs, detach: bool) -> Result<ExitCode> {
+pub fn run(
+    args: &StackArgs,
+    detach: bool,
+    follow: Option<&str>,
+    interval: &str,
+) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
     crate::secret_store::attach_digests(&mut session)?;
+    // Checked before anything starts: a work tree, on the branch, with an upstream.
+    let following = match follow {
+        Some(branch) => {
+            let interval: bow_spec::units::Duration = interval
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--interval {interval}: {e}"))?;
+            Some(crate::follow::settings_for(
+                &session.file,
+                &session.spec.environment,
+                Some(branch).filter(|b| !b.is_empty()),
+                interval.as_std(),
+            )?)
+        }
+        None => None,
+    };
+    let state_dir = session.state_dir.clone();
+    let code = up(session, detach)?;
+    if let Some(settings) = following
+        && code == ExitCode::SUCCESS
+    {
+        crate::follow::write(&state_dir, &settings)?;
+        eprintln!(
+            "following {} of {} every {} (`bow follow status`; `bow follow stop` ends it)",
+            settings.branch,
+            settings.work_tree.display(),
+            bow_spec::units::Duration(Duration::from_millis(settings.interval_ms))
+        );
+    }
+    Ok(code)
+}
+
+fn up(session: Session, detach: bool) -> Result<ExitCode> {
     if let Some(note) = crate::commands::plan::engine_note(&session.spec) {
         eprintln!("{note}");
     }
