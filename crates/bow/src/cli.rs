@@ -94,6 +94,28 @@ pub enum Command {
         )]
         interval: String,
     },
+    /// Deploy to --to what is live in --from (same code and image, --to's own settings)
+    Promote {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// The environment whose live releases are promoted
+        #[arg(long, value_name = "ENV")]
+        from: String,
+        /// The environment that gets them (its state dir: --state-dir or the default)
+        #[arg(long, value_name = "ENV")]
+        to: String,
+        /// The source environment's state dir (default: its usual place)
+        #[arg(long, value_name = "DIR")]
+        from_state_dir: Option<PathBuf>,
+        /// Only these services (default: every service live in --from)
+        services: Vec<String>,
+        /// Print what promotion would change and stop (exit 2 when it would change something)
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation on a terminal
+        #[arg(short = 'y', long)]
+        yes: bool,
+    },
     /// Continuous deployment (`bow up -d --follow`): its state, pause, resume, stop
     Follow {
         #[command(subcommand)]

@@ -42,6 +42,25 @@ fn main() -> ExitCode {
             interval,
         } => commands::up::run(&stack.or(&cli.stack), detach, follow.as_deref(), &interval),
         Command::Follow { command } => commands::follow::run(command, &cli.stack),
+        Command::Promote {
+            stack,
+            from,
+            to,
+            from_state_dir,
+            services,
+            dry_run,
+            yes,
+        } => commands::promote::run(
+            &stack.or(&cli.stack),
+            &commands::promote::Promotion {
+                from: &from,
+                to: &to,
+                from_state_dir,
+                services: &services,
+                yes,
+                dry_run,
+            },
+        ),
         Command::Apply { stack, yes } => commands::apply::run(&stack.or(&cli.stack), yes),
         Command::Security {
             stack,

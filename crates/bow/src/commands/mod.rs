@@ -14,6 +14,7 @@ pub mod history;
 pub mod import;
 pub mod logs;
 pub mod plan;
+pub mod promote;
 pub mod psql;
 pub mod restart;
 pub mod rollback;
