@@ -4,12 +4,23 @@ loopback for SECONDS (at most 200 000 requests), counting failures; answers afte
 written in MARKER count by app version in `after_mark`; the file MARKER.stop ends the run early. Used by tests/deploy.rs (through
 tests/support/load.rs) and bench/deploy.sh.
 
-usage: load_client.py HOST PORT CA SECONDS MARKER
+usage: load_client.py HOST PORT CA SECONDS MARKER [sni]
+With `sni`, the TLS handshake names HOST (a certificate from an ACME CA is verified for it).
 """
-import http.client, json, os, ssl, sys, time
+import http.client, json, os, socket, ssl, sys, time
 host, port, ca, seconds, marker = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), sys.argv[5]
-# SNI 127.0.0.1 gets the edge's default leaf (valid for 127.0.0.1); Host picks the route.
+sni = len(sys.argv) > 6 and sys.argv[6] == "sni"
+# Without `sni`: SNI 127.0.0.1 gets the edge's default leaf (valid for 127.0.0.1); Host picks
+# the route.
 context = ssl.create_default_context(cafile=ca)
+
+
+class Loopback(http.client.HTTPSConnection):
+    """Connects to 127.0.0.1 and names HOST in the handshake."""
+
+    def connect(self):
+        raw = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = context.wrap_socket(raw, server_hostname=host)
 ok = failed = 0
 errors = []
 seen = []
@@ -19,7 +30,10 @@ stop = marker + ".stop"
 while time.time() < end and ok + failed < 200000 and not os.path.exists(stop):
     try:
         if connection is None:
-            connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+            if sni:
+                connection = Loopback(host, port, context=context, timeout=5)
+            else:
+                connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
         connection.request("GET", "/", headers={"Host": host})
         response = connection.getresponse()
         body = response.read()

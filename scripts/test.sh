@@ -6,11 +6,12 @@ cd "$(dirname "$0")/.."
 
 # System packages the tests use (real processes, python venvs, curl). Installed only when
 # missing, so a warm machine skips apt entirely.
+# pebble: a test ACME CA and its DNS (tests/acme.rs starts both on free ports).
 # postgresql-15: the server binaries of postgres services (tests/postgres.rs, bench/postgres.sh);
 # its maintainer scripts create a default cluster, which policy-rc.d keeps from starting.
 PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
   docker.io busybox-static iptables docker-compose python3-yaml podman runc containernetworking-plugins
-  docker-registry apache2-utils
+  docker-registry apache2-utils pebble
   postgresql-15)
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -24,6 +24,29 @@ impl Load {
             .stdout
             .trim()
             .to_string();
+        Load::launch(stack, host, https_port, seconds, &ca, false)
+    }
+
+    /// [`Load::start`] naming `host` in the handshake (SNI) and verifying the edge with the CA
+    /// certificate `ca` (an ACME CA's root, not bow's local CA).
+    pub fn start_trusting(
+        stack: &Stack,
+        host: &str,
+        https_port: u16,
+        seconds: f64,
+        ca: &str,
+    ) -> Load {
+        Load::launch(stack, host, https_port, seconds, ca, true)
+    }
+
+    fn launch(
+        stack: &Stack,
+        host: &str,
+        https_port: u16,
+        seconds: f64,
+        ca: &str,
+        sni: bool,
+    ) -> Load {
         let script = stack.write("load-client.py", CLIENT);
         let marker = stack.dir.path().join("load-marker");
         let child = Command::new("python3")
@@ -31,9 +54,10 @@ impl Load {
             .args([
                 host,
                 &https_port.to_string(),
-                &ca,
+                ca,
                 &seconds.to_string(),
                 marker.to_str().unwrap(),
+                if sni { "sni" } else { "" },
             ])
             .stdout(Stdio::piped())
             .spawn()

@@ -6,6 +6,7 @@
 pub mod containers;
 pub mod discovery;
 pub mod load;
+pub mod pebble;
 pub mod pg;
 pub mod procs;
 pub mod secrets;

@@ -17,6 +17,8 @@ use crate::api::{EdgeRequests, EdgeStatus};
 pub(crate) struct EdgeRuntime {
     pub edge: Arc<Edge>,
     pub settings: bow_spec::Edge,
+    /// With `tls: acme`: who issues the edge's certificates.
+    pub acme: Option<crate::acme::AcmeRuntime>,
 }
 
 /// `<state-dir>/ca`: bow's local certificate authority (`bow trust` shows it).
@@ -43,6 +45,9 @@ impl Agent {
             .as_ref()
             .is_some_and(|runtime| routed && runtime.settings == spec.edge)
         {
+            if let Some(acme) = guard.as_ref().and_then(|r| r.acme.as_ref()) {
+                acme.set_hosts(spec);
+            }
             drop(guard);
             self.refresh_routes();
             return;
@@ -61,7 +66,7 @@ impl Agent {
             return;
         }
         match self.start_edge(spec).await {
-            Ok(edge) => {
+            Ok((edge, acme)) => {
                 let message = format!(
                     "https on {}, http on {} (redirects to https)",
                     edge.https_addr(),
@@ -73,6 +78,7 @@ impl Agent {
                 *guard = Some(EdgeRuntime {
                     edge,
                     settings: spec.edge.clone(),
+                    acme,
                 });
                 drop(guard);
                 self.emit("", "", EventKind::EdgeStarted, &message);
@@ -85,8 +91,12 @@ impl Agent {
         }
     }
 
-    async fn start_edge(&self, spec: &Spec) -> Result<Edge, String> {
+    async fn start_edge(
+        self: &Arc<Self>,
+        spec: &Spec,
+    ) -> Result<(Edge, Option<crate::acme::AcmeRuntime>), String> {
         let settings = &spec.edge;
+        let mut acme = None;
         let tls = match &settings.tls {
             Tls::SelfSigned => TlsSource::SelfSigned {
                 ca_dir: ca_dir(&self.state_dir),
@@ -96,10 +106,16 @@ impl Agent {
                 key: key.into(),
             },
             Tls::Acme => {
-                self.emit("", "", EventKind::EdgeWarning, "tls: acme is not available in this bow yet; serving certificates from the local CA");
-                TlsSource::SelfSigned {
-                    ca_dir: ca_dir(&self.state_dir),
-                }
+                // The local CA serves every host until (and unless) the ACME CA issued its
+                // certificate: the edge never waits for a CA.
+                let fallback = Arc::new(
+                    bow_edge::LocalCa::open_or_create(&ca_dir(&self.state_dir))
+                        .map_err(|e| format!("the local CA: {e}"))?,
+                );
+                let runtime = self.start_acme(spec, fallback)?;
+                let source = TlsSource::Custom(runtime.acme.clone());
+                acme = Some(runtime);
+                source
             }
         };
         let any = Ipv4Addr::UNSPECIFIED;
@@ -129,13 +145,17 @@ impl Agent {
         }
         let log = RotatingFile::open(log_path.clone(), ACCESS_LOG_MAX_BYTES, ACCESS_LOG_KEEP)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let hooks = EdgeHooks {
+        let mut hooks = EdgeHooks {
             access_log: Arc::new(JsonLinesSink::new(log)),
             ..EdgeHooks::default()
         };
-        Edge::start_with(config, hooks)
+        if let Some(runtime) = &acme {
+            hooks.acme_challenges = runtime.acme.clone();
+        }
+        let edge = Edge::start_with(config, hooks)
             .await
-            .map_err(|e| format!("cannot start the edge: {e}"))
+            .map_err(|e| format!("cannot start the edge: {e}"))?;
+        Ok((edge, acme))
     }
 
     /// Gives the edge the healthy instances of every routed service.

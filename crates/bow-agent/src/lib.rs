@@ -5,6 +5,7 @@
 //! that outlived a previous agent, records instances and events in the state store, and
 //! answers the CLI on a unix socket. See docs/agent.md for the contract.
 
+pub mod acme;
 mod adopt;
 mod agent;
 pub mod api;

@@ -62,7 +62,7 @@ pub use metrics::{
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
-pub use tls::{CertFiles, CertificateSource, LocalCa, crypto_provider};
+pub use tls::{ACME_TLS_ALPN, CertFiles, CertificateSource, LocalCa, crypto_provider};
 pub use upstream::DrainOutcome;
 
 use metrics::MetricsRegistry;

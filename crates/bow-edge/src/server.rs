@@ -214,7 +214,12 @@ async fn serve_https(stream: TcpStream, context: Arc<ConnContext>, shared: Arc<L
             .fetch_add(1, Ordering::Relaxed);
         return;
     };
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let alpn = tls.get_ref().1.alpn_protocol();
+    // An ACME TLS-ALPN-01 validation: the handshake (with the challenge certificate) was all.
+    if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+        return;
+    }
+    let h2 = alpn == Some(b"h2");
     let proxy = shared.proxy.clone();
     if h2 {
         let service_context = context.clone();

@@ -111,6 +111,9 @@ pub enum EventKind {
     Backoff,
     Building,
     Built,
+    /// Executor: an ACME certificate issued, renewed, or an attempt that failed (the old
+    /// certificate, or the local CA's, keeps serving).
+    Certificate,
     /// Executor: a chaos drill's fault on a service's traffic started or lifted.
     ChaosFault,
     /// Executor: the secrets of an instance that no longer runs were removed.
@@ -162,12 +165,13 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 36] = [
+    pub const ALL: [EventKind; 37] = [
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
         EventKind::Building,
         EventKind::Built,
+        EventKind::Certificate,
         EventKind::ChaosFault,
         EventKind::Cleaned,
         EventKind::CrashLooping,
@@ -209,6 +213,7 @@ impl EventKind {
             EventKind::Backoff => "backoff",
             EventKind::Building => "building",
             EventKind::Built => "built",
+            EventKind::Certificate => "certificate",
             EventKind::ChaosFault => "chaos-fault",
             EventKind::Cleaned => "cleaned",
             EventKind::CrashLooping => "crash-looping",

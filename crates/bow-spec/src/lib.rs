@@ -248,6 +248,14 @@ pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
         }
         clean.to_string_lossy().into_owned()
     };
+    if let Some(ca) = spec
+        .edge
+        .acme
+        .as_mut()
+        .and_then(|acme| acme.directory_ca.as_mut())
+    {
+        *ca = anchor(ca);
+    }
     if let Tls::Files { cert, key } = &mut spec.edge.tls {
         *cert = anchor(cert);
         *key = anchor(key);

@@ -111,6 +111,28 @@ pub enum Tls {
 pub struct Acme {
     pub email: String,
     pub directory: String,
+    /// A CA certificate (PEM) the directory's own HTTPS is verified with, for a private CA
+    /// (else the system's roots, or `SSL_CERT_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_ca: Option<String>,
+    /// How the CA validates a host: `http-01` on the HTTP port (default) or `tls-alpn-01` on
+    /// the HTTPS port.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Renew when less than this is left (default: a third of the certificate's lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<Duration>,
+}
+
+/// The ACME challenge type bow answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 /// The Let's Encrypt production directory, the default ACME directory.

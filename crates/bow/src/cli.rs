@@ -214,6 +214,13 @@ pub enum Command {
         #[command(flatten)]
         stack: StackArgs,
     },
+    /// The edge's ACME certificates: host, issuer, expiry, next renewal, last result
+    Certs {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
     /// Where the local CA certificate is and how to trust it
     Trust {
         #[command(flatten)]

@@ -127,6 +127,7 @@ fn main() -> ExitCode {
             args,
         } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
+        Command::Certs { stack, output } => commands::certs::run(&stack.or(&cli.stack), output),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
         Command::Db { command } => commands::db::run(command, &cli.stack),
         Command::Exec {

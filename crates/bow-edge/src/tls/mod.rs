@@ -26,7 +26,16 @@ pub trait CertificateSource: Send + Sync + fmt::Debug + 'static {
     /// The certificate for `host`: the client's SNI name when it is a routed host, `None`
     /// when the client sent no SNI or an unrouted name. `None` back fails the handshake.
     fn certificate_for(&self, host: Option<&str>) -> Option<Arc<CertifiedKey>>;
+
+    /// The ACME TLS-ALPN-01 challenge certificate for a routed `host` (RFC 8737), while a
+    /// validation of it is under way; the edge asks when a client offers only `acme-tls/1`.
+    fn challenge_certificate(&self, _host: &str) -> Option<Arc<CertifiedKey>> {
+        None
+    }
 }
+
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The crypto provider the edge uses everywhere: *ring*.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
@@ -63,6 +72,13 @@ impl ResolvesServerCert for EdgeCertResolver {
             .server_name()
             .map(normalize_host)
             .filter(|host| self.table.load().has_host(host));
+        // A validator offers `acme-tls/1` alone; browsers never offer it.
+        let acme = client_hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            return self.source.challenge_certificate(host.as_deref()?);
+        }
         self.source.certificate_for(host.as_deref())
     }
 }
@@ -76,7 +92,8 @@ pub(crate) fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` last: only an ACME validator, which offers nothing else, gets it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     // The server's order of cipher suites (strongest first) wins over the client's.
     config.ignore_client_order = true;
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;

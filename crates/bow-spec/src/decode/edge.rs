@@ -101,8 +101,45 @@ pub(super) fn edge(node: &Node, path: &str, options: &LoadOptions, reader: &mut 
                 }),
             None => Some(LETS_ENCRYPT_DIRECTORY.to_string()),
         };
-        if let (Some(email), Some(directory)) = (email, directory) {
-            edge.acme = Some(Acme { email, directory });
+        let directory_ca = acme_fields
+            .get("directory_ca")
+            .and_then(|(n, p)| reader.nonempty(n, &p, "a PEM file of the directory's CA"));
+        let challenge = match acme_fields.get("challenge") {
+            Some((n, p)) => match n.scalar() {
+                Some("http-01") => Some(AcmeChallenge::Http01),
+                Some("tls-alpn-01") => Some(AcmeChallenge::TlsAlpn01),
+                other => {
+                    reader.error(
+                        &p,
+                        n.span,
+                        format!(
+                            "expected `http-01` or `tls-alpn-01`, found {}",
+                            other.map_or("a non-string".to_string(), |o| format!("{o:?}"))
+                        ),
+                        Some(
+                            "http-01 answers on the HTTP port, tls-alpn-01 on the HTTPS port"
+                                .to_string(),
+                        ),
+                    );
+                    None
+                }
+            },
+            None => Some(AcmeChallenge::Http01),
+        };
+        let renew_before = match acme_fields.get("renew_before") {
+            Some((n, p)) => reader.duration(n, &p).map(Some),
+            None => Some(None),
+        };
+        if let (Some(email), Some(directory), Some(challenge), Some(renew_before)) =
+            (email, directory, challenge, renew_before)
+        {
+            edge.acme = Some(Acme {
+                email,
+                directory,
+                directory_ca,
+                challenge,
+                renew_before,
+            });
         }
     }
     if edge.tls == Tls::Acme && fields.get("acme").is_none() {

@@ -101,7 +101,13 @@ pub const POSTGRES_KEYS: &[&str] = &[
 pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const DEPLOY_KEYS: &[&str] = &["strategy", "max_surge", "timeout", "drain_timeout"];
 pub const BACKUP_KEYS: &[&str] = &["schedule", "keep", "to"];
-pub const ACME_KEYS: &[&str] = &["email", "directory"];
+pub const ACME_KEYS: &[&str] = &[
+    "email",
+    "directory",
+    "directory_ca",
+    "challenge",
+    "renew_before",
+];
 pub const TLS_FILE_KEYS: &[&str] = &["cert", "key"];
 pub const RESOURCES_KEYS: &[&str] = &["memory", "cpu"];
 pub const PYTHON_KEYS: &[&str] = &["requirements", "version"];

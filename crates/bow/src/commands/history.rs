@@ -110,7 +110,7 @@ fn table(releases: &[Release]) -> String {
 }
 
 /// `2026-11-22 10:00:00` (UTC).
-fn time(at_ms: i64) -> String {
+pub(crate) fn time(at_ms: i64) -> String {
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms.max(0) as u64);
     let stamp = bow_driver::format_rfc3339_micros(at);
     stamp.get(..19).unwrap_or(&stamp).replace('T', " ")

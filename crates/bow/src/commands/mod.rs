@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod certs;
 pub mod chaos;
 pub mod chaos_agent;
 pub mod config;
