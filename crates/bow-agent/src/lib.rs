@@ -21,6 +21,7 @@ mod error;
 mod fake_world;
 pub mod health;
 mod health_watch;
+pub mod hooks;
 mod image_build;
 mod instance_spec;
 mod ports;

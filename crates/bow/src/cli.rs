@@ -93,6 +93,10 @@ pub enum Command {
             requires = "follow"
         )]
         interval: String,
+        /// The bow secret whose value signs push webhooks (POST /hooks/git on the admin
+        /// listener: GitHub/Gitea HMAC-SHA256 or GitLab's token); a signed push fetches at once
+        #[arg(long, value_name = "SECRET", requires = "follow")]
+        webhook_secret: Option<String>,
     },
     /// Deploy to --to what is live in --from (same code and image, --to's own settings)
     Promote {

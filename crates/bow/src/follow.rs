@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::cli::StackArgs;
 
 /// The settings file in the state dir.
-pub const SETTINGS: &str = "follow.json";
-/// Touched (by the webhook) to fetch at once.
-pub const TRIGGER: &str = "follow.trigger";
+pub const SETTINGS: &str = bow_agent::hooks::FOLLOW_SETTINGS;
+/// Touched (by the webhook, `bow follow resume`) to fetch at once.
+pub const TRIGGER: &str = bow_agent::hooks::FOLLOW_TRIGGER;
 /// How long one deploy may take before the follower stops waiting for it.
 const DEPLOY_PATIENCE: Duration = Duration::from_secs(1800);
 
@@ -51,6 +51,9 @@ pub struct Settings {
     /// The last thing said about a commit that was not applied (events are not repeated).
     #[serde(default)]
     pub said: Option<String>,
+    /// The bow secret that signs `POST /hooks/git` on the admin listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -148,6 +151,7 @@ pub fn settings_for(
         applied: git(dir, &["rev-parse", "HEAD"]).ok(),
         failed: None,
         said: None,
+        webhook_secret: None,
     })
 }
 

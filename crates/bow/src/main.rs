@@ -40,7 +40,14 @@ fn main() -> ExitCode {
             detach,
             follow,
             interval,
-        } => commands::up::run(&stack.or(&cli.stack), detach, follow.as_deref(), &interval),
+            webhook_secret,
+        } => commands::up::run(
+            &stack.or(&cli.stack),
+            detach,
+            follow.as_deref(),
+            &interval,
+            webhook_secret,
+        ),
         Command::Follow { command } => commands::follow::run(command, &cli.stack),
         Command::Promote {
             stack,

@@ -18,6 +18,7 @@ pub fn run(
     detach: bool,
     follow: Option<&str>,
     interval: &str,
+    webhook_secret: Option<String>,
 ) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
     crate::secret_store::attach_digests(&mut session)?;
@@ -27,12 +28,26 @@ pub fn run(
             let interval: bow_spec::units::Duration = interval
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--interval {interval}: {e}"))?;
-            Some(crate::follow::settings_for(
+            let mut settings = crate::follow::settings_for(
                 &session.file,
                 &session.spec.environment,
                 Some(branch).filter(|b| !b.is_empty()),
                 interval.as_std(),
-            )?)
+            )?;
+            if let Some(name) = webhook_secret {
+                // It must be there now: the agent reveals it for each push.
+                let source = crate::secret_store::source(&session).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--webhook-secret {name}: no secrets file or key for {}",
+                        session.spec.environment
+                    )
+                })?;
+                source
+                    .reveal(&[name.as_str()])
+                    .map_err(|e| anyhow::anyhow!("--webhook-secret {name}: {e}"))?;
+                settings.webhook_secret = Some(name);
+            }
+            Some(settings)
         }
         None => None,
     };
