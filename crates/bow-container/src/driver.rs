@@ -26,9 +26,7 @@ use tokio::task::JoinHandle;
 use crate::create::INSTANCE_LABEL;
 use crate::create::{create_body, describe_command, unique_suffix};
 use crate::engine::{Engine, is_not_found, message};
-use crate::inspect::{
-    container_address, exit_of, handle_of, now_ms, process_runs, read_secrets, wait_not_running,
-};
+use crate::inspect::{exit_of, handle_of, process_runs, read_secrets, wait_not_running};
 use crate::logs::{LogTarget, follow};
 use crate::network::SCOPE_LABEL;
 
@@ -58,19 +56,24 @@ impl ContainerScope {
 }
 
 #[derive(Default)]
-struct State {
+pub(crate) struct State {
     /// The instance under each id, as far as this driver started or found it.
-    live: HashMap<String, Handle>,
+    pub live: HashMap<String, Handle>,
     /// How ended containers ended, by container id.
-    exits: HashMap<String, InstanceExit>,
+    pub exits: HashMap<String, InstanceExit>,
     /// The log follower of each running container, by container id.
-    followers: HashMap<String, JoinHandle<()>>,
+    pub followers: HashMap<String, JoinHandle<()>>,
+    /// How many times each container was started by this driver: the clean-up after an
+    /// exit leaves alone a container that was started again meanwhile.
+    pub starts: HashMap<String, u64>,
+    /// The uid and gid a container's user has (found when it was created).
+    pub ids: HashMap<String, (u32, u32)>,
 }
 
 /// The container driver of one scope.
 pub struct ContainerDriver {
-    engine: Arc<Engine>,
-    scope: ContainerScope,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) scope: ContainerScope,
     state: Arc<Mutex<State>>,
 }
 
@@ -87,7 +90,7 @@ impl ContainerDriver {
         &self.engine
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -107,7 +110,7 @@ impl ContainerDriver {
         }
     }
 
-    fn secrets_dir(&self, instance_id: &str) -> PathBuf {
+    pub(crate) fn secrets_dir(&self, instance_id: &str) -> PathBuf {
         bow_driver::secret_files::project_secrets_base(
             &self.scope.name(),
             &self.scope.run_dir,
@@ -117,7 +120,12 @@ impl ContainerDriver {
     }
 
     /// Starts following a running container's output, unless a follower does already.
-    fn ensure_follower(&self, docker: &Docker, handle: &ContainerHandle, secrets: Vec<SecretFile>) {
+    pub(crate) fn ensure_follower(
+        &self,
+        docker: &Docker,
+        handle: &ContainerHandle,
+        secrets: Vec<SecretFile>,
+    ) {
         let mut state = self.state();
         if state
             .followers
@@ -137,7 +145,7 @@ impl ContainerDriver {
     }
 
     /// Waits (a little) for the follower to write the container's last lines.
-    async fn flush_logs(&self, container_id: &str) {
+    pub(crate) async fn flush_logs(&self, container_id: &str) {
         let task = self.state().followers.remove(container_id);
         if let Some(task) = task
             && tokio::time::timeout(LOG_FLUSH_PATIENCE, task)
@@ -163,6 +171,8 @@ impl ContainerDriver {
             let _ = bow_driver::secret_files::remove(dir);
         }
         let mut state = self.state();
+        state.starts.remove(&handle.container_id);
+        state.ids.remove(&handle.container_id);
         if let Some(exit) = &exit {
             state
                 .exits
@@ -256,8 +266,12 @@ impl ContainerDriver {
             .ok_or_else(|| DriverError::InvalidSpec("not a container instance".into()))?;
         let docker = self.docker().await?;
         let instance_id = spec.instance_id.clone();
+        let digest = crate::restart::spec_digest(&spec, &container);
+        let mut reusable = None;
         // An instance id names one container at a time: a running one refuses the start
-        // (the caller deals with it as an orphan); an ended one is removed.
+        // (the caller deals with it as an orphan); an ended one made from this very spec is
+        // started again (what the engine's own restart policy does: no create); others are
+        // removed.
         for existing in self.containers(&docker, Some(&instance_id)).await? {
             let running = existing
                 .state
@@ -272,6 +286,10 @@ impl ContainerDriver {
                     pid,
                 });
             }
+            if reusable.is_none() && crate::restart::reusable(&existing, &digest) {
+                reusable = Some(existing);
+                continue;
+            }
             // An ended one goes in the background (it may be being torn down still): the new
             // container has a name of its own.
             let docker = docker.clone();
@@ -279,6 +297,17 @@ impl ContainerDriver {
                 let options = RemoveContainerOptionsBuilder::default().force(true).build();
                 let _ = docker.remove_container(&id, Some(options)).await;
             });
+        }
+        if let Some(existing) = reusable {
+            let id = existing.id.clone().unwrap_or_default();
+            match self.reuse(&docker, existing, &spec, &container).await {
+                Ok(handle) => return Ok(handle),
+                Err(_) => {
+                    // Not startable after all: a new container, as for any change.
+                    let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                    let _ = docker.remove_container(&id, Some(options)).await;
+                }
+            }
         }
         let image_user = self
             .image_user(&docker, &container.image, container.pull_auth.as_ref())
@@ -317,6 +346,10 @@ impl ContainerDriver {
             secrets_dir.as_deref(),
             &self.scope.name(),
         );
+        let mut body = body;
+        body.labels
+            .get_or_insert_default()
+            .insert(crate::restart::SPEC_LABEL.to_string(), digest);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = docker
             .create_container(Some(options), body)
@@ -347,6 +380,7 @@ impl ContainerDriver {
                     )));
                 }
             };
+            self.state().ids.insert(id.clone(), (uid, gid));
             if let Err(reason) =
                 bow_driver::secret_files::deliver(dir, &spec.secrets, uid, gid, self.scope.root)
             {
@@ -361,43 +395,8 @@ impl ContainerDriver {
                 message: message(&error),
             });
         }
-        let inspect = docker.inspect_container(&id, None).await.map_err(|e| {
-            DriverError::Engine(format!("cannot inspect container {name}: {}", message(&e)))
-        })?;
-        let state = inspect.state.clone().unwrap_or_default();
-        let pid = state.pid.unwrap_or(0) as i32;
-        let start_time = bow_driver::procfs::read_stat(pid)
-            .ok()
-            .flatten()
-            .map_or(0, |s| s.start_time);
-        let started_at_unix_ms = state
-            .started_at
-            .as_deref()
-            .and_then(bow_driver::parse_rfc3339)
-            .map_or_else(now_ms, bow_driver::unix_millis);
-        let handle = ContainerHandle {
-            scope: self.scope.name(),
-            service: spec.service.clone(),
-            index: spec.index,
-            instance_id: instance_id.clone(),
-            release: spec.release,
-            container_id: id.clone(),
-            name,
-            image: container.image.clone(),
-            pid,
-            start_time,
-            user,
-            log_path: bow_driver::logs::current_log_path(&self.scope.log_dir, &instance_id),
-            secrets_dir,
-            port: container.host_port,
-            endpoint: container_address(&inspect, &container.network)
-                .map(|ip| std::net::SocketAddr::from((ip, container.container_port))),
-            started_at_unix_ms,
-        };
-        self.ensure_follower(&docker, &handle, spec.secrets.clone());
-        let handle_out = Handle::container(handle);
-        self.state().live.insert(instance_id, handle_out.clone());
-        Ok(handle_out)
+        self.started(&docker, &id, name, &spec, &container, user, secrets_dir)
+            .await
     }
 
     async fn stop_container(
@@ -484,7 +483,7 @@ impl ContainerDriver {
         self.ensure_follower(&docker, &handle, secrets);
         wait_not_running(&docker, &handle.container_id).await;
         // How it ended is known now; its last output and its removal follow in the background
-        // so that a restart does not wait for the engine to tear it down.
+        // so that a restart does not wait for them.
         let exit = match docker.inspect_container(&handle.container_id, None).await {
             Ok(inspect) => exit_of(&inspect),
             Err(_) => None,
@@ -495,10 +494,9 @@ impl ContainerDriver {
                 .insert(handle.container_id.clone(), exit.clone());
         }
         let recorded = self.state().exits.get(&handle.container_id).cloned();
+        // Kept a moment: a restart of the same spec starts this container again.
         let this = self.clone_ref();
-        tokio::spawn(async move {
-            this.finish(&docker, &handle).await;
-        });
+        tokio::spawn(async move { this.after_exit(docker, handle).await });
         exit.or(recorded)
     }
 

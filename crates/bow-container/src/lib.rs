@@ -11,6 +11,7 @@ mod inspect;
 mod logs;
 pub mod network;
 mod passwd;
+mod restart;
 mod usage;
 pub mod volumes;
 
