@@ -40,6 +40,8 @@ pub(crate) struct Discovery {
     listeners: Mutex<BTreeMap<String, Arc<RunningListener>>>,
     /// The listeners on the containers' bridge, by service (crate::container_net).
     bridge: crate::container_net::BridgeListeners,
+    /// The listeners of TCP routes (`tcp: {port}`, on every address), by service.
+    tcp: Mutex<BTreeMap<String, Arc<RunningListener>>>,
     /// Why a service's listener could not start, by service.
     errors: Mutex<BTreeMap<String, String>>,
     /// One `ensure_discovery` at a time.
@@ -407,6 +409,23 @@ impl Agent {
             .collect();
         self.reconcile_listeners(&self.discovery.bridge, bridge, spec)
             .await;
+        // TCP routes: the same listeners, on the host's every address at the route's port.
+        let routes: BTreeMap<String, (SocketAddr, ServiceProtocol)> = spec
+            .services
+            .iter()
+            .filter_map(|(name, s)| {
+                let port = s.tcp?.port;
+                Some((
+                    name.clone(),
+                    (
+                        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                        ServiceProtocol::Tcp,
+                    ),
+                ))
+            })
+            .collect();
+        self.reconcile_listeners(&self.discovery.tcp, routes, spec)
+            .await;
         self.refresh_discovery();
     }
 
@@ -470,11 +489,13 @@ impl Agent {
             .iter()
             .map(|(name, running)| (name.clone(), running.clone()))
             .collect();
-        all.extend(
-            locked(&self.discovery.bridge)
-                .iter()
-                .map(|(name, running)| (name.clone(), running.clone())),
-        );
+        for listeners in [&self.discovery.bridge, &self.discovery.tcp] {
+            all.extend(
+                locked(listeners)
+                    .iter()
+                    .map(|(name, running)| (name.clone(), running.clone())),
+            );
+        }
         all
     }
 
@@ -520,9 +541,13 @@ impl Agent {
 
     /// Closes every service listener (`bow down`).
     pub(crate) async fn stop_discovery(&self) {
-        let mut listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
-        listeners.append(&mut std::mem::take(&mut *locked(&self.discovery.bridge)));
-        for running in listeners.into_values() {
+        let listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
+        let mut all: Vec<Arc<RunningListener>> = listeners.into_values().collect();
+        for other in [&self.discovery.bridge, &self.discovery.tcp] {
+            all.extend(std::mem::take(&mut *locked(other)).into_values());
+        }
+        let listeners = all;
+        for running in listeners {
             running.listener.shutdown().await;
         }
     }

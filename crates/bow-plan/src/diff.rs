@@ -23,8 +23,8 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         "container" | "entrypoint" | "container_port" | "working_dir" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
         SECRET_DIGESTS_FIELD => ChangeClass::Replace,
-        // The edge's route table only.
-        "routes" => ChangeClass::EdgeOnly,
+        // The edge's route table only; a TCP route is a listener of the agent.
+        "routes" | "tcp" => ChangeClass::EdgeOnly,
         // The agent's own view: instance count, checks, ordering, schedules, timeouts, and
         // the stable service address (a listener of the agent, not of the instance).
         "replicas" | "health" | "depends_on" | "deploy" | "backup" | "stop_timeout" | "port" => {

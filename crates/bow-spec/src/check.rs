@@ -217,6 +217,30 @@ fn ports(spec: &Spec, root: &Node, reader: &mut Reader) {
             }
         }
     }
+    // TCP routes listen on every address of the host: not on the edge's ports, not twice.
+    let mut routes: BTreeMap<u16, String> = BTreeMap::new();
+    routes.insert(spec.edge.http_port, "edge.http_port".to_string());
+    routes.insert(spec.edge.https_port, "edge.https_port".to_string());
+    for (name, service) in &spec.services {
+        let Some(tcp) = service.tcp else { continue };
+        let path = format!("services.{name}.tcp.port");
+        let span = node_at(root, &["services", name, "tcp", "port"]).map_or(root.span, |n| n.span);
+        if let Some(owner) = routes.get(&tcp.port) {
+            let owner = if owner.starts_with("edge.") {
+                owner.clone()
+            } else {
+                format!("the TCP route of `{owner}`")
+            };
+            reader.error(
+                &path,
+                span,
+                format!("port {} is already used by {owner}", tcp.port),
+                Some("each TCP route needs a port of its own".to_string()),
+            );
+        } else {
+            routes.insert(tcp.port, name.clone());
+        }
+    }
 }
 
 fn secrets(spec: &Spec, root: &Node, reader: &mut Reader) {

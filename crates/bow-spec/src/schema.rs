@@ -189,6 +189,17 @@ pub struct Service {
     /// it is the default, so specs recorded before the key plan no change.
     #[serde(default, skip_serializing_if = "Sandbox::is_default")]
     pub sandbox: Sandbox,
+    /// A raw TCP port the edge host passes to the service's healthy instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpRoute>,
+}
+
+/// `tcp: {port}`: connections to this port of the host (every address) go to the service's
+/// healthy instances (a postgres service's primary), drained before an instance stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRoute {
+    pub port: u16,
 }
 
 /// What runs: exactly one of `command`, `image` or `postgres`.

@@ -73,7 +73,9 @@ pub const SERVICE_KEYS: &[&str] = &[
     "entrypoint",
     "container_port",
     "working_dir",
+    "tcp",
 ];
+pub const TCP_KEYS: &[&str] = &["port"];
 /// Service keys this version decodes but cannot run yet: validation refuses them
 /// (`check::not_available`), each later issue lifts its own.
 pub const NOT_AVAILABLE_KEYS: &[&str] = &["backup"];
@@ -126,6 +128,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         HEALTH_KEYS,
         POSTGRES_KEYS,
         BUILD_KEYS,
+        TCP_KEYS,
         REGISTRY_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,

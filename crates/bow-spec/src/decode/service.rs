@@ -50,6 +50,7 @@ pub(super) fn service(
         code: None,
         secret_digests: BTreeMap::new(),
         sandbox: Default::default(),
+        tcp: None,
     };
     if let Some((n, p)) = fields.get("dir") {
         if workload.is_some() && !is_command {
@@ -295,6 +296,23 @@ pub(super) fn service(
             service.deploy.drain_timeout = reader
                 .duration(n, &p)
                 .unwrap_or(service.deploy.drain_timeout);
+        }
+    }
+    if let Some((n, p)) = fields.get("tcp")
+        && let Some(tcp) = reader.fields(n, &p, "a mapping like {port: 2222}", TCP_KEYS)
+    {
+        match tcp.get("port") {
+            Some((n, p)) => {
+                service.tcp = reader
+                    .integer(n, &p, "a TCP port", 1, 65535)
+                    .map(|port| TcpRoute { port: port as u16 });
+            }
+            None => reader.error(
+                &p,
+                n.span,
+                "missing required key `port`",
+                Some("the host port to pass to the service, e.g. tcp: {port: 2222}".to_string()),
+            ),
         }
     }
     if let Some((n, p)) = fields.get("volumes")
