@@ -125,6 +125,13 @@ impl Agent {
             tls,
         );
         config.hsts_max_age = settings.hsts_max_age.as_std();
+        // The defaults, changed by `security_headers:` (an empty value drops one).
+        let mut headers: std::collections::BTreeMap<String, String> =
+            bow_edge::default_security_headers().into_iter().collect();
+        for (name, value) in &settings.security_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        config.security_headers = headers.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         config.max_body_size = settings.max_body_size.bytes();
         config.max_header_size = settings.max_header_size.bytes() as usize;
         config.header_timeout = settings.header_timeout.as_std();

@@ -381,10 +381,16 @@ where
         let out = &mut self.output;
         out.clear();
         push_status_line(out, head.status);
-        let mut hsts = proxy.hsts.is_some();
+        // Which of the added headers the upstream sent itself (a bit each; at most 64).
+        let added = &proxy.added.headers;
+        let mut sent: u64 = 0;
         let mut date = true;
         for (name, value) in connection.headers_to_pass_on() {
-            hsts &= !name.eq_ignore_ascii_case(b"strict-transport-security");
+            for (bit, (lower, _, _)) in added.iter().enumerate().take(64) {
+                if name.eq_ignore_ascii_case(lower) {
+                    sent |= 1 << bit;
+                }
+            }
             date &= !name.eq_ignore_ascii_case(b"date");
             push_header(out, name, value);
         }
@@ -393,8 +399,10 @@ where
             out.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        if hsts && let Some(value) = &proxy.hsts {
-            push_header(out, b"strict-transport-security", value.as_bytes());
+        for (bit, (lower, _, value)) in added.iter().enumerate().take(64) {
+            if sent & (1 << bit) == 0 {
+                push_header(out, lower, value.as_bytes());
+            }
         }
         if date {
             push_date(out, record.time);
@@ -422,8 +430,8 @@ where
         out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\ncontent-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
-        if let Some(value) = &proxy.hsts {
-            push_header(out, b"strict-transport-security", value.as_bytes());
+        for (lower, _, value) in &proxy.added.headers {
+            push_header(out, lower, value.as_bytes());
         }
         push_date(out, time);
         push_connection(out, keep_alive, http10);

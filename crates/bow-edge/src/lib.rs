@@ -53,7 +53,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink, RequestLog};
-pub use config::{EdgeConfig, Scheme, TlsSource};
+pub use config::{EdgeConfig, Scheme, TlsSource, default_security_headers};
 pub use error::EdgeError;
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, ServiceMetrics,

@@ -42,7 +42,8 @@ pub(crate) struct Proxy {
     metrics: Arc<MetricsRegistry>,
     access_log: Arc<dyn AccessLogSink>,
     /// The `Strict-Transport-Security` value, when HSTS is on.
-    pub(crate) hsts: Option<HeaderValue>,
+    /// HSTS and the security headers: added to an answer that does not carry them.
+    pub(crate) added: AddedHeaders,
     pub(crate) phase: watch::Receiver<Phase>,
 }
 
@@ -109,20 +110,14 @@ impl Proxy {
         access_log: Arc<dyn AccessLogSink>,
         phase: watch::Receiver<Phase>,
     ) -> Self {
-        let hsts = (!config.hsts_max_age.is_zero()).then(|| {
-            let value = format!(
-                "max-age={}; includeSubDomains",
-                config.hsts_max_age.as_secs()
-            );
-            HeaderValue::from_str(&value).expect("digits and ascii make a header value")
-        });
+        let added = AddedHeaders::new(&config);
         Proxy {
             config,
             table,
             upstreams,
             metrics,
             access_log,
-            hsts,
+            added,
             phase,
         }
     }
@@ -519,7 +514,7 @@ impl Proxy {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
             }
         }
-        self.add_hsts(&mut headers);
+        self.added.add_missing(&mut headers);
         // Usually the whole body came with the head: the connection is free at once.
         let body = match connection.take_whole_body(head.framing) {
             Some(whole) => {
@@ -552,15 +547,47 @@ impl Proxy {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        self.add_hsts(response.headers_mut());
+        self.added.add_missing(response.headers_mut());
         response
     }
+}
 
-    fn add_hsts(&self, headers: &mut HeaderMap) {
-        if let Some(hsts) = &self.hsts {
-            headers
-                .entry(header::STRICT_TRANSPORT_SECURITY)
-                .or_insert_with(|| hsts.clone());
+/// Headers the edge adds to every HTTPS answer that lacks them: HSTS, then the security
+/// headers. Validated once, at start.
+pub(crate) struct AddedHeaders {
+    /// Lower-case name, its `HeaderName`, the value.
+    pub(crate) headers: Vec<(Vec<u8>, HeaderName, HeaderValue)>,
+}
+
+impl AddedHeaders {
+    fn new(config: &EdgeConfig) -> AddedHeaders {
+        let mut headers = Vec::new();
+        if !config.hsts_max_age.is_zero() {
+            let value = format!(
+                "max-age={}; includeSubDomains",
+                config.hsts_max_age.as_secs()
+            );
+            headers.push((
+                b"strict-transport-security".to_vec(),
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_str(&value).expect("digits and ascii make a header value"),
+            ));
+        }
+        for (name, value) in &config.security_headers {
+            let lower = name.to_ascii_lowercase();
+            if let (Ok(header), Ok(value)) = (
+                HeaderName::from_bytes(lower.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.push((lower.into_bytes(), header, value));
+            }
+        }
+        AddedHeaders { headers }
+    }
+
+    fn add_missing(&self, headers: &mut HeaderMap) {
+        for (_, name, value) in &self.headers {
+            headers.entry(name).or_insert_with(|| value.clone());
         }
     }
 }

@@ -98,6 +98,8 @@ impl ServiceListenerConfig {
             },
         );
         config.hsts_max_age = Duration::ZERO;
+        // Internal calls pass as they are.
+        config.security_headers = Vec::new();
         config.max_body_size = self.max_body_size;
         config.idle_timeout = self.idle_timeout;
         config.max_connections = self.max_connections;

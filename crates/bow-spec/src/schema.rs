@@ -69,6 +69,10 @@ pub struct Edge {
     pub acme: Option<Acme>,
     /// `Strict-Transport-Security` max-age; `0s` turns the header off.
     pub hsts_max_age: Duration,
+    /// Changes to the security headers the edge adds to answers that lack them (header name,
+    /// lower case → value; an empty value removes one of the defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub security_headers: BTreeMap<String, String>,
     pub max_body_size: Size,
     pub max_header_size: Size,
     /// How long a client may take to send its request headers (slowloris guard).

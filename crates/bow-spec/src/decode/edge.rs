@@ -19,6 +19,7 @@ pub(super) fn default_edge(options: &LoadOptions) -> Edge {
         tls: Tls::SelfSigned,
         acme: None,
         hsts_max_age: defaults::HSTS_MAX_AGE,
+        security_headers: Default::default(),
         max_body_size: defaults::MAX_BODY_SIZE,
         max_header_size: defaults::MAX_HEADER_SIZE,
         header_timeout: defaults::HEADER_TIMEOUT,
@@ -153,6 +154,47 @@ pub(super) fn edge(node: &Node, path: &str, options: &LoadOptions, reader: &mut 
     }
     if let Some((n, p)) = fields.get("hsts_max_age") {
         edge.hsts_max_age = reader.duration(n, &p).unwrap_or(edge.hsts_max_age);
+    }
+    if let Some((n, p)) = fields.get("security_headers") {
+        for (key, value) in reader
+            .map(n, &p, "a mapping of header names to values")
+            .unwrap_or_default()
+        {
+            let name = key.scalar().unwrap_or_default().to_ascii_lowercase();
+            let header_path = join(&p, &name);
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token
+                || ["strict-transport-security", "set-cookie", "content-length"]
+                    .contains(&name.as_str())
+            {
+                reader.error(
+                    &header_path,
+                    key.span,
+                    format!("{name:?} is not a security header bow can add"),
+                    Some("name a response header like x-frame-options or content-security-policy (HSTS is hsts_max_age)".to_string()),
+                );
+                continue;
+            }
+            let text = if value.is_null() {
+                Some(String::new())
+            } else {
+                reader.string(value, &header_path, "a header value (empty: not added)")
+            };
+            let Some(text) = text else { continue };
+            if text.bytes().any(|b| b.is_ascii_control()) {
+                reader.error(
+                    &header_path,
+                    value.span,
+                    "a header value is one line of text",
+                    None,
+                );
+                continue;
+            }
+            edge.security_headers.insert(name, text);
+        }
     }
     if let Some((n, p)) = fields.get("max_body_size") {
         edge.max_body_size = reader.size(n, &p).unwrap_or(edge.max_body_size);

@@ -40,6 +40,7 @@ pub const EDGE_KEYS: &[&str] = &[
     "tls",
     "acme",
     "hsts_max_age",
+    "security_headers",
     "max_body_size",
     "max_header_size",
     "header_timeout",
