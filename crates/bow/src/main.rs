@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
+        Command::Backup { command } => commands::backup::run(command, &cli.stack),
         Command::Exec {
             stack,
             service,
