@@ -38,7 +38,7 @@ fn not_available(root: &Node, reader: &mut Reader) {
                     "managed PostgreSQL is",
                     "run PostgreSQL outside bow (or as a `command:` service) and give its address in `env`",
                 ),
-                _ => ("backups are", "back the data up outside bow for now"),
+                _ => ("this section is", "leave it out for now"),
             };
             reader.error(
                 &join(&join("services", name), field),
