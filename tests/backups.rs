@@ -326,3 +326,61 @@ fn s3_backup_round_trip_and_outage() {
     assert_eq!(backups[0]["complete"], true);
     bow_ok(&stack, &["backup", "verify", "db"]);
 }
+
+/// DR from nothing: the host is gone; a fresh state dir with only the stack file, the
+/// secrets file, the age key and the store brings the database back (docs/backups.md).
+#[test]
+fn disaster_recovery_on_a_fresh_state_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = tempfile::Builder::new()
+        .prefix("bow-e2e-store-")
+        .tempdir()
+        .unwrap();
+    let backup = format!("{{ to: '{}', keep: 3 }}", store.path().display());
+    let lost = stack("bkdr", &backup, &[]);
+    lost.up_ok();
+    query(
+        &lost,
+        "INSERT INTO items VALUES (7777, 'written before the fire')",
+    );
+    let before = query(&lost, ITEMS);
+    bow_ok(&lost, &["backup", "run", "db"]);
+    let down = lost.down();
+    assert_eq!(down.code, 0, "{}", down.describe());
+
+    // The new host: the repository (bow.yaml, init.sql, secrets/), the key put back.
+    let host = tempfile::Builder::new()
+        .prefix("bow-e2e-host-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(host.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in ["bow.yaml", "init.sql", "secrets/development.yaml"] {
+        let to = host.path().join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lost.dir.path().join(file), &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let key = host.path().join("me.key");
+    std::fs::copy(lost.dir.path().join("keys/me.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let fresh = Stack::from_file(&host.path().join("bow.yaml"), &lost.project);
+    fresh.set_env("BOW_AGE_KEY_FILE", key.to_str().unwrap());
+    assert!(!fresh.state_dir.exists());
+
+    let backups = {
+        let out = bow_ok(&fresh, &["backup", "list", "db", "--output", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    assert_eq!(backups[0]["verified"], true, "{backups}");
+    fresh.up_ok();
+    assert_eq!(
+        query(&fresh, "SELECT count(*) FROM items WHERE id = 7777"),
+        "0"
+    );
+    bow_ok(&fresh, &["backup", "restore", "db", "--yes"]);
+    assert_eq!(query(&fresh, ITEMS), before);
+    assert_eq!(
+        query(&fresh, "SELECT name FROM items WHERE id = 7777"),
+        "written before the fire"
+    );
+}
