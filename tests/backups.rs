@@ -377,7 +377,9 @@ fn disaster_recovery_on_a_fresh_state_dir() {
         query(&fresh, "SELECT count(*) FROM items WHERE id = 7777"),
         "0"
     );
-    bow_ok(&fresh, &["backup", "restore", "db", "--yes"]);
+    let refused = fresh.run(&["restore-all"], LIMIT);
+    assert_eq!(refused.code, 1, "{}", refused.describe());
+    bow_ok(&fresh, &["restore-all", "--yes"]);
     assert_eq!(query(&fresh, ITEMS), before);
     assert_eq!(
         query(&fresh, "SELECT name FROM items WHERE id = 7777"),

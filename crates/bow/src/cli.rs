@@ -211,6 +211,15 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Disaster recovery: restore every service with `backup:` from its newest good backup
+    /// (after `bow up` on a fresh host; docs/backups.md has the runbook)
+    RestoreAll {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
         #[command(subcommand)]

@@ -103,6 +103,9 @@ fn main() -> ExitCode {
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
         Command::Backup { command } => commands::backup::run(command, &cli.stack),
+        Command::RestoreAll { stack, yes } => {
+            commands::backup::restore_all(&stack.or(&cli.stack), yes)
+        }
         Command::Exec {
             stack,
             service,

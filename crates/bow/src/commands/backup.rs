@@ -89,6 +89,54 @@ pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
     }
 }
 
+/// `bow restore-all`: every service with `backup:` from its newest good backup, asked once.
+pub fn restore_all(args: &StackArgs, yes: bool) -> Result<ExitCode> {
+    let session = Session::load(args)?;
+    let names = services(&session, None)?;
+    let question = format!(
+        "replace the data of {} with their newest good backups?",
+        names.join(", ")
+    );
+    if !confirm(&question, yes)? {
+        return Ok(ExitCode::from(1));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut failed = 0;
+    for name in &names {
+        if let Err(error) = runtime.block_on(restore(&session, name, None, true)) {
+            eprintln!("error: {name}: not restored: {error:#}");
+            failed += 1;
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Asks `question` on a terminal; without one, `yes` must be given.
+fn confirm(question: &str, yes: bool) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{question} add --yes to confirm (stdin is not a terminal)");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        eprintln!("nothing restored");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
 async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()> {
     let target = Target::load(session, service)?;
     let server = target.server(session)?;
@@ -242,18 +290,8 @@ async fn restore(
         manifest.id,
         age(&manifest.finished)
     );
-    if !yes {
-        if !std::io::stdin().is_terminal() {
-            bail!("{question} add --yes to confirm (stdin is not a terminal)");
-        }
-        print!("{question} [y/N] ");
-        std::io::stdout().flush()?;
-        let mut answer = String::new();
-        std::io::stdin().read_line(&mut answer)?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("nothing restored");
-            return Ok(ExitCode::from(1));
-        }
+    if !confirm(&question, yes)? {
+        return Ok(ExitCode::from(1));
     }
     postgres::restore(
         &target.catalog,
