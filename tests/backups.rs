@@ -2,8 +2,9 @@
 //! backup to a directory and to an S3 server (moto, started by scripts/test.sh), restored
 //! after the table is dropped, verified in a scratch cluster; the stored bytes hold no
 //! plaintext; a corrupted object fails verify loudly and restore refuses it; retention keeps
-//! exactly `keep`; an interrupted run is never listed complete and is cleaned up; an
-//! unreachable store fails the run and leaves the previous backup intact.
+//! exactly `keep`; an interrupted run is never listed complete and is cleaned up; a run
+//! SIGKILLed mid-upload and a store that goes away mid-upload (a proxy that stalls or cuts
+//! after 4 MiB) leave the previous backup intact and nothing listed complete; DR from nothing.
 
 mod support;
 
@@ -320,11 +321,147 @@ fn s3_backup_round_trip_and_outage() {
         "{}",
         failed.describe()
     );
-    std::fs::write(&stack.file, good).unwrap();
+    std::fs::write(&stack.file, &good).unwrap();
     let backups = list(&stack);
     assert_eq!(backups.len(), 1, "{backups:?}");
     assert_eq!(backups[0]["complete"], true);
     bow_ok(&stack, &["backup", "verify", "db"]);
+
+    // Enough data for several 8 MiB parts (random hex: it compresses only about 2:1).
+    query(
+        &stack,
+        "CREATE TABLE blobs AS SELECT g, md5(random()::text) || md5(random()::text) || md5(random()::text) || md5(random()::text) AS body FROM generate_series(1, 150000) g",
+    );
+    let through = |proxy_port: u16| {
+        std::fs::write(
+            &stack.file,
+            good.replace(&endpoint, &format!("http://127.0.0.1:{proxy_port}")),
+        )
+        .unwrap();
+    };
+    let target: std::net::SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+
+    // The agent of a run killed mid-upload (SIGKILL while a part is in flight): nothing it
+    // left is listed as a backup.
+    let stalling = proxy(target, 4 << 20, Cut::Stall);
+    through(stalling);
+    let mut run = stack.command(&["backup", "run", "db"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !stalled(stalling) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never reached 4 MiB"
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "bow ended before the stall"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    std::fs::write(&stack.file, &good).unwrap();
+    let after_kill = list(&stack);
+    assert_eq!(after_kill.len(), 1, "{after_kill:?}");
+    assert_eq!(after_kill[0]["complete"], true);
+
+    // The store goes away mid-upload: the run fails and says so, the backup before is intact
+    // and nothing half-written is listed.
+    let cutting = proxy(target, 4 << 20, Cut::Drop);
+    through(cutting);
+    let failed = stack.run(&["backup", "run", "db"], LIMIT);
+    assert!(stalled(cutting), "the cut happened mid-upload");
+    assert_eq!(failed.code, 1, "{}", failed.describe());
+    assert!(
+        failed.stderr.contains("backup failed"),
+        "{}",
+        failed.describe()
+    );
+    std::fs::write(&stack.file, &good).unwrap();
+    let after_cut = list(&stack);
+    assert_eq!(after_cut.len(), 1, "{after_cut:?}");
+    assert_eq!(after_cut[0]["complete"], true);
+
+    // And with the store back, a run with all the data works and is verified.
+    let run = bow_ok(&stack, &["backup", "run", "db"]);
+    assert!(
+        run.contains("155003 rows") && run.contains("verified"),
+        "{run}"
+    );
+    assert_eq!(complete_ids(&stack).len(), 2);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// Stop forwarding (the connections stay open, nothing moves).
+    Stall,
+    /// Close every connection and refuse new ones.
+    Drop,
+}
+
+static STALLED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+fn stalled(port: u16) -> bool {
+    STALLED.lock().unwrap().contains(&port)
+}
+
+/// A TCP proxy on loopback to `target` that, once `limit` bytes went upstream, cuts as asked.
+fn proxy(target: std::net::SocketAddr, limit: u64, cut: Cut) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(AtomicU64::new(0));
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if stalled(port) && cut == Cut::Drop {
+                let _ = client.shutdown(Shutdown::Both);
+                continue;
+            }
+            let Ok(server) = TcpStream::connect(target) else {
+                continue;
+            };
+            let pump = |mut from: TcpStream, mut to: TcpStream, counted: Option<Arc<AtomicU64>>| {
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0u8; 16 << 10];
+                    loop {
+                        let n = match from.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if let Some(counted) = &counted
+                            && counted.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > limit
+                        {
+                            STALLED.lock().unwrap().push(port);
+                            match cut {
+                                Cut::Stall => std::thread::sleep(Duration::from_secs(600)),
+                                Cut::Drop => {}
+                            }
+                            let _ = from.shutdown(Shutdown::Both);
+                            let _ = to.shutdown(Shutdown::Both);
+                            break;
+                        }
+                        if stalled(port) && cut == Cut::Drop || to.write_all(&buffer[..n]).is_err()
+                        {
+                            let _ = from.shutdown(Shutdown::Both);
+                            let _ = to.shutdown(Shutdown::Both);
+                            break;
+                        }
+                    }
+                })
+            };
+            pump(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                Some(sent.clone()),
+            );
+            pump(server, client, None);
+        }
+    });
+    port
 }
 
 /// DR from nothing: the host is gone; a fresh state dir with only the stack file, the
