@@ -105,12 +105,18 @@ const ITEMS: &str = "SELECT count(*), sum(id), max(name) FROM items";
 
 #[test]
 fn directory_backup_restores_verifies_and_refuses_corruption() {
-    let stack = stack("bkdir", "{ to: ./backups, keep: 2 }", &[]);
+    let stack = stack(
+        "bkdir",
+        "{ to: ./backups, keep: 2, check: 'SELECT count(*) > 5000 FROM items' }",
+        &[],
+    );
     stack.up_ok();
     let before = query(&stack, ITEMS);
     let run = bow_ok(&stack, &["backup", "run", "db"]);
     assert!(
-        run.contains("2 tables, 5003 rows") && run.contains("verified"),
+        run.contains("2 tables, 5003 rows")
+            && run.contains("verified")
+            && run.contains("backup.check true"),
         "{run}"
     );
 
@@ -234,6 +240,17 @@ fn directory_backup_restores_verifies_and_refuses_corruption() {
         "nothing was changed"
     );
     assert_eq!(query(&stack, "SELECT count(*) FROM items"), "5002");
+
+    // The service's own check is part of the drill: one that does not hold fails it.
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(&stack.file, text.replace("> 5000", "> 10000")).unwrap();
+    let verify = stack.run(&["backup", "verify", "db", &kept[0]], LIMIT);
+    assert_eq!(verify.code, 1, "{}", verify.describe());
+    assert!(
+        verify.stderr.contains("backup.check returned \"f\""),
+        "{}",
+        verify.describe()
+    );
 }
 
 /// The S3 server scripts/test.sh starts.

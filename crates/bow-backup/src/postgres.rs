@@ -296,6 +296,15 @@ pub enum Target {
     Scratch,
 }
 
+/// Ends every other session on `server`'s database (the app's pools reconnect and wait on
+/// the restore's locks): an idle transaction must not hold a restore up.
+fn end_sessions(server: &Server) -> Result<()> {
+    server.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )?;
+    Ok(())
+}
+
 /// Restores backup `manifest` into `server`'s database in one transaction. A stream that
 /// fails its checks kills pg_restore before it ends, so the transaction rolls back.
 pub async fn restore(
@@ -312,6 +321,9 @@ pub async fn restore(
         )));
     }
     let record = manifest.object(DATA)?.clone();
+    if into == Target::Live {
+        end_sessions(server)?;
+    }
     let mut command = server.command("pg_restore");
     command.args(["--single-transaction", "--exit-on-error", "--no-password"]);
     match into {
@@ -503,6 +515,7 @@ pub async fn verify(
     scratch_dir: &Path,
     superuser: &str,
     ids: Option<(u32, u32)>,
+    check: Option<&str>,
 ) -> Result<Verification> {
     let began = Instant::now();
     let at = crate::now_rfc3339();
@@ -519,7 +532,7 @@ pub async fn verify(
         tokio::task::spawn_blocking(move || Scratch::start(&bin, &dir, &user, ids, &database))
             .await
             .map_err(|e| BackupError::Tool(e.to_string()))??;
-    let verdict = drill(catalog, identity, manifest, &scratch).await;
+    let verdict = drill(catalog, identity, manifest, &scratch, check).await;
     tokio::task::spawn_blocking(move || drop(scratch))
         .await
         .map_err(|e| BackupError::Tool(e.to_string()))?;
@@ -540,6 +553,7 @@ async fn drill(
     identity: Arc<age::x25519::Identity>,
     manifest: &Manifest,
     scratch: &Scratch,
+    check: Option<&str>,
 ) -> Result<String> {
     restore(
         catalog,
@@ -568,10 +582,24 @@ async fn drill(
             differ.join(", ")
         )));
     }
+    if let Some(sql) = check {
+        let answer = scratch.server.psql(sql)?;
+        if answer.trim() != "t" {
+            return Err(BackupError::Integrity(format!(
+                "backup.check returned {:?}, not true: {sql}",
+                answer.trim()
+            )));
+        }
+    }
     let rows: u64 = counts.values().sum();
     Ok(format!(
-        "restored into a scratch cluster; pg_amcheck clean; {} tables, {rows} rows as backed up",
-        counts.len()
+        "restored into a scratch cluster; pg_amcheck clean; {} tables, {rows} rows as backed up{}",
+        counts.len(),
+        if check.is_some() {
+            "; backup.check true"
+        } else {
+            ""
+        }
     ))
 }
 

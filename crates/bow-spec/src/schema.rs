@@ -440,6 +440,10 @@ pub struct Backup {
     /// The secret holding the S3 secret access key (needed with `s3://`).
     #[serde(default)]
     pub secret_key_secret: Option<String>,
+    /// SQL a restore drill runs in the restored database; the drill fails unless it returns
+    /// true.
+    #[serde(default)]
+    pub check: Option<String>,
 }
 
 /// What a postgres backup is made of.

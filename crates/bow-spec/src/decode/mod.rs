@@ -108,6 +108,7 @@ pub const BACKUP_KEYS: &[&str] = &[
     "region",
     "access_key_secret",
     "secret_key_secret",
+    "check",
 ];
 pub const ACME_KEYS: &[&str] = &["email", "directory"];
 pub const TLS_FILE_KEYS: &[&str] = &["cert", "key"];

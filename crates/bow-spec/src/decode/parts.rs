@@ -309,6 +309,7 @@ pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Bac
     let region = text("region", "an S3 region like eu-west-1", reader);
     let access_key_secret = text("access_key_secret", "the name of a secret", reader);
     let secret_key_secret = text("secret_key_secret", "the name of a secret", reader);
+    let check = text("check", "an SQL query that returns true", reader);
     if reader.diagnostics.len() != before {
         return None;
     }
@@ -322,5 +323,6 @@ pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Bac
         region,
         access_key_secret,
         secret_key_secret,
+        check,
     })
 }

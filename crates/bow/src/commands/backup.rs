@@ -200,6 +200,7 @@ async fn verify_one(target: &Target, manifest: &Manifest) -> Result<bool> {
         &scratch,
         &target.superuser,
         target.ids,
+        target.backup.check.as_deref(),
     )
     .await?;
     target
