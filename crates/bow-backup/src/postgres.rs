@@ -504,19 +504,35 @@ impl Drop for Scratch {
     }
 }
 
-/// A restore drill: the backup into a scratch cluster under `scratch_dir`, pg_amcheck, and
-/// the row counts against the manifest's. `Ok` holds the verdict; `Err` only when the drill
-/// could not be run (no binaries, no space).
+/// Where and how a restore drill runs.
+pub struct Drill<'a> {
+    /// The postgres binaries of the backup's version.
+    pub bin: &'a Path,
+    /// The scratch cluster's directory (created, then deleted).
+    pub dir: &'a Path,
+    /// The unix user (and superuser role) the scratch cluster runs as.
+    pub superuser: &'a str,
+    pub ids: Option<(u32, u32)>,
+    /// `backup.check`: SQL that must return true in the restored database.
+    pub check: Option<&'a str>,
+}
+
+/// A restore drill: the backup into a scratch cluster, pg_amcheck, the row counts against the
+/// manifest's, `backup.check`. `Ok` holds the verdict; `Err` only when the drill could not be
+/// run (no binaries, no space).
 pub async fn verify(
     catalog: &Catalog,
     identity: Arc<age::x25519::Identity>,
     manifest: &Manifest,
-    bin: &Path,
-    scratch_dir: &Path,
-    superuser: &str,
-    ids: Option<(u32, u32)>,
-    check: Option<&str>,
+    place: Drill<'_>,
 ) -> Result<Verification> {
+    let Drill {
+        bin,
+        dir: scratch_dir,
+        superuser,
+        ids,
+        check,
+    } = place;
     let began = Instant::now();
     let at = crate::now_rfc3339();
     let database = manifest

@@ -192,17 +192,15 @@ async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()
 /// Runs a restore drill of `manifest` and records it; whether it passed.
 async fn verify_one(target: &Target, manifest: &Manifest) -> Result<bool> {
     let scratch = target.volume.join(format!("verify-{}", manifest.id));
-    let verdict = postgres::verify(
-        &target.catalog,
-        target.identity.clone(),
-        manifest,
-        &target.bin,
-        &scratch,
-        &target.superuser,
-        target.ids,
-        target.backup.check.as_deref(),
-    )
-    .await?;
+    let drill = postgres::Drill {
+        bin: &target.bin,
+        dir: &scratch,
+        superuser: &target.superuser,
+        ids: target.ids,
+        check: target.backup.check.as_deref(),
+    };
+    let verdict =
+        postgres::verify(&target.catalog, target.identity.clone(), manifest, drill).await?;
     target
         .catalog
         .write(&manifest.id, VERIFICATION, &verdict, &target.recipients)
