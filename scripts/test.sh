@@ -39,6 +39,9 @@ export "$(bash scripts/docker.sh env)"
 # And Podman's Docker-compatible service, for tests/containers_podman.rs.
 bash scripts/podman.sh start
 export "$(bash scripts/podman.sh env)"
+# An S3-protocol server (moto, loopback) for tests/backups.rs.
+bash scripts/s3.sh start
+export "$(bash scripts/s3.sh env)"
 
 # One build of every test binary, then all tests in parallel; never stop at the first failure.
 cargo nextest run --workspace --no-fail-fast "$@"

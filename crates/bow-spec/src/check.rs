@@ -39,7 +39,7 @@ fn not_available(root: &Node, reader: &mut Reader) {
                     "managed PostgreSQL is",
                     "run PostgreSQL outside bow (or as a `command:` service) and give its address in `env`",
                 ),
-                _ => ("backups are", "back the data up outside bow for now"),
+                _ => ("this section is", "leave it out for now"),
             };
             reader.error(
                 &join(&join("services", name), field),
@@ -337,18 +337,86 @@ fn replica_names(spec: &Spec, root: &Node, reader: &mut Reader) {
 
 fn backups(spec: &Spec, root: &Node, reader: &mut Reader) {
     for (name, service) in &spec.services {
-        if service.backup.is_some()
-            && service.volumes.is_empty()
-            && !matches!(service.workload, Workload::Postgres(_))
-        {
-            let span =
-                node_at(root, &["services", name, "backup"]).map_or(root.span, |n| n.blame());
-            reader.error(
-                &format!("services.{name}.backup"),
-                span,
-                "nothing to back up: the service is not a postgres service and has no volumes",
-                Some("add `volumes:` or move the backup to the database service".to_string()),
-            );
+        let Some(backup) = &service.backup else {
+            continue;
+        };
+        let path = format!("services.{name}.backup");
+        let span_of = |key: Option<&str>| {
+            let mut at = vec!["services", name.as_str(), "backup"];
+            at.extend(key);
+            node_at(root, &at)
+                .map(Node::blame)
+                .or_else(|| node_at(root, &at[..3]).map(Node::blame))
+                .unwrap_or(root.span)
+        };
+        if !matches!(service.workload, Workload::Postgres(_)) {
+            let (message, hint) = if service.volumes.is_empty() {
+                (
+                    "nothing to back up: the service is not a postgres service and has no volumes",
+                    "add `volumes:` or move the backup to the database service",
+                )
+            } else {
+                (
+                    "backups of volumes are not available in this version: only postgres services are backed up",
+                    "copy the volume's data outside bow for now (`bow volume ls` shows where it is); remove `backup:` to go on",
+                )
+            };
+            reader.error(&path, span_of(None), message, Some(hint.to_string()));
+            continue;
+        }
+        let not_yet: [(bool, &str, &str, &str); 3] = [
+            (
+                backup.schedule.is_some(),
+                "schedule",
+                "scheduled backups are not available in this version",
+                "run `bow backup run SERVICE` from cron or a systemd timer; remove `schedule:` to go on",
+            ),
+            (
+                backup.pitr,
+                "pitr",
+                "point-in-time recovery (WAL archiving) is not available in this version",
+                "logical backups restore to the moment they were taken; remove `pitr:` to go on",
+            ),
+            (
+                backup.kind == crate::schema::BackupKind::Base,
+                "kind",
+                "base backups (pg_basebackup) are not available in this version",
+                "use `kind: logical` (the default): pg_dump of the database",
+            ),
+        ];
+        for (refused, key, message, hint) in not_yet {
+            if refused {
+                reader.error(
+                    &join(&path, key),
+                    span_of(Some(key)),
+                    message,
+                    Some(hint.to_string()),
+                );
+            }
+        }
+        for key in ["access_key_secret", "secret_key_secret"] {
+            let value = match key {
+                "access_key_secret" => &backup.access_key_secret,
+                _ => &backup.secret_key_secret,
+            };
+            match value {
+                Some(secret) if !crate::is_secret_name(secret) => reader.error(
+                    &join(&path, key),
+                    span_of(Some(key)),
+                    format!("{secret:?} is not a secret name (letters, digits, `_`, `-`)"),
+                    None,
+                ),
+                None if backup.to.starts_with("s3://") => reader.error(
+                    &join(&path, "to"),
+                    span_of(Some("to")),
+                    format!("an s3:// destination needs its credentials: `{key}:` is missing"),
+                    Some(
+                        "name the secrets that hold them: `access_key_secret: s3_key_id`, `secret_key_secret: s3_secret_key` (set with `bow secret set`)"
+                            .to_string(),
+                    ),
+                ),
+                _ => {}
+            }
         }
     }
 }

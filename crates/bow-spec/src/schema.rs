@@ -492,14 +492,48 @@ impl<'de> Deserialize<'de> for Volume {
     }
 }
 
-/// Scheduled backups of a service's database or volumes.
+/// Backups of a service's database or volumes (docs/backups.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
-    /// Five-field cron expression, in UTC.
-    pub schedule: String,
-    /// How many backups to keep.
+    /// Five-field cron expression, in UTC (refused by validation in this version).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// How many complete backups to keep.
     pub keep: u32,
     /// `s3://bucket/prefix`, `file:///dir` or a directory path.
     pub to: String,
+    /// What a postgres backup is: `logical` (pg_dump) or `base` (refused in this version).
+    #[serde(default)]
+    pub kind: BackupKind,
+    /// Continuous WAL archiving for point-in-time recovery (refused in this version).
+    #[serde(default)]
+    pub pitr: bool,
+    /// An S3-compatible endpoint (`https://s3.example.net`); AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The S3 region; `us-east-1` when absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The secret holding the S3 access key id (needed with `s3://`).
+    #[serde(default)]
+    pub access_key_secret: Option<String>,
+    /// The secret holding the S3 secret access key (needed with `s3://`).
+    #[serde(default)]
+    pub secret_key_secret: Option<String>,
+    /// SQL a restore drill runs in the restored database; the drill fails unless it returns
+    /// true.
+    #[serde(default)]
+    pub check: Option<String>,
+}
+
+/// What a postgres backup is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// `pg_dump --format=custom` of the service's database.
+    #[default]
+    Logical,
+    /// `pg_basebackup` of the whole cluster.
+    Base,
 }

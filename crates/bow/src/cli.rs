@@ -261,6 +261,20 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Backups of postgres services: run, list, restore, verify (docs/backups.md)
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
+    /// Disaster recovery: restore every service with `backup:` from its newest good backup
+    /// (after `bow up` on a fresh host; docs/backups.md has the runbook)
+    RestoreAll {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
         #[command(subcommand)]
@@ -346,6 +360,52 @@ pub enum DbCommand {
         /// The replica to promote (`1` for SERVICE.1); the least lagging one by default
         #[arg(long)]
         to: Option<u32>,
+    },
+}
+
+/// `bow backup …`: backups of the services with `backup:`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up a service (every service with `backup:` when none is named), then verify the
+    /// backup by restoring it into a scratch cluster and apply retention
+    Run {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: Option<String>,
+        /// Skip the restore drill (and so retention, which runs only after a verified backup)
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// The backups of a service (or of all): id, age, size, rows, verified
+    List {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Restore a backup (the newest complete one by default) into the running service
+    Restore {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: String,
+        /// The backup's id (see `bow backup list`)
+        id: Option<String>,
+        /// A point in time to recover to (needs `pitr: true`; not available in this version)
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Do not ask (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Restore a backup into a scratch cluster, check it (pg_amcheck, row counts) and record
+    /// the result beside the backup
+    Verify {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: Option<String>,
+        /// The backup's id; the newest complete one by default
+        id: Option<String>,
     },
 }
 

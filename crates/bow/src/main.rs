@@ -137,6 +137,10 @@ fn main() -> ExitCode {
         Command::Certs { stack, output } => commands::certs::run(&stack.or(&cli.stack), output),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
         Command::Db { command } => commands::db::run(command, &cli.stack),
+        Command::Backup { command } => commands::backup::run(command, &cli.stack),
+        Command::RestoreAll { stack, yes } => {
+            commands::backup::restore_all(&stack.or(&cli.stack), yes)
+        }
         Command::Exec {
             stack,
             service,

@@ -79,7 +79,7 @@ pub const SERVICE_KEYS: &[&str] = &[
 pub const TCP_KEYS: &[&str] = &["port"];
 /// Service keys this version decodes but cannot run yet: validation refuses them
 /// (`check::not_available`), each later issue lifts its own.
-pub const NOT_AVAILABLE_KEYS: &[&str] = &["backup"];
+pub const NOT_AVAILABLE_KEYS: &[&str] = &[];
 /// The keys only a container service may have.
 pub const CONTAINER_ONLY_KEYS: &[&str] = &["entrypoint", "container_port", "working_dir"];
 pub const HEALTH_KEYS: &[&str] = &[
@@ -103,7 +103,18 @@ pub const POSTGRES_KEYS: &[&str] = &[
 ];
 pub const BUILD_KEYS: &[&str] = &["context", "dockerfile", "args", "target"];
 pub const DEPLOY_KEYS: &[&str] = &["strategy", "max_surge", "timeout", "drain_timeout"];
-pub const BACKUP_KEYS: &[&str] = &["schedule", "keep", "to"];
+pub const BACKUP_KEYS: &[&str] = &[
+    "schedule",
+    "keep",
+    "to",
+    "kind",
+    "pitr",
+    "endpoint",
+    "region",
+    "access_key_secret",
+    "secret_key_secret",
+    "check",
+];
 pub const ACME_KEYS: &[&str] = &[
     "email",
     "directory",

@@ -237,14 +237,10 @@ pub(super) fn health(node: &Node, path: &str, reader: &mut Reader) -> Option<Hea
 }
 
 pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Backup> {
-    let fields = reader.fields(
-        node,
-        path,
-        "a mapping with schedule, keep and to",
-        BACKUP_KEYS,
-    )?;
-    let schedule = required(&fields, "schedule", "a cron schedule like \"0 3 * * *\"", reader).and_then(|text| {
-        let (n, p) = fields.get("schedule")?;
+    let fields = reader.fields(node, path, "a mapping with to, keep and kind", BACKUP_KEYS)?;
+    let before = reader.diagnostics.len();
+    let schedule = fields.get("schedule").and_then(|(n, p)| {
+        let text = reader.nonempty(n, &p, "a cron schedule like \"0 3 * * *\"")?;
         match crate::cron::Cron::parse(&text) {
             Ok(_) => Some(text),
             Err(message) => {
@@ -267,7 +263,7 @@ pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Bac
     )
     .and_then(|to| {
         let (n, p) = fields.get("to")?;
-        let ok = to.starts_with("s3://") && to.len() > 5
+        let ok = to.starts_with("s3://") && to.len() > 5 && !to.starts_with("s3:///")
             || to.starts_with("file:///")
             || to.starts_with('/')
             || to.starts_with("./");
@@ -284,9 +280,67 @@ pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Bac
         }
         Some(to)
     });
+    let kind = match fields.get("kind") {
+        Some((n, p)) => match reader.string(n, &p, "logical or base").as_deref() {
+            Some("logical") => Some(BackupKind::Logical),
+            Some("base") => Some(BackupKind::Base),
+            Some(other) => {
+                reader.error(
+                    &p,
+                    n.span,
+                    format!("expected logical or base, found {other:?}"),
+                    Some(
+                        "logical: pg_dump of the database; base: pg_basebackup of the cluster"
+                            .to_string(),
+                    ),
+                );
+                None
+            }
+            None => None,
+        },
+        None => Some(BackupKind::default()),
+    };
+    let pitr = match fields.get("pitr") {
+        Some((n, p)) => reader.boolean(n, &p),
+        None => Some(false),
+    };
+    let text = |key: &str, what: &str, reader: &mut Reader| {
+        fields
+            .get(key)
+            .and_then(|(n, p)| reader.nonempty(n, &p, what))
+    };
+    let endpoint = text(
+        "endpoint",
+        "an S3 endpoint URL like https://s3.example.net",
+        reader,
+    );
+    if let (Some(endpoint), Some((n, p))) = (&endpoint, fields.get("endpoint"))
+        && !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
+    {
+        reader.error(
+            &p,
+            n.span,
+            format!("expected an http:// or https:// URL, found {endpoint:?}"),
+            None,
+        );
+    }
+    let region = text("region", "an S3 region like eu-west-1", reader);
+    let access_key_secret = text("access_key_secret", "the name of a secret", reader);
+    let secret_key_secret = text("secret_key_secret", "the name of a secret", reader);
+    let check = text("check", "an SQL query that returns true", reader);
+    if reader.diagnostics.len() != before {
+        return None;
+    }
     Some(Backup {
-        schedule: schedule?,
+        schedule,
         keep: keep?,
         to: to?,
+        kind: kind?,
+        pitr: pitr?,
+        endpoint,
+        region,
+        access_key_secret,
+        secret_key_secret,
+        check,
     })
 }

@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod apply;
+pub mod backup;
+mod backup_target;
 pub mod certs;
 pub mod chaos;
 pub mod chaos_agent;
