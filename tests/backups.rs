@@ -540,3 +540,31 @@ fn disaster_recovery_on_a_fresh_state_dir() {
         "written before the fire"
     );
 }
+
+#[test]
+fn a_schedule_runs_the_backup_in_the_agent() {
+    // Every minute: the agent's scheduler runs `bow backup run db` at the next minute.
+    let stack = stack(
+        "bkschedule",
+        "{ to: ./backups, keep: 3, schedule: \"* * * * *\" }",
+        &[],
+    );
+    stack.up_ok();
+    let events = stack.wait_event("a scheduled backup", Duration::from_secs(150), |e| {
+        e.kind == "backup"
+    });
+    let done = events.iter().find(|e| e.kind == "backup").unwrap();
+    assert!(
+        done.message.starts_with("scheduled backup of db done"),
+        "{}",
+        done.message
+    );
+    let backups = list(&stack);
+    assert!(
+        backups
+            .iter()
+            .any(|b| b["complete"] == true && b["verified"] == true),
+        "{backups:?}"
+    );
+    assert_eq!(stack.down().code, 0);
+}

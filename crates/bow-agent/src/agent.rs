@@ -285,6 +285,11 @@ impl Agent {
         Ok((revision, changed))
     }
 
+    /// The spec applied last, if any.
+    pub fn applied_spec(&self) -> Option<Spec> {
+        self.lock().spec.clone()
+    }
+
     /// Records where revision `revision` came from (the git commit a follower applied); `bow
     /// history` shows it beside its releases.
     pub fn note_source(&self, revision: i64, source: &str) {

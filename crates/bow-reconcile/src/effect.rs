@@ -109,6 +109,8 @@ pub enum EventKind {
     Adopted,
     Applied,
     Backoff,
+    /// Executor: a scheduled backup ran (`backup.schedule`), or failed and why.
+    Backup,
     Building,
     Built,
     /// Executor: an ACME certificate issued, renewed, or an attempt that failed (the old
@@ -165,10 +167,11 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 37] = [
+    pub const ALL: [EventKind; 38] = [
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
+        EventKind::Backup,
         EventKind::Building,
         EventKind::Built,
         EventKind::Certificate,
@@ -211,6 +214,7 @@ impl EventKind {
             EventKind::Adopted => "adopted",
             EventKind::Applied => "applied",
             EventKind::Backoff => "backoff",
+            EventKind::Backup => "backup",
             EventKind::Building => "building",
             EventKind::Built => "built",
             EventKind::Certificate => "certificate",

@@ -364,13 +364,7 @@ fn backups(spec: &Spec, root: &Node, reader: &mut Reader) {
             reader.error(&path, span_of(None), message, Some(hint.to_string()));
             continue;
         }
-        let not_yet: [(bool, &str, &str, &str); 3] = [
-            (
-                backup.schedule.is_some(),
-                "schedule",
-                "scheduled backups are not available in this version",
-                "run `bow backup run SERVICE` from cron or a systemd timer; remove `schedule:` to go on",
-            ),
+        let not_yet: [(bool, &str, &str, &str); 2] = [
             (
                 backup.pitr,
                 "pitr",

@@ -86,6 +86,50 @@ impl Cron {
     }
 }
 
+impl Cron {
+    /// Whether the schedule fires in the minute `unix_minute` (minutes since 1970-01-01 UTC).
+    /// As in cron, when both the day of month and the day of week are restricted, either
+    /// matching day fires.
+    pub fn fires_at(&self, unix_minute: i64) -> bool {
+        let minute = unix_minute.rem_euclid(60) as u32;
+        let hour = unix_minute.div_euclid(60).rem_euclid(24) as u32;
+        let days = unix_minute.div_euclid(60 * 24);
+        let (_, month, day) = civil_from_days(days);
+        // 1970-01-01 was a Thursday (4).
+        let weekday = (days + 4).rem_euclid(7) as u32;
+        let all_days_of_month = (1..=31).fold(0u32, |set, d| set | (1 << d));
+        let dom = self.days_of_month & (1 << day) != 0;
+        let dow = self.days_of_week & (1 << weekday) != 0;
+        let day_matches = match (
+            self.days_of_month == all_days_of_month,
+            self.days_of_week == 0x7f,
+        ) {
+            (true, true) => true,
+            (true, false) => dow,
+            (false, true) => dom,
+            (false, false) => dom || dow,
+        };
+        self.minutes & (1 << minute) != 0
+            && self.hours & (1 << hour) != 0
+            && self.months & (1 << month) != 0
+            && day_matches
+    }
+}
+
+/// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 fn parse_field(text: &str, field: &Field) -> Result<u64, String> {
     let mut set = 0u64;
     for item in text.split(',') {
@@ -177,5 +221,22 @@ mod tests {
         ] {
             assert!(Cron::parse(text).is_err(), "{text}");
         }
+    }
+
+    #[test]
+    fn schedules_fire_in_their_minutes() {
+        // 2026-12-05 10:31 UTC was a Saturday: 1796466660 s after the epoch.
+        let at = 1_796_466_660 / 60;
+        assert_eq!(super::civil_from_days(at / (60 * 24)), (2026, 12, 5));
+        assert!(Cron::parse("31 10 * * *").unwrap().fires_at(at));
+        assert!(!Cron::parse("30 10 * * *").unwrap().fires_at(at));
+        assert!(Cron::parse("* * * * *").unwrap().fires_at(at));
+        assert!(Cron::parse("31 10 * * sat").unwrap().fires_at(at));
+        assert!(!Cron::parse("31 10 * * sun").unwrap().fires_at(at));
+        assert!(Cron::parse("31 10 5 12 *").unwrap().fires_at(at));
+        // Day of month and day of week both restricted: either fires.
+        assert!(Cron::parse("31 10 1 * sat").unwrap().fires_at(at));
+        assert!(!Cron::parse("@daily").unwrap().fires_at(at));
+        assert!(Cron::parse("*/5 * * * *").unwrap().fires_at(at - 1));
     }
 }

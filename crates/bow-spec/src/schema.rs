@@ -496,7 +496,7 @@ impl<'de> Deserialize<'de> for Volume {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backup {
-    /// Five-field cron expression, in UTC (refused by validation in this version).
+    /// Five-field cron expression, in UTC: the agent runs `bow backup run` then.
     #[serde(default)]
     pub schedule: Option<String>,
     /// How many complete backups to keep.

@@ -1,5 +1,6 @@
 //! The `bow` binary: parses the command line and runs one command.
 
+mod backup_schedule;
 mod cli;
 mod code_version;
 mod commands;

@@ -39,6 +39,13 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
             crate::secret_store::attach_digests(&mut session)?;
             agent.apply(session.spec.clone())?;
         }
+        // Scheduled backups (`backup.schedule`), whenever the applied spec has some.
+        crate::backup_schedule::spawn(
+            agent.clone(),
+            session.file.clone(),
+            session.spec.environment.clone(),
+            session.state_dir.clone(),
+        );
         // Continuous deployment, when `bow up -d --follow` asked for it (follow.json).
         crate::follow::spawn(
             agent.clone(),
