@@ -7,6 +7,7 @@ pub mod containers;
 pub mod discovery;
 pub mod load;
 pub mod procs;
+pub mod prometheus;
 pub mod secrets;
 pub mod stack;
 

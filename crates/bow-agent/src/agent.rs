@@ -122,6 +122,10 @@ pub struct Agent {
     pub(crate) discovery: crate::discovery::Discovery,
     pub(crate) container_net: crate::container_net::ContainerNet,
     pub(crate) secrets: crate::secrets::Supply,
+    /// The admin listener (`/metrics`), when `admin:` asks for one.
+    pub(crate) admin: tokio::sync::Mutex<Option<crate::admin::AdminRuntime>>,
+    /// Health-check results per service, for `/metrics`.
+    pub(crate) health_checks: crate::metrics::HealthCheckCounters,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -171,6 +175,8 @@ impl Agent {
             discovery: Default::default(),
             container_net: Default::default(),
             secrets: crate::secrets::Supply::new(config.secrets),
+            admin: tokio::sync::Mutex::new(None),
+            health_checks: Default::default(),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -314,7 +320,11 @@ impl Agent {
         drop(inner);
         let agent = self.clone();
         tokio::spawn(async move {
-            tokio::join!(agent.ensure_discovery(&spec), agent.ensure_edge(&spec));
+            tokio::join!(
+                agent.ensure_discovery(&spec),
+                agent.ensure_edge(&spec),
+                agent.ensure_admin(&spec)
+            );
         });
     }
 

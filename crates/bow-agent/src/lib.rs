@@ -5,6 +5,7 @@
 //! that outlived a previous agent, records instances and events in the state store, and
 //! answers the CLI on a unix socket. See docs/agent.md for the contract.
 
+mod admin;
 mod adopt;
 mod agent;
 pub mod api;
@@ -22,6 +23,8 @@ pub mod health;
 mod health_watch;
 mod image_build;
 mod instance_spec;
+mod metrics;
+mod metrics_edge;
 mod ports;
 pub mod postgres;
 mod postgres_admin;

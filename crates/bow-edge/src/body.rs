@@ -192,11 +192,22 @@ pub(crate) struct RequestRecord {
     pub(crate) _in_flight: InFlight,
 }
 
+impl RequestRecord {
+    /// Counts the request in `stats` (the route it goes to) from now on, and no longer in
+    /// the route it was counted in before.
+    pub(crate) fn count_in(&mut self, stats: &Arc<RouteStats>) {
+        stats.begin();
+        if let Some(before) = self.stats.replace(stats.clone()) {
+            before.abandon();
+        }
+    }
+}
+
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         if let Some(stats) = &self.stats {
-            stats.observe(self.status, elapsed);
+            stats.observe(&self.method, self.status, self.bytes, elapsed);
         }
         self.sink.record_request(&RequestLog {
             time: self.time,

@@ -56,8 +56,8 @@ pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesS
 pub use config::{EdgeConfig, Scheme, TlsSource};
 pub use error::EdgeError;
 pub use metrics::{
-    HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, ServiceMetrics,
-    StatusClassCounts,
+    HistogramSnapshot, LATENCY_BUCKETS_SECONDS, METHODS, MetricsSnapshot, RouteMetrics,
+    ServiceMetrics, StatusClassCounts,
 };
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};

@@ -180,7 +180,7 @@ impl Proxy {
         };
         let mut service = route.service.clone();
         record.service = Some(service.clone());
-        record.stats = Some(route.stats.clone());
+        record.count_in(&route.stats);
         let limit = self.config.max_body_size;
         if inbound.declared_length.is_some_and(|length| length > limit) {
             let message = format!("413 request body larger than {limit} bytes");
@@ -213,7 +213,7 @@ impl Proxy {
                         route = next;
                         service = route.service.clone();
                         record.service = Some(service.clone());
-                        record.stats = Some(route.stats.clone());
+                        record.count_in(&route.stats);
                         continue;
                     }
                 }

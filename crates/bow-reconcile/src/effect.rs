@@ -106,6 +106,12 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
+    /// Executor: the admin listener (`/metrics`) could not start.
+    AdminFailed,
+    /// Executor.
+    AdminStarted,
+    /// Executor.
+    AdminStopped,
     Adopted,
     Applied,
     Backoff,
@@ -157,7 +163,10 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 34] = [
+    pub const ALL: [EventKind; 37] = [
+        EventKind::AdminFailed,
+        EventKind::AdminStarted,
+        EventKind::AdminStopped,
         EventKind::Adopted,
         EventKind::Applied,
         EventKind::Backoff,
@@ -197,6 +206,9 @@ impl EventKind {
     /// The name `bow events` shows (`crash-looping`).
     pub fn label(&self) -> &'static str {
         match self {
+            EventKind::AdminFailed => "admin-failed",
+            EventKind::AdminStarted => "admin-started",
+            EventKind::AdminStopped => "admin-stopped",
             EventKind::Adopted => "adopted",
             EventKind::Applied => "applied",
             EventKind::Backoff => "backoff",

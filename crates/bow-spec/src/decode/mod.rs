@@ -4,6 +4,7 @@
 //! part: the root and shared helpers here, `edge.rs`, `service.rs` (a service and its
 //! workload), `parts.rs` (health, postgres, backup), `sandbox.rs`, `values.rs` (routes, volumes, names).
 
+mod admin;
 mod edge;
 mod parts;
 mod registries;
@@ -32,7 +33,9 @@ pub const TOP_KEYS: &[&str] = &[
     "services",
     "chaos",
     "registries",
+    "admin",
 ];
+pub const ADMIN_KEYS: &[&str] = &["listen", "token_secret"];
 pub const REGISTRY_KEYS: &[&str] = &["username", "password_secret"];
 pub const EDGE_KEYS: &[&str] = &[
     "http_port",
@@ -119,6 +122,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         POSTGRES_KEYS,
         BUILD_KEYS,
         REGISTRY_KEYS,
+        ADMIN_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,
@@ -157,6 +161,8 @@ pub mod defaults {
     /// Edge ports as root, and as an unprivileged user (who cannot bind below 1024).
     pub const PRIVILEGED_PORTS: (u16, u16) = (80, 443);
     pub const UNPRIVILEGED_PORTS: (u16, u16) = (8080, 8443);
+    /// Where the admin listener serves when `admin:` names no `listen`.
+    pub const ADMIN_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9100);
 }
 
 /// Decodes the merged, interpolated root. `None` when required parts are unusable.
@@ -222,7 +228,11 @@ pub fn spec(
         Some((node, path)) => registries::registries(node, &path, reader),
         None => BTreeMap::new(),
     };
+    let admin = top
+        .get("admin")
+        .and_then(|(node, path)| admin::admin(node, &path, reader));
     Some(Spec {
+        admin,
         chaos,
         registries,
         project: project.unwrap_or_default(),
