@@ -185,6 +185,7 @@ pub(crate) struct RequestRecord {
     pub(crate) status: u16,
     pub(crate) bytes: u64,
     pub(crate) service: Option<Arc<str>>,
+    pub(crate) trace: crate::TraceId,
     pub(crate) stats: Option<Arc<RouteStats>>,
     pub(crate) endpoint: Option<EndpointGuard>,
     pub(crate) sink: Arc<dyn AccessLogSink>,
@@ -221,6 +222,7 @@ impl Drop for RequestRecord {
             upstream: self.endpoint.as_ref().map(|guard| &*guard.endpoint().id),
             client: self.client,
             protocol: self.protocol,
+            trace: self.trace,
         });
         // The endpoint guard and the in-flight mark drop after the entry was recorded.
     }

@@ -39,6 +39,7 @@ mod server;
 mod service_listener;
 mod stall;
 mod tls;
+mod trace;
 mod upstream;
 mod uri;
 
@@ -63,6 +64,7 @@ pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
 pub use tls::{CertFiles, CertificateSource, LocalCa, crypto_provider};
+pub use trace::TraceId;
 pub use upstream::DrainOutcome;
 
 use metrics::MetricsRegistry;
