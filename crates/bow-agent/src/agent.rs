@@ -124,6 +124,8 @@ pub struct Agent {
     pub(crate) secrets: crate::secrets::Supply,
     /// The admin listener (`/metrics`), when `admin:` asks for one.
     pub(crate) admin: tokio::sync::Mutex<Option<crate::admin::AdminRuntime>>,
+    /// The alert engine, when `alerts:` asks for one.
+    pub(crate) alerts: tokio::sync::Mutex<Option<crate::alerts::AlertRuntime>>,
     /// Health-check results per service, for `/metrics`.
     pub(crate) health_checks: crate::metrics::HealthCheckCounters,
     event_sink: Option<EventSink>,
@@ -176,6 +178,7 @@ impl Agent {
             container_net: Default::default(),
             secrets: crate::secrets::Supply::new(config.secrets),
             admin: tokio::sync::Mutex::new(None),
+            alerts: tokio::sync::Mutex::new(None),
             health_checks: Default::default(),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
@@ -323,7 +326,8 @@ impl Agent {
             tokio::join!(
                 agent.ensure_discovery(&spec),
                 agent.ensure_edge(&spec),
-                agent.ensure_admin(&spec)
+                agent.ensure_admin(&spec),
+                agent.ensure_alerts(&spec)
             );
         });
     }

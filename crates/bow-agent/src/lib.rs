@@ -8,6 +8,7 @@
 mod admin;
 mod adopt;
 mod agent;
+mod alerts;
 pub mod api;
 pub mod backoff;
 pub mod client;
@@ -37,6 +38,7 @@ mod status;
 mod stopping;
 mod supervisor;
 mod venv;
+mod webhook;
 
 pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms};
 pub use drivers::Drivers;

@@ -314,7 +314,7 @@ impl AccessLogSink for DiscardAccessLog {
 }
 
 /// `time` as RFC 3339 in UTC with milliseconds, such as `2026-11-22T03:01:54.120Z`.
-fn push_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
+pub fn push_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (days, of_day) = ((seconds / 86_400) as i64, seconds % 86_400);

@@ -53,7 +53,9 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink, RequestLog};
+pub use access_log::{
+    AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink, RequestLog, push_rfc3339,
+};
 pub use config::{EdgeConfig, Scheme, TlsSource};
 pub use error::EdgeError;
 pub use metrics::{

@@ -113,6 +113,12 @@ pub enum EventKind {
     /// Executor.
     AdminStopped,
     Adopted,
+    /// Executor: an alert rule started firing (docs/alerts.md).
+    AlertFiring,
+    /// Executor: a webhook notification could not be delivered after its retries.
+    AlertNotSent,
+    /// Executor: a firing alert resolved.
+    AlertResolved,
     Applied,
     Backoff,
     Building,
@@ -163,11 +169,14 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 37] = [
+    pub const ALL: [EventKind; 40] = [
         EventKind::AdminFailed,
         EventKind::AdminStarted,
         EventKind::AdminStopped,
         EventKind::Adopted,
+        EventKind::AlertFiring,
+        EventKind::AlertNotSent,
+        EventKind::AlertResolved,
         EventKind::Applied,
         EventKind::Backoff,
         EventKind::Building,
@@ -209,6 +218,9 @@ impl EventKind {
             EventKind::AdminFailed => "admin-failed",
             EventKind::AdminStarted => "admin-started",
             EventKind::AdminStopped => "admin-stopped",
+            EventKind::AlertFiring => "alert-firing",
+            EventKind::AlertNotSent => "alert-not-sent",
+            EventKind::AlertResolved => "alert-resolved",
             EventKind::Adopted => "adopted",
             EventKind::Applied => "applied",
             EventKind::Backoff => "backoff",

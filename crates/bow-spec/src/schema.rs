@@ -30,6 +30,20 @@ pub struct Spec {
     /// The agent's admin listener (`/metrics`), when `admin:` is in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<Admin>,
+    /// Where the agent's built-in alert rules post (docs/alerts.md), when `alerts:` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+}
+
+/// `alerts: { webhook, no_healthy_for }`: the receiver of the built-in rules' notifications
+/// (Alertmanager's webhook format, version 4) and how long a service may have no healthy
+/// instance before it is an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// `http://` or `https://` URL.
+    pub webhook: String,
+    pub no_healthy_for: Duration,
 }
 
 /// `admin: { listen, token_secret }`: where the agent serves `/metrics`, and the bow secret

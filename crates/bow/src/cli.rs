@@ -40,6 +40,13 @@ impl StackArgs {
     }
 }
 
+/// What `bow alerts` does besides listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlertsAction {
+    /// Send a test notification to the webhook.
+    Test,
+}
+
 /// How read commands print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
@@ -157,6 +164,17 @@ pub enum Command {
         /// Keep printing new events
         #[arg(long)]
         follow: bool,
+    },
+    /// The alerts firing now (docs/alerts.md); `bow alerts test` sends a test notification
+    /// to the webhook
+    Alerts {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        /// `test`: send one test notification to `alerts.webhook` and report its answer
+        #[arg(value_enum)]
+        action: Option<AlertsAction>,
     },
     /// Restart a service's instances one at a time
     Restart {

@@ -80,6 +80,11 @@ fn main() -> ExitCode {
             since.as_deref(),
             follow,
         ),
+        Command::Alerts {
+            stack,
+            output,
+            action,
+        } => commands::alerts::run(&stack.or(&cli.stack), output, action),
         Command::Restart { stack, service } => {
             commands::restart::run(&stack.or(&cli.stack), &service)
         }

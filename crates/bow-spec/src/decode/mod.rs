@@ -5,6 +5,7 @@
 //! workload), `parts.rs` (health, postgres, backup), `sandbox.rs`, `values.rs` (routes, volumes, names).
 
 mod admin;
+mod alerts;
 mod edge;
 mod parts;
 mod registries;
@@ -34,8 +35,10 @@ pub const TOP_KEYS: &[&str] = &[
     "chaos",
     "registries",
     "admin",
+    "alerts",
 ];
 pub const ADMIN_KEYS: &[&str] = &["listen", "token_secret"];
+pub const ALERTS_KEYS: &[&str] = &["webhook", "no_healthy_for"];
 pub const REGISTRY_KEYS: &[&str] = &["username", "password_secret"];
 pub const EDGE_KEYS: &[&str] = &[
     "http_port",
@@ -123,6 +126,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         BUILD_KEYS,
         REGISTRY_KEYS,
         ADMIN_KEYS,
+        ALERTS_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,
@@ -163,6 +167,8 @@ pub mod defaults {
     pub const UNPRIVILEGED_PORTS: (u16, u16) = (8080, 8443);
     /// Where the admin listener serves when `admin:` names no `listen`.
     pub const ADMIN_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9100);
+    /// How long a service may have no healthy instance before it is an alert.
+    pub const ALERT_NO_HEALTHY_FOR: Duration = Duration::from_secs(60);
 }
 
 /// Decodes the merged, interpolated root. `None` when required parts are unusable.
@@ -231,8 +237,12 @@ pub fn spec(
     let admin = top
         .get("admin")
         .and_then(|(node, path)| admin::admin(node, &path, reader));
+    let alerts = top
+        .get("alerts")
+        .and_then(|(node, path)| alerts::alerts(node, &path, reader));
     Some(Spec {
         admin,
+        alerts,
         chaos,
         registries,
         project: project.unwrap_or_default(),

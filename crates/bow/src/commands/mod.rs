@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod alerts;
 pub mod apply;
 pub mod chaos;
 pub mod chaos_agent;
