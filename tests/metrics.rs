@@ -1,5 +1,5 @@
-//! The admin listener's `/metrics`: a real Prometheus (Debian's package) scrapes the agent with
-//! the bearer token from a bow secret, reports `up == 1` and has the `bow_` series with their
+//! The admin listener's `/metrics`: a real Prometheus (Debian's package), configured with the
+//! job `bow metrics scrape-config` prints, scrapes the agent with the bearer token from a bow secret, reports `up == 1` and has the `bow_` series with their
 //! labels after traffic through the edge; `promtool check metrics` passes on both formats;
 //! without the token the listener answers 401; docs/metrics.md lists exactly the series written.
 
@@ -87,14 +87,31 @@ fn prometheus_scrapes_the_agent_with_its_token() {
         "{open}"
     );
 
+    // The job `bow metrics scrape-config` prints, scraping every second.
     let token_file = stack.write("prometheus/token", TOKEN);
+    let job = stack.run(
+        &[
+            "metrics",
+            "scrape-config",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(job.code, 0, "{}", job.describe());
+    assert!(!job.stdout.contains(TOKEN), "{}", job.stdout);
+    assert!(
+        job.stdout.contains("scrape_interval: 15s"),
+        "{}",
+        job.stdout
+    );
     let prometheus = Prometheus::start(
         &stack.dir.path().join("prometheus"),
-        &format!("127.0.0.1:{admin}"),
-        Some(&token_file),
+        &job.stdout
+            .replace("scrape_interval: 15s", "scrape_interval: 1s"),
     );
     let wait = Duration::from_secs(30);
-    prometheus.wait_value("up{job=\"bow\"}", wait, |up| up == 1.0);
+    prometheus.wait_value("up", wait, |up| up == 1.0);
     let requests = prometheus.wait_value(
         "sum(bow_edge_requests_total{service=\"web\",code=\"2xx\"})",
         wait,

@@ -16,19 +16,13 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `target` (`ip:port`, path `/metrics`) every second, with
-    /// `token_file` as the bearer token when given; waits until it is ready.
-    pub fn start(dir: &Path, target: &str, token_file: Option<&Path>) -> Prometheus {
+    /// Starts Prometheus with `jobs` (YAML list items) as its `scrape_configs`, evaluating
+    /// every second; waits until it is ready.
+    pub fn start(dir: &Path, jobs: &str) -> Prometheus {
         std::fs::create_dir_all(dir).unwrap();
-        let authorization = token_file.map_or(String::new(), |file| {
-            format!(
-                "    authorization: {{ type: Bearer, credentials_file: {} }}\n",
-                file.display()
-            )
-        });
+        let indented: String = jobs.lines().map(|line| format!("  {line}\n")).collect();
         let config = format!(
-            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
-             scrape_configs:\n  - job_name: bow\n{authorization}    static_configs: [ {{ targets: ['{target}'] }} ]\n"
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n{indented}"
         );
         let config_file = dir.join("prometheus.yml");
         std::fs::write(&config_file, config).unwrap();

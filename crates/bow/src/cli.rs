@@ -224,6 +224,11 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The admin listener's metrics (docs/metrics.md)
+    Metrics {
+        #[command(subcommand)]
+        command: MetricsCommand,
+    },
     /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
         #[command(subcommand)]
@@ -290,6 +295,19 @@ pub enum VolumeCommand {
         /// Do not ask (needed when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
+    },
+}
+
+/// `bow metrics …`.
+#[derive(Debug, Subcommand)]
+pub enum MetricsCommand {
+    /// Print a Prometheus scrape job for this stack's admin listener (`admin:` in bow.yaml)
+    ScrapeConfig {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Where Prometheus reads the bearer token (the value of `admin.token_secret`)
+        #[arg(long, default_value = "/etc/prometheus/bow-admin.token")]
+        token_file: String,
     },
 }
 

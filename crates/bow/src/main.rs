@@ -107,6 +107,7 @@ fn main() -> ExitCode {
         } => commands::psql::run(&stack.or(&cli.stack), &service, &args),
         Command::Trust { stack } => commands::trust::run(&stack.or(&cli.stack)),
         Command::Volume { command } => commands::volume::run(command, &cli.stack),
+        Command::Metrics { command } => commands::metrics::run(command, &cli.stack),
         Command::Exec {
             stack,
             service,

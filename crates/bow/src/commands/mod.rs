@@ -12,6 +12,7 @@ pub mod exec;
 pub mod history;
 pub mod import;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod psql;
 pub mod restart;
