@@ -13,6 +13,8 @@ pub mod api;
 pub mod backoff;
 pub mod client;
 mod container_net;
+mod dashboard;
+mod dashboard_history;
 mod deploy;
 pub mod discovery;
 mod drivers;
