@@ -1,7 +1,8 @@
 //! The admin listener's `/metrics`: a real Prometheus (Debian's package), configured with the
 //! job `bow metrics scrape-config` prints, scrapes the agent with the bearer token from a bow secret, reports `up == 1` and has the `bow_` series with their
 //! labels after traffic through the edge; `promtool check metrics` passes on both formats;
-//! without the token the listener answers 401; docs/metrics.md lists exactly the series written.
+//! without the token the listener answers 401; docs/metrics.md lists exactly the series written;
+//! the Grafana dashboard in contrib/ queries them.
 
 mod support;
 
@@ -130,6 +131,30 @@ fn prometheus_scrapes_the_agent_with_its_token() {
     assert_eq!(labels["route"], "metrics.bow.localhost/");
     let instances = prometheus.query("bow_instance_memory_bytes{service=\"web\"} > 0");
     assert_eq!(instances.len(), 2, "{instances:?}");
+    // Every query of the Grafana dashboard in contrib/ is valid PromQL over these series.
+    let grafana: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(support::root().join("contrib/grafana/bow.json")).unwrap(),
+    )
+    .unwrap();
+    // Rates need two scrapes in their window.
+    prometheus.wait_value(
+        "count_over_time(bow_agent_cpu_seconds_total[1m])",
+        wait,
+        |n| n >= 3.0,
+    );
+    let mut answered = 0;
+    for panel in grafana["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m");
+            if !prometheus.query(&expr).is_empty() {
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered >= 8, "only {answered} dashboard queries had data");
     drop(prometheus);
 
     let down = stack.down();
