@@ -9,10 +9,13 @@ cd "$(dirname "$0")/.."
 # pebble: a test ACME CA and its DNS (tests/acme.rs starts both on free ports).
 # postgresql-15: the server binaries of postgres services (tests/postgres.rs, bench/postgres.sh);
 # its maintainer scripts create a default cluster, which policy-rc.d keeps from starting.
+# prometheus: the real Prometheus and promtool that scrape the agent (tests/metrics.rs starts
+# its own on a free loopback port); chromium: the headless browser of the dashboard test.
 PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
   docker.io busybox-static iptables docker-compose python3-yaml podman runc containernetworking-plugins
   docker-registry apache2-utils pebble
-  postgresql-15)
+  postgresql-15
+  prometheus chromium)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

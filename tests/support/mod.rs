@@ -3,12 +3,14 @@
 
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod containers;
 pub mod discovery;
 pub mod load;
 pub mod pebble;
 pub mod pg;
 pub mod procs;
+pub mod prometheus;
 pub mod secrets;
 pub mod stack;
 

@@ -124,6 +124,12 @@ pub struct Agent {
     pub(crate) secrets: crate::secrets::Supply,
     /// Postgres services in a `bow db switchover`: their members wait before starting.
     pub(crate) switchovers: watch::Sender<BTreeSet<String>>,
+    /// The admin listener (`/metrics`), when `admin:` asks for one.
+    pub(crate) admin: tokio::sync::Mutex<Option<crate::admin::AdminRuntime>>,
+    /// The alert engine, when `alerts:` asks for one.
+    pub(crate) alerts: tokio::sync::Mutex<Option<crate::alerts::AlertRuntime>>,
+    /// Health-check results per service, for `/metrics`.
+    pub(crate) health_checks: crate::metrics::HealthCheckCounters,
     event_sink: Option<EventSink>,
     shutdown: Notify,
     _lock: std::fs::File,
@@ -174,6 +180,9 @@ impl Agent {
             container_net: Default::default(),
             secrets: crate::secrets::Supply::new(config.secrets),
             switchovers: watch::channel(BTreeSet::new()).0,
+            admin: tokio::sync::Mutex::new(None),
+            alerts: tokio::sync::Mutex::new(None),
+            health_checks: Default::default(),
             event_sink: config.event_sink,
             shutdown: Notify::new(),
             _lock: lock,
@@ -335,7 +344,12 @@ impl Agent {
         drop(inner);
         let agent = self.clone();
         tokio::spawn(async move {
-            tokio::join!(agent.ensure_discovery(&spec), agent.ensure_edge(&spec));
+            tokio::join!(
+                agent.ensure_discovery(&spec),
+                agent.ensure_edge(&spec),
+                agent.ensure_admin(&spec),
+                agent.ensure_alerts(&spec)
+            );
         });
     }
 

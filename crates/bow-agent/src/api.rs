@@ -43,6 +43,10 @@ pub enum Request {
     },
     /// Stop every instance, then the agent.
     Down,
+    /// The alerts firing now (`bow alerts`).
+    Alerts,
+    /// Send a test notification to the alerts webhook (`bow alerts test`).
+    AlertTest,
     /// A chaos drill's fault on a service's traffic at the edge for `for_ms` (then it lifts
     /// by itself; a new fault replaces the old one). Refused unless the applied spec has
     /// `chaos: allow`.
@@ -94,9 +98,32 @@ pub enum Response {
     SwitchedOver {
         message: String,
     },
+    Alerts {
+        /// `false` when the applied file has no `alerts:`.
+        configured: bool,
+        alerts: Vec<AlertStatus>,
+    },
+    /// A test notification was taken by the receiver (`https://host:port`) with `status`.
+    AlertSent {
+        receiver: String,
+        status: u16,
+    },
     Error {
         message: String,
     },
+}
+
+/// One firing alert (docs/alerts.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertStatus {
+    /// The rule: `InstanceCrashLooping`, `ServiceDown`, ...
+    pub name: String,
+    /// Empty for alerts about the whole system (the state dir's disk).
+    pub service: String,
+    pub severity: String,
+    pub summary: String,
+    pub since_ms: i64,
+    pub fingerprint: String,
 }
 
 /// The deploys one apply (or rollback) started, service by service.

@@ -79,7 +79,12 @@ pub(crate) async fn health_loop(
     let mut failures = 0;
     let mut last_counted: Option<Instant> = None;
     loop {
-        match probe(&health.check, target, health.timeout.as_std(), &exec).await {
+        let probed = Instant::now();
+        let result = probe(&health.check, target, health.timeout.as_std(), &exec).await;
+        agent
+            .health_checks
+            .record(service, result.is_ok(), probed.elapsed());
+        match result {
             Ok(()) => {
                 failures = 0;
                 if !healthy {

@@ -6,12 +6,16 @@
 //! answers the CLI on a unix socket. See docs/agent.md for the contract.
 
 pub mod acme;
+mod admin;
 mod adopt;
 mod agent;
+mod alerts;
 pub mod api;
 pub mod backoff;
 pub mod client;
 mod container_net;
+mod dashboard;
+mod dashboard_history;
 mod deploy;
 pub mod discovery;
 mod drivers;
@@ -24,6 +28,8 @@ mod health_watch;
 pub mod hooks;
 mod image_build;
 mod instance_spec;
+mod metrics;
+mod metrics_edge;
 mod ports;
 pub mod postgres;
 mod postgres_admin;
@@ -38,6 +44,7 @@ mod status;
 mod stopping;
 mod supervisor;
 mod venv;
+mod webhook;
 
 pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms};
 pub use drivers::Drivers;

@@ -126,6 +126,17 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
         Request::Down => Response::Down {
             stopped: agent.down_instances().await,
         },
+        Request::Alerts => {
+            let configured = agent.alerts.lock().await.is_some();
+            Response::Alerts {
+                configured,
+                alerts: agent.firing_alerts().await,
+            }
+        }
+        Request::AlertTest => match agent.send_test_alert().await {
+            Ok((receiver, status)) => Response::AlertSent { receiver, status },
+            Err(message) => Response::Error { message },
+        },
         Request::Fault {
             service,
             delay_ms,

@@ -145,6 +145,8 @@ impl Agent {
         }
         stopped.extend(self.stop_adopted_leftovers().await);
         self.stop_edge().await;
+        self.stop_admin().await;
+        self.stop_alerts().await;
         self.stop_discovery().await;
         // Anything left of them (a child that escaped its process group).
         for driver in self.drivers.all() {

@@ -300,6 +300,8 @@ pub struct Stray {
 pub struct Usage {
     pub memory_bytes: Option<u64>,
     pub cpu_micros: Option<u64>,
+    /// File descriptors the instance's main process holds open.
+    pub open_fds: Option<u64>,
 }
 
 #[cfg(test)]

@@ -339,10 +339,13 @@ fn usage(handle: &InstanceHandle) -> Usage {
             .or_else(|| read(dir.join("memory.usage_in_bytes")))
             .and_then(|text| text.trim().parse().ok());
         let cpu_micros = read(cgroup.dirs.last().unwrap_or(dir).join("cpu.stat"))
-            .and_then(|text| crate::cgroup::parse_counter(&text, "usage_usec"));
+            .and_then(|text| crate::cgroup::parse_counter(&text, "usage_usec"))
+            // cgroup v1 keeps cpu time in cpuacct, which bow does not join.
+            .or_else(|| process_cpu_micros(handle.pid));
         return Usage {
             memory_bytes,
             cpu_micros,
+            open_fds: open_fds(handle.pid),
         };
     }
     if !crate::status::is_alive(handle) {
@@ -355,6 +358,17 @@ fn usage(handle: &InstanceHandle) -> Usage {
         .map(|pages| pages * page);
     Usage {
         memory_bytes,
-        cpu_micros: None,
+        cpu_micros: process_cpu_micros(handle.pid),
+        open_fds: open_fds(handle.pid),
     }
+}
+
+/// The cpu time of a process and of the children it waited for.
+fn process_cpu_micros(pid: i32) -> Option<u64> {
+    crate::procfs::usage_of(&pid.to_string()).cpu_micros_with_children
+}
+
+/// The descriptors a process holds open (readable by its owner and root).
+fn open_fds(pid: i32) -> Option<u64> {
+    crate::procfs::usage_of(&pid.to_string()).open_fds
 }

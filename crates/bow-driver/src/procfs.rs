@@ -1,4 +1,5 @@
-//! Reading `/proc/<pid>/stat`: state, process group and start time (the pid-reuse guard).
+//! Reading `/proc/<pid>/stat`: state, process group and start time (the pid-reuse guard);
+//! what a process uses ([`usage_of`]: cpu time, memory, threads, descriptors).
 
 use std::io;
 
@@ -21,6 +22,69 @@ impl ProcStat {
     pub fn is_alive(&self) -> bool {
         self.state != 'Z' && self.state != 'X'
     }
+}
+
+/// What one process uses, from `/proc/<pid>/stat` and `/proc/<pid>/fd`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessUsage {
+    /// User and system cpu time of the process.
+    pub cpu_micros: Option<u64>,
+    /// The same with the children it waited for.
+    pub cpu_micros_with_children: Option<u64>,
+    pub resident_bytes: Option<u64>,
+    pub threads: Option<u64>,
+    /// When it started, in seconds since the Unix epoch.
+    pub start_time_seconds: Option<f64>,
+    pub open_fds: Option<u64>,
+}
+
+/// What the calling process uses (the agent's own series in `/metrics`).
+pub fn own_usage() -> ProcessUsage {
+    usage_of("self")
+}
+
+/// What the process `pid` uses (`"self"` for the calling process); fields it cannot read
+/// (another user's descriptors, a process gone) are `None`.
+pub fn usage_of(pid: &str) -> ProcessUsage {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let (ticks, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK).max(1) as u64,
+            libc::sysconf(libc::_SC_PAGESIZE).max(0) as u64,
+        )
+    };
+    let mut usage = ProcessUsage {
+        open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()
+            .map(|entries| entries.count() as u64),
+        ..ProcessUsage::default()
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return usage;
+    };
+    // After the command name (in parentheses, which may hold spaces) comes field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return usage;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let micros = |ticks_used: u64| ticks_used * 1_000_000 / ticks;
+    usage.cpu_micros = field(14).zip(field(15)).map(|(u, s)| micros(u + s));
+    usage.cpu_micros_with_children = usage
+        .cpu_micros
+        .zip(field(16).zip(field(17)))
+        .map(|(own, (cu, cs))| own + micros(cu + cs));
+    usage.threads = field(20);
+    usage.resident_bytes = field(24).map(|pages| pages * page);
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+    });
+    usage.start_time_seconds = boot
+        .zip(field(22))
+        .map(|(boot, started)| boot as f64 + started as f64 / ticks as f64);
+    usage
 }
 
 /// Reads `/proc/<pid>/stat`; `Ok(None)` when there is no such process.

@@ -34,6 +34,8 @@ pub struct AccessLogEntry {
     pub client: String,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub protocol: String,
+    /// The W3C trace id (32 hex digits) the upstream got in `traceparent`.
+    pub trace_id: String,
 }
 
 impl AccessLogEntry {
@@ -71,6 +73,8 @@ pub struct RequestLog<'a> {
     pub client: SocketAddr,
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub protocol: &'a str,
+    /// The trace the request belongs to.
+    pub trace: crate::TraceId,
 }
 
 impl RequestLog<'_> {
@@ -90,6 +94,7 @@ impl RequestLog<'_> {
             upstream: self.upstream.map(str::to_string),
             client: self.client.to_string(),
             protocol: self.protocol.to_string(),
+            trace_id: self.trace.to_hex(),
         }
     }
 
@@ -136,7 +141,9 @@ impl RequestLog<'_> {
         }
         out.extend_from_slice(b"\",\"protocol\":");
         push_json_str(out, self.protocol);
-        out.push(b'}');
+        out.extend_from_slice(b",\"trace_id\":\"");
+        self.trace.write_hex(out);
+        out.extend_from_slice(b"\"}");
     }
 }
 
@@ -307,7 +314,7 @@ impl AccessLogSink for DiscardAccessLog {
 }
 
 /// `time` as RFC 3339 in UTC with milliseconds, such as `2026-11-22T03:01:54.120Z`.
-fn push_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
+pub fn push_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (days, of_day) = ((seconds / 86_400) as i64, seconds % 86_400);
@@ -422,6 +429,7 @@ mod tests {
             upstream: Some("web.1".into()),
             client: "127.0.0.1:5000".into(),
             protocol: "HTTP/1.1".into(),
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while buffer.0.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
@@ -449,6 +457,7 @@ mod tests {
             upstream: Some("web.1"),
             client: "127.0.0.1:5000".parse().unwrap(),
             protocol: "HTTP/2.0",
+            trace: crate::TraceId([0xab; 16]),
         };
         let mut line = Vec::new();
         request.write_json(&mut line);
@@ -459,6 +468,7 @@ mod tests {
         let duration = written["duration_ms"].take().as_f64().unwrap();
         assert!((duration - expected["duration_ms"].take().as_f64().unwrap()).abs() < 1e-9);
         assert_eq!(written, expected);
+        assert_eq!(written["trace_id"], "ab".repeat(16));
         let v6 = RequestLog {
             client: "[::1]:443".parse().unwrap(),
             time: UNIX_EPOCH + Duration::from_secs(1_700_000_000),

@@ -185,6 +185,7 @@ pub(crate) struct RequestRecord {
     pub(crate) status: u16,
     pub(crate) bytes: u64,
     pub(crate) service: Option<Arc<str>>,
+    pub(crate) trace: crate::TraceId,
     pub(crate) stats: Option<Arc<RouteStats>>,
     pub(crate) endpoint: Option<EndpointGuard>,
     pub(crate) sink: Arc<dyn AccessLogSink>,
@@ -192,11 +193,22 @@ pub(crate) struct RequestRecord {
     pub(crate) _in_flight: InFlight,
 }
 
+impl RequestRecord {
+    /// Counts the request in `stats` (the route it goes to) from now on, and no longer in
+    /// the route it was counted in before.
+    pub(crate) fn count_in(&mut self, stats: &Arc<RouteStats>) {
+        stats.begin();
+        if let Some(before) = self.stats.replace(stats.clone()) {
+            before.abandon();
+        }
+    }
+}
+
 impl Drop for RequestRecord {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         if let Some(stats) = &self.stats {
-            stats.observe(self.status, elapsed);
+            stats.observe(&self.method, self.status, self.bytes, elapsed);
         }
         self.sink.record_request(&RequestLog {
             time: self.time,
@@ -210,6 +222,7 @@ impl Drop for RequestRecord {
             upstream: self.endpoint.as_ref().map(|guard| &*guard.endpoint().id),
             client: self.client,
             protocol: self.protocol,
+            trace: self.trace,
         });
         // The endpoint guard and the in-flight mark drop after the entry was recorded.
     }

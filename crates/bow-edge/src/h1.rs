@@ -177,6 +177,7 @@ where
             path: &self.head.path,
             protocol: "HTTP/1.1",
             declared_length: facts.declared_length,
+            trace: facts.trace,
         };
         let mut decoder = BodyDecoder::new(facts.body);
         let outcome = {

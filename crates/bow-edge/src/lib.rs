@@ -39,6 +39,7 @@ mod server;
 mod service_listener;
 mod stall;
 mod tls;
+mod trace;
 mod upstream;
 mod uri;
 
@@ -52,17 +53,20 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-pub use access_log::{AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink, RequestLog};
+pub use access_log::{
+    AccessLogEntry, AccessLogSink, DiscardAccessLog, JsonLinesSink, RequestLog, push_rfc3339,
+};
 pub use config::{EdgeConfig, Scheme, TlsSource, default_security_headers};
 pub use error::EdgeError;
 pub use metrics::{
-    HistogramSnapshot, LATENCY_BUCKETS_SECONDS, MetricsSnapshot, RouteMetrics, ServiceMetrics,
-    StatusClassCounts,
+    HistogramSnapshot, LATENCY_BUCKETS_SECONDS, METHODS, MetricsSnapshot, RouteMetrics,
+    ServiceMetrics, StatusClassCounts,
 };
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
 pub use tls::{ACME_TLS_ALPN, CertFiles, CertificateSource, LocalCa, crypto_provider};
+pub use trace::TraceId;
 pub use upstream::DrainOutcome;
 
 use metrics::MetricsRegistry;

@@ -1,5 +1,8 @@
 //! In-memory counters and latency histograms per route and per service, read through
-//! [`crate::Edge::metrics`] as a [`MetricsSnapshot`] (later exported as `bow_edge_*`).
+//! [`crate::Edge::metrics`] as a [`MetricsSnapshot`] (the agent exports them as `bow_edge_*`).
+//!
+//! The hot path never looks a label up: each route's [`RouteStats`] is resolved when the route
+//! table is built, and a request adds to its atomics (relaxed `fetch_add`, no lock).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,6 +13,25 @@ use std::time::Duration;
 pub const LATENCY_BUCKETS_SECONDS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// The methods requests are counted by; any other method counts as `other`.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
+/// The index of `method` in [`METHODS`].
+fn method_index(method: &http::Method) -> usize {
+    match *method {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
 
 /// Requests counted by the first digit of their status.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,8 +115,14 @@ pub struct RouteMetrics {
     pub route: String,
     /// Requests by status class.
     pub requests: StatusClassCounts,
+    /// Requests by method ([`METHODS`], in that order) and status class.
+    pub by_method: [StatusClassCounts; METHODS.len()],
     /// Time from the request head to the end of the response body.
     pub latency: HistogramSnapshot,
+    /// Bytes of response bodies sent to clients.
+    pub response_bytes: u64,
+    /// Requests being answered now.
+    pub in_flight: u64,
 }
 
 /// Counters of one service, summed over its routes.
@@ -134,10 +162,13 @@ pub struct MetricsSnapshot {
 /// Atomic counters of one route; cheap to update on every request.
 #[derive(Debug)]
 pub(crate) struct RouteStats {
-    classes: [AtomicU64; 5],
+    /// By method, then status class.
+    classes: [[AtomicU64; 5]; METHODS.len()],
     buckets: [AtomicU64; LATENCY_BUCKETS_SECONDS.len() + 1],
     count: AtomicU64,
     sum_micros: AtomicU64,
+    response_bytes: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 impl RouteStats {
@@ -147,12 +178,34 @@ impl RouteStats {
             buckets: Default::default(),
             count: AtomicU64::new(0),
             sum_micros: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn observe(&self, status: u16, elapsed: Duration) {
+    /// A request of this route began; [`RouteStats::observe`] ends it.
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request this route began was sent to another route's table instead.
+    pub(crate) fn abandon(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe(
+        &self,
+        method: &http::Method,
+        status: u16,
+        bytes: u64,
+        elapsed: Duration,
+    ) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        self.classes[method_index(method)][class].fetch_add(1, Ordering::Relaxed);
+        if bytes > 0 {
+            self.response_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
         let seconds = elapsed.as_secs_f64();
         let bucket = LATENCY_BUCKETS_SECONDS
             .iter()
@@ -164,15 +217,21 @@ impl RouteStats {
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> (StatusClassCounts, HistogramSnapshot) {
-        let class = |index: usize| self.classes[index].load(Ordering::Relaxed);
-        let requests = StatusClassCounts {
-            informational: class(0),
-            success: class(1),
-            redirection: class(2),
-            client_error: class(3),
-            server_error: class(4),
-        };
+    fn snapshot(&self) -> RouteMetrics {
+        let by_method: [StatusClassCounts; METHODS.len()] = std::array::from_fn(|method| {
+            let class = |index: usize| self.classes[method][index].load(Ordering::Relaxed);
+            StatusClassCounts {
+                informational: class(0),
+                success: class(1),
+                redirection: class(2),
+                client_error: class(3),
+                server_error: class(4),
+            }
+        });
+        let mut requests = StatusClassCounts::default();
+        for counts in &by_method {
+            requests.add(counts);
+        }
         let latency = HistogramSnapshot {
             counts: self
                 .buckets
@@ -182,7 +241,16 @@ impl RouteStats {
             count: self.count.load(Ordering::Relaxed),
             sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         };
-        (requests, latency)
+        RouteMetrics {
+            service: String::new(),
+            route: String::new(),
+            requests,
+            by_method,
+            latency,
+            response_bytes: self.response_bytes.load(Ordering::Relaxed),
+            // A reader may see an end before its begin: never below zero.
+            in_flight: (self.in_flight.load(Ordering::Relaxed) as i64).max(0) as u64,
+        }
     }
 }
 
@@ -220,14 +288,10 @@ impl MetricsRegistry {
                 .unwrap_or_else(|poison| poison.into_inner());
             let mut routes: Vec<RouteMetrics> = map
                 .iter()
-                .map(|((service, route), stats)| {
-                    let (requests, latency) = stats.snapshot();
-                    RouteMetrics {
-                        service: service.clone(),
-                        route: route.clone(),
-                        requests,
-                        latency,
-                    }
+                .map(|((service, route), stats)| RouteMetrics {
+                    service: service.clone(),
+                    route: route.clone(),
+                    ..stats.snapshot()
                 })
                 .collect();
             routes.sort_by(|a, b| (&a.service, &a.route).cmp(&(&b.service, &b.route)));
@@ -267,17 +331,33 @@ mod tests {
     #[test]
     fn routes_sum_into_services() {
         let registry = MetricsRegistry::default();
-        registry
-            .route_stats("web", "a.com/")
-            .observe(200, Duration::from_millis(3));
-        registry
-            .route_stats("web", "a.com/api")
-            .observe(503, Duration::from_secs(20));
-        registry
-            .route_stats("web", "a.com/")
-            .observe(101, Duration::from_millis(1));
+        let observe = |route: &str, method: http::Method, status: u16, elapsed: Duration| {
+            let stats = registry.route_stats("web", route);
+            stats.begin();
+            stats.observe(&method, status, 10, elapsed);
+        };
+        observe("a.com/", http::Method::GET, 200, Duration::from_millis(3));
+        observe(
+            "a.com/api",
+            http::Method::POST,
+            503,
+            Duration::from_secs(20),
+        );
+        observe(
+            "a.com/",
+            http::Method::from_bytes(b"PROPFIND").unwrap(),
+            101,
+            Duration::from_millis(1),
+        );
+        registry.route_stats("web", "a.com/").begin();
         let snapshot = registry.snapshot();
         assert_eq!(snapshot.routes.len(), 2);
+        let root = &snapshot.routes[0];
+        assert_eq!(root.by_method[0].success, 1);
+        assert_eq!(root.by_method[METHODS.len() - 1].informational, 1);
+        assert_eq!(root.response_bytes, 20);
+        assert_eq!(root.in_flight, 1);
+        assert_eq!(snapshot.routes[1].by_method[2].server_error, 1);
         let web = &snapshot.services[0];
         assert_eq!(web.requests.total(), 3);
         assert_eq!(web.requests.server_error, 1);

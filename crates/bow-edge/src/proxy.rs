@@ -58,6 +58,8 @@ pub(crate) struct Inbound<'a> {
     pub(crate) protocol: &'static str,
     /// The length the client declared for its body.
     pub(crate) declared_length: Option<u64>,
+    /// The trace of the request (its `traceparent` upstream).
+    pub(crate) trace: crate::TraceId,
 }
 
 /// How a request ended on the shared path.
@@ -153,6 +155,7 @@ impl Proxy {
             status: 0,
             bytes: 0,
             service: None,
+            trace: inbound.trace,
             stats: None,
             endpoint: None,
             sink: self.access_log.clone(),
@@ -175,7 +178,7 @@ impl Proxy {
         };
         let mut service = route.service.clone();
         record.service = Some(service.clone());
-        record.stats = Some(route.stats.clone());
+        record.count_in(&route.stats);
         let limit = self.config.max_body_size;
         if inbound.declared_length.is_some_and(|length| length > limit) {
             let message = format!("413 request body larger than {limit} bytes");
@@ -208,7 +211,7 @@ impl Proxy {
                         route = next;
                         service = route.service.clone();
                         record.service = Some(service.clone());
-                        record.stats = Some(route.stats.clone());
+                        record.count_in(&route.stats);
                         continue;
                     }
                 }
@@ -431,13 +434,7 @@ impl Proxy {
                 std::borrow::Cow::Owned(format!("{normal}?{query}"))
             }
         };
-        let inbound = Inbound {
-            method: &parts.method,
-            host,
-            path: &normal,
-            protocol: "HTTP/2.0",
-            declared_length,
-        };
+
         let empty = incoming.is_end_stream();
         let headers: Vec<(&[u8], &[u8])> = parts
             .headers
@@ -445,7 +442,7 @@ impl Proxy {
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
             .collect();
         let mut head = Vec::with_capacity(512);
-        write_upstream_head(
+        let trace = write_upstream_head(
             &mut head,
             &UpstreamHead {
                 method: parts.method.as_str(),
@@ -461,6 +458,14 @@ impl Proxy {
             },
             headers.iter().copied(),
         );
+        let inbound = Inbound {
+            method: &parts.method,
+            host,
+            path: &normal,
+            protocol: "HTTP/2.0",
+            declared_length,
+            trace,
+        };
         // A body's source (and its body-timeout timer) is made only when there is a body.
         let mut source;
         let mut body = if empty {

@@ -28,6 +28,8 @@ pub(crate) struct RequestFacts {
     pub(crate) declared_length: Option<u64>,
     pub(crate) expect_continue: bool,
     pub(crate) upgrade: bool,
+    /// The trace the upstream head's `traceparent` belongs to.
+    pub(crate) trace: crate::TraceId,
 }
 
 /// Why a request head cannot be served: the status it is answered with, and why.
@@ -118,6 +120,7 @@ pub(crate) fn read_request_head(
         declared_length: None,
         expect_continue: false,
         upgrade: false,
+        trace: crate::TraceId::default(),
     };
     let mut host: Option<&[u8]> = None;
     let mut chunked_codings = 0;
@@ -241,7 +244,7 @@ pub(crate) fn read_request_head(
             buffers.target.as_str()
         }
     };
-    write_upstream_head(
+    facts.trace = write_upstream_head(
         &mut buffers.upstream,
         &UpstreamHead {
             method: facts.method.as_str(),

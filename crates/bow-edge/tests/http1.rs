@@ -85,8 +85,11 @@ async fn pipelined_requests_are_answered_in_order_on_one_connection() {
         1,
         "{answer}"
     );
+    let last = answer.rsplit("HTTP/1.1 200 OK").next().unwrap();
     assert!(
-        answer.ends_with("forwarded: for=127.0.0.1;proto=https;host=app.localhost\n"),
+        last.contains(
+            "\nforwarded: for=127.0.0.1;proto=https;host=app.localhost\ntraceparent: 00-"
+        ),
         "{answer}"
     );
 }

@@ -106,7 +106,19 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
+    /// Executor: the admin listener (`/metrics`) could not start.
+    AdminFailed,
+    /// Executor.
+    AdminStarted,
+    /// Executor.
+    AdminStopped,
     Adopted,
+    /// Executor: an alert rule started firing (docs/alerts.md).
+    AlertFiring,
+    /// Executor: a webhook notification could not be delivered after its retries.
+    AlertNotSent,
+    /// Executor: a firing alert resolved.
+    AlertResolved,
     Applied,
     Backoff,
     /// Executor: a scheduled backup ran (`backup.schedule`), or failed and why.
@@ -167,8 +179,14 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 38] = [
+    pub const ALL: [EventKind; 44] = [
+        EventKind::AdminFailed,
+        EventKind::AdminStarted,
+        EventKind::AdminStopped,
         EventKind::Adopted,
+        EventKind::AlertFiring,
+        EventKind::AlertNotSent,
+        EventKind::AlertResolved,
         EventKind::Applied,
         EventKind::Backoff,
         EventKind::Backup,
@@ -211,6 +229,12 @@ impl EventKind {
     /// The name `bow events` shows (`crash-looping`).
     pub fn label(&self) -> &'static str {
         match self {
+            EventKind::AdminFailed => "admin-failed",
+            EventKind::AdminStarted => "admin-started",
+            EventKind::AdminStopped => "admin-stopped",
+            EventKind::AlertFiring => "alert-firing",
+            EventKind::AlertNotSent => "alert-not-sent",
+            EventKind::AlertResolved => "alert-resolved",
             EventKind::Adopted => "adopted",
             EventKind::Applied => "applied",
             EventKind::Backoff => "backoff",

@@ -27,6 +27,34 @@ pub struct Spec {
     /// Credentials for pulling images, by registry host (`ghcr.io`, `registry.example.com:5000`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, RegistryAuth>,
+    /// The agent's admin listener (`/metrics`), when `admin:` is in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<Admin>,
+    /// Where the agent's built-in alert rules post (docs/alerts.md), when `alerts:` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+}
+
+/// `alerts: { webhook, no_healthy_for }`: the receiver of the built-in rules' notifications
+/// (Alertmanager's webhook format, version 4) and how long a service may have no healthy
+/// instance before it is an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// `http://` or `https://` URL.
+    pub webhook: String,
+    pub no_healthy_for: Duration,
+}
+
+/// `admin: { listen, token_secret }`: where the agent serves `/metrics`, and the bow secret
+/// holding the bearer token every request must carry (required off loopback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ip:port`; `127.0.0.1:9100` when the file names none.
+    pub listen: core::net::SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
 }
 
 /// How bow logs in to a registry to pull images: a user and the bow secret holding the

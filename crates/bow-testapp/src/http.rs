@@ -39,6 +39,8 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub keep_alive: bool,
+    /// The W3C `traceparent` header, echoed by `/` (the edge's trace test).
+    pub traceparent: Option<String>,
 }
 
 /// A response ready to be written.
@@ -109,11 +111,18 @@ pub fn respond(app: &App, request: &Request) -> Response {
             status: 200,
             content_type: "application/json",
             body: format!(
-                "{{\"version\":{},\"instance\":{},\"service\":{},\"pid\":{}}}\n",
+                "{{\"version\":{},\"instance\":{},\"service\":{},\"pid\":{}{}}}\n",
                 json_string(&app.config.version),
                 json_string(&app.config.instance),
                 json_string(&app.config.service),
-                std::process::id()
+                std::process::id(),
+                request
+                    .traceparent
+                    .as_deref()
+                    .map_or(String::new(), |value| format!(
+                        ",\"traceparent\":{}",
+                        json_string(value)
+                    ))
             ),
         },
         "/" | "/healthz" => Response {
@@ -161,6 +170,7 @@ pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
     let mut content_length: u64 = 0;
     let mut chunked = false;
     let mut connection = String::new();
+    let mut traceparent = None;
     loop {
         let mut line = String::new();
         if read_head_line(reader, &mut line, &mut head_bytes)? == 0 {
@@ -185,6 +195,7 @@ pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
             }
             "transfer-encoding" => chunked = value.to_ascii_lowercase().contains("chunked"),
             "connection" => connection = value.to_ascii_lowercase(),
+            "traceparent" => traceparent = Some(value.to_string()),
             _ => {}
         }
     }
@@ -205,6 +216,7 @@ pub fn read_request(reader: &mut impl BufRead) -> io::Result<Option<Request>> {
         method: method.to_string(),
         path: target.to_string(),
         keep_alive,
+        traceparent,
     }))
 }
 
@@ -366,6 +378,7 @@ mod tests {
             method: "GET".into(),
             path: path.into(),
             keep_alive: true,
+            traceparent: None,
         };
         assert_eq!(respond(&app, &get("/healthz")).status, 200);
         let root = respond(&app, &get("/?x=1"));
@@ -384,6 +397,7 @@ mod tests {
             method: "GET".into(),
             path: "/healthz".into(),
             keep_alive: true,
+            traceparent: None,
         };
         assert_eq!(respond(&app, &get).status, 503);
         let app = self::app(&[("TESTAPP_FAIL_HEALTH_AFTER", "0ms")]);

@@ -40,6 +40,13 @@ impl StackArgs {
     }
 }
 
+/// What `bow alerts` does besides listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AlertsAction {
+    /// Send a test notification to the webhook.
+    Test,
+}
+
 /// How read commands print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum Output {
@@ -201,6 +208,17 @@ pub enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// The alerts firing now (docs/alerts.md); `bow alerts test` sends a test notification
+    /// to the webhook
+    Alerts {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+        /// `test`: send one test notification to `alerts.webhook` and report its answer
+        #[arg(value_enum)]
+        action: Option<AlertsAction>,
+    },
     /// Restart a service's instances one at a time
     Restart {
         #[command(flatten)]
@@ -274,6 +292,11 @@ pub enum Command {
         /// Do not ask (needed when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
+    },
+    /// The admin listener's metrics (docs/metrics.md)
+    Metrics {
+        #[command(subcommand)]
+        command: MetricsCommand,
     },
     /// Named volumes (container data) and postgres data volumes; data is deleted only by `volume rm`
     Volume {
@@ -427,6 +450,19 @@ pub enum VolumeCommand {
         /// Do not ask (needed when stdin is not a terminal)
         #[arg(long)]
         yes: bool,
+    },
+}
+
+/// `bow metrics …`.
+#[derive(Debug, Subcommand)]
+pub enum MetricsCommand {
+    /// Print a Prometheus scrape job for this stack's admin listener (`admin:` in bow.yaml)
+    ScrapeConfig {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Where Prometheus reads the bearer token (the value of `admin.token_secret`)
+        #[arg(long, default_value = "/etc/prometheus/bow-admin.token")]
+        token_file: String,
     },
 }
 

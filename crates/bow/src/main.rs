@@ -114,6 +114,11 @@ fn main() -> ExitCode {
             since.as_deref(),
             follow,
         ),
+        Command::Alerts {
+            stack,
+            output,
+            action,
+        } => commands::alerts::run(&stack.or(&cli.stack), output, action),
         Command::Restart { stack, service } => {
             commands::restart::run(&stack.or(&cli.stack), &service)
         }
@@ -142,6 +147,7 @@ fn main() -> ExitCode {
         Command::RestoreAll { stack, yes } => {
             commands::backup::restore_all(&stack.or(&cli.stack), yes)
         }
+        Command::Metrics { command } => commands::metrics::run(command, &cli.stack),
         Command::Exec {
             stack,
             service,

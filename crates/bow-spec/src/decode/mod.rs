@@ -4,6 +4,8 @@
 //! part: the root and shared helpers here, `edge.rs`, `service.rs` (a service and its
 //! workload), `parts.rs` (health, postgres, backup), `sandbox.rs`, `values.rs` (routes, volumes, names).
 
+mod admin;
+mod alerts;
 mod edge;
 mod parts;
 mod registries;
@@ -32,7 +34,11 @@ pub const TOP_KEYS: &[&str] = &[
     "services",
     "chaos",
     "registries",
+    "admin",
+    "alerts",
 ];
+pub const ADMIN_KEYS: &[&str] = &["listen", "token_secret"];
+pub const ALERTS_KEYS: &[&str] = &["webhook", "no_healthy_for"];
 pub const REGISTRY_KEYS: &[&str] = &["username", "password_secret"];
 pub const EDGE_KEYS: &[&str] = &[
     "http_port",
@@ -142,6 +148,8 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         BUILD_KEYS,
         TCP_KEYS,
         REGISTRY_KEYS,
+        ADMIN_KEYS,
+        ALERTS_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,
@@ -184,6 +192,10 @@ pub mod defaults {
     /// Edge ports as root, and as an unprivileged user (who cannot bind below 1024).
     pub const PRIVILEGED_PORTS: (u16, u16) = (80, 443);
     pub const UNPRIVILEGED_PORTS: (u16, u16) = (8080, 8443);
+    /// Where the admin listener serves when `admin:` names no `listen`.
+    pub const ADMIN_LISTEN: ([u8; 4], u16) = ([127, 0, 0, 1], 9100);
+    /// How long a service may have no healthy instance before it is an alert.
+    pub const ALERT_NO_HEALTHY_FOR: Duration = Duration::from_secs(60);
 }
 
 /// Decodes the merged, interpolated root. `None` when required parts are unusable.
@@ -249,7 +261,15 @@ pub fn spec(
         Some((node, path)) => registries::registries(node, &path, reader),
         None => BTreeMap::new(),
     };
+    let admin = top
+        .get("admin")
+        .and_then(|(node, path)| admin::admin(node, &path, reader));
+    let alerts = top
+        .get("alerts")
+        .and_then(|(node, path)| alerts::alerts(node, &path, reader));
     Some(Spec {
+        admin,
+        alerts,
         chaos,
         registries,
         project: project.unwrap_or_default(),

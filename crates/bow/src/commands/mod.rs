@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod agent;
+pub mod alerts;
 pub mod apply;
 pub mod backup;
 mod backup_target;
@@ -16,6 +17,7 @@ pub mod follow;
 pub mod history;
 pub mod import;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod promote;
 pub mod psql;
