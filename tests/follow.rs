@@ -238,3 +238,100 @@ fn follow_needs_a_work_tree_with_an_upstream() {
     let ran = stack.run(&["up", "--follow"], LIMIT);
     assert_ne!(ran.code, 0, "--follow needs -d: {}", ran.describe());
 }
+
+/// POSTs `body` to the admin listener's /hooks/git with `headers`; the status code.
+fn post_hook(port: u16, body: &str, headers: &[String]) -> String {
+    let mut command = Command::new("curl");
+    command.args([
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+    ]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let output = command
+        .args(["--data-binary", body])
+        .arg(format!("http://127.0.0.1:{port}/hooks/git"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// HMAC-SHA256 of `body` with `key`, in hex (openssl, as a git host computes it).
+fn hmac(key: &str, body: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", key, "-r"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_signed_push_webhook_fetches_at_once_and_a_bad_one_is_refused() {
+    let (stack, others, _) = repo("followhook", "followhook.bow.localhost");
+    let admin = free_port();
+    let text = std::fs::read_to_string(&stack.file).unwrap();
+    std::fs::write(
+        &stack.file,
+        text.replacen(
+            "services:",
+            &format!("admin: {{ listen: \"127.0.0.1:{admin}\" }}\nservices:"),
+            1,
+        ),
+    )
+    .unwrap();
+    git(stack.dir.path(), &["commit", "-q", "-am", "admin listener"]);
+    git(stack.dir.path(), &["push", "-q", "origin", "main"]);
+    let dev = others.path().join("dev");
+    git(&dev, &["pull", "-q"]);
+    support::secrets::use_key(&stack, "me");
+    support::secrets::init_and_set(&stack, &[("hook", "s3cret-hook")]);
+    // An hour between polls: only the webhook can make it fetch within the test.
+    let ran = stack.run(
+        &[
+            "up",
+            "-d",
+            "--follow",
+            "--interval",
+            "1h",
+            "--webhook-secret",
+            "hook",
+        ],
+        LIMIT,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    stack.wait_status("healthy", WAIT, all_healthy);
+    push(&dev, "APP_VERSION: v1", "APP_VERSION: v2", "web v2");
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    assert_eq!(post_hook(admin, body, &[]), "401");
+    let wrong = format!("X-Hub-Signature-256: sha256={}", hmac("other", body));
+    assert_eq!(post_hook(admin, body, &[wrong]), "401");
+    stack.wait_event("refusal recorded", WAIT, |e| {
+        e.kind == "follow" && e.message.starts_with("webhook refused")
+    });
+    assert!(!follow_events(&stack).iter().any(|m| m.contains("web v2")));
+    let good = format!("X-Hub-Signature-256: sha256={}", hmac("s3cret-hook", body));
+    assert_eq!(post_hook(admin, body, &[good]), "202");
+    wait_follow(&stack, "v2 live after the webhook", "web v2: live");
+    let down = stack.down();
+    assert_eq!(down.code, 0, "{}", down.describe());
+}

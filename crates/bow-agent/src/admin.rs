@@ -300,6 +300,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn answer(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    // A git host's push notification: authenticated by its signature, not the token.
+    if request.uri().path() == "/hooks/git" {
+        return git_hook(shared, request).await;
+    }
     if !authorized(shared, &request) {
         let mut response = plain(
             StatusCode::UNAUTHORIZED,
@@ -424,4 +428,28 @@ mod tests {
         assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
         assert!(base64_decode(b"a*b=").is_none());
     }
+}
+
+/// `POST /hooks/git` (crate::hooks): the body read up to its limit, then the signature checked.
+async fn git_hook(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    let Some(agent) = shared.agent.upgrade() else {
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "503 the agent is stopping");
+    };
+    let post = request.method() == Method::POST;
+    let (parts, body) = request.into_parts();
+    let body = if post {
+        http_body_util::Limited::new(body, crate::hooks::MAX_BODY)
+            .collect()
+            .await
+            .ok()
+            .map(|collected| collected.to_bytes())
+    } else {
+        Some(Bytes::new())
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let (status, text) = crate::hooks::answer(&agent, post, body.as_deref(), header);
+    plain(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &text,
+    )
 }
