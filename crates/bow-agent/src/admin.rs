@@ -412,24 +412,6 @@ async fn answer(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert_eq!(trim_newline(b"tok\n".to_vec()), b"tok");
-        assert_eq!(base64_decode(b"dXNlcjp0b2s=").unwrap(), b"user:tok");
-        assert_eq!(base64_decode(b"YWI").unwrap(), b"ab");
-        assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
-        assert!(base64_decode(b"a*b=").is_none());
-    }
-}
-
 /// `POST /hooks/git` (crate::hooks): the body read up to its limit, then the signature checked.
 async fn git_hook(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
     let Some(agent) = shared.agent.upgrade() else {
@@ -452,4 +434,22 @@ async fn git_hook(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &text,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert_eq!(trim_newline(b"tok\n".to_vec()), b"tok");
+        assert_eq!(base64_decode(b"dXNlcjp0b2s=").unwrap(), b"user:tok");
+        assert_eq!(base64_decode(b"YWI").unwrap(), b"ab");
+        assert_eq!(base64_decode(b"YQ==").unwrap(), b"a");
+        assert!(base64_decode(b"a*b=").is_none());
+    }
 }

@@ -83,6 +83,65 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Answers `POST /hooks/git`: (HTTP status, text). A good signature makes the follower fetch
+/// at once; anything else is refused and recorded as a `follow` event.
+pub(crate) fn answer<'h>(
+    agent: &crate::agent::Agent,
+    post: bool,
+    body: Option<&[u8]>,
+    header: impl Fn(&str) -> Option<&'h str>,
+) -> (u16, String) {
+    use bow_reconcile::EventKind;
+    if !post {
+        return (405, "405 POST a push notification here".to_string());
+    }
+    let Some(name) = webhook_secret_name(&agent.state_dir) else {
+        return (
+            404,
+            "404 nothing follows a branch with a webhook here (bow up -d --follow --webhook-secret NAME)"
+                .to_string(),
+        );
+    };
+    let Some(body) = body else {
+        return (
+            413,
+            format!("413 a push notification is at most {MAX_BODY} bytes"),
+        );
+    };
+    let secret = match crate::secrets::reveal(agent, &name) {
+        Ok(value) => value,
+        Err(reason) => {
+            agent.emit("", "", EventKind::Follow, &format!("webhook: {reason}"));
+            return (503, "503 the webhook's secret cannot be read".to_string());
+        }
+    };
+    let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
+    match signed(secret, body, header) {
+        Ok(()) => {
+            let trigger = follow_trigger(&agent.state_dir);
+            if let Err(error) = std::fs::write(&trigger, b"") {
+                return (500, format!("500 {}: {error}", trigger.display()));
+            }
+            agent.emit(
+                "",
+                "",
+                EventKind::Follow,
+                "webhook: a signed push, fetching now",
+            );
+            (202, "202 fetching now".to_string())
+        }
+        Err(reason) => {
+            agent.emit(
+                "",
+                "",
+                EventKind::Follow,
+                &format!("webhook refused: {reason}"),
+            );
+            (401, format!("401 {reason}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,64 +199,5 @@ mod tests {
             ),
             Err("a signature that is not hex")
         );
-    }
-}
-
-/// Answers `POST /hooks/git`: (HTTP status, text). A good signature makes the follower fetch
-/// at once; anything else is refused and recorded as a `follow` event.
-pub(crate) fn answer<'h>(
-    agent: &crate::agent::Agent,
-    post: bool,
-    body: Option<&[u8]>,
-    header: impl Fn(&str) -> Option<&'h str>,
-) -> (u16, String) {
-    use bow_reconcile::EventKind;
-    if !post {
-        return (405, "405 POST a push notification here".to_string());
-    }
-    let Some(name) = webhook_secret_name(&agent.state_dir) else {
-        return (
-            404,
-            "404 nothing follows a branch with a webhook here (bow up -d --follow --webhook-secret NAME)"
-                .to_string(),
-        );
-    };
-    let Some(body) = body else {
-        return (
-            413,
-            format!("413 a push notification is at most {MAX_BODY} bytes"),
-        );
-    };
-    let secret = match crate::secrets::reveal(agent, &name) {
-        Ok(value) => value,
-        Err(reason) => {
-            agent.emit("", "", EventKind::Follow, &format!("webhook: {reason}"));
-            return (503, "503 the webhook's secret cannot be read".to_string());
-        }
-    };
-    let secret = secret.strip_suffix(b"\n").unwrap_or(&secret);
-    match signed(secret, body, header) {
-        Ok(()) => {
-            let trigger = follow_trigger(&agent.state_dir);
-            if let Err(error) = std::fs::write(&trigger, b"") {
-                return (500, format!("500 {}: {error}", trigger.display()));
-            }
-            agent.emit(
-                "",
-                "",
-                EventKind::Follow,
-                "webhook: a signed push, fetching now",
-            );
-            (202, "202 fetching now".to_string())
-        }
-        Err(reason) => {
-            agent.emit(
-                "",
-                "",
-                EventKind::Follow,
-                &format!("webhook refused: {reason}"),
-            );
-            (401, format!("401 {reason}"))
-        }
     }
 }
