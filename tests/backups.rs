@@ -15,7 +15,6 @@ use serde_json::Value;
 use support::secrets::{files_containing, init_and_set, use_key};
 use support::stack::{Stack, instance};
 
-const PSQL: &str = "/usr/lib/postgresql/15/bin/psql";
 const LIMIT: Duration = Duration::from_secs(180);
 const MARKER: &str = "plaintext-marker-7f3a9c";
 
@@ -44,38 +43,10 @@ fn query(stack: &Stack, sql: &str) -> String {
     let status = stack.status_ok();
     let port = instance(&status, "db.1").expect("db.1")["port"]
         .as_u64()
-        .unwrap();
-    let output = Command::new(PSQL)
-        .env("PGPASSWORD", "pw-1")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "shopper",
-            "-d",
-            "shop",
-        ])
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-w",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
+        .unwrap() as u16;
+    let (ok, out, err) = support::pg::psql_at("127.0.0.1", port, "shopper", "pw-1", sql);
+    assert!(ok, "{sql}: {err}");
+    out
 }
 
 fn bow_ok(stack: &Stack, args: &[&str]) -> String {
