@@ -11,9 +11,11 @@ cd "$(dirname "$0")/.."
 # its maintainer scripts create a default cluster, which policy-rc.d keeps from starting.
 # prometheus: the real Prometheus and promtool that scrape the agent (tests/metrics.rs starts
 # its own on a free loopback port); chromium: the headless browser of the dashboard test.
+# openssh-server, nginx, fcgiwrap: the private git servers of tests/follow_private.rs (sshd with
+# a deploy key; git-http-backend behind TLS and basic auth), started per test on free ports.
 PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
   docker.io busybox-static iptables docker-compose python3-yaml podman runc containernetworking-plugins
-  docker-registry apache2-utils pebble
+  docker-registry apache2-utils pebble openssh-server openssh-client nginx fcgiwrap
   postgresql-15
   prometheus chromium)
 missing=()

@@ -199,3 +199,128 @@ fn a_crash_loop_is_one_firing_and_one_resolved_notification() {
     let _ = first_up.join();
     let _ = second_up.join();
 }
+
+/// A certificate file for `host` that ends in two days.
+fn short_certificate(dir: &std::path::Path, host: &str) -> (String, String) {
+    let (cert, key) = (dir.join("edge.pem"), dir.join("edge.key"));
+    let ran = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", &format!("/CN={host}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn slow_answers_a_certificate_near_its_end_and_a_rule_of_ones_own_alert() {
+    let receiver = Receiver::start();
+    let host = "alerts-more.bow.localhost";
+    let keys = tempfile::tempdir().unwrap();
+    let (cert, key) = short_certificate(keys.path(), host);
+    let (http, https, admin) = (
+        support::procs::free_port(),
+        support::procs::free_port(),
+        support::procs::free_port(),
+    );
+    let yaml = format!(
+        "edge: {{ http_port: {http}, https_port: {https}, tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}\n\
+         admin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+         alerts:\n  webhook: \"http://127.0.0.1:{}/hook\"\n  p99_over: 100ms\n  \
+         certificate_expiry: 14d\n  rules:\n    - name: WebRestarted\n      \
+         metric: bow_instance_restarts_total\n      labels: {{ service: web }}\n      \
+         above: 0\n      severity: info\n      summary: web restarted\n\
+         services:\n  web:\n    command: {{testapp}}\n    routes: [\"{host}\"]\n",
+        receiver.port
+    );
+    let stack = Stack::new("alerts-more", &yaml);
+    let up = stack.up();
+    assert_eq!(up.code, 0, "{}", up.describe());
+
+    // The certificate file ends in 2 days: within 14, and critical under 3.
+    let expiring = receiver.wait_for("CertificateExpiring", "firing", Duration::from_secs(30));
+    let labels = &expiring["alerts"][0]["labels"];
+    assert_eq!(labels["host"], host, "{expiring}");
+    assert_eq!(labels["severity"], "critical", "{expiring}");
+    let metrics = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let series = metrics
+        .lines()
+        .find(|l| l.starts_with("bow_certificate_expiry_timestamp_seconds{"))
+        .unwrap_or_else(|| panic!("no certificate series in\n{metrics}"));
+    assert!(series.contains(&format!("host=\"{host}\"")), "{series}");
+    let ends: f64 = series.rsplit(' ').next().unwrap().parse().unwrap();
+    let left = ends - support::stack::now_ms() as f64 / 1000.0;
+    assert!(
+        (86_400.0..2.0 * 86_400.0 + 60.0).contains(&left),
+        "{series}"
+    );
+
+    // 30 answers of 200 ms through the edge: p99 over 100 ms.
+    let mut slow = 0;
+    for _ in 0..30 {
+        let ran = std::process::Command::new("curl")
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--resolve", &format!("{host}:{https}:127.0.0.1")])
+            .arg(format!("https://{host}:{https}/slow?ms=200"))
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&ran.stdout).into_owned();
+        assert_eq!(code, "200", "{}", String::from_utf8_lossy(&ran.stderr));
+        slow += 1;
+    }
+    assert_eq!(slow, 30);
+    let latency = receiver.wait_for("HighLatency", "firing", Duration::from_secs(30));
+    assert_eq!(
+        latency["alerts"][0]["labels"]["service"], "web",
+        "{latency}"
+    );
+    let summary = latency["alerts"][0]["annotations"]["summary"]
+        .as_str()
+        .unwrap();
+    assert!(summary.starts_with("p99 2"), "{summary}");
+    assert!(
+        receiver.about("WebRestarted").is_empty(),
+        "nothing restarted yet"
+    );
+
+    // The operator's own rule: web's restart counter above 0.
+    let pid = stack.pid("web.1");
+    support::procs::kill(pid, libc::SIGKILL);
+    let restarted = receiver.wait_for("WebRestarted", "firing", Duration::from_secs(30));
+    let alert = &restarted["alerts"][0];
+    assert_eq!(alert["labels"]["service"], "web", "{restarted}");
+    assert_eq!(alert["labels"]["instance"], "web.1", "{restarted}");
+    assert_eq!(alert["labels"]["severity"], "info", "{restarted}");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("web restarted (bow_instance_restarts_total = 1)"),
+        "{restarted}"
+    );
+    let down = stack.down();
+    assert_eq!(down.code, 0, "{}", down.describe());
+}

@@ -6,74 +6,16 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::git::{git, push, repo};
 use support::load::Load;
 use support::procs::free_port;
 use support::stack::{Stack, WAIT, all_healthy};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=dev", "-c", "user.email=dev@example.com"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-/// The stack (its directory a work tree of `main` tracking a bare origin), a developer's
-/// clone, and the edge's HTTPS port.
-fn repo(label: &str, host: &str) -> (Stack, tempfile::TempDir, u16) {
-    let (http, https) = (free_port(), free_port());
-    let yaml = format!(
-        "edge: {{ http_port: {http}, https_port: {https} }}\n\
-         services:\n  web:\n    command: {{testapp}}\n    replicas: 2\n    routes: [\"{host}\"]\n    \
-         env: {{ APP_VERSION: v1 }}\n    \
-         health: {{ http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }}\n    \
-         deploy: {{ timeout: 5s, drain_timeout: 3s }}\n"
-    );
-    let stack = Stack::new(label, &yaml);
-    let work = stack.dir.path();
-    std::fs::write(work.join(".gitignore"), "state/\n").unwrap();
-    let others = tempfile::tempdir().unwrap();
-    let bare = others.path().join("origin.git");
-    git(
-        others.path(),
-        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
-    );
-    git(work, &["init", "-q", "-b", "main"]);
-    git(work, &["add", "bow.yaml", ".gitignore"]);
-    git(work, &["commit", "-q", "-m", "v1"]);
-    git(work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    git(work, &["push", "-q", "-u", "origin", "main"]);
-    git(
-        others.path(),
-        &["clone", "-q", bare.to_str().unwrap(), "dev"],
-    );
-    (stack, others, https)
-}
-
-/// The developer changes `from` into `to` in bow.yaml, commits and pushes.
-fn push(dev: &Path, from: &str, to: &str, message: &str) {
-    let file = dev.join("bow.yaml");
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.contains(from), "{text}");
-    std::fs::write(&file, text.replace(from, to)).unwrap();
-    git(dev, &["commit", "-q", "-am", message]);
-    git(dev, &["push", "-q", "origin", "main"]);
-}
 
 fn follow_up(stack: &Stack) {
     let ran = stack.run(&["up", "-d", "--follow", "--interval", "1s"], LIMIT);

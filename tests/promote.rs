@@ -111,6 +111,61 @@ fn production_gets_the_code_staging_runs_with_its_own_settings() {
         ran.stderr
     );
     assert_eq!(code(&production, "production").0, second);
+
+    // Another host: staging's live releases go through a file (no state dir shared).
+    let ran = staging.run(&["apply", "--yes", "-e", "staging"], LIMIT);
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    let (third, _) = code(&staging, "staging");
+    let file = staging.dir.path().join("promotion.json");
+    let ran = staging.run(
+        &[
+            "promote",
+            "--from",
+            "staging",
+            "--export",
+            file.to_str().unwrap(),
+        ],
+        WAIT,
+    );
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let exported: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(exported["environment"], "staging", "{text}");
+    assert_eq!(
+        exported["services"]["web"]["code"],
+        third.as_str(),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hello") && !text.contains("healthz"),
+        "only what pins the release leaves the host: {text}"
+    );
+    let by_file = |extra: &[&str]| {
+        let mut args = vec![
+            "promote",
+            "--from-file",
+            file.to_str().unwrap(),
+            "--to",
+            "production",
+        ];
+        args.extend_from_slice(extra);
+        production.run(&args, LIMIT)
+    };
+    let dry = by_file(&["--dry-run"]);
+    assert_eq!(dry.code, 2, "{}", dry.describe());
+    let ran = by_file(&["--yes"]);
+    assert_eq!(ran.code, 0, "{}", ran.describe());
+    assert_eq!(code(&production, "production").0, third);
+    // Another project's file is refused.
+    std::fs::write(&file, text.replace(&staging.project, "someone-else")).unwrap();
+    let ran = by_file(&["--yes"]);
+    assert_eq!(ran.code, 1, "{}", ran.describe());
+    assert!(
+        ran.stderr.contains("exported from project someone-else"),
+        "{}",
+        ran.stderr
+    );
+
     for (stack, env) in [(&staging, "staging"), (&production, "production")] {
         let ran = stack.run(&["down", "-e", env], LIMIT);
         assert_eq!(ran.code, 0, "{}", ran.describe());

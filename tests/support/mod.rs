@@ -6,6 +6,7 @@
 pub mod chromium;
 pub mod containers;
 pub mod discovery;
+pub mod git;
 pub mod load;
 pub mod pebble;
 pub mod pg;

@@ -25,7 +25,7 @@ use bow_edge::{AcmeChallengeHandler, CertificateSource, LocalCa};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
-pub use store::{HostRecord, read_records};
+pub use store::{HostRecord, LeafInfo, leaf_info, read_records};
 
 /// How the CA validates a host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -146,6 +146,47 @@ pub(crate) fn parse(chain_pem: &[u8], key_pem: &[u8]) -> Result<Issued, String> 
     })
 }
 
+/// What a certificate file's leaf says: its issuer, the names it is for (DNS names of its
+/// subject alternative names, else its common name) and when it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeafInfo {
+    pub issuer: String,
+    pub names: Vec<String>,
+    pub not_after_ms: i64,
+}
+
+/// The leaf of a PEM chain (the first certificate), if it parses.
+pub fn leaf_info(chain_pem: &[u8]) -> Option<LeafInfo> {
+    let leaf = CertificateDer::pem_slice_iter(chain_pem).next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let mut names: Vec<String> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty()
+        && let Some(cn) = parsed.subject().iter_common_name().next()
+        && let Ok(cn) = cn.as_str()
+    {
+        names.push(cn.to_string());
+    }
+    Some(LeafInfo {
+        issuer: parsed.issuer().to_string(),
+        names,
+        not_after_ms: parsed.validity().not_after.timestamp().saturating_mul(1000),
+    })
+}
+
 /// The issuer of a chain's leaf, for `bow certs`.
 pub(crate) fn issuer(chain_pem: &[u8]) -> String {
     CertificateDer::pem_slice_iter(chain_pem)

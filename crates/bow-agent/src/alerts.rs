@@ -6,7 +6,7 @@
 //! resolves. Each change is an event and a webhook POST in Alertmanager's format (version 4)
 //! with a Slack-compatible `text`, retried with backoff by one sender task.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::agent::{Agent, now_ms};
-use crate::api::{AlertStatus, Health};
+use crate::api::AlertStatus;
 use crate::webhook::Url;
 
 /// How often the rules are evaluated.
@@ -32,28 +32,33 @@ const RETRY_DELAYS: [Duration; 4] = [
     Duration::from_secs(16),
     Duration::from_secs(60),
 ];
-/// The window and thresholds of the 5xx rule.
-const ERROR_WINDOW: Duration = Duration::from_secs(300);
-const ERROR_RATIO: f64 = 0.05;
-const ERROR_MIN_REQUESTS: u64 = 20;
-/// Memory use of the limit, and disk use of the state dir's file system, that alert.
-const MEMORY_RATIO: f64 = 0.9;
-const DISK_RATIO: f64 = 0.9;
-
-/// One condition that holds: its identity (`alertname`, `service`, `severity`) and text.
+/// One condition that holds: its identity (`alertname`, its labels: `service`, and `host`
+/// or a user rule's series labels), severity and text.
 #[derive(Debug, Clone, PartialEq)]
-struct Condition {
-    name: &'static str,
-    service: String,
-    severity: &'static str,
-    summary: String,
+pub(crate) struct Condition {
+    pub name: String,
+    pub service: String,
+    /// Labels besides `alertname`, `severity` and `service`.
+    pub extra: BTreeMap<String, String>,
+    pub severity: String,
+    pub summary: String,
     /// Held this long before it fires.
-    wait: Duration,
+    pub wait: Duration,
 }
 
+/// What identifies one alert: its name, service and extra labels.
+type Key = (String, String, Vec<(String, String)>);
+
 impl Condition {
-    fn key(&self) -> (String, String) {
-        (self.name.to_string(), self.service.clone())
+    fn key(&self) -> Key {
+        (
+            self.name.clone(),
+            self.service.clone(),
+            self.extra
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
     }
 }
 
@@ -71,7 +76,7 @@ pub(crate) struct AlertRuntime {
     settings: bow_spec::Alerts,
     evaluator: JoinHandle<()>,
     sender: JoinHandle<()>,
-    tracked: Arc<Mutex<BTreeMap<(String, String), Tracked>>>,
+    tracked: Arc<Mutex<BTreeMap<Key, Tracked>>>,
     url: Url,
 }
 
@@ -139,9 +144,9 @@ impl Agent {
             .values()
             .filter(|t| t.firing)
             .map(|t| AlertStatus {
-                name: t.condition.name.to_string(),
+                name: t.condition.name.clone(),
                 service: t.condition.service.clone(),
-                severity: t.condition.severity.to_string(),
+                severity: t.condition.severity.clone(),
                 summary: t.condition.summary.clone(),
                 since_ms: t.since_ms,
                 fingerprint: fingerprint(&labels(&t.condition)),
@@ -156,9 +161,10 @@ impl Agent {
             None => return Err("the applied bow.yaml has no `alerts:` section".to_string()),
         };
         let condition = Condition {
-            name: "BowTestAlert",
+            name: "BowTestAlert".to_string(),
             service: String::new(),
-            severity: "info",
+            extra: BTreeMap::new(),
+            severity: "info".to_string(),
             summary: "a test alert sent by `bow alerts test`".to_string(),
             wait: Duration::ZERO,
         };
@@ -172,19 +178,18 @@ impl Agent {
 }
 
 /// The labels of an alert: its identity.
-fn labels(condition: &Condition) -> BTreeMap<&'static str, String> {
-    let mut labels = BTreeMap::from([
-        ("alertname", condition.name.to_string()),
-        ("severity", condition.severity.to_string()),
-    ]);
+fn labels(condition: &Condition) -> BTreeMap<String, String> {
+    let mut labels = condition.extra.clone();
+    labels.insert("alertname".to_string(), condition.name.clone());
+    labels.insert("severity".to_string(), condition.severity.clone());
     if !condition.service.is_empty() {
-        labels.insert("service", condition.service.clone());
+        labels.insert("service".to_string(), condition.service.clone());
     }
     labels
 }
 
 /// 16 hex digits of FNV-1a over the sorted labels, as Alertmanager shows fingerprints.
-fn fingerprint(labels: &BTreeMap<&'static str, String>) -> String {
+fn fingerprint(labels: &BTreeMap<String, String>) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for (name, value) in labels {
         for byte in name
@@ -217,16 +222,23 @@ fn payload(
     ended_ms: Option<i64>,
 ) -> Vec<u8> {
     let mut labels = labels(condition);
-    labels.insert("project", agent.project.clone());
-    labels.insert("environment", agent.environment.clone());
+    labels.insert("project".to_string(), agent.project.clone());
+    labels.insert("environment".to_string(), agent.environment.clone());
     let fingerprint = fingerprint(&labels);
     let annotations = json!({ "summary": condition.summary });
-    let group_labels = json!({ "alertname": condition.name, "service": condition.service });
+    let mut group_labels = condition.extra.clone();
+    group_labels.insert("alertname".to_string(), condition.name.clone());
+    group_labels.insert("service".to_string(), condition.service.clone());
     let marker = if status == "firing" {
         "FIRING"
     } else {
         "RESOLVED"
     };
+    let group_key = group_labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let text = format!(
         "[{marker}] {} {}/{}{}: {}",
         condition.name,
@@ -241,7 +253,7 @@ fn payload(
     );
     let body = json!({
         "version": "4",
-        "groupKey": format!("{{}}:{{alertname=\"{}\", service=\"{}\"}}", condition.name, condition.service),
+        "groupKey": format!("{{}}:{{{group_key}}}"),
         "truncatedAlerts": 0,
         "status": status,
         "receiver": "bow",
@@ -299,25 +311,37 @@ async fn deliver(
     }
 }
 
-/// Per service, `(at, requests, 5xx responses)` over the last [`ERROR_WINDOW`].
-type ErrorHistory = BTreeMap<String, VecDeque<(i64, u64, u64)>>;
-
 async fn evaluate_forever(
     agent: std::sync::Weak<Agent>,
     settings: bow_spec::Alerts,
-    tracked: Arc<Mutex<BTreeMap<(String, String), Tracked>>>,
+    tracked: Arc<Mutex<BTreeMap<Key, Tracked>>>,
     queue: mpsc::UnboundedSender<Notification>,
 ) {
-    let mut history = ErrorHistory::new();
+    let mut history = crate::alert_rules::History::default();
     loop {
         tokio::time::sleep(EVALUATE_EVERY).await;
         let Some(agent) = agent.upgrade() else { return };
+        // The user rules read the agent's own series, as a scrape would.
+        let series = if settings.rules.is_empty() {
+            None
+        } else {
+            Some(
+                crate::metrics::Scrape::gather(&agent, 0)
+                    .await
+                    .encode(false),
+            )
+        };
         let conditions = {
             let agent = agent.clone();
             let settings = settings.clone();
             let mut moved = std::mem::take(&mut history);
             let (conditions, kept) = tokio::task::spawn_blocking(move || {
-                let conditions = conditions(&agent, &settings, &mut moved);
+                let conditions = crate::alert_rules::conditions(
+                    &agent,
+                    &settings,
+                    &mut moved,
+                    series.as_deref(),
+                );
                 (conditions, moved)
             })
             .await
@@ -354,7 +378,7 @@ async fn evaluate_forever(
 /// Moves the tracked alerts on by one evaluation: returns what started firing and what
 /// resolved, as `(status, condition, since, ended)`.
 fn step(
-    tracked: &mut BTreeMap<(String, String), Tracked>,
+    tracked: &mut BTreeMap<Key, Tracked>,
     conditions: Vec<Condition>,
     now: i64,
 ) -> Vec<(&'static str, Condition, i64, Option<i64>)> {
@@ -394,189 +418,16 @@ fn step(
     changes
 }
 
-/// What holds now.
-fn conditions(
-    agent: &Arc<Agent>,
-    settings: &bow_spec::Alerts,
-    history: &mut ErrorHistory,
-) -> Vec<Condition> {
-    let mut out = Vec::new();
-    let condition = |name, service: &str, severity, summary: String, wait| Condition {
-        name,
-        service: service.to_string(),
-        severity,
-        summary,
-        wait,
-    };
-    let status = agent.status();
-    for service in &status.services {
-        let looping: Vec<&str> = service
-            .instances
-            .iter()
-            .filter(|i| i.health == Health::CrashLooping)
-            .map(|i| i.id.as_str())
-            .collect();
-        if !looping.is_empty() {
-            out.push(condition(
-                "InstanceCrashLooping",
-                &service.name,
-                "critical",
-                format!(
-                    "{} crash-looping (dies before it is healthy, restarted with backoff)",
-                    looping.join(", ")
-                ),
-                Duration::ZERO,
-            ));
-        }
-        let healthy = service
-            .instances
-            .iter()
-            .filter(|i| i.health == Health::Healthy)
-            .count();
-        if service.replicas > 0 && healthy == 0 {
-            out.push(condition(
-                "ServiceDown",
-                &service.name,
-                "critical",
-                format!(
-                    "no healthy instance of {} for {}",
-                    service.name, settings.no_healthy_for
-                ),
-                settings.no_healthy_for.as_std(),
-            ));
-        }
-        for instance in &service.instances {
-            let limit = agent
-                .lock()
-                .slot(&service.name, instance.index)
-                .and_then(|slot| slot.definition.resources.memory)
-                .map(|size| size.bytes());
-            let used = crate::adopt::live_handle(agent, &instance.id).and_then(|handle| {
-                agent
-                    .drivers
-                    .for_handle(&handle)
-                    .usage(&handle)
-                    .memory_bytes
-            });
-            if let (Some(limit), Some(used)) = (limit, used)
-                && limit > 0
-                && used as f64 >= MEMORY_RATIO * limit as f64
-            {
-                out.push(condition(
-                    "MemoryNearLimit",
-                    &service.name,
-                    "warning",
-                    format!(
-                        "{} uses {} MiB of its {} MiB limit",
-                        instance.id,
-                        used >> 20,
-                        limit >> 20
-                    ),
-                    Duration::ZERO,
-                ));
-                break;
-            }
-        }
-    }
-    let mut releases: BTreeMap<String, bow_store::ReleaseRow> = BTreeMap::new();
-    for release in agent.store().releases(None).unwrap_or_default() {
-        let newest = releases
-            .get(&release.service)
-            .is_none_or(|r| r.number < release.number);
-        if newest {
-            releases.insert(release.service.clone(), release);
-        }
-    }
-    for (service, release) in &releases {
-        if release.status == bow_store::ReleaseStatus::Failed {
-            out.push(condition(
-                "DeployFailed",
-                service,
-                "warning",
-                format!("release {} failed: {}", release.number, release.reason),
-                Duration::ZERO,
-            ));
-        }
-    }
-    let edge = agent
-        .edge_handle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|edge| edge.metrics());
-    if let Some(edge) = edge {
-        let now = now_ms();
-        for service in &edge.services {
-            let samples = history.entry(service.service.clone()).or_default();
-            samples.push_back((now, service.requests.total(), service.requests.server_error));
-            while samples
-                .front()
-                .is_some_and(|(at, _, _)| now - at > ERROR_WINDOW.as_millis() as i64)
-            {
-                samples.pop_front();
-            }
-            if let (Some(first), Some(last)) = (samples.front(), samples.back()) {
-                let requests = last.1.saturating_sub(first.1);
-                let errors = last.2.saturating_sub(first.2);
-                if requests >= ERROR_MIN_REQUESTS && errors as f64 > ERROR_RATIO * requests as f64 {
-                    out.push(condition(
-                        "HighErrorRate",
-                        &service.service,
-                        "critical",
-                        format!(
-                            "{errors} of {requests} requests answered 5xx in the last {} s",
-                            (last.0 - first.0) / 1000
-                        ),
-                        Duration::ZERO,
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(used) = disk_used_ratio(&agent.state_dir)
-        && used >= DISK_RATIO
-    {
-        out.push(condition(
-            "StateDiskFull",
-            "",
-            "critical",
-            format!(
-                "the file system of {} is {:.0}% full",
-                agent.state_dir.display(),
-                used * 100.0
-            ),
-            Duration::ZERO,
-        ));
-    }
-    out
-}
-
-/// The used share of the file system that holds `dir` (blocks for unprivileged users).
-fn disk_used_ratio(dir: &std::path::Path) -> Option<f64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a statvfs the call fills.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 || stat.f_blocks == 0 {
-        return None;
-    }
-    let total = stat.f_blocks as f64;
-    let available = stat.f_bavail as f64;
-    let free = stat.f_bfree as f64;
-    // Used over what users may fill, as `df` shows it.
-    let used = total - free;
-    Some(used / (used + available))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn looping(service: &str) -> Condition {
         Condition {
-            name: "InstanceCrashLooping",
+            name: "InstanceCrashLooping".to_string(),
             service: service.to_string(),
-            severity: "critical",
+            extra: BTreeMap::new(),
+            severity: "critical".to_string(),
             summary: "web.1 crash-looping".to_string(),
             wait: Duration::ZERO,
         }
@@ -611,7 +462,7 @@ mod tests {
         let mut tracked = BTreeMap::new();
         let down = Condition {
             wait: Duration::from_secs(60),
-            name: "ServiceDown",
+            name: "ServiceDown".to_string(),
             ..looping("web")
         };
         assert!(step(&mut tracked, vec![down.clone()], 0).is_empty());

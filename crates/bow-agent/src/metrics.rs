@@ -157,6 +157,7 @@ pub(crate) struct Scrape {
     checks: BTreeMap<String, CheckStats>,
     process: ProcessSample,
     admin_scrapes: u64,
+    certificates: Vec<crate::certificates::Served>,
 }
 
 impl Scrape {
@@ -213,6 +214,7 @@ impl Scrape {
                 checks: agent.health_checks.snapshot(),
                 process: process_sample(),
                 admin_scrapes,
+                certificates: crate::certificates::served(&agent),
             }
         });
         blocking
@@ -429,6 +431,17 @@ impl Scrape {
             "Requests for /metrics the admin listener answered.",
             None,
             [(Labels::new(), self.admin_scrapes)],
+        )?;
+        family.gauge(
+            "bow_certificate_expiry_timestamp",
+            "When a certificate the edge serves (ACME or a file) ends, in seconds since the epoch.",
+            Some(Unit::Seconds),
+            self.certificates.iter().map(|c| {
+                (
+                    labels([("host", &c.host), ("source", c.source)]),
+                    c.not_after_ms as f64 / 1000.0,
+                )
+            }),
         )
     }
 

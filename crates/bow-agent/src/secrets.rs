@@ -200,6 +200,54 @@ pub(crate) fn sweep(agent: &Agent, running: &dyn Fn(&str) -> bool) {
     }
 }
 
+/// Runs `work` with `names`' values as files in a private directory of the agent's own (a
+/// tmpfs as root, 0400 files owned by the agent's user) that is removed when `work` returns:
+/// how the agent lends a secret to a program it runs itself (git's deploy key), never in its
+/// argv or environment and never on disk outside the tmpfs. `purpose` names the directory,
+/// apart from the instances' (their sweep never sees it). Each value ends with a newline.
+pub fn with_secret_files<T>(
+    agent: &Agent,
+    purpose: &str,
+    names: &[&str],
+    work: impl FnOnce(&std::path::Path) -> T,
+) -> Result<T, String> {
+    let mut files = Vec::new();
+    for name in names {
+        // Ended by a newline, as key files must be (ssh refuses a key without one).
+        let mut value = reveal(agent, name)?;
+        if !value.ends_with(b"\n") {
+            value.push(b'\n');
+        }
+        files.push(SecretFile {
+            name: name.to_string(),
+            value,
+        });
+    }
+    let run_dir = crate::layout::run_dir(&agent.state_dir);
+    let dir = if agent.root {
+        bow_driver::secret_files::project_secrets_base(
+            &format!("{}-{}.{purpose}", agent.project, agent.environment),
+            &run_dir,
+            true,
+        )
+    } else {
+        run_dir.join(format!("{purpose}-secrets"))
+    };
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    bow_driver::secret_files::deliver(&dir, &files, uid, gid, agent.root)?;
+    let result = work(&dir);
+    if let Err(error) = bow_driver::secret_files::remove(&dir) {
+        agent.emit(
+            "",
+            "",
+            EventKind::Cleaned,
+            &format!("cannot remove {}: {error}", dir.display()),
+        );
+    }
+    Ok(result)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

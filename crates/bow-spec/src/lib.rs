@@ -19,10 +19,10 @@ pub mod yaml;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use decode::{
-    ACME_KEYS, ADMIN_KEYS, ALERTS_KEYS, BACKUP_KEYS, DEPLOY_KEYS, EDGE_KEYS, HEALTH_KEYS,
-    NOT_AVAILABLE_KEYS, POSTGRES_KEYS, PYTHON_KEYS, RESOURCES_KEYS, SANDBOX_KEYS, SERVICE_KEYS,
-    SYSCALLS_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys, defaults, is_secret_name,
-    parse_route, parse_volume, system_dir,
+    ACME_KEYS, ADMIN_KEYS, ALERT_RULE_KEYS, ALERTS_KEYS, BACKUP_KEYS, DEPLOY_KEYS, EDGE_KEYS,
+    HEALTH_KEYS, NOT_AVAILABLE_KEYS, POSTGRES_KEYS, PYTHON_KEYS, RESOURCES_KEYS, SANDBOX_KEYS,
+    SERVICE_KEYS, SYSCALLS_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys, defaults,
+    is_secret_name, parse_route, parse_volume, system_dir,
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;

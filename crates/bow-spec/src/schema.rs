@@ -35,15 +35,62 @@ pub struct Spec {
     pub alerts: Option<Alerts>,
 }
 
-/// `alerts: { webhook, no_healthy_for }`: the receiver of the built-in rules' notifications
-/// (Alertmanager's webhook format, version 4) and how long a service may have no healthy
-/// instance before it is an alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `alerts: { webhook, no_healthy_for, error_ratio, p99_over, certificate_expiry, rules }`:
+/// the receiver of the rules' notifications (Alertmanager's webhook format, version 4), the
+/// built-in rules' thresholds, and rules of the operator's own on the agent's series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
     /// `http://` or `https://` URL.
     pub webhook: String,
+    /// `ServiceDown`: how long a service may have no healthy instance.
     pub no_healthy_for: Duration,
+    /// `HighErrorRate`: the share of a service's answers at the edge that are 5xx, over five
+    /// minutes, above which it alerts.
+    #[serde(default = "default_error_ratio")]
+    pub error_ratio: f64,
+    /// `HighLatency`: a service's p99 at the edge over five minutes above this alerts; off
+    /// when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_over: Option<Duration>,
+    /// `CertificateExpiring`: a certificate the edge serves that ends within this.
+    #[serde(default = "default_certificate_expiry")]
+    pub certificate_expiry: Duration,
+    /// The operator's own rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<AlertRule>,
+}
+
+fn default_error_ratio() -> f64 {
+    0.05
+}
+
+fn default_certificate_expiry() -> Duration {
+    Duration(std::time::Duration::from_secs(14 * 86_400))
+}
+
+/// One rule of the operator's own: fires when a series of the agent's `/metrics` whose
+/// labels include `labels` is above (or below) a threshold for `for`. Each matching series is
+/// one alert (labelled with its service, when it has one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// The alert's name (`alertname`): letters, digits and `_`.
+    pub name: String,
+    /// A series name of the agent's `/metrics` (`bow_…`).
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub below: Option<f64>,
+    #[serde(rename = "for")]
+    pub wait: Duration,
+    /// `critical`, `warning` or `info`.
+    pub severity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// `admin: { listen, token_secret }`: where the agent serves `/metrics`, and the bow secret

@@ -125,7 +125,22 @@ pub fn respond(app: &App, request: &Request) -> Response {
                     ))
             ),
         },
-        "/" | "/healthz" => Response {
+        "/slow" if is_read => {
+            // `GET /slow?ms=N`: answers after N ms (at most 10 s), for latency tests.
+            let ms = request
+                .path
+                .split_once("?ms=")
+                .and_then(|(_, n)| n.split('&').next()?.parse::<u64>().ok())
+                .unwrap_or(100)
+                .min(10_000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            Response {
+                status: 200,
+                content_type: "text/plain",
+                body: format!("slept {ms} ms\n"),
+            }
+        }
+        "/" | "/healthz" | "/slow" => Response {
             status: 405,
             content_type: "text/plain",
             body: "method not allowed\n".into(),

@@ -41,6 +41,40 @@ impl StackArgs {
 }
 
 /// What `bow alerts` does besides listing.
+/// `bow up -d --follow …`: continuous deployment from a git branch.
+#[derive(Debug, Clone, Args)]
+pub struct FollowFlags {
+    /// With -d: the agent follows BRANCH (default: the current one) of the file's git work
+    /// tree, fast-forwarding and applying each new commit (`bow follow` shows, pauses, stops)
+    #[arg(long, value_name = "BRANCH", num_args = 0..=1, default_missing_value = "", requires = "detach")]
+    pub follow: Option<String>,
+    /// How often --follow fetches
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1m",
+        requires = "follow"
+    )]
+    pub interval: String,
+    /// The bow secret whose value signs push webhooks (POST /hooks/git on the admin
+    /// listener: GitHub/Gitea HMAC-SHA256 or GitLab's token); a signed push fetches at once
+    #[arg(long, value_name = "SECRET", requires = "follow")]
+    pub webhook_secret: Option<String>,
+    /// The bow secret holding the SSH private key (a deploy key) that fetches a private
+    /// repository over SSH; it is on disk only in a tmpfs, for the fetch
+    #[arg(
+        long,
+        value_name = "SECRET",
+        requires = "follow",
+        conflicts_with = "git_token"
+    )]
+    pub git_key: Option<String>,
+    /// The bow secret holding an HTTPS access token (`TOKEN` or `USER:TOKEN`) that fetches a
+    /// private repository over HTTPS
+    #[arg(long, value_name = "SECRET", requires = "follow")]
+    pub git_token: Option<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AlertsAction {
     /// Send a test notification to the webhook.
@@ -88,36 +122,29 @@ pub enum Command {
         /// Run the agent in the background; return once every service is healthy
         #[arg(short = 'd', long = "detach")]
         detach: bool,
-        /// With -d: the agent follows BRANCH (default: the current one) of the file's git work
-        /// tree, fast-forwarding and applying each new commit (`bow follow` shows, pauses, stops)
-        #[arg(long, value_name = "BRANCH", num_args = 0..=1, default_missing_value = "", requires = "detach")]
-        follow: Option<String>,
-        /// How often --follow fetches
-        #[arg(
-            long,
-            value_name = "DURATION",
-            default_value = "1m",
-            requires = "follow"
-        )]
-        interval: String,
-        /// The bow secret whose value signs push webhooks (POST /hooks/git on the admin
-        /// listener: GitHub/Gitea HMAC-SHA256 or GitLab's token); a signed push fetches at once
-        #[arg(long, value_name = "SECRET", requires = "follow")]
-        webhook_secret: Option<String>,
+        #[command(flatten)]
+        following: FollowFlags,
     },
     /// Deploy to --to what is live in --from (same code and image, --to's own settings)
     Promote {
         #[command(flatten)]
         stack: StackArgs,
         /// The environment whose live releases are promoted
-        #[arg(long, value_name = "ENV")]
-        from: String,
+        #[arg(long, value_name = "ENV", required_unless_present = "from_file")]
+        from: Option<String>,
         /// The environment that gets them (its state dir: --state-dir or the default)
-        #[arg(long, value_name = "ENV")]
-        to: String,
+        #[arg(long, value_name = "ENV", required_unless_present = "export")]
+        to: Option<String>,
         /// The source environment's state dir (default: its usual place)
         #[arg(long, value_name = "DIR")]
         from_state_dir: Option<PathBuf>,
+        /// Write what is live in --from to FILE (`-`: stdout) for `--from-file` on another host,
+        /// instead of deploying it
+        #[arg(long, value_name = "FILE", requires = "from", conflicts_with_all = ["to", "from_file", "dry_run"])]
+        export: Option<PathBuf>,
+        /// Promote what FILE (written by `--export` on another host) names
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["from", "from_state_dir"])]
+        from_file: Option<PathBuf>,
         /// Only these services (default: every service live in --from)
         services: Vec<String>,
         /// Print what promotion would change and stop (exit 2 when it would change something)

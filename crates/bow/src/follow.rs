@@ -54,6 +54,12 @@ pub struct Settings {
     /// The bow secret that signs `POST /hooks/git` on the admin listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_secret: Option<String>,
+    /// The bow secret holding the SSH deploy key that fetches (`--git-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_key_secret: Option<String>,
+    /// The bow secret holding the HTTPS token that fetches (`--git-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_token_secret: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -87,10 +93,20 @@ pub fn write(state_dir: &Path, settings: &Settings) -> Result<()> {
 
 /// Runs git in `dir`; its trimmed stdout, or why it failed.
 fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    git_with(dir, args, &[])
+}
+
+/// [`git`] with more environment (how a fetch gets its credentials).
+fn git_with(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, std::ffi::OsString)],
+) -> Result<String, String> {
     let output = Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("GIT_TERMINAL_PROMPT", "0")
         .stdin(std::process::Stdio::null())
         .output()
@@ -152,6 +168,8 @@ pub fn settings_for(
         failed: None,
         said: None,
         webhook_secret: None,
+        git_key_secret: None,
+        git_token_secret: None,
     })
 }
 
@@ -196,6 +214,81 @@ fn say_once(agent: &Agent, settings: &mut Settings, message: String) {
     }
 }
 
+/// The variable that makes this binary git's askpass program: it names the token's file.
+pub const ASKPASS_ENV: &str = "BOW_GIT_ASKPASS";
+/// The user name an HTTPS token goes with when its secret does not say `USER:TOKEN`.
+const TOKEN_USER: &str = "x-access-token";
+/// Where the host keys of SSH remotes are remembered (first use), before the user's own.
+const KNOWN_HOSTS: &str = "git-known-hosts";
+
+/// `git fetch REMOTE` in the work tree, with the deploy key or token the settings name lent
+/// for the fetch only (a tmpfs file, never argv or the environment of anything but git).
+fn fetch(
+    agent: &Agent,
+    state_dir: &Path,
+    settings: &Settings,
+    remote: &str,
+) -> Result<String, String> {
+    let dir = &settings.work_tree;
+    let args = ["fetch", "--quiet", remote];
+    if let Some(name) = &settings.git_key_secret {
+        let known = state_dir.join(KNOWN_HOSTS);
+        return bow_agent::secrets::with_secret_files(agent, "git", &[name], |files| {
+            // Run by git through `sh -c`: every path single-quoted. A host seen first is
+            // remembered; a changed host key fails the fetch (and says so in the event).
+            let ssh = format!(
+                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={}",
+                shell_quote(&files.join(name).to_string_lossy()),
+                shell_quote(&format!("{} ~/.ssh/known_hosts", known.display())),
+            );
+            git_with(dir, &args, &[("GIT_SSH_COMMAND", ssh.into())])
+        })?;
+    }
+    if let Some(name) = &settings.git_token_secret {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the bow binary: {e}"))?;
+        return bow_agent::secrets::with_secret_files(agent, "git", &[name], |files| {
+            // `-c credential.helper=`: no stored credential answers instead, and git keeps
+            // none of this one.
+            let args = ["-c", "credential.helper=", "fetch", "--quiet", remote];
+            git_with(
+                dir,
+                &args,
+                &[
+                    ("GIT_ASKPASS", exe.clone().into_os_string()),
+                    (ASKPASS_ENV, files.join(name).into_os_string()),
+                ],
+            )
+        })?;
+    }
+    git(dir, &args)
+}
+
+/// `'text'` for `sh`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
+/// This binary run by git as its askpass program ([`ASKPASS_ENV`] set): answers git's
+/// "Username for …" or "Password for …" prompt from the token file, prints nothing else.
+pub fn askpass_main(
+    file: &std::ffi::OsStr,
+    prompt: Option<&std::ffi::OsStr>,
+) -> std::process::ExitCode {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        eprintln!("bow: cannot read the git token's file");
+        return std::process::ExitCode::FAILURE;
+    };
+    let token = text.trim();
+    let (user, secret) = match token.split_once(':') {
+        Some((user, secret)) if !user.is_empty() => (user, secret),
+        _ => (TOKEN_USER, token),
+    };
+    let asks_user = prompt.is_some_and(|p| p.to_string_lossy().starts_with("Username"));
+    println!("{}", if asks_user { user } else { secret });
+    std::process::ExitCode::SUCCESS
+}
+
 /// One poll: fetch, fast-forward, apply.
 fn cycle(agent: &Arc<Agent>, state_dir: &Path, settings: &mut Settings) {
     let dir = settings.work_tree.clone();
@@ -203,7 +296,7 @@ fn cycle(agent: &Arc<Agent>, state_dir: &Path, settings: &mut Settings) {
     let upstream = format!("{branch}@{{upstream}}");
     let remote = git(&dir, &["config", &format!("branch.{branch}.remote")]);
     let fetched = match &remote {
-        Ok(remote) => git(&dir, &["fetch", "--quiet", remote]),
+        Ok(remote) => fetch(agent, state_dir, settings, remote),
         Err(e) => Err(e.clone()),
     };
     if let Err(reason) = fetched {

@@ -26,6 +26,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // The per-instance shim is this binary re-executed: dispatch before anything else starts.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // git runs this binary as its askpass program when the follower fetches with a token.
+    if let Some(file) = std::env::var_os(follow::ASKPASS_ENV) {
+        return follow::askpass_main(&file, args.get(1).map(|a| a.as_os_str()));
+    }
     if args.get(1).is_some_and(|a| a == "shim") {
         bow_driver::shim_main(&args[2..]);
     }
@@ -39,31 +43,27 @@ fn main() -> ExitCode {
         Command::Up {
             stack,
             detach,
-            follow,
-            interval,
-            webhook_secret,
-        } => commands::up::run(
-            &stack.or(&cli.stack),
-            detach,
-            follow.as_deref(),
-            &interval,
-            webhook_secret,
-        ),
+            following,
+        } => commands::up::run(&stack.or(&cli.stack), detach, following),
         Command::Follow { command } => commands::follow::run(command, &cli.stack),
         Command::Promote {
             stack,
             from,
             to,
             from_state_dir,
+            export,
+            from_file,
             services,
             dry_run,
             yes,
         } => commands::promote::run(
             &stack.or(&cli.stack),
             &commands::promote::Promotion {
-                from: &from,
-                to: &to,
+                from: from.as_deref(),
+                to: to.as_deref(),
                 from_state_dir,
+                export,
+                from_file,
                 services: &services,
                 yes,
                 dry_run,

@@ -38,7 +38,17 @@ pub const TOP_KEYS: &[&str] = &[
     "alerts",
 ];
 pub const ADMIN_KEYS: &[&str] = &["listen", "token_secret"];
-pub const ALERTS_KEYS: &[&str] = &["webhook", "no_healthy_for"];
+pub const ALERTS_KEYS: &[&str] = &[
+    "webhook",
+    "no_healthy_for",
+    "error_ratio",
+    "p99_over",
+    "certificate_expiry",
+    "rules",
+];
+pub const ALERT_RULE_KEYS: &[&str] = &[
+    "name", "metric", "labels", "above", "below", "for", "severity", "summary",
+];
 pub const REGISTRY_KEYS: &[&str] = &["username", "password_secret"];
 pub const EDGE_KEYS: &[&str] = &[
     "http_port",
@@ -150,6 +160,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         REGISTRY_KEYS,
         ADMIN_KEYS,
         ALERTS_KEYS,
+        ALERT_RULE_KEYS,
         DEPLOY_KEYS,
         BACKUP_KEYS,
         RESOURCES_KEYS,

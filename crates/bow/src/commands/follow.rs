@@ -35,6 +35,12 @@ pub fn run(command: FollowCommand, global: &StackArgs) -> Result<ExitCode> {
                 settings.interval_ms
             );
             println!("applied:  {}", short(&settings.applied));
+            if let Some(name) = &settings.git_key_secret {
+                println!("fetches:  over SSH with the deploy key in secret {name}");
+            }
+            if let Some(name) = &settings.git_token_secret {
+                println!("fetches:  over HTTPS with the token in secret {name}");
+            }
             if settings.failed.is_some() {
                 println!(
                     "failed:   {} (not tried again until a newer commit)",

@@ -9,44 +9,48 @@ use anyhow::{Context, Result, bail};
 use bow_agent::api::{Health, Request, Response, StatusReport};
 use bow_agent::{Agent, AgentConfig};
 
-use crate::cli::StackArgs;
+use crate::cli::{FollowFlags, StackArgs};
 use crate::commands::status;
 use crate::session::Session;
 
-pub fn run(
-    args: &StackArgs,
-    detach: bool,
-    follow: Option<&str>,
-    interval: &str,
-    webhook_secret: Option<String>,
-) -> Result<ExitCode> {
+pub fn run(args: &StackArgs, detach: bool, flags: FollowFlags) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
     crate::secret_store::attach_digests(&mut session)?;
-    // Checked before anything starts: a work tree, on the branch, with an upstream.
-    let following = match follow {
+    // Checked before anything starts: a work tree, on the branch, with an upstream, and the
+    // secrets it names.
+    let following = match flags.follow.as_deref() {
         Some(branch) => {
-            let interval: bow_spec::units::Duration = interval
+            let interval: bow_spec::units::Duration = flags
+                .interval
                 .parse()
-                .map_err(|e| anyhow::anyhow!("--interval {interval}: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("--interval {}: {e}", flags.interval))?;
             let mut settings = crate::follow::settings_for(
                 &session.file,
                 &session.spec.environment,
                 Some(branch).filter(|b| !b.is_empty()),
                 interval.as_std(),
             )?;
-            if let Some(name) = webhook_secret {
-                // It must be there now: the agent reveals it for each push.
-                let source = crate::secret_store::source(&session).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--webhook-secret {name}: no secrets file or key for {}",
-                        session.spec.environment
-                    )
-                })?;
-                source
-                    .reveal(&[name.as_str()])
-                    .map_err(|e| anyhow::anyhow!("--webhook-secret {name}: {e}"))?;
-                settings.webhook_secret = Some(name);
+            // They must be there now: the agent reveals them at each fetch or push.
+            for (flag, name) in [
+                ("--webhook-secret", &flags.webhook_secret),
+                ("--git-key", &flags.git_key),
+                ("--git-token", &flags.git_token),
+            ] {
+                if let Some(name) = name {
+                    let source = crate::secret_store::source(&session).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{flag} {name}: no secrets file or key for {} (`bow secret set {name}`)",
+                            session.spec.environment
+                        )
+                    })?;
+                    source
+                        .reveal(&[name.as_str()])
+                        .map_err(|e| anyhow::anyhow!("{flag} {name}: {e}"))?;
+                }
             }
+            settings.webhook_secret = flags.webhook_secret;
+            settings.git_key_secret = flags.git_key;
+            settings.git_token_secret = flags.git_token;
             Some(settings)
         }
         None => None,
