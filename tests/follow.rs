@@ -181,6 +181,48 @@ fn follow_needs_a_work_tree_with_an_upstream() {
     assert_ne!(ran.code, 0, "--follow needs -d: {}", ran.describe());
 }
 
+#[test]
+fn bow_agent_follows_as_a_systemd_unit_would_run_it() {
+    let (stack, others, _https) = repo("followunit", "unit.bow.localhost");
+    let dev = others.path().join("dev");
+    let unit = stack.run(
+        &[
+            "agent",
+            "--print-systemd-unit",
+            "--follow",
+            "--interval",
+            "1s",
+        ],
+        WAIT,
+    );
+    assert_eq!(unit.code, 0, "{}", unit.describe());
+    let exec = unit
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .unwrap();
+    assert!(exec.ends_with(" --follow main --interval 1s"), "{exec}");
+    // The unit's command, in the foreground as systemd runs it.
+    let mut agent = stack
+        .command(&["agent", "--follow", "--interval", "1s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(stack.dir.path().join("agent.err")).unwrap())
+        .spawn()
+        .unwrap();
+    stack.wait_status("healthy", WAIT, all_healthy);
+    push(&dev, "APP_VERSION: v1", "APP_VERSION: v2", "web v2");
+    wait_follow(&stack, "v2 live", "web v2: live as revision");
+    let status = stack.run(&["follow", "status"], WAIT);
+    assert!(
+        status.stdout.contains("following main"),
+        "{}",
+        status.describe()
+    );
+    let down = stack.down();
+    assert_eq!(down.code, 0, "{}", down.describe());
+    let _ = agent.wait();
+}
+
 /// POSTs `body` to the admin listener's /hooks/git with `headers`; the status code.
 fn post_hook(port: u16, body: &str, headers: &[String]) -> String {
     let mut command = Command::new("curl");

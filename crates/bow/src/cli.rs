@@ -44,9 +44,10 @@ impl StackArgs {
 /// `bow up -d --follow …`: continuous deployment from a git branch.
 #[derive(Debug, Clone, Args)]
 pub struct FollowFlags {
-    /// With -d: the agent follows BRANCH (default: the current one) of the file's git work
-    /// tree, fast-forwarding and applying each new commit (`bow follow` shows, pauses, stops)
-    #[arg(long, value_name = "BRANCH", num_args = 0..=1, default_missing_value = "", requires = "detach")]
+    /// The agent follows BRANCH (default: the current one) of the file's git work tree,
+    /// fast-forwarding and applying each new commit (`bow follow` shows, pauses, stops);
+    /// `bow up` needs -d with it
+    #[arg(long, value_name = "BRANCH", num_args = 0..=1, default_missing_value = "")]
     pub follow: Option<String>,
     /// How often --follow fetches
     #[arg(
@@ -358,9 +359,11 @@ pub enum Command {
     Agent {
         #[command(flatten)]
         stack: StackArgs,
-        /// Print a systemd unit that runs this agent, and exit
+        /// Print a systemd unit that runs this agent (with the --follow flags given), and exit
         #[arg(long)]
         print_systemd_unit: bool,
+        #[command(flatten)]
+        following: FollowFlags,
     },
 }
 

@@ -173,6 +173,84 @@ pub fn settings_for(
     })
 }
 
+/// The settings `--follow` and its flags ask for (`None` without `--follow`), checked before
+/// anything starts: a work tree on the branch with an upstream, and the secrets they name.
+pub fn settings_from_flags(
+    session: &crate::session::Session,
+    flags: crate::cli::FollowFlags,
+) -> Result<Option<Settings>> {
+    let Some(branch) = flags.follow.as_deref() else {
+        return Ok(None);
+    };
+    let interval: bow_spec::units::Duration = flags
+        .interval
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--interval {}: {e}", flags.interval))?;
+    let mut settings = settings_for(
+        &session.file,
+        &session.spec.environment,
+        Some(branch).filter(|b| !b.is_empty()),
+        interval.as_std(),
+    )?;
+    // They must be there now: the agent reveals them at each fetch or push.
+    for (flag, name) in [
+        ("--webhook-secret", &flags.webhook_secret),
+        ("--git-key", &flags.git_key),
+        ("--git-token", &flags.git_token),
+    ] {
+        if let Some(name) = name {
+            let source = crate::secret_store::source(session).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{flag} {name}: no secrets file or key for {} (`bow secret set {name}`)",
+                    session.spec.environment
+                )
+            })?;
+            source
+                .reveal(&[name.as_str()])
+                .map_err(|e| anyhow::anyhow!("{flag} {name}: {e}"))?;
+        }
+    }
+    settings.webhook_secret = flags.webhook_secret;
+    settings.git_key_secret = flags.git_key;
+    settings.git_token_secret = flags.git_token;
+    Ok(Some(settings))
+}
+
+/// Writes `settings`, keeping what the follower recorded when the same branch of the same
+/// work tree was followed before (a restarted `bow agent --follow` stays paused after a
+/// rollback, and does not try a failed commit again).
+pub fn write_keeping_progress(state_dir: &Path, mut settings: Settings) -> Result<()> {
+    if let Some(before) = read(state_dir)
+        && before.work_tree == settings.work_tree
+        && before.branch == settings.branch
+    {
+        settings.paused = before.paused;
+        settings.applied = before.applied.or(settings.applied);
+        settings.failed = before.failed;
+        settings.said = before.said;
+    }
+    write(state_dir, &settings)
+}
+
+/// The `--follow` flags of `settings`, as `bow agent --print-systemd-unit` writes them.
+pub fn flags_of(settings: &Settings) -> String {
+    let mut out = format!(
+        " --follow {} --interval {}",
+        settings.branch,
+        bow_spec::units::Duration(Duration::from_millis(settings.interval_ms))
+    );
+    for (flag, name) in [
+        ("--webhook-secret", &settings.webhook_secret),
+        ("--git-key", &settings.git_key_secret),
+        ("--git-token", &settings.git_token_secret),
+    ] {
+        if let Some(name) = name {
+            out.push_str(&format!(" {flag} {name}"));
+        }
+    }
+    out
+}
+
 /// The follower thread of a `bow agent`: checks the settings every second, runs a cycle at
 /// each interval or trigger. Ends with the process.
 pub fn spawn(agent: Arc<Agent>, state_dir: PathBuf, runtime: tokio::runtime::Handle) {

@@ -168,7 +168,8 @@ fn main() -> ExitCode {
         Command::Agent {
             stack,
             print_systemd_unit,
-        } => commands::agent::run(&stack.or(&cli.stack), print_systemd_unit),
+            following,
+        } => commands::agent::run(&stack.or(&cli.stack), print_systemd_unit, following),
     };
     match result {
         Ok(code) => code,

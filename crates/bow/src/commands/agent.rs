@@ -9,15 +9,18 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use bow_agent::{Agent, AgentConfig};
 
-use crate::cli::StackArgs;
+use crate::cli::{FollowFlags, StackArgs};
 use crate::session::Session;
 
-pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
+pub fn run(args: &StackArgs, print_systemd_unit: bool, flags: FollowFlags) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
+    // `--follow`: checked now, written for the follower thread below (a unit's settings).
+    let following = crate::follow::settings_from_flags(&session, flags)?;
     if print_systemd_unit {
-        print!("{}", systemd_unit(&session)?);
+        print!("{}", systemd_unit(&session, following.as_ref())?);
         return Ok(ExitCode::SUCCESS);
     }
+
     let runtime = crate::runtime()?;
     runtime.block_on(async move {
         let agent = Agent::start(AgentConfig {
@@ -46,7 +49,11 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
             session.spec.environment.clone(),
             session.state_dir.clone(),
         );
-        // Continuous deployment, when `bow up -d --follow` asked for it (follow.json).
+        // Continuous deployment, when `--follow` here or `bow up -d --follow` asked for it
+        // (follow.json; the state dir exists now).
+        if let Some(settings) = following {
+            crate::follow::write_keeping_progress(&session.state_dir, settings)?;
+        }
         crate::follow::spawn(
             agent.clone(),
             session.state_dir.clone(),
@@ -70,7 +77,7 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn systemd_unit(session: &Session) -> Result<String> {
+fn systemd_unit(session: &Session, following: Option<&crate::follow::Settings>) -> Result<String> {
     let exe = std::env::current_exe().context("cannot find the bow binary")?;
     Ok(format!(
         "# /etc/systemd/system/bow-{project}-{env}.service\n\
@@ -82,7 +89,7 @@ fn systemd_unit(session: &Session) -> Result<String> {
          [Service]\n\
          # The agent decrypts secrets itself (to restart instances on its own) with this key.\n\
          Environment=BOW_AGE_KEY_FILE={key}\n\
-         ExecStart={exe} agent --file {file} --env {env} --state-dir {state}\n\
+         ExecStart={exe} agent --file {file} --env {env} --state-dir {state}{follow}\n\
          # Instances run under their own shims and outlive the agent: stopping or restarting\n\
          # the unit ends only the agent; the next one adopts them. `bow down` stops them.\n\
          KillMode=process\n\
@@ -96,6 +103,7 @@ fn systemd_unit(session: &Session) -> Result<String> {
         exe = exe.display(),
         file = session.file.display(),
         state = session.state_dir.display(),
+        follow = following.map(crate::follow::flags_of).unwrap_or_default(),
         key = crate::secret_store::source(session)
             .and_then(|s| s.key.path().map(|p| p.display().to_string()))
             .unwrap_or_else(|| "/root/.config/bow/keys/PROJECT-ENV.key".to_string()),

@@ -16,51 +16,18 @@ use crate::session::Session;
 pub fn run(args: &StackArgs, detach: bool, flags: FollowFlags) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
     crate::secret_store::attach_digests(&mut session)?;
+    if flags.follow.is_some() && !detach {
+        bail!("--follow needs -d: the agent follows in the background");
+    }
     // Checked before anything starts: a work tree, on the branch, with an upstream, and the
     // secrets it names.
-    let following = match flags.follow.as_deref() {
-        Some(branch) => {
-            let interval: bow_spec::units::Duration = flags
-                .interval
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--interval {}: {e}", flags.interval))?;
-            let mut settings = crate::follow::settings_for(
-                &session.file,
-                &session.spec.environment,
-                Some(branch).filter(|b| !b.is_empty()),
-                interval.as_std(),
-            )?;
-            // They must be there now: the agent reveals them at each fetch or push.
-            for (flag, name) in [
-                ("--webhook-secret", &flags.webhook_secret),
-                ("--git-key", &flags.git_key),
-                ("--git-token", &flags.git_token),
-            ] {
-                if let Some(name) = name {
-                    let source = crate::secret_store::source(&session).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{flag} {name}: no secrets file or key for {} (`bow secret set {name}`)",
-                            session.spec.environment
-                        )
-                    })?;
-                    source
-                        .reveal(&[name.as_str()])
-                        .map_err(|e| anyhow::anyhow!("{flag} {name}: {e}"))?;
-                }
-            }
-            settings.webhook_secret = flags.webhook_secret;
-            settings.git_key_secret = flags.git_key;
-            settings.git_token_secret = flags.git_token;
-            Some(settings)
-        }
-        None => None,
-    };
+    let following = crate::follow::settings_from_flags(&session, flags)?;
     let state_dir = session.state_dir.clone();
     let code = up(session, detach)?;
     if let Some(settings) = following
         && code == ExitCode::SUCCESS
     {
-        crate::follow::write(&state_dir, &settings)?;
+        crate::follow::write_keeping_progress(&state_dir, settings.clone())?;
         eprintln!(
             "following {} of {} every {} (`bow follow status`; `bow follow stop` ends it)",
             settings.branch,
