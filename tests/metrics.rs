@@ -191,3 +191,70 @@ fn documented_series_match(text: &str) {
         "docs/metrics.md lists series /metrics does not write: {missing:?}"
     );
 }
+
+#[test]
+fn an_admin_listener_off_loopback_speaks_https_only_and_prometheus_scrapes_it() {
+    let admin = free_port();
+    let yaml = format!(
+        "admin: {{ listen: \"0.0.0.0:{admin}\", token_secret: admin_token }}\n\
+         services:\n  web:\n    command: {{testapp}}\n"
+    );
+    let stack = Stack::new("metrics-tls", &yaml);
+    use_key(&stack, "me");
+    init_and_set(&stack, &[("admin_token", TOKEN)]);
+    stack.up_ok();
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let ca = stack.state_dir.join("ca/ca.pem");
+    let url = format!("https://127.0.0.1:{admin}/metrics");
+
+    // Plain HTTP gets no answer: the listener speaks TLS only.
+    let (_, code) = curl(&["-H", &bearer, &format!("http://127.0.0.1:{admin}/metrics")]);
+    assert_ne!(code, "200");
+    // TLS with bow's CA (the certificate names the address connected to), and the token.
+    let (text, code) = curl(&["--cacert", ca.to_str().unwrap(), "-H", &bearer, &url]);
+    assert_eq!(code, "200", "{text}");
+    assert!(text.contains("bow_agent_info{"), "{text}");
+    let (_, code) = curl(&["--cacert", ca.to_str().unwrap(), &url]);
+    assert_eq!(code, "401");
+    // A name (SNI) gets a certificate for that name.
+    let (_, code) = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "-H",
+        &bearer,
+        "--resolve",
+        &format!("agent.example.internal:{admin}:127.0.0.1"),
+        &format!("https://agent.example.internal:{admin}/metrics"),
+    ]);
+    assert_eq!(code, "200");
+
+    let token_file = stack.write("prometheus/token", TOKEN);
+    let job = stack.run(
+        &[
+            "metrics",
+            "scrape-config",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(job.code, 0, "{}", job.describe());
+    assert!(job.stdout.contains("scheme: https"), "{}", job.stdout);
+    // The job names this host; Prometheus here reaches it on loopback.
+    let config = job
+        .stdout
+        .lines()
+        .map(|line| match line.trim_start().strip_prefix("- targets: ") {
+            Some(_) => format!("    - targets: ['127.0.0.1:{admin}']"),
+            None => line.replace("scrape_interval: 15s", "scrape_interval: 1s"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let prometheus = Prometheus::start(&stack.dir.path().join("prometheus"), &config);
+    prometheus.wait_value("up", Duration::from_secs(30), |up| up == 1.0);
+    drop(prometheus);
+    let down = stack.down();
+    assert_eq!(down.code, 0, "{}", down.describe());
+}

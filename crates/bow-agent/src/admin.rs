@@ -2,7 +2,9 @@
 //! Prometheus, the dashboard at `/` and its live updates at `/events` (`dashboard.rs`). With
 //! `token_secret`, every request must carry the secret's value (compared in constant time) as
 //! `Authorization: Bearer <token>`, or as the password of HTTP Basic (a browser asks for it);
-//! the file's validation refuses an address off loopback without one. Started, restarted
+//! the file's validation refuses an address off loopback without one. Off loopback it serves
+//! HTTPS only, with a certificate from bow's local CA (`<state-dir>/ca/ca.pem`) for the name
+//! the client asked for (SNI) or else the address it connected to. Started, restarted
 //! (address or token changed) and stopped with the applied spec, like the edge.
 
 use std::sync::Arc;
@@ -131,8 +133,26 @@ impl Agent {
                     history: Default::default(),
                     closed: Default::default(),
                 });
+                // Off loopback, the token and the series cross a network: TLS only.
+                let tls = if settings.listen.ip().is_loopback() {
+                    None
+                } else {
+                    match bow_edge::LocalCa::open_or_create(&crate::edge::ca_dir(&self.state_dir)) {
+                        Ok(ca) => Some(Arc::new(ca)),
+                        Err(error) => {
+                            self.emit(
+                                "",
+                                "",
+                                EventKind::AdminFailed,
+                                &format!("the local CA for the admin listener's TLS: {error}"),
+                            );
+                            return;
+                        }
+                    }
+                };
+                let scheme = if tls.is_some() { "https" } else { "http" };
                 let sampler = tokio::spawn(sample_forever(shared.clone()));
-                let task = tokio::spawn(serve(listener, shared.clone()));
+                let task = tokio::spawn(serve(listener, shared.clone(), tls));
                 let how = if token.is_some() {
                     "a bearer token required"
                 } else {
@@ -142,7 +162,7 @@ impl Agent {
                     "",
                     "",
                     EventKind::AdminStarted,
-                    &format!("http://{address}/ (dashboard) and /metrics ({how})"),
+                    &format!("{scheme}://{address}/ (dashboard) and /metrics ({how})"),
                 );
                 *guard = Some(AdminRuntime {
                     settings,
@@ -194,7 +214,41 @@ async fn sample_forever(shared: Arc<Shared>) {
     }
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// The admin listener's certificate: the local CA's leaf for the SNI name, else for the
+/// address the client connected to (Prometheus scrapes `https://10.0.0.5:9100`).
+#[derive(Debug)]
+struct AdminCertificate {
+    ca: Arc<bow_edge::LocalCa>,
+    address: String,
+}
+
+impl rustls::server::ResolvesServerCert for AdminCertificate {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.ca
+            .leaf(Some(hello.server_name().unwrap_or(&self.address)))
+            .ok()
+    }
+}
+
+/// A TLS server for one connection that arrived at `local`.
+fn tls_config(ca: &Arc<bow_edge::LocalCa>, local: std::net::SocketAddr) -> rustls::ServerConfig {
+    let resolver = AdminCertificate {
+        ca: ca.clone(),
+        address: local.ip().to_canonical().to_string(),
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(bow_edge::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("the provider's defaults are valid")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<bow_edge::LocalCa>>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -209,16 +263,38 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&shared, request).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                builder
+            };
+            match (tls, stream.local_addr()) {
+                (None, _) => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                (Some(ca), Ok(local)) => {
+                    let acceptor =
+                        tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&ca, local)));
+                    let handshake =
+                        tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await;
+                    if let Ok(Ok(stream)) = handshake {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+                (Some(_), Err(_)) => {}
+            }
             drop(permit);
         });
     }

@@ -493,6 +493,9 @@ pub enum MetricsCommand {
         /// Where Prometheus reads the bearer token (the value of `admin.token_secret`)
         #[arg(long, default_value = "/etc/prometheus/bow-admin.token")]
         token_file: String,
+        /// Where Prometheus reads bow's CA certificate (a listener off loopback is HTTPS)
+        #[arg(long, default_value = "/etc/prometheus/bow-ca.pem")]
+        ca_file: String,
     },
 }
 

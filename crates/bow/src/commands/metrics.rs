@@ -11,13 +11,15 @@ use crate::stack;
 
 pub fn run(command: MetricsCommand, outer: &StackArgs) -> Result<ExitCode> {
     match command {
-        MetricsCommand::ScrapeConfig { stack, token_file } => {
-            scrape_config(&stack.or(outer), &token_file)
-        }
+        MetricsCommand::ScrapeConfig {
+            stack,
+            token_file,
+            ca_file,
+        } => scrape_config(&stack.or(outer), &token_file, &ca_file),
     }
 }
 
-fn scrape_config(args: &StackArgs, token_file: &str) -> Result<ExitCode> {
+fn scrape_config(args: &StackArgs, token_file: &str, ca_file: &str) -> Result<ExitCode> {
     let (_, spec) = stack::load(args)?;
     let Some(admin) = &spec.admin else {
         bail!(
@@ -40,6 +42,14 @@ fn scrape_config(args: &StackArgs, token_file: &str) -> Result<ExitCode> {
     println!("- job_name: {job}");
     println!("  scrape_interval: 15s");
     println!("  metrics_path: /metrics");
+    // Off loopback the listener speaks HTTPS only, with a certificate of bow's local CA.
+    if !admin.listen.ip().is_loopback() {
+        println!("  scheme: https");
+        println!(
+            "  # {ca_file}: a copy of the agent's CA certificate, <state-dir>/ca/ca.pem (not secret)"
+        );
+        println!("  tls_config: {{ ca_file: {ca_file} }}");
+    }
     if let Some(secret) = &admin.token_secret {
         println!(
             "  # {token_file} holds the value of the bow secret `{secret}`, readable by prometheus only"
