@@ -62,6 +62,9 @@ pub enum Request {
         service: String,
         to: Option<u32>,
     },
+    /// What each instance uses and what each service's traffic at the edge counts now
+    /// (`bow top` takes two and shows the rates).
+    Usage,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,9 +111,44 @@ pub enum Response {
         receiver: String,
         status: u16,
     },
+    Usage(Box<UsageReport>),
     Error {
         message: String,
     },
+}
+
+/// Counters read at one moment (`bow top`): rates come from two of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageReport {
+    pub project: String,
+    pub environment: String,
+    pub revision: i64,
+    pub at_ms: i64,
+    pub instances: Vec<InstanceUsage>,
+    /// Per routed service, its traffic at the edge since the edge started.
+    pub traffic: Vec<ServiceTraffic>,
+    /// The upper bounds (seconds) of `ServiceTraffic::latency`'s buckets; one more for +Inf.
+    pub latency_bounds: Vec<f64>,
+}
+
+/// One instance's use of the machine, as the metrics read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    pub service: String,
+    pub instance: String,
+    pub health: Health,
+    pub cpu_seconds: Option<f64>,
+    pub memory_bytes: Option<u64>,
+}
+
+/// One service's counters at the edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceTraffic {
+    pub service: String,
+    pub requests: u64,
+    pub server_errors: u64,
+    /// Per-bucket (not cumulative) counts of request durations.
+    pub latency: Vec<u64>,
 }
 
 /// One firing alert (docs/alerts.md).

@@ -86,10 +86,15 @@ impl History {
     }
 }
 
-/// The `q` quantile of per-bucket counts, interpolated linearly inside its bucket (as
-/// Prometheus' `histogram_quantile`); 0 without observations.
+/// The `q` quantile of the edge's per-bucket latency counts (see [`histogram_quantile`]).
 pub(crate) fn quantile(buckets: &[u64], q: f64) -> f64 {
-    let bounds = &bow_edge::LATENCY_BUCKETS_SECONDS;
+    histogram_quantile(&bow_edge::LATENCY_BUCKETS_SECONDS, buckets, q)
+}
+
+/// The `q` quantile of per-bucket counts under upper `bounds` (one more bucket for +Inf),
+/// interpolated linearly inside its bucket (as Prometheus' `histogram_quantile`); 0 without
+/// observations.
+pub fn histogram_quantile(bounds: &[f64], buckets: &[u64], q: f64) -> f64 {
     let total: u64 = buckets.iter().sum();
     if total == 0 {
         return 0.0;

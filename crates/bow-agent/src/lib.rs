@@ -49,6 +49,7 @@ mod venv;
 mod webhook;
 
 pub use agent::{Agent, AgentConfig, EDGE_FAILED_NOTE, EventSink, now_ms};
+pub use dashboard_history::histogram_quantile;
 pub use drivers::Drivers;
 pub use error::{AgentError, Result};
 pub use state_dir::wait_released;

@@ -237,6 +237,46 @@ impl Scrape {
     }
 }
 
+/// The counters `bow top` turns into rates: each instance's cpu time and memory, each
+/// service's requests, 5xx answers and latency buckets at the edge.
+pub(crate) async fn usage(agent: &Arc<Agent>) -> crate::api::UsageReport {
+    let scrape = Scrape::gather(agent, 0).await;
+    let traffic = scrape
+        .edge
+        .as_ref()
+        .map(|edge| {
+            edge.services
+                .iter()
+                .map(|s| crate::api::ServiceTraffic {
+                    service: s.service.clone(),
+                    requests: s.requests.total(),
+                    server_errors: s.requests.server_error,
+                    latency: s.latency.counts.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::api::UsageReport {
+        project: scrape.project,
+        environment: scrape.environment,
+        revision: scrape.revision,
+        at_ms: crate::agent::now_ms(),
+        instances: scrape
+            .instances
+            .into_iter()
+            .map(|i| crate::api::InstanceUsage {
+                service: i.service,
+                instance: i.instance,
+                health: i.health,
+                cpu_seconds: i.usage.cpu_micros.map(|us| us as f64 / 1e6),
+                memory_bytes: i.usage.memory_bytes,
+            })
+            .collect(),
+        traffic,
+        latency_bounds: bow_edge::LATENCY_BUCKETS_SECONDS.to_vec(),
+    }
+}
+
 /// Deploys per service from its releases: a release that went live (live, or since
 /// superseded) succeeded, a failed one failed, a deploying one is in progress.
 fn deploys(releases: &[bow_store::ReleaseRow]) -> BTreeMap<String, DeploySample> {

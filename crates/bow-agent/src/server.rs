@@ -150,5 +150,6 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
             Ok(message) => Response::SwitchedOver { message },
             Err(message) => Response::Error { message },
         },
+        Request::Usage => Response::Usage(Box::new(crate::metrics::usage(agent).await)),
     }
 }

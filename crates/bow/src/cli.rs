@@ -247,6 +247,18 @@ pub enum Command {
         #[arg(value_enum)]
         action: Option<AlertsAction>,
     },
+    /// A live view: each service and instance with its health, cpu, memory, and its
+    /// requests per second, p99 and share of 5xx at the edge (Ctrl-C ends it)
+    Top {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// How often the view refreshes (the rates are over this span)
+        #[arg(long, default_value = "2s")]
+        interval: bow_spec::units::Duration,
+        /// Print one view (over one interval) and exit
+        #[arg(long)]
+        once: bool,
+    },
     /// Restart a service's instances one at a time
     Restart {
         #[command(flatten)]

@@ -119,6 +119,11 @@ fn main() -> ExitCode {
             output,
             action,
         } => commands::alerts::run(&stack.or(&cli.stack), output, action),
+        Command::Top {
+            stack,
+            interval,
+            once,
+        } => commands::top::run(&stack.or(&cli.stack), interval.as_std(), once),
         Command::Restart { stack, service } => {
             commands::restart::run(&stack.or(&cli.stack), &service)
         }

@@ -26,6 +26,7 @@ pub mod rollback;
 pub mod secret;
 pub mod security;
 pub mod status;
+pub mod top;
 pub mod trust;
 pub mod up;
 pub mod validate;
