@@ -278,6 +278,17 @@ fn slow_answers_a_certificate_near_its_end_and_a_rule_of_ones_own_alert() {
         "{series}"
     );
 
+    // The dashboard lists it, marked as ending soon.
+    let page = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{admin}/")])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(
+        page.contains(&format!("<li class=\"soon\"><b>{host}</b> ends in 4")),
+        "{page}"
+    );
+
     // 30 answers of 200 ms through the edge: p99 over 100 ms.
     let mut slow = 0;
     for _ in 0..30 {

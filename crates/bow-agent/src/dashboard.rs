@@ -28,6 +28,7 @@ struct View {
     events: Vec<bow_store::EventRow>,
     logs: BTreeMap<String, Vec<String>>,
     series: BTreeMap<String, Series>,
+    certificates: Vec<crate::certificates::Served>,
 }
 
 fn gather(agent: &Arc<Agent>, history: &Mutex<History>) -> View {
@@ -91,6 +92,7 @@ fn gather(agent: &Arc<Agent>, history: &Mutex<History>) -> View {
         events,
         logs,
         series,
+        certificates: crate::certificates::served(agent),
     }
 }
 
@@ -217,7 +219,30 @@ fn main_fragment(view: &View, out: &mut String) {
         }
         out.push_str("</article>");
     }
-    out.push_str("</section><section class=\"events\"><h2>Recent events</h2><ol>");
+    out.push_str("</section>");
+    if !view.certificates.is_empty() {
+        out.push_str("<section class=\"certificates\"><h2>Certificates</h2><ul>");
+        let now = now_ms();
+        for certificate in &view.certificates {
+            let left = (certificate.not_after_ms - now) / 1000;
+            let when = if left <= 0 {
+                "expired".to_string()
+            } else {
+                format!("ends in {}", duration(left as u64))
+            };
+            let _ = write!(
+                out,
+                "<li class=\"{}\"><b>{}</b> {} ({}, {})</li>",
+                if left < 14 * 86_400 { "soon" } else { "ok" },
+                esc(&certificate.host),
+                when,
+                certificate.source,
+                esc(&certificate.issuer)
+            );
+        }
+        out.push_str("</ul></section>");
+    }
+    out.push_str("<section class=\"events\"><h2>Recent events</h2><ol>");
     for event in view.events.iter().rev() {
         let _ = write!(
             out,
