@@ -174,8 +174,20 @@ fn first_start_creates_role_database_and_runs_init_once() {
 
 #[test]
 fn a_killed_postmaster_restarts_and_a_killed_agent_leaves_it_running() {
-    let stack = stack("pgcrash", DB, "pw-1");
+    let admin = support::procs::free_port();
+    let yaml = format!("admin: {{ listen: \"127.0.0.1:{admin}\" }}{DB}");
+    let stack = stack("pgcrash", &yaml, "pw-1");
     stack.up_ok();
+    // The login check counts as the service's health check.
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{admin}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains("bow_health_checks_total{service=\"db\",result=\"passed\"}"),
+        "{metrics}"
+    );
     let port = db_port(&stack);
     query(port, "INSERT INTO items VALUES (3, 'hammer')");
     let pid = postmaster(&stack);

@@ -182,9 +182,15 @@ async fn postgres_loop(
     // (a restart) does not take it out of `<service>-ro`.
     let mut last_caught_up: Option<Instant> = None;
     loop {
-        match crate::postgres_admin::probe(&cluster, postgres, port, &password, POSTGRES_TIMEOUT)
-            .await
-        {
+        let probed = Instant::now();
+        let result =
+            crate::postgres_admin::probe(&cluster, postgres, port, &password, POSTGRES_TIMEOUT)
+                .await;
+        // The login counts as the service's health check (bow_health_checks_total).
+        agent
+            .health_checks
+            .record(service, result.is_ok(), probed.elapsed());
+        match result {
             Ok(seen) => {
                 failures = 0;
                 let role = match seen {
