@@ -15,8 +15,7 @@ use crate::health::{ExecContext, probe};
 use crate::instance_spec;
 use crate::supervisor::context;
 
-/// Without a health check, an instance is healthy once it has stayed up this long.
-pub const NO_CHECK_HEALTHY_AFTER: Duration = Duration::from_secs(1);
+use bow_reconcile::NO_CHECK_HEALTHY_AFTER;
 /// Until an instance is first healthy, it is probed at least this often (failures still count
 /// at most once per `interval`).
 const STARTUP_PROBE_PAUSE: Duration = Duration::from_millis(100);

@@ -12,7 +12,6 @@ mod agent;
 mod alert_rules;
 mod alerts;
 pub mod api;
-pub mod backoff;
 mod certificates;
 pub mod client;
 mod container_net;

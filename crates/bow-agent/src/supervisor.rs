@@ -13,8 +13,8 @@ use bow_spec::Service;
 
 use crate::agent::{Agent, Slot};
 use crate::api::{Health, InstanceStatus};
-use crate::backoff::{self, Backoff};
 use crate::instance_spec::{self, InstanceContext};
+use bow_reconcile::backoff::{self, Backoff};
 
 /// What the agent asks of a slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -213,7 +213,7 @@ async fn run(
                             s.last_error = Some(reason.clone());
                             s.pid = None;
                         });
-                        let delay = backoff.next_delay().max(crate::backoff::FIRST_DELAY);
+                        let delay = backoff.next_delay().max(backoff::FIRST_DELAY);
                         if back_off(&agent, &service, &id, "next start", delay, &mut control).await
                         {
                             break;

@@ -87,7 +87,7 @@
 //! - `bow restart` of an instance waiting out its backoff is answered by its next healthy
 //!   start (the agent waited out the whole timeout).
 
-mod backoff;
+pub mod backoff;
 mod core;
 mod deploy;
 mod effect;
@@ -99,7 +99,7 @@ mod rollout;
 mod slot;
 
 pub use crate::backoff::{
-    Backoff, CRASH_LOOP_AFTER, FIRST_DELAY, MAX_DELAY, NO_CHECK_HEALTHY_AFTER, STABLE_PERIOD,
+    Backoff, CRASH_LOOP_AFTER, FIRST_DELAY, LAST_INSTANCE_FLOOR, MAX_DELAY, NO_CHECK_HEALTHY_AFTER,
 };
 pub use crate::core::{Core, Refused};
 pub use crate::effect::{Effect, Event, EventKind, StopReason, Timer};

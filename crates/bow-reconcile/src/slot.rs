@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bow_spec::Service;
 
-use crate::backoff::{Backoff, FIRST_DELAY, NO_CHECK_HEALTHY_AFTER, STABLE_PERIOD};
+use crate::backoff::{Backoff, FIRST_DELAY, NO_CHECK_HEALTHY_AFTER};
 use crate::effect::{Effect, Event, EventKind, StopReason, Timer, show};
 use crate::model::{ExitInfo, Health, InstanceKey, InstanceView, Listed, Millis, Process};
 
@@ -463,11 +463,12 @@ impl Slot {
 
     /// The process is gone by itself or as unhealthy: start again after the backoff.
     fn ended(&mut self, healthy_for: Option<Millis>, out: &mut Out) {
-        if healthy_for.is_some_and(|d| d >= STABLE_PERIOD.as_millis() as Millis) {
-            self.backoff.reset();
+        // The one restart policy (backoff.rs): a run that served restarts at once, afresh.
+        let served = healthy_for.is_some();
+        if served {
             self.reported_crash_loop = false;
         }
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.after_run(served);
         self.count_restart();
         let crash_looping = self.backoff.crash_looping();
         self.health = if crash_looping {
@@ -483,9 +484,8 @@ impl Slot {
                 out,
                 EventKind::CrashLooping,
                 format!(
-                    "{} restarts in a row without staying healthy for {}",
-                    self.backoff.consecutive(),
-                    show(STABLE_PERIOD)
+                    "{} restarts in a row without becoming healthy",
+                    self.backoff.consecutive()
                 ),
             );
         }
