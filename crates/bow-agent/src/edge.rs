@@ -152,8 +152,13 @@ impl Agent {
         }
         let log = RotatingFile::open(log_path.clone(), ACCESS_LOG_MAX_BYTES, ACCESS_LOG_KEEP)
             .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        // With `otlp`, the access log's sink also exports spans.
+        let access_log: Arc<dyn bow_edge::AccessLogSink> = match &settings.otlp {
+            Some(otlp) => Arc::new(crate::otlp::sink(self, otlp, JsonLinesSink::new(log))?),
+            None => Arc::new(JsonLinesSink::new(log)),
+        };
         let mut hooks = EdgeHooks {
-            access_log: Arc::new(JsonLinesSink::new(log)),
+            access_log,
             ..EdgeHooks::default()
         };
         if let Some(runtime) = &acme {

@@ -31,6 +31,7 @@ mod image_build;
 mod instance_spec;
 mod metrics;
 mod metrics_edge;
+mod otlp;
 mod ports;
 pub mod postgres;
 mod postgres_admin;

@@ -74,7 +74,7 @@ pub struct RequestLog<'a> {
     /// `HTTP/1.1` or `HTTP/2.0`.
     pub protocol: &'a str,
     /// The trace the request belongs to.
-    pub trace: crate::TraceId,
+    pub trace: crate::TraceContext,
 }
 
 impl RequestLog<'_> {
@@ -457,7 +457,10 @@ mod tests {
             upstream: Some("web.1"),
             client: "127.0.0.1:5000".parse().unwrap(),
             protocol: "HTTP/2.0",
-            trace: crate::TraceId([0xab; 16]),
+            trace: crate::TraceContext {
+                trace: crate::TraceId([0xab; 16]),
+                ..Default::default()
+            },
         };
         let mut line = Vec::new();
         request.write_json(&mut line);

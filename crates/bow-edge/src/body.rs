@@ -185,7 +185,7 @@ pub(crate) struct RequestRecord {
     pub(crate) status: u16,
     pub(crate) bytes: u64,
     pub(crate) service: Option<Arc<str>>,
-    pub(crate) trace: crate::TraceId,
+    pub(crate) trace: crate::TraceContext,
     pub(crate) stats: Option<Arc<RouteStats>>,
     pub(crate) endpoint: Option<EndpointGuard>,
     pub(crate) sink: Arc<dyn AccessLogSink>,

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::config::Scheme;
-use crate::trace::{TraceId, write_traceparent};
+use crate::trace::{TraceContext, write_traceparent};
 
 /// Headers that describe one connection, never forwarded.
 const HOP_BY_HOP: [&[u8]; 6] = [
@@ -215,12 +215,12 @@ pub(crate) enum UpstreamBody {
 /// `Cookie` headers joined into one (as HTTP/2 may split them), `X-Forwarded-For` and
 /// `Forwarded` appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` replaced, and
 /// `traceparent` the edge's own span of the client's trace or of a new one ([`crate::trace`]).
-/// Returns the trace id.
+/// Returns the edge's span.
 pub(crate) fn write_upstream_head<'h, I>(
     out: &mut Vec<u8>,
     head: &UpstreamHead<'_>,
     headers: I,
-) -> TraceId
+) -> TraceContext
 where
     I: Iterator<Item = (&'h [u8], &'h [u8])> + Clone,
 {

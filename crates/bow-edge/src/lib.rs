@@ -66,7 +66,7 @@ pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
 pub use tls::{ACME_TLS_ALPN, CertFiles, CertificateSource, LocalCa, crypto_provider};
-pub use trace::TraceId;
+pub use trace::{TraceContext, TraceId, span_hex};
 pub use upstream::DrainOutcome;
 
 use metrics::MetricsRegistry;

@@ -59,7 +59,7 @@ pub(crate) struct Inbound<'a> {
     /// The length the client declared for its body.
     pub(crate) declared_length: Option<u64>,
     /// The trace of the request (its `traceparent` upstream).
-    pub(crate) trace: crate::TraceId,
+    pub(crate) trace: crate::TraceContext,
 }
 
 /// How a request ended on the shared path.

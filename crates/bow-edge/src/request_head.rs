@@ -29,7 +29,7 @@ pub(crate) struct RequestFacts {
     pub(crate) expect_continue: bool,
     pub(crate) upgrade: bool,
     /// The trace the upstream head's `traceparent` belongs to.
-    pub(crate) trace: crate::TraceId,
+    pub(crate) trace: crate::TraceContext,
 }
 
 /// Why a request head cannot be served: the status it is answered with, and why.
@@ -120,7 +120,7 @@ pub(crate) fn read_request_head(
         declared_length: None,
         expect_continue: false,
         upgrade: false,
-        trace: crate::TraceId::default(),
+        trace: crate::TraceContext::default(),
     };
     let mut host: Option<&[u8]> = None;
     let mut chunked_codings = 0;

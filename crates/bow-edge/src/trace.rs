@@ -14,6 +14,40 @@ const TRACEPARENT_LENGTH: usize = 55;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TraceId(pub [u8; 16]);
 
+/// The edge's span of one request: the trace, the span id the upstream got as its parent, the
+/// client's span (0 when the trace began at the edge) and whether it is sampled — what the
+/// access log and an OTLP export record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TraceContext {
+    pub trace: TraceId,
+    pub span: u64,
+    pub parent: u64,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// The 32 hex digits of the trace id.
+    pub fn to_hex(&self) -> String {
+        self.trace.to_hex()
+    }
+
+    /// Appends the trace id's 32 hex digits.
+    pub fn write_hex(&self, out: &mut Vec<u8>) {
+        self.trace.write_hex(out);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.trace.is_empty()
+    }
+}
+
+/// 16 lower-case hex digits of a span id.
+pub fn span_hex(span: u64) -> String {
+    let mut out = Vec::with_capacity(16);
+    push_hex(&mut out, &span.to_be_bytes());
+    String::from_utf8(out).unwrap_or_default()
+}
+
 impl TraceId {
     /// The 32 lower-case hex digits the header and the access log show.
     pub fn to_hex(&self) -> String {
@@ -60,11 +94,11 @@ fn parse_hex(digits: &[u8], out: &mut [u8]) -> Option<()> {
     Some(())
 }
 
-/// The trace id and flags of a `traceparent` value, when it is valid: version `00` exactly
+/// The trace id, parent span id and flags of a `traceparent` value, when it is valid: version `00` exactly
 /// as long as the format says; a later version at least that long with `-` after it
 /// (§3.2.4: parse what version 00 defines); `ff`, an all-zero trace or parent id or upper-case
 /// hex refused.
-pub(crate) fn parse_traceparent(value: &[u8]) -> Option<(TraceId, u8)> {
+pub(crate) fn parse_traceparent(value: &[u8]) -> Option<(TraceId, u64, u8)> {
     let value = value.trim_ascii();
     if value.len() < TRACEPARENT_LENGTH {
         return None;
@@ -92,7 +126,7 @@ pub(crate) fn parse_traceparent(value: &[u8]) -> Option<(TraceId, u8)> {
     if trace == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((TraceId(trace), flags[0]))
+    Some((TraceId(trace), u64::from_be_bytes(parent), flags[0]))
 }
 
 thread_local! {
@@ -132,15 +166,15 @@ fn seed() -> u64 {
 
 /// Writes the `traceparent` header for the upstream: the client's trace (`incoming`, when it
 /// sent exactly one valid header) or a new one, sampled, with a new span id for the edge.
-/// Returns the trace id.
-pub(crate) fn write_traceparent(out: &mut Vec<u8>, incoming: Option<&[u8]>) -> TraceId {
-    let (trace, flags) = incoming.and_then(parse_traceparent).unwrap_or_else(|| {
+/// Returns the edge's span.
+pub(crate) fn write_traceparent(out: &mut Vec<u8>, incoming: Option<&[u8]>) -> TraceContext {
+    let (trace, parent, flags) = incoming.and_then(parse_traceparent).unwrap_or_else(|| {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&next_u64().to_be_bytes());
         id[8..].copy_from_slice(&next_u64().to_be_bytes());
         // Sampled: the edge records every request (its access log), and downstream
         // samplers that follow their parent record it too.
-        (TraceId(id), 0x01)
+        (TraceId(id), 0, 0x01)
     });
     let mut span = next_u64();
     if span == 0 {
@@ -153,7 +187,12 @@ pub(crate) fn write_traceparent(out: &mut Vec<u8>, incoming: Option<&[u8]>) -> T
     out.push(b'-');
     push_hex(out, &[flags]);
     out.extend_from_slice(b"\r\n");
-    trace
+    TraceContext {
+        trace,
+        span,
+        parent,
+        sampled: flags & 0x01 == 0x01,
+    }
 }
 
 #[cfg(test)]
@@ -167,14 +206,17 @@ mod tests {
         let mut out = Vec::new();
         let trace = write_traceparent(&mut out, Some(VALID));
         assert_eq!(trace.to_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(span_hex(trace.parent), "00f067aa0ba902b7");
+        assert!(trace.sampled);
         let line = String::from_utf8(out).unwrap();
         let value = line
             .strip_prefix("traceparent: ")
             .unwrap()
             .strip_suffix("\r\n")
             .unwrap();
-        let (again, flags) = parse_traceparent(value.as_bytes()).unwrap();
-        assert_eq!(again, trace);
+        let (again, span, flags) = parse_traceparent(value.as_bytes()).unwrap();
+        assert_eq!(again, trace.trace);
+        assert_eq!(span_hex(span), span_hex(trace.span));
         assert_eq!(flags, 1);
         assert_ne!(&value[36..52], "00f067aa0ba902b7", "the edge's own span");
     }

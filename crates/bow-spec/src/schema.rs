@@ -69,6 +69,17 @@ fn default_certificate_expiry() -> Duration {
     Duration(std::time::Duration::from_secs(14 * 86_400))
 }
 
+/// `edge.otlp: { endpoint, sample }`: where the edge's spans go (`<endpoint>/v1/traces`,
+/// OTLP/HTTP with JSON) and the share of sampled traces exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// `http://` or `https://` URL of the collector's OTLP/HTTP receiver (port 4318).
+    pub endpoint: String,
+    /// 0 < sample <= 1: traces exported, by trace id (the same traces in every service).
+    pub sample: f64,
+}
+
 /// One rule of the operator's own: fires when a series of the agent's `/metrics` whose
 /// labels include `labels` is above (or below) a threshold for `for`. Each matching series is
 /// one alert (labelled with its service, when it has one).
@@ -162,6 +173,9 @@ pub struct Edge {
     pub upstream_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
+    /// Export the edge's spans to an OpenTelemetry collector (OTLP over HTTP, JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<Otlp>,
 }
 
 fn default_body_timeout() -> Duration {

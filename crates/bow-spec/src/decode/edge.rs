@@ -27,6 +27,7 @@ pub(super) fn default_edge(options: &LoadOptions) -> Edge {
         upstream_timeout: defaults::UPSTREAM_TIMEOUT,
         idle_timeout: defaults::IDLE_TIMEOUT,
         max_connections: defaults::MAX_CONNECTIONS,
+        otlp: None,
     }
 }
 
@@ -196,6 +197,9 @@ pub(super) fn edge(node: &Node, path: &str, options: &LoadOptions, reader: &mut 
             edge.security_headers.insert(name, text);
         }
     }
+    if let Some((n, p)) = fields.get("otlp") {
+        edge.otlp = otlp(n, &p, reader);
+    }
     if let Some((n, p)) = fields.get("max_body_size") {
         edge.max_body_size = reader.size(n, &p).unwrap_or(edge.max_body_size);
     }
@@ -252,4 +256,60 @@ fn tls(node: &Node, path: &str, reader: &mut Reader) -> Option<Tls> {
             })
         }
     }
+}
+
+/// `otlp: { endpoint, sample }`.
+fn otlp(node: &Node, path: &str, reader: &mut Reader) -> Option<Otlp> {
+    let fields = reader.fields(node, path, "a mapping with endpoint and sample", OTLP_KEYS)?;
+    let Some((n, p)) = fields.get("endpoint") else {
+        reader.error(
+            &join(path, "endpoint"),
+            node.blame(),
+            "missing `endpoint`: the collector's OTLP/HTTP receiver",
+            Some(
+                "add endpoint: http://127.0.0.1:4318 (spans go to <endpoint>/v1/traces)"
+                    .to_string(),
+            ),
+        );
+        return None;
+    };
+    let endpoint = reader.nonempty(n, &p, "an http:// or https:// URL")?;
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"));
+    if rest.is_none_or(|r| r.is_empty() || r.starts_with('/') || r.contains(char::is_whitespace)) {
+        reader.error(
+            &p,
+            n.span,
+            format!("expected an http:// or https:// URL with a host, found {endpoint:?}"),
+            Some("for example endpoint: http://127.0.0.1:4318".to_string()),
+        );
+        return None;
+    }
+    let sample = match fields.get("sample") {
+        Some((n, p)) => {
+            let text = n.scalar().unwrap_or("").trim().to_string();
+            let value = match text.strip_suffix('%') {
+                Some(percent) => percent.trim().parse::<f64>().ok().map(|v| v / 100.0),
+                None => text.parse::<f64>().ok(),
+            };
+            match value {
+                Some(v) if v.is_finite() && v > 0.0 && v <= 1.0 => v,
+                _ => {
+                    reader.error(
+                        &p,
+                        n.span,
+                        format!("expected a share like 10% or 0.1, found {}", n.describe()),
+                        Some("more than 0 and at most 100% of the sampled traces".to_string()),
+                    );
+                    return None;
+                }
+            }
+        }
+        None => 1.0,
+    };
+    Some(Otlp {
+        endpoint: endpoint.trim_end_matches('/').to_string(),
+        sample,
+    })
 }

@@ -50,7 +50,9 @@ pub const ALERT_RULE_KEYS: &[&str] = &[
     "name", "metric", "labels", "above", "below", "for", "severity", "summary",
 ];
 pub const REGISTRY_KEYS: &[&str] = &["username", "password_secret"];
+pub const OTLP_KEYS: &[&str] = &["endpoint", "sample"];
 pub const EDGE_KEYS: &[&str] = &[
+    "otlp",
     "http_port",
     "https_port",
     "tls",
@@ -150,6 +152,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         TOP_KEYS,
         crate::environ::OVERLAY_KEYS,
         EDGE_KEYS,
+        OTLP_KEYS,
         ACME_KEYS,
         TLS_FILE_KEYS,
         SERVICE_KEYS,
