@@ -533,6 +533,16 @@ fn conditions(
             }
         }
     }
+    // Backups: a failed run or drill holds until one succeeds again (`backup_state`).
+    for (name, service, summary) in crate::backup_state::failing(&agent.state_dir) {
+        out.push(condition(
+            name,
+            &service,
+            "critical",
+            summary,
+            Duration::ZERO,
+        ));
+    }
     if let Some(used) = disk_used_ratio(&agent.state_dir)
         && used >= DISK_RATIO
     {

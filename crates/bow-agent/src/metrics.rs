@@ -157,6 +157,7 @@ pub(crate) struct Scrape {
     checks: BTreeMap<String, CheckStats>,
     process: ProcessSample,
     admin_scrapes: u64,
+    backups: Vec<(String, crate::backup_state::BackupRecord)>,
 }
 
 impl Scrape {
@@ -213,6 +214,7 @@ impl Scrape {
                 checks: agent.health_checks.snapshot(),
                 process: process_sample(),
                 admin_scrapes,
+                backups: crate::backup_state::read_all(&agent.state_dir),
             }
         });
         blocking
@@ -367,6 +369,7 @@ impl Collector for Scrape {
         self.encode_agent(&mut family)?;
         self.encode_instances(&mut family)?;
         self.encode_deploys(&mut family)?;
+        crate::metrics_backup::encode(&self.backups, &mut family)?;
         if let Some(edge) = &self.edge {
             crate::metrics_edge::encode(edge, &mut family)?;
         }

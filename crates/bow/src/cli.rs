@@ -414,7 +414,7 @@ pub enum BackupCommand {
         service: String,
         /// The backup's id (see `bow backup list`)
         id: Option<String>,
-        /// A point in time to recover to (needs `pitr: true`; not available in this version)
+        /// A point in time to recover to, UTC (`2026-12-05 10:31:00`): needs `pitr: true`
         #[arg(long, value_name = "TIME")]
         to: Option<String>,
         /// Do not ask (needed when stdin is not a terminal)
@@ -429,6 +429,19 @@ pub enum BackupCommand {
         service: Option<String>,
         /// The backup's id; the newest complete one by default
         id: Option<String>,
+    },
+    /// Store the WAL segments waiting in the spool of services with `pitr: true` (the agent
+    /// does it every few seconds)
+    WalPush {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: Option<String>,
+    },
+    /// archive_command's half of WAL archiving: copy a finished segment into the spool
+    #[command(hide = true)]
+    WalSpool {
+        source: std::path::PathBuf,
+        destination: std::path::PathBuf,
     },
 }
 
