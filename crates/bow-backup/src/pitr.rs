@@ -204,26 +204,63 @@ pub fn spooled(spool: &Path) -> Vec<PathBuf> {
 }
 
 /// The agent's half: stores every spooled segment (encrypted) and deletes each once stored.
-/// Returns how many were stored; stops at the first failure (they wait in the spool).
+/// Returns how many were stored; stops at the first failure (they wait in the spool). One
+/// pusher at a time (the agent's thread and a restore's own push): an exclusive lock on
+/// `<spool>.lock`.
 pub async fn push_spool(
     catalog: &Catalog,
     recipients: Arc<Vec<age::x25519::Recipient>>,
     spool: &Path,
     system: u64,
 ) -> Result<usize> {
+    let lock_path = PathBuf::from(format!("{}.lock", spool.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| BackupError::io(format!("cannot open {}", lock_path.display()), e))?;
+    let lock = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock(2) on a descriptor this closure owns; released when it closes.
+        match unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } {
+            0 => Ok(lock),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    })
+    .await
+    .map_err(|e| BackupError::Tool(e.to_string()))?
+    .map_err(|e| BackupError::io(format!("cannot lock {}", lock_path.display()), e))?;
     let mut pushed = 0;
     for file in spooled(spool) {
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         let path = catalog
             .wal_root(system)
             .join(format!("{name}{WAL_SUFFIX}").as_str());
-        let source = std::fs::File::open(&file)
-            .map_err(|e| BackupError::io(format!("cannot read {}", file.display()), e))?;
+        let source = match std::fs::File::open(&file) {
+            Ok(source) => source,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(BackupError::io(
+                    format!("cannot read {}", file.display()),
+                    e,
+                ));
+            }
+        };
         stream::upload(catalog.store.clone(), &path, recipients.clone(), source).await?;
-        std::fs::remove_file(&file)
-            .map_err(|e| BackupError::io(format!("cannot remove {}", file.display()), e))?;
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BackupError::io(
+                    format!("cannot remove {}", file.display()),
+                    e,
+                ));
+            }
+        }
         pushed += 1;
     }
+    drop(lock);
     Ok(pushed)
 }
 

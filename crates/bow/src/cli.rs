@@ -104,6 +104,10 @@ pub enum Command {
         /// listener: GitHub/Gitea HMAC-SHA256 or GitLab's token); a signed push fetches at once
         #[arg(long, value_name = "SECRET", requires = "follow")]
         webhook_secret: Option<String>,
+        /// With -d on a fresh host: once every service is up, restore every service with
+        /// `backup:` from its newest good backup (`latest`; disaster recovery, docs/backups.md)
+        #[arg(long, value_name = "latest", requires = "detach")]
+        restore: Option<String>,
     },
     /// Deploy to --to what is live in --from (same code and image, --to's own settings)
     Promote {

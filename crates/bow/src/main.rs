@@ -42,12 +42,14 @@ fn main() -> ExitCode {
             follow,
             interval,
             webhook_secret,
+            restore,
         } => commands::up::run(
             &stack.or(&cli.stack),
             detach,
             follow.as_deref(),
             &interval,
             webhook_secret,
+            restore.as_deref(),
         ),
         Command::Follow { command } => commands::follow::run(command, &cli.stack),
         Command::Promote {
