@@ -21,12 +21,16 @@ pub fn spool_dir(volume: &Path) -> PathBuf {
     volume.join("wal-spool")
 }
 
+/// The binary `archive_command` runs, which the server's sandbox must show it.
+pub(crate) fn archiver() -> Option<PathBuf> {
+    std::env::current_exe().ok()
+}
+
 /// The archiving lines of `bow.conf`; creates the spool (the service user's, 0700).
 pub(crate) fn conf_lines(cluster: &Cluster) -> Result<String, String> {
     let spool = spool_dir(&cluster.volume);
     make_dir(&spool, 0o700, cluster.ids)?;
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot tell where the bow binary is, for archive_command: {e}"))?;
+    let exe = archiver().ok_or("cannot tell where the bow binary is, for archive_command")?;
     let command = format!(
         "\"{}\" backup wal-spool \"%p\" \"{}/%f\"",
         exe.display(),
