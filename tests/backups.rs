@@ -497,13 +497,17 @@ fn disaster_recovery_on_a_fresh_state_dir() {
         serde_json::from_str::<Value>(&out).unwrap()
     };
     assert_eq!(backups[0]["verified"], true, "{backups}");
-    fresh.up_ok();
-    assert_eq!(
-        query(&fresh, "SELECT count(*) FROM items WHERE id = 7777"),
-        "0"
-    );
+    // `bow up -d --restore latest`: up, then every service from its newest good backup.
+    let up = bow_ok(&fresh, &["up", "-d", "--restore", "latest"]);
+    assert!(up.contains("restored backup"), "{up}");
+    assert_eq!(query(&fresh, ITEMS), before);
+    // Never on a host with data: a repeated command must not roll a live system back.
+    let again = fresh.run(&["up", "-d", "--restore", "latest"], LIMIT);
+    assert_eq!(again.code, 1, "{}", again.describe());
+    assert!(again.stderr.contains("fresh host"), "{}", again.describe());
     let refused = fresh.run(&["restore-all"], LIMIT);
     assert_eq!(refused.code, 1, "{}", refused.describe());
+    query(&fresh, "DELETE FROM items WHERE id = 7777");
     bow_ok(&fresh, &["restore-all", "--yes"]);
     assert_eq!(query(&fresh, ITEMS), before);
     assert_eq!(

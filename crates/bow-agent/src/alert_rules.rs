@@ -65,6 +65,16 @@ pub(crate) fn conditions(
     releases(agent, &mut out);
     edge(agent, settings, history, &mut out);
     certificates(agent, settings, &mut out);
+    // Backups: a failed run or drill holds until one succeeds again (`backup_state`).
+    for (name, service, summary) in crate::backup_state::failing(&agent.state_dir) {
+        out.push(condition(
+            name,
+            &service,
+            "critical",
+            summary,
+            Duration::ZERO,
+        ));
+    }
     if let Some(used) = disk_used_ratio(&agent.state_dir)
         && used >= DISK_RATIO
     {

@@ -106,6 +106,10 @@ pub fn build(
     spec.stop_timeout = service.stop_timeout.as_std();
     spec.hosts_file = context.names.hosts_file.clone();
     let postgres_volume = postgres.as_ref().map(|cluster| cluster.volume.clone());
+    let archiver = postgres
+        .as_ref()
+        .filter(|cluster| cluster.pitr)
+        .and_then(|_| crate::postgres_archive::archiver());
     if let Some(cluster) = postgres {
         spec.working_dir = cluster.volume;
         // Fast shutdown: sessions end, a checkpoint is written, the postmaster exits.
@@ -118,6 +122,8 @@ pub fn build(
         if !sandbox.writable.contains(&volume) {
             sandbox.writable.push(volume);
         }
+        // Its archive_command runs this binary (`postgres_archive`): visible, even under /tmp.
+        sandbox.visible.extend(archiver);
     }
     Ok(spec)
 }

@@ -158,6 +158,7 @@ pub(crate) struct Scrape {
     process: ProcessSample,
     admin_scrapes: u64,
     certificates: Vec<crate::certificates::Served>,
+    backups: Vec<(String, crate::backup_state::BackupRecord)>,
 }
 
 impl Scrape {
@@ -215,6 +216,7 @@ impl Scrape {
                 process: process_sample(),
                 admin_scrapes,
                 certificates: crate::certificates::served(&agent),
+                backups: crate::backup_state::read_all(&agent.state_dir),
             }
         });
         blocking
@@ -409,6 +411,7 @@ impl Collector for Scrape {
         self.encode_agent(&mut family)?;
         self.encode_instances(&mut family)?;
         self.encode_deploys(&mut family)?;
+        crate::metrics_backup::encode(&self.backups, &mut family)?;
         if let Some(edge) = &self.edge {
             crate::metrics_edge::encode(edge, &mut family)?;
         }

@@ -38,6 +38,8 @@ pub(crate) struct Cluster {
     pub superuser: String,
     /// uid/gid the tools run as (`None`: the agent's own, when not root).
     pub ids: Option<(u32, u32)>,
+    /// `backup: {pitr: true}`: the server archives its WAL (`postgres_archive`).
+    pub pitr: bool,
 }
 
 /// The postgres section of a service, if it is a postgres service.
@@ -188,6 +190,7 @@ impl Cluster {
             volume,
             superuser,
             ids,
+            pitr: definition.backup.as_ref().is_some_and(|b| b.pitr),
         })
     }
 
@@ -387,6 +390,9 @@ pub(crate) fn write_conf(
         conf.push_str(&crate::postgres_replica::conf_lines(
             cluster, postgres, upstream,
         ));
+    }
+    if cluster.pitr {
+        conf.push_str(&crate::postgres_archive::conf_lines(cluster)?);
     }
     for (name, value) in &postgres.settings {
         conf.push_str(&format!("{name} = {}\n", quote(value)));

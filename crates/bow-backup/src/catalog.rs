@@ -52,6 +52,19 @@ pub struct Manifest {
     /// Rows per table (`schema.table`), counted in the dump's own snapshot.
     #[serde(default)]
     pub row_counts: BTreeMap<String, u64>,
+    /// A base backup's WAL start and end (`0/2000028`), timeline, and first WAL segment: where
+    /// a point-in-time recovery from it starts replaying.
+    #[serde(default)]
+    pub start_lsn: Option<String>,
+    #[serde(default)]
+    pub end_lsn: Option<String>,
+    #[serde(default)]
+    pub timeline: Option<u32>,
+    #[serde(default)]
+    pub start_wal: Option<String>,
+    /// The cluster's system identifier: its archived WAL is under it.
+    #[serde(default)]
+    pub system_id: Option<u64>,
     pub bow_version: String,
 }
 
@@ -71,6 +84,11 @@ impl Manifest {
             postgres_version: None,
             database: None,
             row_counts: BTreeMap::new(),
+            start_lsn: None,
+            end_lsn: None,
+            timeline: None,
+            start_wal: None,
+            system_id: None,
             bow_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -138,6 +156,21 @@ impl Catalog {
             .join(format!("{project}-{environment}").as_str())
             .join(service);
         Catalog { store, root }
+    }
+
+    /// Where the archived WAL segments of the service's cluster `system` (its system
+    /// identifier) are: `<prefix>/<project>-<env>/<service>.wal/<system>`, beside the backups
+    /// (a listing of backups never walks the WAL). Another cluster of the same service (a
+    /// fresh host's, before its restore) archives beside, never over, this one's.
+    pub fn wal_root(&self, system: u64) -> ObjectPath {
+        let mut parts: Vec<String> = self.root.parts().map(|p| p.as_ref().to_string()).collect();
+        let service = parts.pop().unwrap_or_default();
+        let mut root = ObjectPath::default();
+        for part in parts {
+            root = root.join(part.as_str());
+        }
+        root.join(format!("{service}.wal").as_str())
+            .join(system.to_string().as_str())
     }
 
     pub fn path(&self, id: &str, name: &str) -> ObjectPath {

@@ -11,6 +11,7 @@
 
 pub mod catalog;
 mod error;
+pub mod pitr;
 pub mod postgres;
 pub mod retention;
 pub mod store;

@@ -36,7 +36,7 @@ pub struct Server {
 }
 
 impl Server {
-    fn command(&self, tool: &str) -> Command {
+    pub(crate) fn command(&self, tool: &str) -> Command {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(self.bin.join(tool));
         command
@@ -169,7 +169,7 @@ impl Snapshot {
 }
 
 /// Reads a child's stderr on a thread, so that a chatty tool never blocks on a full pipe.
-fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
+pub(crate) fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<Vec<u8>> {
     let mut stderr = child.stderr.take().expect("piped");
     std::thread::spawn(move || {
         let mut text = Vec::new();
@@ -261,10 +261,10 @@ async fn dump_into(
 
 /// A child's stdin that kills the child before it closes unless the stream ended cleanly:
 /// pg_restore must never see a clean end of a stream that failed its checks.
-struct GuardedStdin {
-    stdin: Option<ChildStdin>,
-    pid: i32,
-    clean: bool,
+pub(crate) struct GuardedStdin {
+    pub(crate) stdin: Option<ChildStdin>,
+    pub(crate) pid: i32,
+    pub(crate) clean: bool,
 }
 
 impl Write for GuardedStdin {
@@ -298,7 +298,7 @@ pub enum Target {
 
 /// Ends every other session on `server`'s database (the app's pools reconnect and wait on
 /// the restore's locks): an idle transaction must not hold a restore up.
-fn end_sessions(server: &Server) -> Result<()> {
+pub(crate) fn end_sessions(server: &Server) -> Result<()> {
     server.psql(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
     )?;
@@ -385,7 +385,6 @@ impl Scratch {
         database: &str,
     ) -> Result<Scratch> {
         use std::os::unix::fs::DirBuilderExt;
-        use std::os::unix::process::CommandExt;
         std::fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
@@ -423,8 +422,30 @@ impl Scratch {
                 tail(&output.stderr)
             )));
         }
+        let mut scratch = Scratch::launch(server, dir, &[])?;
+        let quoted = database.replace('"', "\"\"");
+        scratch
+            .server
+            .psql(&format!("CREATE DATABASE \"{quoted}\""))?;
+        scratch.server.database = database.to_string();
+        Ok(scratch)
+    }
+
+    /// Starts the server of `<dir>/data` as a scratch one: a unix socket in `dir` only, no
+    /// TCP, no fsync, no WAL archiving, `settings` (name, value) on top; waits until it takes
+    /// connections.
+    pub(crate) fn launch(
+        server: Server,
+        dir: &Path,
+        settings: &[(&str, String)],
+    ) -> Result<Scratch> {
+        use std::os::unix::process::CommandExt;
+        let data = dir.join("data");
         let log = std::fs::File::create(dir.join("server.log"))
             .map_err(|e| BackupError::io("scratch server log", e))?;
+        if let Some((uid, gid)) = server.ids {
+            let _ = std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid));
+        }
         let mut postmaster = server.command("postgres");
         postmaster
             .arg("-D")
@@ -438,7 +459,15 @@ impl Scratch {
                 "fsync=off",
                 "-c",
                 "full_page_writes=off",
-            ])
+                "-c",
+                "archive_mode=off",
+                "-c",
+                "synchronous_standby_names=",
+            ]);
+        for (name, value) in settings {
+            postmaster.arg("-c").arg(format!("{name}={value}"));
+        }
+        postmaster
             .stdout(log.try_clone().map_err(|e| BackupError::io("log", e))?)
             .stderr(log)
             .process_group(0);
@@ -450,23 +479,30 @@ impl Scratch {
             dir: dir.to_path_buf(),
             postmaster,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(600);
         while scratch.server.psql("SELECT 1").is_err() {
-            if Instant::now() > deadline || scratch.postmaster.try_wait().ok().flatten().is_some() {
-                let log = std::fs::read(dir.join("server.log")).unwrap_or_default();
-                return Err(BackupError::Tool(format!(
-                    "the scratch server did not start: {}",
-                    tail(&log)
-                )));
-            }
+            scratch.alive(deadline)?;
             std::thread::sleep(Duration::from_millis(100));
         }
-        let quoted = database.replace('"', "\"\"");
-        scratch
-            .server
-            .psql(&format!("CREATE DATABASE \"{quoted}\""))?;
-        scratch.server.database = database.to_string();
         Ok(scratch)
+    }
+
+    /// `Err` with the server log's last lines when the server exited or `deadline` passed.
+    pub(crate) fn alive(&mut self, deadline: Instant) -> Result<()> {
+        let exited = self.postmaster.try_wait().ok().flatten().is_some();
+        if exited || Instant::now() > deadline {
+            let log = std::fs::read(self.dir.join("server.log")).unwrap_or_default();
+            return Err(BackupError::Tool(format!(
+                "the scratch server {}: {}",
+                if exited {
+                    "stopped"
+                } else {
+                    "did not get ready in time"
+                },
+                tail(&log)
+            )));
+        }
+        Ok(())
     }
 
     /// pg_amcheck over every table and index of the database (btree structure, heap pages).

@@ -364,29 +364,15 @@ fn backups(spec: &Spec, root: &Node, reader: &mut Reader) {
             reader.error(&path, span_of(None), message, Some(hint.to_string()));
             continue;
         }
-        let not_yet: [(bool, &str, &str, &str); 2] = [
-            (
-                backup.pitr,
-                "pitr",
-                "point-in-time recovery (WAL archiving) is not available in this version",
-                "logical backups restore to the moment they were taken; remove `pitr:` to go on",
-            ),
-            (
-                backup.kind == crate::schema::BackupKind::Base,
-                "kind",
-                "base backups (pg_basebackup) are not available in this version",
-                "use `kind: logical` (the default): pg_dump of the database",
-            ),
-        ];
-        for (refused, key, message, hint) in not_yet {
-            if refused {
-                reader.error(
-                    &join(&path, key),
-                    span_of(Some(key)),
-                    message,
-                    Some(hint.to_string()),
-                );
-            }
+        // pitr: true takes base backups; an explicit `kind: logical` beside it contradicts it.
+        let kind_written = node_at(root, &["services", name.as_str(), "backup", "kind"]).is_some();
+        if backup.pitr && kind_written && backup.kind == crate::schema::BackupKind::Logical {
+            reader.error(
+                &join(&path, "kind"),
+                span_of(Some("kind")),
+                "point-in-time recovery replays WAL onto base backups, not onto logical ones",
+                Some("remove `kind: logical` (with `pitr: true` the backups are base backups), or remove `pitr:`".to_string()),
+            );
         }
         for key in ["access_key_secret", "secret_key_secret"] {
             let value = match key {

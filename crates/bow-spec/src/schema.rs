@@ -614,6 +614,10 @@ pub struct Backup {
     /// true.
     #[serde(default)]
     pub check: Option<String>,
+    /// When restore drills of the newest backup run (`bow backup verify`): a cron expression
+    /// (`daily` and `weekly` are `@daily`, `@weekly`), UTC.
+    #[serde(default)]
+    pub verify: Option<String>,
 }
 
 /// What a postgres backup is made of.

@@ -1,8 +1,10 @@
-//! Scheduled backups (`backup.schedule`): a thread of `bow agent` that, at each minute a
-//! service's cron expression fires (UTC), runs `bow backup run SERVICE` — the very command an
-//! operator runs, backup then restore drill then retention — as a child process with the
-//! agent's environment (its secrets key), one at a time, and records the outcome as a `backup`
-//! event. A minute missed while a backup ran is not run twice: the next due minute is.
+//! Scheduled backups (`backup.schedule`) and drills (`backup.verify`): a thread of `bow agent`
+//! that, at each minute a service's cron expression fires (UTC), runs `bow backup run SERVICE`
+//! — the very command an operator runs, backup then restore drill then retention — or `bow
+//! backup verify SERVICE`, as a child process with the agent's environment (its secrets key),
+//! one at a time, and records the outcome as a `backup` event. A minute missed while a backup
+//! ran is not run twice: the next due minute is. A second thread stores the WAL that servers
+//! with `pitr: true` spooled (`bow backup wal-push`).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,8 +21,15 @@ fn unix_minute() -> i64 {
         .map_or(0, |d| (d.as_secs() / 60) as i64)
 }
 
-/// Starts the scheduler; `file`, `environment` and `state_dir` are the agent's own.
+/// Starts the scheduler and the WAL pusher; `file`, `environment` and `state_dir` are the
+/// agent's own.
 pub fn spawn(agent: Arc<Agent>, file: PathBuf, environment: String, state_dir: PathBuf) {
+    spawn_wal_push(
+        agent.clone(),
+        file.clone(),
+        environment.clone(),
+        state_dir.clone(),
+    );
     std::thread::Builder::new()
         .name("bow-backups".into())
         .spawn(move || {
@@ -40,20 +49,27 @@ pub fn spawn(agent: Arc<Agent>, file: PathBuf, environment: String, state_dir: P
                 let Some(spec) = agent.applied_spec() else {
                     continue;
                 };
-                let due: Vec<String> = spec
-                    .services
-                    .iter()
-                    .filter(|(_, s)| {
-                        s.backup
-                            .as_ref()
-                            .and_then(|b| b.schedule.as_deref())
-                            .and_then(|c| Cron::parse(c).ok())
-                            .is_some_and(|cron| cron.fires_at(minute))
-                    })
-                    .map(|(name, _)| name.clone())
-                    .collect();
-                for service in due {
-                    run(&agent, &file, &environment, &state_dir, &service);
+                let due = |pick: fn(&bow_spec::Backup) -> Option<&String>| -> Vec<String> {
+                    spec.services
+                        .iter()
+                        .filter(|(_, s)| {
+                            s.backup
+                                .as_ref()
+                                .and_then(pick)
+                                .and_then(|c| Cron::parse(c).ok())
+                                .is_some_and(|cron| cron.fires_at(minute))
+                        })
+                        .map(|(name, _)| name.clone())
+                        .collect()
+                };
+                let backups = due(|b| b.schedule.as_ref());
+                let drills = due(|b| b.verify.as_ref());
+                for service in &backups {
+                    run(&agent, &file, &environment, &state_dir, service, "run");
+                }
+                // A backup run drills its new backup already: no second drill that minute.
+                for service in drills.iter().filter(|s| !backups.contains(s)) {
+                    run(&agent, &file, &environment, &state_dir, service, "verify");
                 }
                 // A long backup may have run past minutes: they are not made up.
                 last = last.max(unix_minute());
@@ -68,11 +84,17 @@ fn run(
     environment: &str,
     state_dir: &std::path::Path,
     service: &str,
+    action: &str,
 ) {
     let started = std::time::Instant::now();
+    let what = if action == "run" {
+        "backup"
+    } else {
+        "restore drill"
+    };
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("bow"));
     let output = Command::new(exe)
-        .args(["backup", "run", service, "--env", environment])
+        .args(["backup", action, service, "--env", environment])
         .arg("--file")
         .arg(file)
         .arg("--state-dir")
@@ -86,16 +108,90 @@ fn run(
     };
     let message = match output {
         Ok(output) if output.status.success() => format!(
-            "scheduled backup of {service} done in {} s: {}",
+            "scheduled {what} of {service} done in {} s: {}",
             started.elapsed().as_secs(),
             last_lines(&output.stdout)
         ),
         Ok(output) => format!(
-            "scheduled backup of {service} FAILED ({}): {} — the previous backups are untouched",
+            "scheduled {what} of {service} FAILED ({}): {} — the previous backups are untouched",
             output.status,
             last_lines(&output.stderr)
         ),
-        Err(error) => format!("scheduled backup of {service} could not start: {error}"),
+        Err(error) => format!("scheduled {what} of {service} could not start: {error}"),
     };
     agent.emit(service, "", EventKind::Backup, &message);
+}
+
+/// How often the spools of services with `pitr: true` are looked at.
+const WAL_PUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// A thread that stores what the servers of services with `backup: {pitr: true}` spooled
+/// (`bow backup wal-push SERVICE`, a child with the agent's environment) whenever a spool has
+/// segments. A failure is a `backup` event (once, until it works again): the segments wait in
+/// the spool, and postgres keeps nothing back meanwhile.
+fn spawn_wal_push(agent: Arc<Agent>, file: PathBuf, environment: String, state_dir: PathBuf) {
+    std::thread::Builder::new()
+        .name("bow-wal-push".into())
+        .spawn(move || {
+            let mut failing: std::collections::BTreeSet<String> = Default::default();
+            loop {
+                std::thread::sleep(WAL_PUSH_EVERY);
+                let Some(spec) = agent.applied_spec() else {
+                    continue;
+                };
+                let volumes = bow_agent::postgres::volumes_dir(&state_dir);
+                for (service, definition) in &spec.services {
+                    if !definition.backup.as_ref().is_some_and(|b| b.pitr) {
+                        continue;
+                    }
+                    let spool = bow_agent::postgres_archive::spool_dir(&volumes.join(service));
+                    if bow_backup::pitr::spooled(&spool).is_empty() {
+                        continue;
+                    }
+                    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("bow"));
+                    let output = Command::new(exe)
+                        .args(["backup", "wal-push", service, "--env", &environment])
+                        .arg("--file")
+                        .arg(&file)
+                        .arg("--state-dir")
+                        .arg(&state_dir)
+                        .stdin(Stdio::null())
+                        .output();
+                    match output {
+                        Ok(output) if output.status.success() => {
+                            if failing.remove(service) {
+                                agent.emit(
+                                    service,
+                                    "",
+                                    EventKind::Backup,
+                                    &format!("WAL archiving of {service} works again: the spool is stored"),
+                                );
+                            }
+                        }
+                        failed => {
+                            if failing.insert(service.clone()) {
+                                let why = match failed {
+                                    Ok(output) => String::from_utf8_lossy(&output.stderr)
+                                        .lines()
+                                        .last()
+                                        .unwrap_or("")
+                                        .to_string(),
+                                    Err(error) => error.to_string(),
+                                };
+                                agent.emit(
+                                    service,
+                                    "",
+                                    EventKind::Backup,
+                                    &format!(
+                                        "WAL archiving of {service} FAILED: {why} — segments wait in {}",
+                                        spool.display()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .expect("a thread starts");
 }

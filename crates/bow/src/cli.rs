@@ -125,6 +125,10 @@ pub enum Command {
         detach: bool,
         #[command(flatten)]
         following: FollowFlags,
+        /// With -d on a fresh host: once every service is up, restore every service with
+        /// `backup:` from its newest good backup (`latest`; disaster recovery, docs/backups.md)
+        #[arg(long, value_name = "latest", requires = "detach")]
+        restore: Option<String>,
     },
     /// Deploy to --to what is live in --from (same code and image, --to's own settings)
     Promote {
@@ -456,7 +460,7 @@ pub enum BackupCommand {
         service: String,
         /// The backup's id (see `bow backup list`)
         id: Option<String>,
-        /// A point in time to recover to (needs `pitr: true`; not available in this version)
+        /// A point in time to recover to, UTC (`2026-12-05 10:31:00`): needs `pitr: true`
         #[arg(long, value_name = "TIME")]
         to: Option<String>,
         /// Do not ask (needed when stdin is not a terminal)
@@ -471,6 +475,19 @@ pub enum BackupCommand {
         service: Option<String>,
         /// The backup's id; the newest complete one by default
         id: Option<String>,
+    },
+    /// Store the WAL segments waiting in the spool of services with `pitr: true` (the agent
+    /// does it every few seconds)
+    WalPush {
+        #[command(flatten)]
+        stack: StackArgs,
+        service: Option<String>,
+    },
+    /// archive_command's half of WAL archiving: copy a finished segment into the spool
+    #[command(hide = true)]
+    WalSpool {
+        source: std::path::PathBuf,
+        destination: std::path::PathBuf,
     },
 }
 

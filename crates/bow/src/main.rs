@@ -44,7 +44,8 @@ fn main() -> ExitCode {
             stack,
             detach,
             following,
-        } => commands::up::run(&stack.or(&cli.stack), detach, following),
+            restore,
+        } => commands::up::run(&stack.or(&cli.stack), detach, following, restore.as_deref()),
         Command::Follow { command } => commands::follow::run(command, &cli.stack),
         Command::Promote {
             stack,

@@ -132,6 +132,7 @@ pub const BACKUP_KEYS: &[&str] = &[
     "access_key_secret",
     "secret_key_secret",
     "check",
+    "verify",
 ];
 pub const ACME_KEYS: &[&str] = &[
     "email",

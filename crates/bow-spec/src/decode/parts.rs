@@ -249,6 +249,29 @@ pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Bac
             }
         }
     });
+    // `verify:` daily, weekly, hourly, monthly, or a cron expression: when restore drills run.
+    let verify = fields.get("verify").and_then(|(n, p)| {
+        let text = reader.nonempty(n, &p, "daily, weekly or a cron schedule")?;
+        let cron = match text.as_str() {
+            "hourly" | "daily" | "weekly" | "monthly" => format!("@{text}"),
+            _ => text.clone(),
+        };
+        match crate::cron::Cron::parse(&cron) {
+            Ok(_) => Some(cron),
+            Err(message) => {
+                reader.error(
+                    &p,
+                    n.span,
+                    message,
+                    Some(
+                        "daily, weekly, monthly, or five cron fields like \"0 4 * * 0\""
+                            .to_string(),
+                    ),
+                );
+                None
+            }
+        }
+    });
     let keep = match fields.get("keep") {
         Some((n, p)) => reader
             .integer(n, &p, "a number of backups to keep", 1, 100_000)
@@ -342,5 +365,6 @@ pub(super) fn backup(node: &Node, path: &str, reader: &mut Reader) -> Option<Bac
         access_key_secret,
         secret_key_secret,
         check,
+        verify,
     })
 }

@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, anyhow, bail};
 use bow_backup::catalog::VERIFICATION;
+use bow_backup::pitr::KIND_BASE;
 use bow_backup::postgres::{self, KIND_LOGICAL, Target as Into};
 use bow_backup::{Entry, Manifest, retention};
 
+use super::backup_pitr as pitr;
 use super::backup_target::{Target, services};
 use crate::cli::{BackupCommand, Output, StackArgs};
 use crate::session::Session;
@@ -33,6 +35,11 @@ pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
             for name in services(&session, service.as_deref())? {
                 if let Err(error) = runtime.block_on(back_up(&session, &name, !no_verify)) {
                     eprintln!("error: {name}: backup failed: {error:#}");
+                    record(&session.state_dir, &name, |r| {
+                        r.last_failure_ms = Some(now_ms());
+                        r.last_failure = Some(format!("{error:#}"));
+                        r.failures_total += 1;
+                    });
                     failed += 1;
                 }
             }
@@ -57,14 +64,45 @@ pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
             to,
             yes,
         } => {
-            if let Some(time) = to {
-                bail!(
-                    "cannot restore {service} to {time}: point-in-time recovery (`pitr: true`) is not available in this version; restore a backup by its id (`bow backup list {service}`)"
-                );
-            }
             let session = Session::load(&stack.or(outer))?;
             services(&session, Some(&service))?;
-            runtime.block_on(restore(&session, &service, id.as_deref(), yes))
+            runtime.block_on(restore(
+                &session,
+                &service,
+                id.as_deref(),
+                to.as_deref(),
+                yes,
+            ))
+        }
+        BackupCommand::WalSpool {
+            source,
+            destination,
+        } => {
+            bow_backup::pitr::spool_segment(&source, &destination)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::WalPush { stack, service } => {
+            let session = Session::load(&stack.or(outer))?;
+            let mut failed = 0;
+            for name in services(&session, service.as_deref())? {
+                let target = Target::load(&session, &name)?;
+                if !target.backup.pitr {
+                    continue;
+                }
+                match runtime.block_on(pitr::wal_push(&target)) {
+                    Ok(0) => {}
+                    Ok(n) => println!("{name}: {n} WAL segment(s) stored → {}", target.place),
+                    Err(error) => {
+                        eprintln!("error: {name}: {error:#}");
+                        failed += 1;
+                    }
+                }
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         BackupCommand::Verify { stack, service, id } => {
             let session = Session::load(&stack.or(outer))?;
@@ -106,7 +144,7 @@ pub fn restore_all(args: &StackArgs, yes: bool) -> Result<ExitCode> {
         .build()?;
     let mut failed = 0;
     for name in &names {
-        if let Err(error) = runtime.block_on(restore(&session, name, None, true)) {
+        if let Err(error) = runtime.block_on(restore(&session, name, None, None, true)) {
             eprintln!("error: {name}: not restored: {error:#}");
             failed += 1;
         }
@@ -119,7 +157,7 @@ pub fn restore_all(args: &StackArgs, yes: bool) -> Result<ExitCode> {
 }
 
 /// Asks `question` on a terminal; without one, `yes` must be given.
-fn confirm(question: &str, yes: bool) -> Result<bool> {
+pub(super) fn confirm(question: &str, yes: bool) -> Result<bool> {
     if yes {
         return Ok(true);
     }
@@ -142,22 +180,27 @@ async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()
     let server = target.server(session)?;
     let started = bow_backup::now_rfc3339();
     let id = bow_backup::id_from_time(&started);
+    let base = pitr::is_base(&target.backup);
     let mut manifest = Manifest::new(
         &id,
         &session.spec.project,
         &session.spec.environment,
         service,
-        KIND_LOGICAL,
+        if base { KIND_BASE } else { KIND_LOGICAL },
     );
     manifest.postgres_version = Some(target.postgres.version);
-    let manifest = postgres::backup(
-        &target.catalog,
-        target.recipients.clone(),
-        &server,
-        manifest,
-    )
-    .await?;
+    let (catalog, recipients) = (&target.catalog, target.recipients.clone());
+    let manifest = if base {
+        bow_backup::pitr::base_backup(catalog, recipients, &server, manifest).await?
+    } else {
+        postgres::backup(catalog, recipients, &server, manifest).await?
+    };
     let data = manifest.object(bow_backup::catalog::DATA)?;
+    record(&session.state_dir, service, |r| {
+        r.last_success_ms = Some(now_ms());
+        r.last_success_id = Some(manifest.id.clone());
+        r.last_size_bytes = manifest.size();
+    });
     let rows: u64 = manifest.row_counts.values().sum();
     println!(
         "{service}: backup {id}: {} tables, {rows} rows; {} dumped, {} stored (zstd + age) in {:.1} s → {}",
@@ -186,6 +229,14 @@ async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()
             doomed.join(", ")
         );
     }
+    if target.backup.pitr {
+        let pruned = pitr::prune(&target).await?;
+        if pruned > 0 {
+            println!(
+                "{service}: {pruned} archived WAL segment(s) older than every kept base backup deleted"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -199,12 +250,25 @@ async fn verify_one(target: &Target, manifest: &Manifest) -> Result<bool> {
         ids: target.ids,
         check: target.backup.check.as_deref(),
     };
-    let verdict =
-        postgres::verify(&target.catalog, target.identity.clone(), manifest, drill).await?;
+    let verdict = if manifest.kind == KIND_BASE {
+        pitr::drill(target, manifest).await?
+    } else {
+        postgres::verify(&target.catalog, target.identity.clone(), manifest, drill).await?
+    };
     target
         .catalog
         .write(&manifest.id, VERIFICATION, &verdict, &target.recipients)
         .await?;
+    record(&target.state_dir, &target.service, |r| {
+        if verdict.ok {
+            r.last_verified_ms = Some(now_ms());
+            r.last_verified_id = Some(manifest.id.clone());
+        } else {
+            r.last_drill_failure_ms = Some(now_ms());
+            r.last_drill_failure = Some(verdict.message.clone());
+            r.drill_failures_total += 1;
+        }
+    });
     if verdict.ok {
         println!(
             "{}: backup {} verified in {:.1} s: {}",
@@ -269,12 +333,23 @@ async fn restore(
     session: &Session,
     service: &str,
     id: Option<&str>,
+    to: Option<&str>,
     yes: bool,
 ) -> Result<ExitCode> {
     let target = Target::load(session, service)?;
     let server = target.server(session)?;
     let entries = target.catalog.list(&target.identity).await?;
-    let entry = pick(&entries, id, service, true)?;
+    let chosen = match (to, id) {
+        (Some(_), _) => None,
+        (None, _) => Some(pick(&entries, id, service, true)?),
+    };
+    let base = chosen
+        .and_then(|e| e.manifest.as_ref())
+        .is_none_or(|m| m.kind == KIND_BASE);
+    if base {
+        return pitr::restore(&target, &server, &entries, id, to, yes).await;
+    }
+    let entry = chosen.expect("a logical backup");
     let manifest = entry.manifest.as_ref().expect("complete");
     if let Some(verification) = entry.verification.as_ref().filter(|v| !v.ok) {
         bail!(
@@ -346,6 +421,9 @@ async fn list(session: &Session, only: Option<&str>, output: Output) -> Result<E
                         "plain_size": m.map(|m| m.objects.iter().map(|o| o.plain_size).sum::<u64>()),
                         "duration_ms": m.map(|m| m.duration_ms),
                         "row_counts": m.map(|m| m.row_counts.clone()),
+                        "start_lsn": m.and_then(|m| m.start_lsn.clone()),
+                        "end_lsn": m.and_then(|m| m.end_lsn.clone()),
+                        "timeline": m.and_then(|m| m.timeline),
                         "verified": e.verification.as_ref().map(|v| v.ok),
                         "verified_at": e.verification.as_ref().map(|v| v.at.clone()),
                         "verification": e.verification.as_ref().map(|v| v.message.clone()),
@@ -383,6 +461,24 @@ async fn list(session: &Session, only: Option<&str>, output: Output) -> Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Updates the service's backup record (metrics, alerts, `bow status`); a record that cannot
+/// be written is a warning, not a failed backup.
+fn record(
+    state_dir: &std::path::Path,
+    service: &str,
+    change: impl FnOnce(&mut bow_agent::backup_state::BackupRecord),
+) {
+    if let Err(error) = bow_agent::backup_state::update(state_dir, service, change) {
+        eprintln!("warning: {service}: cannot record the backup's outcome: {error}");
+    }
 }
 
 /// How long ago an RFC 3339 time was, coarsely (`3m`, `2h`, `5d`).

@@ -29,6 +29,8 @@ pub struct Target {
     pub volume: PathBuf,
     pub superuser: String,
     pub ids: Option<(u32, u32)>,
+    /// The state dir, where the backup record is (`bow_agent::backup_state`).
+    pub state_dir: PathBuf,
 }
 
 /// The services of the file with `backup:`, or `only` (which must have one).
@@ -146,6 +148,7 @@ impl Target {
             volume: bow_agent::postgres::volumes_dir(&session.state_dir).join(service),
             superuser,
             ids,
+            state_dir: session.state_dir.clone(),
         })
     }
 

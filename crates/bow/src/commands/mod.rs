@@ -4,6 +4,7 @@ pub mod agent;
 pub mod alerts;
 pub mod apply;
 pub mod backup;
+mod backup_pitr;
 mod backup_target;
 pub mod certs;
 pub mod chaos;

@@ -17,9 +17,59 @@ pub fn run(args: &StackArgs, output: Output) -> Result<ExitCode> {
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Text => print!("{}", table(&report)),
+        Output::Text => {
+            print!("{}", table(&report));
+            print!(
+                "{}",
+                backups(&bow_agent::backup_state::read_all(&state_dir))
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The last backup and the last passing restore drill of each service, with their age, and
+/// a failure that came after either.
+fn backups(records: &[(String, bow_agent::backup_state::BackupRecord)]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let ago = |ms: Option<i64>| match ms {
+        Some(ms) => format!("{} ago", uptime(now.saturating_sub(ms).max(0) as u64)),
+        None => "never".to_string(),
+    };
+    let mut out = String::new();
+    for (service, r) in records {
+        if out.is_empty() {
+            out.push_str(
+                "
+backups:
+",
+            );
+        }
+        out.push_str(&format!(
+            "  {service}: last backup {} ({}), last verified restore {}",
+            ago(r.last_success_ms),
+            r.last_success_id.as_deref().unwrap_or("-"),
+            ago(r.last_verified_ms)
+        ));
+        if r.failing() {
+            out.push_str(&format!(
+                "; LAST RUN FAILED {}: {}",
+                ago(r.last_failure_ms),
+                r.last_failure.as_deref().unwrap_or("?")
+            ));
+        }
+        if r.drill_failing() {
+            out.push_str(&format!(
+                "; LAST DRILL FAILED {}: {}",
+                ago(r.last_drill_failure_ms),
+                r.last_drill_failure.as_deref().unwrap_or("?")
+            ));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The status as a table, one row per instance.

@@ -13,8 +13,16 @@ use crate::cli::{FollowFlags, StackArgs};
 use crate::commands::status;
 use crate::session::Session;
 
-pub fn run(args: &StackArgs, detach: bool, flags: FollowFlags) -> Result<ExitCode> {
+pub fn run(
+    args: &StackArgs,
+    detach: bool,
+    flags: FollowFlags,
+    restore: Option<&str>,
+) -> Result<ExitCode> {
     let mut session = Session::load(args)?;
+    if let Some(which) = restore {
+        fresh_host_only(&session, which)?;
+    }
     crate::secret_store::attach_digests(&mut session)?;
     if flags.follow.is_some() && !detach {
         bail!("--follow needs -d: the agent follows in the background");
@@ -24,6 +32,12 @@ pub fn run(args: &StackArgs, detach: bool, flags: FollowFlags) -> Result<ExitCod
     let following = crate::follow::settings_from_flags(&session, flags)?;
     let state_dir = session.state_dir.clone();
     let code = up(session, detach)?;
+    if restore.is_some() && code == ExitCode::SUCCESS {
+        let restored = crate::commands::backup::restore_all(args, true)?;
+        if restored != ExitCode::SUCCESS {
+            return Ok(restored);
+        }
+    }
     if let Some(settings) = following
         && code == ExitCode::SUCCESS
     {
@@ -36,6 +50,25 @@ pub fn run(args: &StackArgs, detach: bool, flags: FollowFlags) -> Result<ExitCod
         );
     }
     Ok(code)
+}
+
+/// `--restore latest` replaces data: only on a host where this environment has none yet (no
+/// volumes in the state dir), so that a repeated command never rolls a live system back.
+fn fresh_host_only(session: &Session, which: &str) -> Result<()> {
+    if which != "latest" {
+        anyhow::bail!(
+            "--restore {which}: only `latest` is known (the newest good backup of every service); `bow backup restore SERVICE ID` restores a given one"
+        );
+    }
+    let volumes = bow_agent::postgres::volumes_dir(&session.state_dir);
+    let has_data = std::fs::read_dir(&volumes).is_ok_and(|mut entries| entries.next().is_some());
+    if has_data {
+        anyhow::bail!(
+            "--restore latest is for a fresh host, and {} holds data already: `bow restore-all` restores over it, asked",
+            volumes.display()
+        );
+    }
+    Ok(())
 }
 
 fn up(session: Session, detach: bool) -> Result<ExitCode> {
