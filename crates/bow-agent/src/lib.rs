@@ -20,6 +20,7 @@ mod deploy;
 pub mod discovery;
 mod drivers;
 pub mod edge;
+mod edge_policy;
 mod error;
 #[cfg(test)]
 mod fake_world;

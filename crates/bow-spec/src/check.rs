@@ -7,7 +7,7 @@ use crate::decode::NOT_AVAILABLE_KEYS;
 use crate::diag::{Span, did_you_mean};
 use crate::interp::{postgres_references, secret_references};
 use crate::reader::{Reader, index, join};
-use crate::schema::{Spec, Workload};
+use crate::schema::{RouteAuth, Spec, Workload};
 use crate::yaml::{Node, NodeKind};
 
 /// Runs every cross-service rule on a decoded spec; `root` supplies the spans.
@@ -163,6 +163,32 @@ fn routes(spec: &Spec, root: &Node, reader: &mut Reader) {
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
     for (name, service) in &spec.services {
         for (position, route) in service.routes.iter().enumerate() {
+            if let Some(RouteAuth::Forward(forward)) = &route.auth {
+                let auth = &forward.service;
+                let span = item_span(root, &["services", name, "routes"], position);
+                let path = format!(
+                    "{}.auth.forward",
+                    index(&format!("services.{name}.routes"), position)
+                );
+                match spec.services.get(auth) {
+                    None => {
+                        let known: Vec<&str> = spec.services.keys().map(String::as_str).collect();
+                        reader.error(
+                            &path,
+                            span,
+                            format!("no service `{auth}` to ask: forward auth names a service of this file"),
+                            Some(format!("services here: {}", known.join(", "))),
+                        );
+                    }
+                    Some(service) if service.port.is_none() => reader.error(
+                        &path,
+                        span,
+                        format!("service `{auth}` has no `port:`: the edge asks it at its stable address"),
+                        Some(format!("give `{auth}` a port, e.g. port: 4180")),
+                    ),
+                    Some(_) => {}
+                }
+            }
             let key = route.to_string();
             match claimed.get(&key) {
                 Some(owner) => {
