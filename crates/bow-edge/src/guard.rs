@@ -68,10 +68,10 @@ impl RoutePolicy {
         client: IpAddr,
         declared_length: Option<u64>,
     ) -> Result<(), Refusal> {
-        if let Some(reason) = &self.unavailable {
+        if self.unavailable.is_some() {
             return Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("503 this route's checks are not set up: {reason}"),
+                "503 this route's sign-in or limits could not be set up (`bow events` says why)",
             ));
         }
         let client = client.to_canonical();
