@@ -163,9 +163,24 @@ fn routes(spec: &Spec, root: &Node, reader: &mut Reader) {
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
     for (name, service) in &spec.services {
         for (position, route) in service.routes.iter().enumerate() {
-            if let Some(RouteAuth::Forward(forward)) = &route.auth {
+            // Positions name YAML items only when every item became a route.
+            let items = node_at(root, &["services", name, "routes"]);
+            let aligned = matches!(items.map(|n| &n.kind), Some(NodeKind::Seq(all)) if all.len() == service.routes.len());
+            if let Some(RouteAuth::Forward(forward)) = &route.auth
+                && aligned
+            {
                 let auth = &forward.service;
-                let span = item_span(root, &["services", name, "routes"], position);
+                let item = match items.map(|n| &n.kind) {
+                    Some(NodeKind::Seq(all)) => all.get(position),
+                    _ => None,
+                };
+                let span = item
+                    .and_then(|item| item.get("auth"))
+                    .and_then(|auth| auth.get("forward"))
+                    .map_or_else(
+                        || item_span(root, &["services", name, "routes"], position),
+                        |n| n.span,
+                    );
                 let path = format!(
                     "{}.auth.forward",
                     index(&format!("services.{name}.routes"), position)
@@ -173,11 +188,15 @@ fn routes(spec: &Spec, root: &Node, reader: &mut Reader) {
                 match spec.services.get(auth) {
                     None => {
                         let known: Vec<&str> = spec.services.keys().map(String::as_str).collect();
+                        let hint = match did_you_mean(auth, known.iter().copied()) {
+                            Some(close) => format!("did you mean `{close}`?"),
+                            None => format!("services here: {}", known.join(", ")),
+                        };
                         reader.error(
                             &path,
                             span,
                             format!("no service `{auth}` to ask: forward auth names a service of this file"),
-                            Some(format!("services here: {}", known.join(", "))),
+                            Some(hint),
                         );
                     }
                     Some(service) if service.port.is_none() => reader.error(

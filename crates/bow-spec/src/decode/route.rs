@@ -262,3 +262,40 @@ fn limits(node: &Node, path: &str, reader: &mut Reader) -> Option<RouteLimits> {
     }
     Some(limits)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{LoadOptions, RouteAuth, load};
+
+    #[test]
+    fn route_objects_decode_and_record_as_they_were() {
+        let text = "project: p\nservices:\n  auth: {command: a, port: 4180}\n  web:\n    command: w\n    routes:\n      - Plain.example.com/x/\n      - host: a.example.com\n        path: /api\n        auth: {basic: {users_secret: users}}\n        limits: {rate: 600/m, body: 1M, allow: [10.1.2.3/8], deny: ['::1']}\n      - {host: b.example.com, auth: {forward: auth}}\n";
+        let spec = load(text, &LoadOptions::default()).unwrap();
+        let routes = &spec.services["web"].routes;
+        assert_eq!(routes[0].to_string(), "plain.example.com/x");
+        assert!(routes[0].auth.is_none() && routes[0].limits.is_none());
+        assert_eq!(routes[1].to_string(), "a.example.com/api");
+        let limits = routes[1].limits.as_ref().unwrap();
+        assert_eq!(limits.rate.unwrap().to_string(), "600/m");
+        assert_eq!(limits.allow, ["10.0.0.0/8"]);
+        assert_eq!(limits.deny, ["::1/128"]);
+        assert_eq!(limits.body.unwrap().bytes(), 1024 * 1024);
+        match &routes[2].auth {
+            Some(RouteAuth::Forward(forward)) => {
+                assert_eq!(
+                    (forward.service.as_str(), forward.path.as_str()),
+                    ("auth", "/")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Recorded: a plain route stays a string (specs recorded before objects plan no
+        // change), an object comes back the same.
+        let json = serde_json::to_value(routes).unwrap();
+        assert_eq!(json[0], "plain.example.com/x");
+        let back: Vec<crate::Route> = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, routes);
+        assert_eq!(crate::route_secrets(&spec.services["web"]), ["users"]);
+        assert!(crate::service_secrets(&spec.services["web"]).is_empty());
+    }
+}
