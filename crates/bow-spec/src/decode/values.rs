@@ -73,7 +73,7 @@ pub fn parse_cidr(text: &str) -> Result<String, String> {
         Some((address, bits)) => (address, Some(bits)),
         None => (text, None),
     };
-    let address: std::net::IpAddr = address.parse().map_err(|_| {
+    let address: core::net::IpAddr = address.parse().map_err(|_| {
         format!("expected a network like 10.0.0.0/8 or 2001:db8::/32, found {text:?}")
     })?;
     let max = if address.is_ipv4() { 32 } else { 128 };
@@ -86,13 +86,13 @@ pub fn parse_cidr(text: &str) -> Result<String, String> {
             .ok_or_else(|| format!("the prefix length of {text:?} must be 0 to {max}"))?,
     };
     let network = match address {
-        std::net::IpAddr::V4(v4) => {
+        core::net::IpAddr::V4(v4) => {
             let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
-            std::net::IpAddr::V4((u32::from(v4) & mask).into())
+            core::net::IpAddr::V4((u32::from(v4) & mask).into())
         }
-        std::net::IpAddr::V6(v6) => {
+        core::net::IpAddr::V6(v6) => {
             let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-            std::net::IpAddr::V6((u128::from(v6) & mask).into())
+            core::net::IpAddr::V6((u128::from(v6) & mask).into())
         }
     };
     Ok(format!("{network}/{bits}"))
