@@ -198,6 +198,8 @@ impl RateLimit {
 pub struct BasicAuth {
     realm: String,
     users: HashMap<String, PasswordHash>,
+    /// A hash of the file, checked for unknown users: they take as long as known ones.
+    decoy: PasswordHash,
     verified: Mutex<HashMap<String, [u8; 32]>>,
     key: [u8; 32],
 }
@@ -231,14 +233,15 @@ impl BasicAuth {
                 return Err(format!("line {}: user {user} appears twice", number + 1));
             }
         }
-        if users.is_empty() {
+        let Some(decoy) = users.values().max_by_key(|hash| hash.cost()).cloned() else {
             return Err("no user:hash line".to_string());
-        }
+        };
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|e| format!("no randomness: {e}"))?;
         Ok(BasicAuth {
             realm: realm.replace(['"', '\\'], ""),
             users,
+            decoy,
             verified: Mutex::new(HashMap::new()),
             key,
         })
@@ -252,7 +255,7 @@ impl BasicAuth {
         };
         let Some(hash) = self.users.get(&user) else {
             // The same work as a wrong password, so that timing does not tell users apart.
-            let _ = PasswordHash::dummy().verify_blocking(&password).await;
+            let _ = self.decoy.clone().verify_blocking(&password).await;
             return Err(self.challenge("401 wrong user name or password"));
         };
         let digest = self.digest(&password);

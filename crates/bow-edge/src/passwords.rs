@@ -12,9 +12,6 @@ pub(crate) enum PasswordHash {
     Sha1([u8; 20]),
 }
 
-/// A bcrypt hash verified for unknown users, so that they take as long as known ones.
-const DUMMY_BCRYPT: &str = "$2y$05$tm4Ug1.F5puELvTDuscKNO8OzPNPAzeaed4Yc1NVLF6HcOnXnFjsq";
-
 impl PasswordHash {
     /// A hash from its `htpasswd` form; the error never repeats the hash.
     pub(crate) fn parse(text: &str) -> Result<PasswordHash, String> {
@@ -51,8 +48,12 @@ impl PasswordHash {
         Err("unknown hash: expected bcrypt ($2y$, as `htpasswd -B` writes), $apr1$ or {SHA}; plain or crypt() passwords are refused".to_string())
     }
 
-    pub(crate) fn dummy() -> PasswordHash {
-        PasswordHash::Bcrypt(Arc::from(DUMMY_BCRYPT))
+    /// How much work a verification is (bcrypt's cost; the others are cheap).
+    pub(crate) fn cost(&self) -> u32 {
+        match self {
+            PasswordHash::Bcrypt(hash) => hash.get(4..6).and_then(|c| c.parse().ok()).unwrap_or(0),
+            _ => 0,
+        }
     }
 
     /// Whether `password` matches, bcrypt off the async threads.
