@@ -117,6 +117,8 @@ pub struct Agent {
     /// lifecycle lock above is held (by a status request, say), or the edge would go on
     /// serving an old table, or none.
     pub(crate) edge_handle: Mutex<Option<Arc<bow_edge::Edge>>>,
+    /// The edge's per-route checks, kept across route tables (crate::edge_policy).
+    pub(crate) route_policies: crate::edge_policy::Policies,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) discovery: crate::discovery::Discovery,
@@ -175,6 +177,7 @@ impl Agent {
             applying: Mutex::new(()),
             edge: tokio::sync::Mutex::new(None),
             edge_handle: Mutex::new(None),
+            route_policies: Default::default(),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
             container_net: Default::default(),

@@ -184,8 +184,10 @@ impl Agent {
         };
         // Computed and installed under the state lock: of two refreshes at once, the one
         // that saw the newer state installs last.
+        let spec = self.lock().spec.clone();
+        let policies = self.route_policies(spec.as_ref());
         let inner = self.lock();
-        match RouteTable::new(route_table(&inner)) {
+        match RouteTable::new(route_table(&inner, &policies)) {
             Ok(table) => edge.set_routes(table),
             Err(error) => eprintln!("bow agent: route table rejected: {error}"),
         }
@@ -221,7 +223,7 @@ impl Agent {
     pub(crate) async fn edge_status(&self) -> Option<EdgeStatus> {
         let guard = self.edge.lock().await;
         let runtime = guard.as_ref()?;
-        let routes = route_table(&self.lock())
+        let routes = route_table(&self.lock(), &Default::default())
             .iter()
             .map(|route| {
                 format!(
@@ -334,7 +336,12 @@ impl std::io::Write for RotatingFile {
     }
 }
 
-fn route_table(inner: &Inner) -> Vec<Route> {
+/// The edge's routes: each service's healthy endpoints, and each route's checks from
+/// `policies` (by label; [`crate::edge_policy`]).
+fn route_table(
+    inner: &Inner,
+    policies: &std::collections::HashMap<String, Arc<bow_edge::RoutePolicy>>,
+) -> Vec<Route> {
     let Some(spec) = &inner.spec else {
         return Vec::new();
     };
@@ -352,7 +359,9 @@ fn route_table(inner: &Inner) -> Vec<Route> {
         for route in &service.routes {
             let mut backend = Backend::new(name.clone(), endpoints.clone());
             backend.fault = fault;
-            routes.push(Route::new(route.host.clone(), route.path.clone(), backend));
+            let mut edge_route = Route::new(route.host.clone(), route.path.clone(), backend);
+            edge_route.policy = policies.get(&crate::edge_policy::label(route)).cloned();
+            routes.push(edge_route);
         }
     }
     routes

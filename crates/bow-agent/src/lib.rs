@@ -22,6 +22,7 @@ mod deploy;
 pub mod discovery;
 mod drivers;
 pub mod edge;
+mod edge_policy;
 mod error;
 #[cfg(test)]
 mod fake_world;

@@ -114,6 +114,11 @@ impl<'a> RequestBody<'a> {
         }
     }
 
+    /// Another size limit (a route's own), before any of the body was read.
+    pub(crate) fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
     /// Whether there is no body to send.
     pub(crate) fn is_empty(&self) -> bool {
         self.source.is_none() && !self.started

@@ -214,7 +214,8 @@ pub(crate) enum UpstreamBody {
 /// headers without hop-by-hop ones, `Expect` (the edge answers it) and its own framing,
 /// `Cookie` headers joined into one (as HTTP/2 may split them), `X-Forwarded-For` and
 /// `Forwarded` appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` replaced, and
-/// `traceparent` the edge's own span of the client's trace or of a new one ([`crate::trace`]).
+/// `traceparent` the edge's own span of the client's trace or of a new one ([`crate::trace`]);
+/// `X-Bow-*` headers are dropped (the edge writes them for a signed-in user).
 /// Returns the edge's span.
 pub(crate) fn write_upstream_head<'h, I>(
     out: &mut Vec<u8>,
@@ -255,6 +256,11 @@ where
         }
         if name.eq_ignore_ascii_case(b"cookie") {
             cookies += 1;
+            continue;
+        }
+        if name.len() > 6 && name[..6].eq_ignore_ascii_case(b"x-bow-") {
+            // The identity a sign-in gives (`X-Bow-User`) is the edge's to write, never a
+            // client's.
             continue;
         }
         let replaced = name.eq_ignore_ascii_case(b"host")

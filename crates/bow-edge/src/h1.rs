@@ -216,11 +216,25 @@ where
                 mut record,
                 status,
                 message,
+                headers,
             } => {
                 record.status = status.as_u16();
                 let body = format!("{message}\n");
                 record.bytes = body.len() as u64;
                 self.write_local(proxy, status, &body, record.time, keep_alive, facts.http10);
+                if !headers.is_empty() {
+                    // After the status line: the edge's own headers of this answer.
+                    let line = self
+                        .output
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(0, |at| at + 1);
+                    let mut extra = Vec::new();
+                    for (name, value) in &headers {
+                        push_header(&mut extra, name.as_str().as_bytes(), value.as_bytes());
+                    }
+                    self.output.splice(line..line, extra);
+                }
                 self.send_output(true).await?;
                 drop(record);
                 Ok(keep_alive)

@@ -25,11 +25,14 @@ mod body;
 mod client;
 mod config;
 mod error;
+mod forward_auth;
 mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
+mod guard;
 mod h1;
 mod metrics;
+mod passwords;
 mod pool;
 mod proxy;
 mod redirect;
@@ -58,6 +61,8 @@ pub use access_log::{
 };
 pub use config::{EdgeConfig, Scheme, TlsSource, default_security_headers};
 pub use error::EdgeError;
+pub use forward_auth::ForwardAuth;
+pub use guard::{Auth, BasicAuth, RateLimit, RoutePolicy};
 pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, METHODS, MetricsSnapshot, RouteMetrics,
     ServiceMetrics, StatusClassCounts,

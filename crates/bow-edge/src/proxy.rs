@@ -76,6 +76,8 @@ pub(crate) enum Outcome {
         record: RequestRecord,
         status: StatusCode,
         message: String,
+        /// Headers of its own (`WWW-Authenticate`, `Retry-After`, a sign-in redirect's).
+        headers: Vec<(HeaderName, HeaderValue)>,
     },
 }
 
@@ -165,6 +167,7 @@ impl Proxy {
             record,
             status,
             message,
+            headers: Vec::new(),
         };
         let Some(mut route) = found else {
             self.metrics
@@ -179,7 +182,27 @@ impl Proxy {
         let mut service = route.service.clone();
         record.service = Some(service.clone());
         record.count_in(&route.stats);
-        let limit = self.config.max_body_size;
+        let mut limit = self.config.max_body_size;
+        let rewritten: Vec<u8>;
+        let mut head = head;
+        if let Some(policy) = &route.policy {
+            match guard(policy, context, inbound, head, body).await {
+                Ok(Some(changed)) => {
+                    rewritten = changed;
+                    head = &rewritten;
+                }
+                Ok(None) => {}
+                Err(refusal) => {
+                    return Outcome::Local {
+                        record,
+                        status: refusal.status,
+                        message: refusal.message,
+                        headers: refusal.headers,
+                    };
+                }
+            }
+            limit = policy.max_body_size.unwrap_or(limit);
+        }
         if inbound.declared_length.is_some_and(|length| length > limit) {
             let message = format!("413 request body larger than {limit} bytes");
             return local(record, StatusCode::PAYLOAD_TOO_LARGE, message);
@@ -484,7 +507,14 @@ impl Proxy {
                 record,
                 status,
                 message,
-            } => self.local(status, message, record),
+                headers,
+            } => {
+                let mut response = self.local(status, message, record);
+                for (name, value) in headers {
+                    response.headers_mut().append(name, value);
+                }
+                response
+            }
             Outcome::Answered {
                 record,
                 head,
@@ -554,6 +584,38 @@ impl Proxy {
         );
         self.added.add_missing(response.headers_mut());
         response
+    }
+}
+
+/// A route's checks ([`crate::guard`]) of a request: refused, or let through with its
+/// upstream head changed (identity headers of a sign-in) or not.
+async fn guard(
+    policy: &crate::guard::RoutePolicy,
+    context: &ConnContext,
+    inbound: &Inbound<'_>,
+    head: &[u8],
+    body: &mut RequestBody<'_>,
+) -> Result<Option<Vec<u8>>, crate::guard::Refusal> {
+    use crate::guard::Auth;
+    policy.admit(
+        crate::guard::client_ip(context.client),
+        inbound.declared_length,
+    )?;
+    if let Some(limit) = policy.max_body_size {
+        body.set_limit(limit);
+    }
+    match &policy.auth {
+        None => Ok(None),
+        Some(Auth::Basic(basic)) => {
+            let authorization = crate::guard::header_value(head, b"authorization");
+            let user = basic.check(authorization).await?;
+            let identity = [(HeaderName::from_static("x-bow-user"), user.into_bytes())];
+            Ok(Some(crate::forward_auth::with_headers(head, &identity)))
+        }
+        Some(Auth::Forward(forward)) => {
+            let add = forward.check(head).await?;
+            Ok((!add.is_empty()).then(|| crate::forward_auth::with_headers(head, &add)))
+        }
     }
 }
 

@@ -78,7 +78,7 @@ impl Fault {
 }
 
 /// Requests for `host` whose path starts with `path_prefix` go to `backend`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Route {
     /// The host name, matched exactly (case-insensitively, without port).
     pub host: String,
@@ -86,7 +86,27 @@ pub struct Route {
     pub path_prefix: String,
     /// Where matching requests go.
     pub backend: Backend,
+    /// What the route asks of a request first (sign-in, limits); `None`: nothing. Keep the
+    /// same `Arc` across tables while the settings stay, as it holds the route's rate
+    /// buckets and verified credentials.
+    pub policy: Option<std::sync::Arc<crate::guard::RoutePolicy>>,
 }
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Route) -> bool {
+        let same_policy = match (&self.policy, &other.policy) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        self.host == other.host
+            && self.path_prefix == other.path_prefix
+            && self.backend == other.backend
+            && same_policy
+    }
+}
+
+impl Eq for Route {}
 
 impl Route {
     /// A route; the host is normalised (lower case, no trailing dot).
@@ -95,6 +115,7 @@ impl Route {
             host: normalize_host(&host.into()),
             path_prefix: path_prefix.into(),
             backend,
+            policy: None,
         }
     }
 

@@ -87,6 +87,8 @@ pub(crate) struct ActiveRoute {
     pub(crate) stats: Arc<RouteStats>,
     /// A chaos drill's fault on this route's traffic.
     pub(crate) fault: Option<crate::routes::Fault>,
+    /// What the route asks of a request first.
+    pub(crate) policy: Option<Arc<crate::guard::RoutePolicy>>,
     next: AtomicUsize,
 }
 
@@ -182,6 +184,7 @@ impl Upstreams {
                 stats: metrics.route_stats(&route.backend.service, &label),
                 endpoints,
                 fault: route.backend.fault,
+                policy: route.policy.clone(),
                 next: AtomicUsize::new(0),
             });
         }

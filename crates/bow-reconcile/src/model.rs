@@ -350,10 +350,9 @@ mod tests {
             DeployStrategy::BlueGreen
         );
         let mut routes = base.clone();
-        routes.routes.push(bow_spec::Route {
-            host: "a.localhost".into(),
-            path: "/".into(),
-        });
+        routes
+            .routes
+            .push(bow_spec::Route::plain("a.localhost", "/"));
         assert_eq!(
             DeployStrategy::of(&routes, Some(&base)),
             DeployStrategy::InPlace

@@ -7,7 +7,7 @@ use crate::decode::NOT_AVAILABLE_KEYS;
 use crate::diag::{Span, did_you_mean};
 use crate::interp::{postgres_references, secret_references};
 use crate::reader::{Reader, index, join};
-use crate::schema::{Spec, Workload};
+use crate::schema::{RouteAuth, Spec, Workload};
 use crate::yaml::{Node, NodeKind};
 
 /// Runs every cross-service rule on a decoded spec; `root` supplies the spans.
@@ -163,6 +163,51 @@ fn routes(spec: &Spec, root: &Node, reader: &mut Reader) {
     let mut claimed: BTreeMap<String, String> = BTreeMap::new();
     for (name, service) in &spec.services {
         for (position, route) in service.routes.iter().enumerate() {
+            // Positions name YAML items only when every item became a route.
+            let items = node_at(root, &["services", name, "routes"]);
+            let aligned = matches!(items.map(|n| &n.kind), Some(NodeKind::Seq(all)) if all.len() == service.routes.len());
+            if let Some(RouteAuth::Forward(forward)) = &route.auth
+                && aligned
+            {
+                let auth = &forward.service;
+                let item = match items.map(|n| &n.kind) {
+                    Some(NodeKind::Seq(all)) => all.get(position),
+                    _ => None,
+                };
+                let span = item
+                    .and_then(|item| item.get("auth"))
+                    .and_then(|auth| auth.get("forward"))
+                    .map_or_else(
+                        || item_span(root, &["services", name, "routes"], position),
+                        |n| n.span,
+                    );
+                let path = format!(
+                    "{}.auth.forward",
+                    index(&format!("services.{name}.routes"), position)
+                );
+                match spec.services.get(auth) {
+                    None => {
+                        let known: Vec<&str> = spec.services.keys().map(String::as_str).collect();
+                        let hint = match did_you_mean(auth, known.iter().copied()) {
+                            Some(close) => format!("did you mean `{close}`?"),
+                            None => format!("services here: {}", known.join(", ")),
+                        };
+                        reader.error(
+                            &path,
+                            span,
+                            format!("no service `{auth}` to ask: forward auth names a service of this file"),
+                            Some(hint),
+                        );
+                    }
+                    Some(service) if service.port.is_none() => reader.error(
+                        &path,
+                        span,
+                        format!("service `{auth}` has no `port:`: the edge asks it at its stable address"),
+                        Some(format!("give `{auth}` a port, e.g. port: 4180")),
+                    ),
+                    Some(_) => {}
+                }
+            }
             let key = route.to_string();
             match claimed.get(&key) {
                 Some(owner) => {

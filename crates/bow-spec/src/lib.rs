@@ -336,6 +336,31 @@ pub fn service_secrets(service: &Service) -> Vec<&str> {
     names
 }
 
+/// The secrets the edge reads for a service's routes (`auth: {basic: {users_secret}}`): never
+/// delivered to the service's instances.
+pub fn route_secrets(service: &Service) -> Vec<&str> {
+    let mut names = Vec::new();
+    for route in &service.routes {
+        if let Some(RouteAuth::Basic { users_secret }) = &route.auth
+            && !names.contains(&users_secret.as_str())
+        {
+            names.push(users_secret.as_str());
+        }
+    }
+    names
+}
+
+/// Every secret a service's release depends on: [`service_secrets`] and [`route_secrets`].
+pub fn used_secrets(service: &Service) -> Vec<&str> {
+    let mut names = service_secrets(service);
+    for name in route_secrets(service) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ pub fn source(session: &Session) -> Option<Source> {
 pub fn usage(spec: &Spec) -> BTreeMap<String, Vec<String>> {
     let mut usage: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (service_name, service) in &spec.services {
-        for secret in bow_spec::service_secrets(service) {
+        for secret in bow_spec::used_secrets(service) {
             usage
                 .entry(secret.to_string())
                 .or_default()
@@ -89,7 +89,7 @@ pub fn attach_digests(session: &mut Session) -> Result<()> {
     let key = KeySource::from_env(&session.spec.project, &environment)?.load()?;
     let digests = file.digests(&path, &key, &names)?;
     for service in session.spec.services.values_mut() {
-        service.secret_digests = bow_spec::service_secrets(service)
+        service.secret_digests = bow_spec::used_secrets(service)
             .into_iter()
             .map(|name| (name.to_string(), digests[name].clone()))
             .collect();

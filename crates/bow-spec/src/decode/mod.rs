@@ -9,11 +9,12 @@ mod alerts;
 mod edge;
 mod parts;
 mod registries;
+mod route;
 mod sandbox;
 mod service;
 mod values;
 
-pub use values::{SYSTEM_DIRS, is_secret_name, parse_route, parse_volume, system_dir};
+pub use values::{SYSTEM_DIRS, is_secret_name, parse_rate, parse_route, parse_volume, system_dir};
 
 use edge::{default_edge, edge};
 use service::service;
@@ -95,6 +96,11 @@ pub const SERVICE_KEYS: &[&str] = &[
     "tcp",
 ];
 pub const TCP_KEYS: &[&str] = &["port"];
+pub const ROUTE_KEYS: &[&str] = &["host", "path", "auth", "limits"];
+pub const AUTH_KEYS: &[&str] = &["basic", "forward"];
+pub const BASIC_AUTH_KEYS: &[&str] = &["users_secret"];
+pub const FORWARD_KEYS: &[&str] = &["service", "path", "headers"];
+pub const LIMITS_KEYS: &[&str] = &["rate", "burst", "body", "allow", "deny"];
 /// Service keys this version decodes but cannot run yet: validation refuses them
 /// (`check::not_available`), each later issue lifts its own.
 pub const NOT_AVAILABLE_KEYS: &[&str] = &[];
@@ -161,6 +167,11 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         POSTGRES_KEYS,
         BUILD_KEYS,
         TCP_KEYS,
+        ROUTE_KEYS,
+        AUTH_KEYS,
+        BASIC_AUTH_KEYS,
+        FORWARD_KEYS,
+        LIMITS_KEYS,
         REGISTRY_KEYS,
         ADMIN_KEYS,
         ALERTS_KEYS,

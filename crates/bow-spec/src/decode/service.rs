@@ -113,19 +113,18 @@ pub(super) fn service(
     }
     if let Some((n, p)) = fields.get("routes") {
         for (position, item) in reader
-            .list(n, &p, "routes like app.example.com or app.example.com/api")
+            .list(
+                n,
+                &p,
+                "routes like app.example.com, app.example.com/api or {host, path, auth, limits}",
+            )
             .unwrap_or_default()
             .iter()
             .enumerate()
         {
             let item_path = index(&p, position);
-            if let Some(text) =
-                reader.nonempty(item, &item_path, "a route like app.example.com/path")
-            {
-                match parse_route(&text) {
-                    Ok(route) => service.routes.push(route),
-                    Err(message) => reader.error(&item_path, item.span, message, Some("a route is a host name with an optional path prefix, like app.example.com/api".to_string())),
-                }
+            if let Some(route) = super::route::route(item, &item_path, reader) {
+                service.routes.push(route);
             }
         }
     }

@@ -40,10 +40,62 @@ pub fn parse_route(text: &str) -> Result<Route, String> {
     } else {
         path
     };
-    Ok(Route {
-        host,
-        path: path.to_string(),
+    Ok(Route::plain(host, path))
+}
+
+/// `10/s`, `600/m` or `1000/h`: a count of requests per second, minute or hour.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let expected = || format!("expected a rate like 10/s, 600/m or 1000/h, found {text:?}");
+    let (count, unit) = text.trim().split_once('/').ok_or_else(expected)?;
+    let count: u32 = count.trim().parse().map_err(|_| expected())?;
+    let seconds = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(expected()),
+    };
+    if count == 0 || count > 1_000_000 {
+        return Err(format!(
+            "a rate counts 1 to 1000000 requests, found {count}"
+        ));
+    }
+    Ok(Rate {
+        count,
+        per: std::time::Duration::from_secs(seconds),
     })
+}
+
+/// An IPv4 or IPv6 network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`), or one
+/// address (a /32 or /128); the normal form is returned (`10.1.2.3/8` → `10.0.0.0/8`).
+pub fn parse_cidr(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (address, bits) = match text.split_once('/') {
+        Some((address, bits)) => (address, Some(bits)),
+        None => (text, None),
+    };
+    let address: core::net::IpAddr = address.parse().map_err(|_| {
+        format!("expected a network like 10.0.0.0/8 or 2001:db8::/32, found {text:?}")
+    })?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let bits: u32 = match bits {
+        None => max,
+        Some(bits) => bits
+            .parse()
+            .ok()
+            .filter(|bits| *bits <= max)
+            .ok_or_else(|| format!("the prefix length of {text:?} must be 0 to {max}"))?,
+    };
+    let network = match address {
+        core::net::IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+            core::net::IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        core::net::IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            core::net::IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    };
+    Ok(format!("{network}/{bits}"))
 }
 
 /// `name:/path[:ro]` or `./dir:/path[:ro]` or `/abs:/path[:ro]`.
