@@ -11,7 +11,16 @@ DK() { /usr/bin/docker -H "unix://$SOCK" "$@"; }
 
 running() { DK version >/dev/null 2>&1; }
 
+# Whether the running daemon works from a directory since removed (an earlier CI clone):
+# restarted then, as its children fail without a working directory.
+orphaned() {
+  local pid
+  pid=$(cat "$BASE/dockerd.pid" 2>/dev/null || true)
+  [ -n "$pid" ] && [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == *"(deleted)" ]]
+}
+
 start() {
+  if running && orphaned; then stop; fi
   if running; then return 0; fi
   mkdir -p "$BASE"
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
@@ -19,6 +28,8 @@ start() {
     ip addr add 172.31.254.1/24 dev "$BRIDGE"
     ip link set "$BRIDGE" up
   fi
+  # From $BASE: a daemon keeps its working directory, which must outlive a CI clone.
+  cd "$BASE"
   setsid /usr/sbin/dockerd --bridge "$BRIDGE" --host "unix://$SOCK" --data-root "$BASE/data" \
     --exec-root "$BASE/exec" --pidfile "$BASE/dockerd.pid" > "$BASE/dockerd.log" 2>&1 < /dev/null &
   for _ in $(seq 120); do running && break; sleep 0.5; done

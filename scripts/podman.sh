@@ -10,7 +10,16 @@ export CONTAINERS_CONF=$BASE/containers.conf
 
 running() { curl -sf --max-time 2 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1; }
 
+# Whether the running daemon works from a directory since removed (an earlier CI clone):
+# restarted then, as its children fail without a working directory.
+orphaned() {
+  local pid
+  pid=$(cat "$BASE/service.pid" 2>/dev/null || true)
+  [ -n "$pid" ] && [[ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" == *"(deleted)" ]]
+}
+
 start() {
+  if running && orphaned; then stop; fi
   if running; then return 0; fi
   mkdir -p "$BASE"
   cat > "$CONTAINERS_CONF" <<'CONF'
@@ -19,6 +28,10 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
 runtime = "runc"
 CONF
+  # From $BASE: a daemon keeps the working directory it starts in, and conmon (each
+  # container's monitor) fails with "Failed to get working directory" once that is gone —
+  # as a CI clone under /tmp is when it is removed.
+  cd "$BASE"
   setsid podman --root "$BASE/root" --runroot "$BASE/run" system service --time=0 "unix://$SOCK" \
     > "$BASE/service.log" 2>&1 < /dev/null &
   echo $! > "$BASE/service.pid"
@@ -33,7 +46,9 @@ CONF
 stop() {
   local pid
   pid=$(cat "$BASE/service.pid" 2>/dev/null || true)
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
 }
 
 case "${1:-}" in

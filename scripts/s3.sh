@@ -16,6 +16,8 @@ start() {
     python3 -m venv "$BASE/venv"
     "$BASE/venv/bin/pip" install -q 'moto[server]==5.*'
   fi
+  # From $BASE: a daemon keeps its working directory, which must outlive a CI clone.
+  cd "$BASE"
   setsid "$BASE/venv/bin/moto_server" -H 127.0.0.1 -p "$PORT" > "$BASE/moto.log" 2>&1 < /dev/null &
   echo $! > "$BASE/moto.pid"
   for _ in $(seq 100); do running && break; sleep 0.2; done
