@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::catalog::{Catalog, DATA, MANIFEST, Manifest};
+use crate::catalog::{Catalog, DATA, Manifest};
 use crate::error::{BackupError, Result};
 use crate::postgres::{GuardedStdin, Scratch, Server, collect_stderr, tail};
 use crate::stream;
@@ -41,21 +41,8 @@ pub async fn base_backup(
 ) -> Result<Manifest> {
     let began = Instant::now();
     manifest.started = crate::now_rfc3339();
-    let result = match base_into(catalog, recipients.clone(), server, &mut manifest).await {
-        Ok(()) => {
-            manifest.finished = crate::now_rfc3339();
-            manifest.duration_ms = began.elapsed().as_millis() as u64;
-            catalog
-                .write(&manifest.id, MANIFEST, &manifest, &recipients)
-                .await
-        }
-        Err(error) => Err(error),
-    };
-    if let Err(error) = result {
-        let _ = catalog.delete(&manifest.id).await;
-        return Err(error);
-    }
-    Ok(manifest)
+    let result = base_into(catalog, recipients.clone(), server, &mut manifest).await;
+    crate::postgres::finish(catalog, &recipients, manifest, began, result).await
 }
 
 async fn base_into(

@@ -189,12 +189,24 @@ pub async fn backup(
     let began = Instant::now();
     manifest.started = crate::now_rfc3339();
     let result = dump_into(catalog, recipients.clone(), server, &mut manifest).await;
+    finish(catalog, &recipients, manifest, began, result).await
+}
+
+/// Ends a run: on success the manifest (its finish time and duration) is written last, so a
+/// backup without one was never complete; on any failure what was written is deleted.
+pub(crate) async fn finish(
+    catalog: &Catalog,
+    recipients: &Arc<Vec<age::x25519::Recipient>>,
+    mut manifest: Manifest,
+    began: Instant,
+    result: Result<()>,
+) -> Result<Manifest> {
     let result = match result {
         Ok(()) => {
             manifest.finished = crate::now_rfc3339();
             manifest.duration_ms = began.elapsed().as_millis() as u64;
             catalog
-                .write(&manifest.id, MANIFEST, &manifest, &recipients)
+                .write(&manifest.id, MANIFEST, &manifest, recipients)
                 .await
         }
         Err(error) => Err(error),
