@@ -267,6 +267,14 @@ fn failed_before_any_instance(session: &Session, revision: i64) -> Result<()> {
     Ok(())
 }
 
+/// Whether every deploy revision `revision` started has finished.
+fn deploys_done(session: &Session, revision: i64) -> bool {
+    matches!(
+        session.call(&Request::Progress { revision }, Duration::from_secs(10)),
+        Ok(Some(Response::Progress(report))) if report.done
+    )
+}
+
 fn wait_healthy(session: &Session, revision: Option<i64>) -> Result<ExitCode> {
     let deadline = Instant::now() + wait_budget(session);
     let started = Instant::now();
@@ -288,7 +296,12 @@ fn wait_healthy(session: &Session, revision: Option<i64>) -> Result<ExitCode> {
         if let Some(revision) = revision {
             failed_before_any_instance(session, revision)?;
         }
-        if all_healthy(&report) && (!routed || report.edge.is_some()) {
+        // Healthy, and this apply's deploys recorded as done (the releases live: `bow history`
+        // right after shows them so).
+        if all_healthy(&report)
+            && (!routed || report.edge.is_some())
+            && revision.is_none_or(|revision| deploys_done(session, revision))
+        {
             let count: usize = report.services.iter().map(|s| s.instances.len()).sum();
             eprintln!(
                 "{} services, {count} instances healthy in {:.1}s",
