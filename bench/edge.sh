@@ -19,7 +19,7 @@
 # p99, errors, busy % of both cores, foreign % (CPU of processes outside the bench, in % of one
 # core; > ~5 means the run was disturbed) and the proxy's CPU µs per request: utime+stime
 # deltas from /proc/<pid>/stat over the run / requests — nginx master+worker, HAProxy's process,
-# bow's agent process (which hosts the edge; all its threads); `direct`: one backend instance.
+# bow's agent and edge processes (all their threads); `direct`: one backend instance.
 # Goal (issue 4): bow ≤ 0.9× nginx CPU per request and p99 no worse than nginx (HTTPS).
 # Then (STEADY=1) the same HTTPS targets under h2load --h1 with a warm-up: p50/p99 of warm
 # connections only (wrk's p99 at 256 connections is mostly wrk's own TLS start; see below).
@@ -157,19 +157,21 @@ log "bow up -d (agent on cpu $PROXY_CPU, backend $BACKEND)"
 (cd "$WORK" && timeout 120 nice -n "$NICE" taskset -c "$PROXY_CPU" "$BOW" up -d --state-dir "$WORK/state" \
   > "$WORK/up.out" 2>&1) || { cat "$WORK/up.out" >&2; die "bow up -d"; }
 "$BOW" status --output json --state-dir "$WORK/state" > "$WORK/status.json" || die "bow status"
-# the agent's pid, then "pid:port" of each instance
-read -r AGENT INSTANCES < <(python3 - "$WORK/status.json" <<'PY'
+# the agent's pid, the edge process's, then "pid:port" of each instance
+read -r AGENT EDGE INSTANCES < <(python3 - "$WORK/status.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
 web = [x for x in s["services"] if x["name"] == "web"][0]
-print(s["agent_pid"], " ".join(f"{i['pid']}:{i['port']}" for i in web["instances"]))
+edge = s["edge"]["process"].split()[1]
+print(s["agent_pid"], edge, " ".join(f"{i['pid']}:{i['port']}" for i in web["instances"]))
 PY
 ) || die "cannot read agent pid / instance ports from bow status"
 BPIDS=(); BPORTS=()
 for i in $INSTANCES; do BPIDS+=("${i%%:*}"); BPORTS+=("${i##*:}"); done
 BPID=${BPIDS[0]}; BPORT=${BPORTS[0]}
-log "agent pid $AGENT ($(ls /proc/$AGENT/task | wc -l) threads), backend instances (pid:port) $INSTANCES"
+log "agent pid $AGENT ($(ls /proc/$AGENT/task | wc -l) threads), edge process $EDGE ($(ls /proc/$EDGE/task | wc -l) threads), backend instances (pid:port) $INSTANCES"
 taskset -a -p -c "$PROXY_CPU" "$AGENT" >/dev/null || die "pin agent"
+taskset -a -p -c "$PROXY_CPU" "$EDGE" >/dev/null || die "pin the edge process"
 descendants() { # pid and all its descendants (an instance's shell, nginx master and worker)
   local c; echo "$1"; for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do descendants "$c"; done
 }
@@ -259,7 +261,7 @@ start() { # name cmd...
 }
 start nginx nginx -p "$N" -e "$N/error.log" -c "$N/nginx.conf" -g 'daemon off;'
 start haproxy haproxy -db -f "$WORK/haproxy/haproxy.cfg"
-PID_OF[bow]=$AGENT; PID_OF[direct]=$BPID
+PID_OF[bow]="$AGENT $EDGE"; PID_OF[direct]=$BPID
 
 url() { # target proto
   case "$1:$2" in
@@ -310,12 +312,12 @@ stat_ticks() { # utime+stime (all threads) of the given pids; missing pids count
 }
 proxy_ticks() { # target
   case "$1" in
-    bow) stat_ticks "${PID_OF[$1]}";;
+    bow) stat_ticks ${PID_OF[$1]};;   # the agent and the edge process
     *) stat_ticks $(descendants "${PID_OF[$1]}");;   # nginx master + worker; an instance's tree
   esac
 }
 bench_pids() { # every process of the bench, for the foreign-CPU estimate
-  echo "$AGENT" "${BACKEND_PIDS[@]}" "${SHIMS[@]}"; for t in nginx haproxy; do descendants "${PID_OF[$t]}"; done
+  echo "$AGENT" "$EDGE" "${BACKEND_PIDS[@]}" "${SHIMS[@]}"; for t in nginx haproxy; do descendants "${PID_OF[$t]}"; done
 }
 tot_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 cpu_busy() { awk '/^cpu[0-9]/{ b=$2+$3+$4+$7+$8; i=$5+$6; print $1, b, i }' /proc/stat; }

@@ -13,11 +13,12 @@ cd "$(dirname "$0")/.."
 # its own on a free loopback port); chromium: the headless browser of the dashboard test.
 # openssh-server, nginx, fcgiwrap: the private git servers of tests/follow_private.rs (sshd with
 # a deploy key; git-http-backend behind TLS and basic auth), started per test on free ports.
+# nghttp2-client: h2load, the HTTP/2 load of tests/edge_process.rs.
 PACKAGES=(python3 python3-venv python3-pip curl openssl ca-certificates procps iproute2 passwd git util-linux
   docker.io busybox-static iptables docker-compose python3-yaml podman runc containernetworking-plugins
   docker-registry apache2-utils pebble openssh-server openssh-client nginx fcgiwrap
   postgresql-15
-  prometheus chromium)
+  prometheus chromium nghttp2-client)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

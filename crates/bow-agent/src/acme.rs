@@ -10,7 +10,7 @@ use bow_spec::Spec;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::agent::Agent;
+use crate::plane::Plane;
 
 /// `<state-dir>/acme`: the account, certificates and their records (`bow certs`).
 pub fn acme_dir(state_dir: &Path) -> PathBuf {
@@ -55,7 +55,7 @@ fn route_hosts(spec: &Spec) -> Vec<String> {
     hosts
 }
 
-impl Agent {
+impl Plane {
     /// The certificate source of an ACME edge, issuing for `spec`'s hosts from now on.
     pub(crate) fn start_acme(
         self: &Arc<Self>,

@@ -48,6 +48,8 @@ pub struct AgentConfig {
     /// The secrets file and key instances' secrets come from (`None`: services that use
     /// secrets cannot start).
     pub secrets: Option<bow_secrets::Source>,
+    /// How to start the edge process (`None`: no edge, no discovery listeners; unit tests).
+    pub plane: Option<crate::plane::link::PlaneCommand>,
 }
 
 /// One supervised instance slot (`<service>.<index>`).
@@ -112,13 +114,8 @@ pub struct Agent {
     /// Held for the whole of an apply or rollback: two at once (`bow agent` applying the file
     /// at start while `bow up` applies it too) would both record a revision and reconcile.
     pub(crate) applying: Mutex<()>,
-    pub(crate) edge: tokio::sync::Mutex<Option<crate::edge::EdgeRuntime>>,
-    /// The running edge, for route refreshes: they must never be skipped because the
-    /// lifecycle lock above is held (by a status request, say), or the edge would go on
-    /// serving an old table, or none.
-    pub(crate) edge_handle: Mutex<Option<Arc<bow_edge::Edge>>>,
-    /// The edge's per-route checks, kept across route tables (crate::edge_policy).
-    pub(crate) route_policies: crate::edge_policy::Policies,
+    /// The edge process (crate::plane): what it serves is sent there at every change.
+    pub(crate) plane: crate::plane::link::Link,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) discovery: crate::discovery::Discovery,
@@ -153,6 +150,10 @@ impl Agent {
             create_dir_with_mode(&dir, 0o700)?;
         }
         let lock = crate::state_dir::lock(&state_dir)?;
+        // A clean end removes the pid file: one left behind is the previous agent's crash.
+        let crashed = std::fs::read_to_string(state_dir.join(crate::api::PID_FILE))
+            .ok()
+            .and_then(|text| text.trim().parse::<u32>().ok());
         write_private(
             &state_dir.join(crate::api::PID_FILE),
             format!("{}\n", std::process::id()).as_bytes(),
@@ -175,9 +176,7 @@ impl Agent {
             ports: PortPicker::default(),
             inner: Mutex::new(Inner::default()),
             applying: Mutex::new(()),
-            edge: tokio::sync::Mutex::new(None),
-            edge_handle: Mutex::new(None),
-            route_policies: Default::default(),
+            plane: crate::plane::link::Link::new(config.plane),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
             container_net: Default::default(),
@@ -190,6 +189,17 @@ impl Agent {
             shutdown: Notify::new(),
             _lock: lock,
         });
+        let _ = agent.plane.agent.set(Arc::downgrade(&agent));
+        if let Some(pid) = crashed {
+            agent.emit(
+                "",
+                "",
+                EventKind::AgentCrashed,
+                &format!(
+                    "the previous agent (pid {pid}) ended without shutting down; instances and the edge it left are adopted"
+                ),
+            );
+        }
         let adopted = crate::adopt::scan(&agent).await;
         crate::secrets::sweep(&agent, &|id| adopted.contains_key(id));
         agent.lock().adopted = adopted;

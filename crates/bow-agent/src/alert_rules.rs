@@ -65,6 +65,7 @@ pub(crate) fn conditions(
     releases(agent, &mut out);
     edge(agent, settings, history, &mut out);
     certificates(agent, settings, &mut out);
+    edge_process(agent, &mut out);
     // Backups: a failed run or drill holds until one succeeds again (`backup_state`).
     for (name, service, summary) in crate::backup_state::failing(&agent.state_dir) {
         out.push(condition(
@@ -94,6 +95,46 @@ pub(crate) fn conditions(
         out.extend(user_rules(&settings.rules, &parse_series(series)));
     }
     out
+}
+
+/// How long `EdgeCrashed` holds after a crash of the edge process.
+const EDGE_CRASH_HOLDS_MS: i64 = 15 * 60 * 1000;
+
+/// The edge process: crashed lately, or not serving routes at all.
+fn edge_process(agent: &Arc<Agent>, out: &mut Vec<Condition>) {
+    if let Some((at_ms, pid)) = agent.plane.last_crash()
+        && now_ms() - at_ms < EDGE_CRASH_HOLDS_MS
+    {
+        out.push(condition(
+            "EdgeCrashed",
+            "",
+            "warning",
+            format!(
+                "the edge process (pid {pid}) ended by itself at {} and was started again",
+                crate::agent::clock(at_ms)
+            ),
+            Duration::ZERO,
+        ));
+    }
+    let routed = agent
+        .applied_spec()
+        .is_some_and(|spec| spec.services.values().any(|s| !s.routes.is_empty()));
+    let serving = agent.plane.report().is_some_and(|r| r.https.is_some());
+    if routed && !serving {
+        let why = agent
+            .edge_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| "no edge process answers".to_string());
+        out.push(condition(
+            "EdgeDown",
+            "",
+            "critical",
+            format!("services have routes and the edge does not serve them: {why}"),
+            Duration::from_secs(30),
+        ));
+    }
 }
 
 /// Crash loops, services without a healthy instance, memory near the limit.
@@ -201,12 +242,7 @@ fn edge(
     history: &mut History,
     out: &mut Vec<Condition>,
 ) {
-    let edge = agent
-        .edge_handle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|edge| edge.metrics());
+    let edge = agent.edge_metrics();
     let Some(edge) = edge else { return };
     let now = now_ms();
     for service in &edge.services {

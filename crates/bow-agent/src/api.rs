@@ -294,6 +294,9 @@ pub struct EdgeStatus {
     /// What the edge answered per service since it started.
     #[serde(default)]
     pub requests: std::collections::BTreeMap<String, EdgeRequests>,
+    /// The edge's own process: `pid N (binary)`.
+    #[serde(default)]
+    pub process: Option<String>,
 }
 
 /// Requests of one service the edge answered, by outcome (counters since the edge started).

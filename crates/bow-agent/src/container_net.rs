@@ -253,6 +253,3 @@ fn add_address(bridge: &str, address: Ipv4Addr) -> Result<(), String> {
         Err(stderr.trim().to_string())
     }
 }
-
-/// Keeps the agent's bridge listeners of `Arc` type alive in one place.
-pub(crate) type BridgeListeners = Mutex<BTreeMap<String, Arc<crate::discovery::RunningListener>>>;

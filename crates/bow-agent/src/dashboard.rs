@@ -98,12 +98,7 @@ fn gather(agent: &Arc<Agent>, history: &Mutex<History>) -> View {
 
 /// Takes one sample per service into `history` (the sampler's tick).
 pub(crate) fn sample(agent: &Arc<Agent>, history: &Mutex<History>) {
-    let edge = agent
-        .edge_handle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|edge| edge.metrics());
+    let edge = agent.edge_metrics();
     let status = agent.status();
     let at_ms = now_ms();
     let mut samples = BTreeMap::new();

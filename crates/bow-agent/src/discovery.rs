@@ -16,14 +16,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
-use bow_edge::{DrainOutcome, Endpoint, ServiceListener, ServiceListenerConfig, ServiceProtocol};
+use bow_edge::{DrainOutcome, Endpoint, ServiceProtocol};
 use bow_spec::{Check, Service, Spec};
 use sha2::{Digest, Sha256};
 
 use crate::agent::{Agent, Inner};
 use crate::api::{DiscoveryStatus, Health};
+use crate::plane::{ListenerSet, PlaneListener};
 
 /// The block internal addresses come from: 127.64.0.0/10 (127.64.0.0 – 127.127.255.255).
 const BLOCK_BASE: u32 = u32::from_be_bytes([127, 64, 0, 0]);
@@ -36,14 +37,9 @@ const MAX_CANDIDATES: u32 = 256;
 pub(crate) struct Discovery {
     /// Every address ever given (from the store), by service.
     addresses: Mutex<BTreeMap<String, Ipv4Addr>>,
-    /// The running listeners, by service.
-    listeners: Mutex<BTreeMap<String, Arc<RunningListener>>>,
-    /// The listeners on the containers' bridge, by service (crate::container_net).
-    bridge: crate::container_net::BridgeListeners,
-    /// The listeners of TCP routes (`tcp: {port}`, on every address), by service.
-    tcp: Mutex<BTreeMap<String, Arc<RunningListener>>>,
-    /// Why a service's listener could not start, by service.
-    errors: Mutex<BTreeMap<String, String>>,
+    /// The listeners the edge process runs: each name's address on loopback, its twin on
+    /// the containers' bridge (crate::container_net), the TCP routes (`tcp: {port}`).
+    wanted: Mutex<Vec<PlaneListener>>,
     /// One `ensure_discovery` at a time.
     ensure: tokio::sync::Mutex<()>,
     /// One `assign_addresses` at a time: two applies at once would both find a service
@@ -54,11 +50,11 @@ pub(crate) struct Discovery {
     mount_namespaces: std::sync::OnceLock<Result<(), String>>,
 }
 
-pub(crate) struct RunningListener {
-    listener: ServiceListener,
-    addr: SocketAddr,
-    protocol: ServiceProtocol,
-    drain_timeout: std::time::Duration,
+impl Discovery {
+    /// The listeners the edge process should run.
+    pub(crate) fn wanted(&self) -> Vec<PlaneListener> {
+        locked(&self.wanted).clone()
+    }
 }
 
 /// What an instance is told about the other services: their addresses and the hosts file.
@@ -393,163 +389,55 @@ impl Agent {
         }
     }
 
-    /// Starts, restarts (address, port, protocol or drain timeout changed) or stops the
-    /// service listeners to match `spec`.
+    /// Decides the listeners the edge process runs for `spec` (on loopback, on the
+    /// containers' bridge, the TCP routes) and sends them.
     pub(crate) async fn ensure_discovery(&self, spec: &Spec) {
         let _one_at_a_time = self.discovery.ensure.lock().await;
-        let wanted = self.names().services;
-        self.reconcile_listeners(&self.discovery.listeners, wanted.clone(), spec)
-            .await;
-        // Containers reach the same listeners' twins on their bridge.
-        let bridge: BTreeMap<String, (SocketAddr, ServiceProtocol)> = self
-            .bridge_listen_addresses(spec)
-            .await
-            .into_iter()
-            .filter_map(|(name, addr)| Some((name.clone(), (addr, wanted.get(&name)?.1))))
-            .collect();
-        self.reconcile_listeners(&self.discovery.bridge, bridge, spec)
-            .await;
-        // TCP routes: the same listeners, on the host's every address at the route's port.
-        let routes: BTreeMap<String, (SocketAddr, ServiceProtocol)> = spec
-            .services
-            .iter()
-            .filter_map(|(name, s)| {
-                let port = s.tcp?.port;
-                Some((
-                    name.clone(),
-                    (
-                        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-                        ServiceProtocol::Tcp,
-                    ),
-                ))
-            })
-            .collect();
-        self.reconcile_listeners(&self.discovery.tcp, routes, spec)
-            .await;
-        self.refresh_discovery();
-    }
-
-    async fn reconcile_listeners(
-        &self,
-        listeners: &Mutex<BTreeMap<String, Arc<RunningListener>>>,
-        wanted: BTreeMap<String, (SocketAddr, ServiceProtocol)>,
-        spec: &Spec,
-    ) {
-        let running: Vec<(String, Arc<RunningListener>)> = locked(listeners)
-            .iter()
-            .map(|(name, running)| (name.clone(), running.clone()))
-            .collect();
-        for (name, running) in running {
-            let drain_timeout = named(spec, &name).map(|s| s.deploy.drain_timeout.as_std());
-            let keep = wanted.get(&name).is_some_and(|(addr, protocol)| {
-                *addr == running.addr
-                    && *protocol == running.protocol
-                    && Some(running.drain_timeout) == drain_timeout
-            });
-            if !keep {
-                locked(listeners).remove(&name);
-                running.listener.shutdown().await;
-            }
-        }
-        for (name, (addr, protocol)) in &wanted {
-            if locked(listeners).contains_key(name) {
+        let names = self.names().services;
+        let drain_timeout_ms = |name: &str| {
+            named(spec, name).map(|s| s.deploy.drain_timeout.as_std().as_millis() as u64)
+        };
+        let mut wanted = Vec::new();
+        for (name, (addr, protocol)) in &names {
+            let Some(drain_timeout_ms) = drain_timeout_ms(name) else {
                 continue;
-            }
-            let Some(drain_timeout) = named(spec, name).map(|s| s.deploy.drain_timeout.as_std())
+            };
+            wanted.push(PlaneListener {
+                set: ListenerSet::Discovery,
+                name: name.clone(),
+                addr: *addr,
+                http: *protocol == ServiceProtocol::Http,
+                drain_timeout_ms,
+            });
+        }
+        // Containers reach the same listeners' twins on their bridge.
+        for (name, addr) in self.bridge_listen_addresses(spec).await {
+            let (Some((_, protocol)), Some(drain_timeout_ms)) =
+                (names.get(&name), drain_timeout_ms(&name))
             else {
                 continue;
             };
-            let mut config = ServiceListenerConfig::new(*addr, name.clone(), *protocol);
-            config.drain_timeout = drain_timeout;
-            match ServiceListener::start(config).await {
-                Ok(listener) => {
-                    locked(&self.discovery.errors).remove(name);
-                    locked(listeners).insert(
-                        name.clone(),
-                        Arc::new(RunningListener {
-                            listener,
-                            addr: *addr,
-                            protocol: *protocol,
-                            drain_timeout,
-                        }),
-                    );
-                }
-                Err(error) => {
-                    let reason = format!("cannot listen on {addr}: {error}");
-                    self.emit(name, "", EventKind::DiscoveryFailed, &reason);
-                    locked(&self.discovery.errors).insert(name.clone(), reason);
-                }
-            }
+            wanted.push(PlaneListener {
+                set: ListenerSet::Bridge,
+                http: *protocol == ServiceProtocol::Http,
+                name,
+                addr,
+                drain_timeout_ms,
+            });
         }
-    }
-
-    /// Every running service listener, on loopback and on the containers' bridge.
-    fn all_listeners(&self) -> Vec<(String, Arc<RunningListener>)> {
-        let mut all: Vec<(String, Arc<RunningListener>)> = locked(&self.discovery.listeners)
-            .iter()
-            .map(|(name, running)| (name.clone(), running.clone()))
-            .collect();
-        for listeners in [&self.discovery.bridge, &self.discovery.tcp] {
-            all.extend(
-                locked(listeners)
-                    .iter()
-                    .map(|(name, running)| (name.clone(), running.clone())),
-            );
+        // TCP routes: the same listeners, on the host's every address at the route's port.
+        for (name, service) in &spec.services {
+            let Some(tcp) = service.tcp else { continue };
+            wanted.push(PlaneListener {
+                set: ListenerSet::TcpRoute,
+                name: name.clone(),
+                addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, tcp.port)),
+                http: false,
+                drain_timeout_ms: service.deploy.drain_timeout.as_std().as_millis() as u64,
+            });
         }
-        all
-    }
-
-    /// Gives every service listener the healthy instances of its service.
-    pub(crate) fn refresh_discovery(&self) {
-        let listeners = self.all_listeners();
-        if listeners.is_empty() {
-            return;
-        }
-        let inner = self.lock();
-        for (name, running) in listeners {
-            running
-                .listener
-                .set_endpoints(healthy_endpoints(&inner, &name));
-        }
-    }
-
-    /// Takes an instance out of the service listeners and waits (at most `timeout`) for its
-    /// open requests and connections. `None` when no service has a listener.
-    pub(crate) async fn drain_discovery(
-        &self,
-        instance_id: &str,
-        timeout: std::time::Duration,
-    ) -> Option<DrainOutcome> {
-        self.refresh_discovery();
-        let listeners: Vec<Arc<RunningListener>> = self
-            .all_listeners()
-            .into_iter()
-            .map(|(_, running)| running)
-            .collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut outcome = None;
-        // Instance ids are unique: only the instance's own service has it, the others
-        // answer at once.
-        for running in listeners {
-            let drained = tokio::time::timeout_at(deadline, running.listener.drain(instance_id))
-                .await
-                .ok();
-            outcome = both_drained(outcome, drained);
-        }
-        outcome
-    }
-
-    /// Closes every service listener (`bow down`).
-    pub(crate) async fn stop_discovery(&self) {
-        let listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
-        let mut all: Vec<Arc<RunningListener>> = listeners.into_values().collect();
-        for other in [&self.discovery.bridge, &self.discovery.tcp] {
-            all.extend(std::mem::take(&mut *locked(other)).into_values());
-        }
-        let listeners = all;
-        for running in listeners {
-            running.listener.shutdown().await;
-        }
+        *locked(&self.discovery.wanted) = wanted;
+        self.refresh_routes();
     }
 
     /// Each service's internal address for `bow status`.
@@ -558,8 +446,8 @@ impl Agent {
             return Vec::new();
         };
         let addresses = locked(&self.discovery.addresses).clone();
-        let listening: Vec<String> = locked(&self.discovery.listeners).keys().cloned().collect();
-        let errors = locked(&self.discovery.errors).clone();
+        let report = self.plane.report().unwrap_or_default();
+        let (listening, errors) = (report.listening, report.listener_errors);
         let mut status = Vec::new();
         for (name, service) in discovery_names(spec) {
             let name = &name;

@@ -1,25 +1,16 @@
-//! The agent's edge: starts `bow-edge` when services have routes, feeds it the healthy
-//! instances of each routed service, and drains an instance before it is stopped.
+//! The agent's side of the edge: what the edge process serves (crate::plane) — the healthy
+//! instances of each routed service —, draining an instance before it is stopped, chaos
+//! faults, the status; and the edge's files (local CA, access log).
 
 use bow_reconcile::EventKind;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bow_edge::{Backend, Edge, EdgeConfig, EdgeHooks, JsonLinesSink, Route, RouteTable, TlsSource};
 use bow_spec::{Spec, Tls};
 
 use crate::agent::{Agent, Inner};
 use crate::api::{EdgeRequests, EdgeStatus};
-
-/// The running edge and the settings it was started with.
-pub(crate) struct EdgeRuntime {
-    pub edge: Arc<Edge>,
-    pub settings: bow_spec::Edge,
-    /// With `tls: acme`: who issues the edge's certificates.
-    pub acme: Option<crate::acme::AcmeRuntime>,
-}
 
 /// `<state-dir>/ca`: bow's local certificate authority (`bow trust` shows it).
 pub fn ca_dir(state_dir: &Path) -> PathBuf {
@@ -37,167 +28,56 @@ pub fn access_log(state_dir: &Path) -> PathBuf {
 }
 
 impl Agent {
-    /// Starts, restarts (settings changed) or stops the edge to match `spec`.
-    pub(crate) async fn ensure_edge(self: &Arc<Self>, spec: &Spec) {
-        let routed = spec.services.values().any(|s| !s.routes.is_empty());
-        let mut guard = self.edge.lock().await;
-        if guard
-            .as_ref()
-            .is_some_and(|runtime| routed && runtime.settings == spec.edge)
-        {
-            if let Some(acme) = guard.as_ref().and_then(|r| r.acme.as_ref()) {
-                acme.set_hosts(spec);
-            }
-            drop(guard);
-            self.refresh_routes();
-            return;
-        }
-        if let Some(old) = guard.take() {
-            self.set_edge_handle(None);
-            old.edge.shutdown().await;
-            self.emit(
-                "",
-                "",
-                EventKind::EdgeStopped,
-                "edge settings changed, or no service has routes",
-            );
-        }
-        if !routed {
-            return;
-        }
-        match self.start_edge(spec).await {
-            Ok((edge, acme)) => {
-                let message = format!(
-                    "https on {}, http on {} (redirects to https)",
-                    edge.https_addr(),
-                    edge.http_addr()
-                );
-                *self.edge_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                let edge = Arc::new(edge);
-                self.set_edge_handle(Some(edge.clone()));
-                *guard = Some(EdgeRuntime {
-                    edge,
-                    settings: spec.edge.clone(),
-                    acme,
-                });
-                drop(guard);
-                self.emit("", "", EventKind::EdgeStarted, &message);
-                self.refresh_routes();
-            }
-            Err(reason) => {
-                self.emit("", "", EventKind::EdgeFailed, &reason);
-                *self.edge_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
-            }
-        }
+    /// Brings the edge process up to date with `spec` (started, restarted or stopped there).
+    pub(crate) async fn ensure_edge(self: &Arc<Self>, _spec: &Spec) {
+        self.refresh_routes();
     }
 
-    async fn start_edge(
-        self: &Arc<Self>,
-        spec: &Spec,
-    ) -> Result<(Edge, Option<crate::acme::AcmeRuntime>), String> {
-        let settings = &spec.edge;
-        let mut acme = None;
-        let tls = match &settings.tls {
-            Tls::SelfSigned => TlsSource::SelfSigned {
-                ca_dir: ca_dir(&self.state_dir),
-            },
-            Tls::Files { cert, key } => TlsSource::Files {
-                cert: cert.into(),
-                key: key.into(),
-            },
-            Tls::Acme => {
-                // The local CA serves every host until (and unless) the ACME CA issued its
-                // certificate: the edge never waits for a CA.
-                let fallback = Arc::new(
-                    bow_edge::LocalCa::open_or_create(&ca_dir(&self.state_dir))
-                        .map_err(|e| format!("the local CA: {e}"))?,
-                );
-                let runtime = self.start_acme(spec, fallback)?;
-                let source = TlsSource::Custom(runtime.acme.clone());
-                acme = Some(runtime);
-                source
+    /// Sends the edge process what it serves now: the spec, each name's healthy instances,
+    /// faults and listeners. Returns the state's number.
+    pub(crate) fn refresh_routes(&self) -> u64 {
+        let state = {
+            let inner = self.lock();
+            let mut state = crate::plane::PlaneState {
+                spec: inner.spec.clone(),
+                settled: settled(&inner),
+                ..Default::default()
+            };
+            if let Some(spec) = &inner.spec {
+                // Every service (routes, TCP routes, discovery), and `<service>-ro` names.
+                for name in spec.services.keys() {
+                    state
+                        .endpoints
+                        .insert(name.clone(), plane_endpoints(&inner, name));
+                }
+                for (name, _) in crate::discovery::discovery_names(spec) {
+                    let endpoints = plane_endpoints(&inner, &name);
+                    state.endpoints.insert(name, endpoints);
+                }
+                let now = std::time::Instant::now();
+                for (service, (fault, until)) in &inner.faults {
+                    if *until > now {
+                        state.faults.insert(
+                            service.clone(),
+                            crate::plane::PlaneFault {
+                                delay_ms: fault.delay.as_millis() as u64,
+                                loss_per_million: fault.loss_per_million,
+                            },
+                        );
+                    }
+                }
             }
+            state
         };
-        let any = Ipv4Addr::UNSPECIFIED;
-        let mut config = EdgeConfig::new(
-            SocketAddr::from((any, settings.http_port)),
-            SocketAddr::from((any, settings.https_port)),
-            tls,
-        );
-        config.hsts_max_age = settings.hsts_max_age.as_std();
-        // The defaults, changed by `security_headers:` (an empty value drops one).
-        let mut headers: std::collections::BTreeMap<String, String> =
-            bow_edge::default_security_headers().into_iter().collect();
-        for (name, value) in &settings.security_headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        config.security_headers = headers.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-        config.max_body_size = settings.max_body_size.bytes();
-        config.max_header_size = settings.max_header_size.bytes() as usize;
-        config.header_timeout = settings.header_timeout.as_std();
-        config.body_timeout = settings.body_timeout.as_std();
-        config.upstream_timeout = settings.upstream_timeout.as_std();
-        config.idle_timeout = settings.idle_timeout.as_std();
-        config.max_connections = settings.max_connections as usize;
-        config.drain_timeout = spec
+        let mut state = state;
+        state.listeners = self.discovery.wanted();
+        state.names = self
+            .names()
             .services
-            .values()
-            .map(|s| s.deploy.drain_timeout.as_std())
-            .max()
-            .unwrap_or(Duration::from_secs(30));
-        let log_path = access_log(&self.state_dir);
-        if let Some(dir) = log_path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let log = RotatingFile::open(log_path.clone(), ACCESS_LOG_MAX_BYTES, ACCESS_LOG_KEEP)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        // With `otlp`, the access log's sink also exports spans.
-        let access_log: Arc<dyn bow_edge::AccessLogSink> = match &settings.otlp {
-            Some(otlp) => Arc::new(crate::otlp::sink(self, otlp, JsonLinesSink::new(log))?),
-            None => Arc::new(JsonLinesSink::new(log)),
-        };
-        let mut hooks = EdgeHooks {
-            access_log,
-            ..EdgeHooks::default()
-        };
-        if let Some(runtime) = &acme {
-            hooks.acme_challenges = runtime.acme.clone();
-        }
-        let edge = Edge::start_with(config, hooks)
-            .await
-            .map_err(|e| format!("cannot start the edge: {e}"))?;
-        Ok((edge, acme))
-    }
-
-    /// Gives the edge the healthy instances of every routed service.
-    pub(crate) fn refresh_routes(&self) {
-        self.refresh_discovery();
-        let Some(edge) = self
-            .edge_handle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
-        else {
-            // Not running (or being started: it refreshes once it runs).
-            return;
-        };
-        // Computed and installed under the state lock: of two refreshes at once, the one
-        // that saw the newer state installs last.
-        let spec = self.lock().spec.clone();
-        let policies = self.route_policies(spec.as_ref());
-        let inner = self.lock();
-        match RouteTable::new(route_table(&inner, &policies)) {
-            Ok(table) => edge.set_routes(table),
-            Err(error) => eprintln!("bow agent: route table rejected: {error}"),
-        }
-    }
-
-    fn set_edge_handle(&self, edge: Option<Arc<Edge>>) {
-        *self
-            .edge_handle
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = edge;
+            .into_iter()
+            .map(|(name, (addr, _))| (name, addr))
+            .collect();
+        self.push_plane_state(state)
     }
 
     /// Takes an instance out of the edge and its service listener and waits (at most
@@ -207,36 +87,37 @@ impl Agent {
         instance_id: &str,
         timeout: Duration,
     ) -> Option<bow_edge::DrainOutcome> {
-        self.refresh_routes();
-        let edge = self.edge.lock().await.as_ref().map(|r| r.edge.clone());
-        let edge_drained = async {
-            let edge = edge?;
-            tokio::time::timeout(timeout, edge.drain(instance_id))
-                .await
-                .ok()
-        };
-        let (edge, internal) =
-            tokio::join!(edge_drained, self.drain_discovery(instance_id, timeout));
-        crate::discovery::both_drained(edge, internal)
+        let seq = self.refresh_routes();
+        self.plane_drain(instance_id, timeout, seq).await
     }
 
-    pub(crate) async fn edge_status(&self) -> Option<EdgeStatus> {
-        let guard = self.edge.lock().await;
-        let runtime = guard.as_ref()?;
-        let routes = route_table(&self.lock(), &Default::default())
-            .iter()
-            .map(|route| {
-                format!(
-                    "{} → {} ({} healthy)",
-                    route.label(),
-                    route.backend.service,
-                    route.backend.endpoints.len()
-                )
-            })
-            .collect();
-        let requests = runtime
-            .edge
-            .metrics()
+    pub(crate) async fn edge_status(self: &Arc<Self>) -> Option<EdgeStatus> {
+        let report = self.plane.report()?;
+        let (https, http) = (report.https?, report.http?);
+        let settings = self.lock().spec.as_ref()?.edge.clone();
+        let routes = {
+            let inner = self.lock();
+            let spec = inner.spec.as_ref()?;
+            let mut routes = Vec::new();
+            for (name, service) in &spec.services {
+                let healthy = crate::discovery::healthy_endpoints(&inner, name).len();
+                for route in &service.routes {
+                    routes.push(format!(
+                        "{}{} → {name} ({healthy} healthy)",
+                        route.host, route.path
+                    ));
+                }
+            }
+            routes.sort();
+            routes
+        };
+        let agent = self.clone();
+        let metrics = tokio::task::spawn_blocking(move || agent.edge_metrics())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let requests = metrics
             .services
             .into_iter()
             .map(|service| {
@@ -251,26 +132,47 @@ impl Agent {
             .collect();
         Some(EdgeStatus {
             requests,
-            https: runtime.edge.https_addr().to_string(),
-            http: runtime.edge.http_addr().to_string(),
-            ca_certificate: matches!(runtime.settings.tls, Tls::SelfSigned | Tls::Acme)
+            https: https.to_string(),
+            http: http.to_string(),
+            ca_certificate: matches!(settings.tls, Tls::SelfSigned | Tls::Acme)
                 .then(|| ca_certificate(&self.state_dir)),
             routes,
+            process: Some(format!("pid {} ({})", report.pid, report.exe)),
         })
     }
 
     pub(crate) async fn stop_edge(&self) {
-        if let Some(runtime) = self.edge.lock().await.take() {
-            self.set_edge_handle(None);
-            runtime.edge.shutdown().await;
-        }
+        self.stop_plane().await;
     }
 }
 
-/// The access log is rotated at this size…
-const ACCESS_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
-/// …keeping this many old files (`access.log.1` newest).
-const ACCESS_LOG_KEEP: u32 = 3;
+/// Whether every instance the agent knows has had its first health verdict (an adopted one
+/// starts as `starting`), and every service of the spec has its slots.
+fn settled(inner: &Inner) -> bool {
+    let Some(spec) = &inner.spec else {
+        return false;
+    };
+    spec.services.iter().all(|(name, service)| {
+        let runtime = inner.services.get(name);
+        let slots = runtime.map_or(0, |r| r.slots.len());
+        (service.replicas == 0 || slots > 0)
+            && runtime.is_none_or(|r| {
+                r.slots
+                    .values()
+                    .all(|slot| slot.status.health != crate::api::Health::Starting)
+            })
+    })
+}
+
+fn plane_endpoints(inner: &Inner, name: &str) -> Vec<crate::plane::PlaneEndpoint> {
+    crate::discovery::healthy_endpoints(inner, name)
+        .into_iter()
+        .map(|endpoint| crate::plane::PlaneEndpoint {
+            id: endpoint.id.clone(),
+            addr: endpoint.addr,
+        })
+        .collect()
+}
 
 /// An append-only file rotated by size: `path` → `path.1` → … → `path.<keep>`.
 pub(crate) struct RotatingFile {
@@ -334,37 +236,6 @@ impl std::io::Write for RotatingFile {
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
     }
-}
-
-/// The edge's routes: each service's healthy endpoints, and each route's checks from
-/// `policies` (by label; [`crate::edge_policy`]).
-fn route_table(
-    inner: &Inner,
-    policies: &std::collections::HashMap<String, Arc<bow_edge::RoutePolicy>>,
-) -> Vec<Route> {
-    let Some(spec) = &inner.spec else {
-        return Vec::new();
-    };
-    let mut routes = Vec::new();
-    for (name, service) in &spec.services {
-        if service.routes.is_empty() {
-            continue;
-        }
-        let endpoints = crate::discovery::healthy_endpoints(inner, name);
-        let fault = inner
-            .faults
-            .get(name)
-            .filter(|(_, until)| *until > std::time::Instant::now())
-            .map(|(fault, _)| *fault);
-        for route in &service.routes {
-            let mut backend = Backend::new(name.clone(), endpoints.clone());
-            backend.fault = fault;
-            let mut edge_route = Route::new(route.host.clone(), route.path.clone(), backend);
-            edge_route.policy = policies.get(&crate::edge_policy::label(route)).cloned();
-            routes.push(edge_route);
-        }
-    }
-    routes
 }
 
 impl Agent {

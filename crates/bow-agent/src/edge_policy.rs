@@ -16,7 +16,7 @@ use bow_edge::RoutePolicy;
 use bow_reconcile::EventKind;
 use bow_spec::{RouteAuth, Spec};
 
-use crate::agent::Agent;
+use crate::plane::Plane;
 
 /// How long an auth service may take to answer.
 const FORWARD_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,14 +40,18 @@ pub(crate) fn label(route: &bow_spec::Route) -> String {
     format!("{}{}", route.host, route.path)
 }
 
-impl Agent {
-    /// The policy of every route of `spec` that has `auth` or `limits`, by label.
-    pub(crate) fn route_policies(&self, spec: Option<&Spec>) -> HashMap<String, Arc<RoutePolicy>> {
+impl Plane {
+    /// The policy of every route of `spec` that has `auth` or `limits`, by label; `names`
+    /// gives each service's discovery address (an auth service's).
+    pub(crate) fn route_policies(
+        &self,
+        spec: Option<&Spec>,
+        names: &std::collections::BTreeMap<String, SocketAddr>,
+    ) -> HashMap<String, Arc<RoutePolicy>> {
         let Some(spec) = spec else {
             return HashMap::new();
         };
         let mut wanted = Vec::new();
-        let mut names = None;
         for service in spec.services.values() {
             for route in &service.routes {
                 if route.auth.is_none() && route.limits.is_none() {
@@ -60,11 +64,7 @@ impl Agent {
                     _ => None,
                 };
                 let forward_to = match &route.auth {
-                    Some(RouteAuth::Forward(forward)) => names
-                        .get_or_insert_with(|| self.names())
-                        .services
-                        .get(&forward.service)
-                        .map(|(addr, _)| *addr),
+                    Some(RouteAuth::Forward(forward)) => names.get(&forward.service).copied(),
                     _ => None,
                 };
                 wanted.push(Made {
@@ -134,7 +134,7 @@ impl Agent {
         policy.auth = match &made.route.auth {
             None => None,
             Some(RouteAuth::Basic { users_secret }) => {
-                let text = crate::secrets::reveal(self, users_secret)?;
+                let text = crate::secrets::reveal_from(self.secrets.as_ref(), users_secret)?;
                 let text = String::from_utf8(text)
                     .map_err(|_| format!("secret {users_secret} is not text"))?;
                 let basic = bow_edge::BasicAuth::from_htpasswd(&made.route.host, &text)

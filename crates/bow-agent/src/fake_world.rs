@@ -53,6 +53,7 @@ impl FakeWorld {
             })),
             reconcile_on_start: true,
             secrets: None,
+            plane: None,
         })
         .await
         .unwrap();

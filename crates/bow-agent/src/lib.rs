@@ -35,6 +35,7 @@ mod metrics;
 mod metrics_backup;
 mod metrics_edge;
 mod otlp;
+pub mod plane;
 mod ports;
 pub mod postgres;
 mod postgres_admin;

@@ -165,12 +165,13 @@ impl Scrape {
     /// Reads what the agent knows now; blocking reads (cgroup files, process usage, the store) run
     /// off the async threads.
     pub(crate) async fn gather(agent: &Arc<Agent>, admin_scrapes: u64) -> Scrape {
-        let edge = agent
-            .edge_handle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|edge| edge.metrics());
+        let edge = {
+            let agent = agent.clone();
+            tokio::task::spawn_blocking(move || agent.edge_metrics())
+                .await
+                .ok()
+                .flatten()
+        };
         let agent = agent.clone();
         let blocking = tokio::task::spawn_blocking(move || {
             let (revision, slots) = {

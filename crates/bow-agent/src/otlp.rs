@@ -16,7 +16,7 @@ use bow_reconcile::EventKind;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::agent::Agent;
+use crate::plane::Plane;
 use crate::webhook::Url;
 
 /// Spans waiting to be sent; more are dropped (and counted).
@@ -98,7 +98,7 @@ impl AccessLogSink for OtlpSink {
 
 /// The sink for an edge with `otlp` settings, and its sender task (ends with the sink).
 pub(crate) fn sink(
-    agent: &Arc<Agent>,
+    agent: &Arc<Plane>,
     settings: &bow_spec::Otlp,
     log: JsonLinesSink,
 ) -> Result<OtlpSink, String> {
@@ -121,7 +121,7 @@ pub(crate) fn sink(
 }
 
 async fn send_forever(
-    agent: std::sync::Weak<Agent>,
+    agent: std::sync::Weak<Plane>,
     url: Url,
     mut receiver: mpsc::Receiver<SpanRecord>,
     dropped: Arc<AtomicU64>,

@@ -207,9 +207,10 @@ impl Agent {
             };
         }
         let services: Vec<ServiceProgress> = inner.progress.values().cloned().collect();
+        // Done once the edge process serves what the deploys left, too.
         DeployReport {
             revision,
-            done: services.iter().all(|p| p.phase.finished()),
+            done: services.iter().all(|p| p.phase.finished()) && self.plane.synced(),
             services,
         }
     }

@@ -40,7 +40,15 @@ impl Supply {
 /// One secret's value, for the agent's own use (a registry password): never a file, never
 /// an instance's.
 pub(crate) fn reveal(agent: &Agent, name: &str) -> Result<Vec<u8>, String> {
-    let Some(source) = &agent.secrets.source else {
+    reveal_from(agent.secrets.source.as_ref(), name)
+}
+
+/// One secret's value from `source`.
+pub(crate) fn reveal_from(
+    source: Option<&bow_secrets::Source>,
+    name: &str,
+) -> Result<Vec<u8>, String> {
+    let Some(source) = source else {
         return Err(format!(
             "secret {name} is needed, and this agent was given no secrets file"
         ));

@@ -147,7 +147,6 @@ impl Agent {
         self.stop_edge().await;
         self.stop_admin().await;
         self.stop_alerts().await;
-        self.stop_discovery().await;
         // Anything left of them (a child that escaped its process group).
         for driver in self.drivers.all() {
             driver.clean_up().await;

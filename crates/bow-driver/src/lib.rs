@@ -47,7 +47,7 @@ pub use handle::{
     signal_name,
 };
 pub use process::{LinuxProcessDriver, ProcessScope};
-pub use procfs::{ProcessUsage, own_usage};
+pub use procfs::{ProcessUsage, own_usage, running_binary};
 pub use sandbox::SandboxSpec;
 pub use secret_files::{SECRETS_DIR_ENV, SecretFile};
 pub use shim::log_writer::RotatingLog;

@@ -142,6 +142,19 @@ pub fn read_uid(pid: i32) -> io::Result<Option<u32>> {
         .and_then(|uid| uid.parse().ok()))
 }
 
+/// The binary this process runs: its path (`… (deleted)` once the file was replaced) and its
+/// identity (device, inode), which differs for another build installed at the same path.
+pub fn running_binary() -> (String, (u64, u64)) {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let id = std::fs::metadata("/proc/self/exe")
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap_or((0, 0));
+    (path, id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

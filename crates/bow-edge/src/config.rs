@@ -56,6 +56,9 @@ pub struct EdgeConfig {
     pub tls: TlsSource,
     /// The scheme clients used, as told to upstreams in `X-Forwarded-Proto` and `Forwarded`.
     pub scheme: Scheme,
+    /// Where the listening sockets come from and are kept (an upgrade hands them to the next
+    /// process); `None`: bound by the edge and closed with it.
+    pub sockets: Option<crate::Sockets>,
 }
 
 /// The scheme a proxied request came in with.
@@ -103,6 +106,7 @@ impl EdgeConfig {
             upstream_idle_timeout: Duration::from_secs(60),
             tls,
             scheme: Scheme::Https,
+            sockets: None,
         }
     }
 

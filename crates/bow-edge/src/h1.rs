@@ -31,6 +31,10 @@ const READ_SIZE: usize = 8 * 1024;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// How long a connection asked to finish waits, between requests, for a request the client
+/// may already be sending.
+const LAST_CALL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A client's HTTP/1.1 connection being served; asked to finish gracefully it closes after
 /// the response in progress (or at once when it is between requests).
 pub(crate) struct Http1Connection {
@@ -131,9 +135,16 @@ where
                 return Ok(Some(facts));
             }
             let closing = &context.activity.closing;
+            let mut last_call: Option<Pin<Box<tokio::time::Sleep>>> = None;
             let read = poll_fn(|cx| {
+                // Asked to finish between requests: a client may be sending its next request
+                // now. Wait a moment for it (answered with `connection: close`), then close.
                 if self.input.is_empty() && closing.load(Ordering::SeqCst) {
-                    return Poll::Ready(Ok(0));
+                    let timer =
+                        last_call.get_or_insert_with(|| Box::pin(tokio::time::sleep(LAST_CALL)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(0));
+                    }
                 }
                 reserve(&mut self.input);
                 tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.input)
@@ -209,8 +220,11 @@ where
                 )
                 .await
         };
-        // A body not read to its end leaves the connection's framing unknown.
-        let keep_alive = facts.keep_alive && decoder.is_done();
+        // A body not read to its end leaves the connection's framing unknown; a connection
+        // asked to finish says so in this answer (the client opens another for the next).
+        let keep_alive = facts.keep_alive
+            && decoder.is_done()
+            && !context.activity.closing.load(Ordering::SeqCst);
         match outcome {
             Outcome::Local {
                 mut record,

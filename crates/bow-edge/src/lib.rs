@@ -40,6 +40,7 @@ mod request_head;
 mod routes;
 mod server;
 mod service_listener;
+mod sockets;
 mod stall;
 mod tls;
 mod trace;
@@ -70,6 +71,7 @@ pub use metrics::{
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};
+pub use sockets::Sockets;
 pub use tls::{ACME_TLS_ALPN, CertFiles, CertificateSource, LocalCa, crypto_provider};
 pub use trace::{TraceContext, TraceId, span_hex};
 pub use upstream::DrainOutcome;
@@ -142,8 +144,8 @@ impl Edge {
         let resolver = Arc::new(tls::EdgeCertResolver::new(source, table.clone()));
         let tls = TlsAcceptor::from(tls::server_config(resolver)?);
 
-        let https = bind(config.https_addr)?;
-        let http = bind(config.http_addr)?;
+        let https = listen(config.sockets.as_ref(), config.https_addr)?;
+        let http = listen(config.sockets.as_ref(), config.http_addr)?;
         let https_addr = local_addr(&https, config.https_addr)?;
         let http_addr = local_addr(&http, config.http_addr)?;
 
@@ -303,6 +305,14 @@ async fn close_gracefully(
         drop(permits);
     }
     phase.send_replace(Phase::Closed);
+}
+
+/// A listener on `addr`, from `sockets` when given.
+fn listen(sockets: Option<&Sockets>, addr: SocketAddr) -> Result<TcpListener, EdgeError> {
+    match sockets {
+        Some(sockets) => sockets.listener(addr),
+        None => bind(addr),
+    }
 }
 
 fn bind(addr: SocketAddr) -> Result<TcpListener, EdgeError> {

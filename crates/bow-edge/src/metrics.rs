@@ -34,7 +34,7 @@ fn method_index(method: &http::Method) -> usize {
 }
 
 /// Requests counted by the first digit of their status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StatusClassCounts {
     /// 1xx, such as 101 for WebSocket upgrades.
     pub informational: u64,
@@ -76,7 +76,7 @@ impl StatusClassCounts {
 
 /// A latency histogram: per-bucket (not cumulative) counts over [`LATENCY_BUCKETS_SECONDS`],
 /// with one more count for +Inf.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistogramSnapshot {
     /// Count per bucket; `counts.len() == LATENCY_BUCKETS_SECONDS.len() + 1`.
     pub counts: Vec<u64>,
@@ -107,7 +107,7 @@ impl HistogramSnapshot {
 }
 
 /// Counters of one route.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RouteMetrics {
     /// The service the route sends to.
     pub service: String,
@@ -126,7 +126,7 @@ pub struct RouteMetrics {
 }
 
 /// Counters of one service, summed over its routes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ServiceMetrics {
     /// The service.
     pub service: String,
@@ -137,7 +137,7 @@ pub struct ServiceMetrics {
 }
 
 /// A point-in-time copy of every edge counter.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetricsSnapshot {
     /// Per route, sorted by service then route.
     pub routes: Vec<RouteMetrics>,

@@ -29,7 +29,7 @@ use crate::proxy::{DOWN_COOLOFF, Proxy};
 use crate::routes::{Backend, Endpoint, Route, RouteTable};
 use crate::server::{ConnContext, Phase, accept_connections, closed, serve_plain};
 use crate::upstream::{self, ActiveTable, DrainOutcome, EndpointState, Upstreams};
-use crate::{MetricsSnapshot, bind, close_gracefully, install_table, local_addr};
+use crate::{MetricsSnapshot, close_gracefully, install_table, listen, local_addr};
 
 /// What a service listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +66,8 @@ pub struct ServiceListenerConfig {
     pub max_body_size: u64,
     /// Connections served at once; further ones are closed at once.
     pub max_connections: usize,
+    /// Where the listening socket comes from and is kept (see [`crate::Sockets`]).
+    pub sockets: Option<crate::Sockets>,
 }
 
 impl ServiceListenerConfig {
@@ -84,6 +86,7 @@ impl ServiceListenerConfig {
             idle_timeout: Duration::from_secs(75),
             max_body_size: 1024 * 1024 * 1024,
             max_connections: 10_000,
+            sockets: None,
         }
     }
 
@@ -147,7 +150,7 @@ impl ServiceListener {
         let edge_config = config.edge_config();
         edge_config.validate()?;
         let edge_config = Arc::new(edge_config);
-        let listener = bind(config.addr)?;
+        let listener = listen(config.sockets.as_ref(), config.addr)?;
         let addr = local_addr(&listener, config.addr)?;
         let table = Arc::new(ArcSwap::from_pointee(ActiveTable::default()));
         let upstreams = Arc::new(Upstreams::new(

@@ -140,12 +140,20 @@ pub enum EventKind {
     DiscoveryFailed,
     /// Executor: in-flight requests outlived the drain timeout.
     DrainTimeout,
+    /// Executor: the previous agent ended without shutting down (a crash or a kill); the
+    /// next agent reports it at its start.
+    AgentCrashed,
+    /// Executor: the edge process ended by itself (it is started again at once).
+    EdgeCrashed,
     /// Executor: the edge could not start.
     EdgeFailed,
     /// Executor.
     EdgeStarted,
     /// Executor.
     EdgeStopped,
+    /// Executor: a new edge process took the listening sockets over from the old one
+    /// (an upgrade of the bow binary); the old one drains and exits.
+    EdgeUpgraded,
     /// Executor.
     EdgeWarning,
     Exited,
@@ -179,11 +187,12 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in order (docs/agent.md lists them; a test checks it).
-    pub const ALL: [EventKind; 44] = [
+    pub const ALL: [EventKind; 47] = [
         EventKind::AdminFailed,
         EventKind::AdminStarted,
         EventKind::AdminStopped,
         EventKind::Adopted,
+        EventKind::AgentCrashed,
         EventKind::AlertFiring,
         EventKind::AlertNotSent,
         EventKind::AlertResolved,
@@ -201,9 +210,11 @@ impl EventKind {
         EventKind::Deploying,
         EventKind::DiscoveryFailed,
         EventKind::DrainTimeout,
+        EventKind::EdgeCrashed,
         EventKind::EdgeFailed,
         EventKind::EdgeStarted,
         EventKind::EdgeStopped,
+        EventKind::EdgeUpgraded,
         EventKind::EdgeWarning,
         EventKind::Exited,
         EventKind::Follow,
@@ -250,6 +261,9 @@ impl EventKind {
             EventKind::Deploying => "deploying",
             EventKind::DiscoveryFailed => "discovery-failed",
             EventKind::DrainTimeout => "drain-timeout",
+            EventKind::AgentCrashed => "agent-crashed",
+            EventKind::EdgeCrashed => "edge-crashed",
+            EventKind::EdgeUpgraded => "edge-upgraded",
             EventKind::EdgeFailed => "edge-failed",
             EventKind::EdgeStarted => "edge-started",
             EventKind::EdgeStopped => "edge-stopped",

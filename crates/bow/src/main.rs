@@ -2,6 +2,7 @@
 
 mod backup_schedule;
 mod cli;
+mod cli_chaos;
 mod code_version;
 mod commands;
 mod compose;
@@ -35,6 +36,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::EdgePlane {
+            state_dir,
+            project,
+            environment,
+            secrets_file,
+            take_over,
+        } => commands::edge_plane::run(state_dir, project, environment, secrets_file, take_over),
         Command::Validate { stack, output } => {
             commands::validate::run(&stack.or(&cli.stack), output)
         }

@@ -36,6 +36,7 @@ pub fn run(args: &StackArgs, print_systemd_unit: bool, flags: FollowFlags) -> Re
             event_sink: None,
             reconcile_on_start: true,
             secrets: crate::secret_store::source(&session),
+            plane: Some(crate::commands::edge_plane::command(&session)),
         })
         .await?;
         if agent.status().revision == 0 {
@@ -90,7 +91,7 @@ fn systemd_unit(session: &Session, following: Option<&crate::follow::Settings>) 
          # The agent decrypts secrets itself (to restart instances on its own) with this key.\n\
          Environment=BOW_AGE_KEY_FILE={key}\n\
          ExecStart={exe} agent --file {file} --env {env} --state-dir {state}{follow}\n\
-         # Instances run under their own shims and outlive the agent: stopping or restarting\n\
+         # Instances (under their own shims) and the edge process outlive the agent: stopping or restarting\n\
          # the unit ends only the agent; the next one adopts them. `bow down` stops them.\n\
          KillMode=process\n\
          Restart=always\n\

@@ -55,8 +55,6 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
         | ChaosDrill::Agent { seed, .. } => seed.unwrap_or_else(clock_seed),
         ChaosDrill::Latency { .. } | ChaosDrill::Loss { .. } => 0,
     };
-    // The edge lives in the agent: its counters start again with each new agent.
-    let mut edge_counted = true;
     let mut random = Random(seed);
     let what = match drill {
         ChaosDrill::Kill {
@@ -86,7 +84,6 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
         ChaosDrill::Agent {
             every, duration, ..
         } => {
-            edge_counted = false;
             let (every, duration) = (every.as_std(), bounded(duration.as_std())?);
             if every.is_zero() {
                 bail!("--every must be longer than 0s");
@@ -170,7 +167,6 @@ pub fn run(args: &StackArgs, drill: &ChaosDrill) -> Result<ExitCode> {
     let drill_ended = Instant::now();
     let (after, settled) = settle(&session, &before)?;
     let report = Report {
-        edge_counted,
         what,
         before: &before,
         after: &after,
@@ -337,7 +333,6 @@ fn orphans(session: &Session, report: &StatusReport) -> Vec<String> {
 
 struct Report<'a> {
     /// Whether the edge's counters span the drill (not when the agent was restarted).
-    edge_counted: bool,
     what: String,
     before: &'a StatusReport,
     after: &'a StatusReport,
@@ -362,13 +357,7 @@ impl std::fmt::Display for Report<'_> {
                 .unwrap_or_default()
         };
         let (first, last) = (requests(self.before), requests(self.after));
-        if !self.edge_counted {
-            writeln!(
-                f,
-                "edge: its counters start again with each agent (the edge lives in it): requests during the drill are not counted"
-            )?;
-        }
-        for (service, now) in last.iter().filter(|_| self.edge_counted) {
+        for (service, now) in &last {
             let then = first.get(service).copied().unwrap_or_default();
             let delta = EdgeRequests {
                 total: now.total.saturating_sub(then.total),

@@ -48,6 +48,7 @@ pub fn run(args: &StackArgs) -> Result<ExitCode> {
                         event_sink: None,
                         reconcile_on_start: false,
                         secrets: None,
+                        plane: None,
                     })
                     .await;
                     match started {

@@ -12,6 +12,7 @@ pub mod chaos_agent;
 pub mod config;
 pub mod db;
 pub mod down;
+pub mod edge_plane;
 pub mod events;
 pub mod exec;
 pub mod follow;

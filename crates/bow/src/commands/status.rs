@@ -163,8 +163,13 @@ pub fn table(report: &StatusReport) -> String {
     }
     if let Some(edge) = &report.edge {
         out.push_str(&format!(
-            "\nedge: https {} · http {} (redirects)\n",
-            edge.https, edge.http
+            "\nedge: https {} · http {} (redirects){}\n",
+            edge.https,
+            edge.http,
+            edge.process
+                .as_ref()
+                .map(|process| format!(" · process {process}"))
+                .unwrap_or_default()
         ));
         for route in &edge.routes {
             out.push_str(&format!("  {route}\n"));

@@ -420,6 +420,7 @@ fn foreground(session: Session) -> Result<ExitCode> {
             event_sink: Some(sink),
             reconcile_on_start: true,
             secrets: crate::secret_store::source(&session),
+            plane: Some(crate::commands::edge_plane::command(&session)),
         })
         .await?;
         agent.apply(session.spec.clone())?;
