@@ -10,12 +10,18 @@
 #    gauges and traceparent; default: the first parent of the branch's first observability
 #    commit), CPU ns per request from the scheduler's accounting (goal: within 3%).
 #
+#    AB=1: instead, the same build with its per-route counters on and off
+#    (EDGE_ROUTE_METRICS=0: `EdgeConfig::route_metrics`), runs interleaved: no second build, and
+#    no difference of code layout between two builds in the ratio. MEMORY=0 skips part 1.
+#
 #   bash bench/observability.sh            BASE=9f5eb29 SERVICES=50 REPLICAS=1 DUR=5s CONNS=64
+#   AB=1 MEMORY=0 REPS=6 bash bench/observability.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 SERVICES=${SERVICES:-50}; REPLICAS=${REPLICAS:-1}
 BASE=${BASE:-9f5eb29}; DUR=${DUR:-5s}; CONNS=${CONNS:-64}; REPS=${REPS:-3}
+AB=${AB:-0}; MEMORY=${MEMORY:-1}
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 cargo build --release -q -p bow -p bow-testapp
@@ -59,6 +65,7 @@ footprint() {  # $1: with admin (1) or not (0); prints the agent's VmRSS in KiB
   echo "$rss"
 }
 
+if [ "$MEMORY" = 1 ]; then
 log "agent memory, $SERVICES services x $REPLICAS replicas"
 without=$(footprint 0)
 with=$(footprint 1)
@@ -66,6 +73,21 @@ printf 'agent VmRSS without admin: %.1f MiB; with admin (metrics, dashboard, rin
   "$(echo "$without/1024" | bc -l)" "$(echo "$with/1024" | bc -l)" \
   "$([ $((with * 1024)) -lt 40000000 ] && echo OK || echo MISSED)"
 echo "one full ring (360 samples) per service: about $(( (360 * (48 + 8 * 13 + 16)) / 1024 )) KiB; $SERVICES services: about $(( SERVICES * 360 * (48 + 8 * 13 + 16) / 1048576 )) MiB after an hour"
+
+fi
+
+if [ "$AB" = 1 ]; then
+  log "edge cost: this build with per-route counters on and off, interleaved"
+  cargo build --release -q -p bow-edge --example edge_load
+  cp target/release/examples/edge_load /tmp/bow-obs-edge-ab
+  for rep in $(seq 1 "$REPS"); do
+    for metrics in 1 0; do
+      EDGE_ROUTE_METRICS=$metrics EDGE_BIN=/tmp/bow-obs-edge-ab TARGETS=bow DUR=$DUR CONNS=$CONNS \
+        bash bench/edge_cost.sh 2>/dev/null | awk -v m="metrics=$metrics" -v r="$rep" 'NR>1 {print m, r, $0}'
+    done
+  done
+  exit 0
+fi
 
 log "edge cost: this tree against $BASE"
 cargo build --release -q -p bow-edge --example edge_load

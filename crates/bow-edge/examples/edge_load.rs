@@ -38,13 +38,15 @@ fn main() {
     }
     let runtime = builder.enable_all().build().expect("runtime");
     runtime.block_on(async move {
-        let config = EdgeConfig::new(
+        let mut config = EdgeConfig::new(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             SocketAddr::from(([127, 0, 0, 1], port)),
             TlsSource::SelfSigned {
                 ca_dir: dir.join("ca"),
             },
         );
+        // EDGE_ROUTE_METRICS=0: without per-route counters (bench/observability.sh AB=1).
+        config.route_metrics = std::env::var("EDGE_ROUTE_METRICS").map_or(true, |v| v != "0");
         let log = std::fs::File::create(dir.join("access.log")).expect("access log");
         let hooks = EdgeHooks {
             access_log: Arc::new(JsonLinesSink::new(log)),

@@ -59,6 +59,9 @@ pub struct EdgeConfig {
     /// Where the listening sockets come from and are kept (an upgrade hands them to the next
     /// process); `None`: bound by the edge and closed with it.
     pub sockets: Option<crate::Sockets>,
+    /// Per-route request counters and latency histograms (on by default; off only to measure
+    /// what they cost: bench/observability.sh).
+    pub route_metrics: bool,
 }
 
 /// The scheme a proxied request came in with.
@@ -107,6 +110,7 @@ impl EdgeConfig {
             tls,
             scheme: Scheme::Https,
             sockets: None,
+            route_metrics: true,
         }
     }
 

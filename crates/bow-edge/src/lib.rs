@@ -149,7 +149,7 @@ impl Edge {
         let https_addr = local_addr(&https, config.https_addr)?;
         let http_addr = local_addr(&http, config.http_addr)?;
 
-        let metrics = Arc::new(MetricsRegistry::default());
+        let metrics = Arc::new(MetricsRegistry::new(config.route_metrics));
         let upstreams = Arc::new(Upstreams::new(
             DOWN_COOLOFF,
             PoolLimits {

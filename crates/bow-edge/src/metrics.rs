@@ -257,6 +257,8 @@ impl RouteStats {
 /// The edge's counters. Route stats survive table swaps, so counters only grow.
 #[derive(Debug, Default)]
 pub(crate) struct MetricsRegistry {
+    /// Per-route counters off ([`crate::EdgeConfig::route_metrics`]): routes get none.
+    pub(crate) routes_off: bool,
     routes: Mutex<HashMap<(String, String), Arc<RouteStats>>>,
     pub(crate) unrouted_requests: AtomicU64,
     pub(crate) http_port_requests: AtomicU64,
@@ -268,8 +270,19 @@ pub(crate) struct MetricsRegistry {
 }
 
 impl MetricsRegistry {
-    /// The stats of a (service, route) pair, made on first use.
-    pub(crate) fn route_stats(&self, service: &str, route: &str) -> Arc<RouteStats> {
+    /// A registry; `route_metrics` false gives routes no counters.
+    pub(crate) fn new(route_metrics: bool) -> Self {
+        MetricsRegistry {
+            routes_off: !route_metrics,
+            ..MetricsRegistry::default()
+        }
+    }
+
+    /// The stats of a (service, route) pair, made on first use; none when they are off.
+    pub(crate) fn route_stats(&self, service: &str, route: &str) -> Option<Arc<RouteStats>> {
+        if self.routes_off {
+            return None;
+        }
         let mut routes = self
             .routes
             .lock()
@@ -278,6 +291,7 @@ impl MetricsRegistry {
             .entry((service.to_string(), route.to_string()))
             .or_insert_with(|| Arc::new(RouteStats::new()))
             .clone()
+            .into()
     }
 
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {

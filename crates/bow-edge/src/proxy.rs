@@ -181,7 +181,9 @@ impl Proxy {
         };
         let mut service = route.service.clone();
         record.service = Some(service.clone());
-        record.count_in(&route.stats);
+        if let Some(stats) = &route.stats {
+            record.count_in(stats);
+        }
         let mut limit = self.config.max_body_size;
         let rewritten: Vec<u8>;
         let mut head = head;
@@ -234,7 +236,9 @@ impl Proxy {
                         route = next;
                         service = route.service.clone();
                         record.service = Some(service.clone());
-                        record.count_in(&route.stats);
+                        if let Some(stats) = &route.stats {
+                            record.count_in(stats);
+                        }
                         continue;
                     }
                 }

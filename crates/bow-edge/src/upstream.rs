@@ -84,7 +84,8 @@ pub(crate) struct ActiveRoute {
     prefix: String,
     pub(crate) service: Arc<str>,
     endpoints: Vec<Arc<EndpointState>>,
-    pub(crate) stats: Arc<RouteStats>,
+    /// `None` when per-route counters are off.
+    pub(crate) stats: Option<Arc<RouteStats>>,
     /// A chaos drill's fault on this route's traffic.
     pub(crate) fault: Option<crate::routes::Fault>,
     /// What the route asks of a request first.
