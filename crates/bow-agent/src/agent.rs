@@ -119,6 +119,7 @@ pub struct Agent {
     pub(crate) edge_handle: Mutex<Option<Arc<bow_edge::Edge>>>,
     /// The edge's per-route checks, kept across route tables (crate::edge_policy).
     pub(crate) route_policies: crate::edge_policy::Policies,
+    pub(crate) outside_apis: crate::outside_api::OutsideApis,
     /// Why the edge could not start, until it does.
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) discovery: crate::discovery::Discovery,
@@ -178,6 +179,7 @@ impl Agent {
             edge: tokio::sync::Mutex::new(None),
             edge_handle: Mutex::new(None),
             route_policies: Default::default(),
+            outside_apis: Default::default(),
             edge_error: Mutex::new(None),
             discovery: Default::default(),
             container_net: Default::default(),

@@ -138,7 +138,8 @@ pub(crate) fn protocol(service: &Service) -> ServiceProtocol {
         .health
         .as_ref()
         .is_some_and(|health| matches!(health.check, Check::Http(_)));
-    if http_check || !service.routes.is_empty() {
+    let outside_api = crate::outside_api::of(service).is_some();
+    if http_check || outside_api || !service.routes.is_empty() {
         ServiceProtocol::Http
     } else {
         ServiceProtocol::Tcp
@@ -395,20 +396,32 @@ impl Agent {
 
     /// Starts, restarts (address, port, protocol or drain timeout changed) or stops the
     /// service listeners to match `spec`.
-    pub(crate) async fn ensure_discovery(&self, spec: &Spec) {
+    pub(crate) async fn ensure_discovery(self: &Arc<Self>, spec: &Spec) {
         let _one_at_a_time = self.discovery.ensure.lock().await;
-        let wanted = self.names().services;
+        // An outside API (`proxy:`) is served by a listener of its own (crate::outside_api).
+        let (outside, wanted): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            self.names().services.into_iter().partition(|(name, _)| {
+                named(spec, name).and_then(crate::outside_api::of).is_some()
+            });
         self.reconcile_listeners(&self.discovery.listeners, wanted.clone(), spec)
             .await;
         // Containers reach the same listeners' twins on their bridge.
-        let bridge: BTreeMap<String, (SocketAddr, ServiceProtocol)> = self
-            .bridge_listen_addresses(spec)
-            .await
-            .into_iter()
-            .filter_map(|(name, addr)| Some((name.clone(), (addr, wanted.get(&name)?.1))))
+        let bridge_addresses = self.bridge_listen_addresses(spec).await;
+        let bridge: BTreeMap<String, (SocketAddr, ServiceProtocol)> = bridge_addresses
+            .iter()
+            .filter_map(|(name, addr)| Some((name.clone(), (*addr, wanted.get(name)?.1))))
             .collect();
         self.reconcile_listeners(&self.discovery.bridge, bridge, spec)
             .await;
+        let outside = outside
+            .into_iter()
+            .map(|(name, (addr, _))| {
+                let mut addrs = vec![addr];
+                addrs.extend(bridge_addresses.get(&name).copied());
+                (name, addrs)
+            })
+            .collect();
+        self.ensure_outside_apis(spec, outside).await;
         // TCP routes: the same listeners, on the host's every address at the route's port.
         let routes: BTreeMap<String, (SocketAddr, ServiceProtocol)> = spec
             .services
@@ -541,6 +554,7 @@ impl Agent {
 
     /// Closes every service listener (`bow down`).
     pub(crate) async fn stop_discovery(&self) {
+        self.stop_outside_apis().await;
         let listeners = std::mem::take(&mut *locked(&self.discovery.listeners));
         let mut all: Vec<Arc<RunningListener>> = listeners.into_values().collect();
         for other in [&self.discovery.bridge, &self.discovery.tcp] {
@@ -558,7 +572,9 @@ impl Agent {
             return Vec::new();
         };
         let addresses = locked(&self.discovery.addresses).clone();
-        let listening: Vec<String> = locked(&self.discovery.listeners).keys().cloned().collect();
+        let mut listening: Vec<String> =
+            locked(&self.discovery.listeners).keys().cloned().collect();
+        listening.extend(self.outside_api_names());
         let errors = locked(&self.discovery.errors).clone();
         let mut status = Vec::new();
         for (name, service) in discovery_names(spec) {

@@ -32,6 +32,7 @@ pub mod fuzzing;
 mod guard;
 mod h1;
 mod metrics;
+mod outside_api;
 mod passwords;
 mod pool;
 mod proxy;
@@ -67,6 +68,7 @@ pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, METHODS, MetricsSnapshot, RouteMetrics,
     ServiceMetrics, StatusClassCounts,
 };
+pub use outside_api::{FailureReport, InjectedHeader, OutsideApi, OutsideApiConfig, trusted_roots};
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};

@@ -239,8 +239,25 @@ fn ports(spec: &Spec, root: &Node, reader: &mut Reader) {
     for (name, service) in &spec.services {
         let Some(port) = service.port else { continue };
         let path = format!("services.{name}.port");
-        let span = node_at(root, &["services", name, "port"]).map_or(root.span, |n| n.span);
+        let given = node_at(root, &["services", name, "port"]);
+        let span = given
+            .or_else(|| node_at(root, &["services", name, "proxy"]))
+            .map_or(root.span, |n| n.span);
+        let by_default = given.is_none() && matches!(service.workload, Workload::Proxy(_));
         match taken.get(&port) {
+            Some(owner) if by_default => {
+                let owner = if owner.starts_with("edge.") {
+                    owner.clone()
+                } else {
+                    format!("service `{owner}`")
+                };
+                reader.error(
+                    &path,
+                    span,
+                    format!("an outside API is called at port {port} unless it gives a `port:`, and {owner} uses it"),
+                    Some(format!("add a port, e.g. `port: 8080` (services then call http://{name}:8080)")),
+                );
+            }
             Some(owner) if owner.starts_with("edge.") => {
                 reader.error(
                     &path,

@@ -217,13 +217,29 @@ pub struct TcpRoute {
     pub port: u16,
 }
 
-/// What runs: exactly one of `command`, `image` or `postgres`.
+/// What runs: exactly one of `command`, `image` or `postgres`; or, for `proxy`, nothing: the
+/// agent forwards the service's calls to an outside API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     Command(CommandLine),
     Container(Container),
     Postgres(Postgres),
+    Proxy(OutsideApi),
+}
+
+/// `proxy: {to, inject_headers}`: an outside HTTP(S) API the stack's services call at this
+/// service's own name (`http://geo-api`), without holding its key: the agent adds the
+/// headers on the way (docs/outside-apis.md). No instance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutsideApi {
+    /// `https://host[:port][/base]` (`http://` only for a trusted network).
+    pub to: String,
+    /// Header name (lower case) → value; values may hold `${secret:NAME}` references, kept
+    /// as references here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inject_headers: BTreeMap<String, String>,
 }
 
 impl Workload {
@@ -233,6 +249,7 @@ impl Workload {
             Workload::Command(_) => "process",
             Workload::Container(_) => "container",
             Workload::Postgres(_) => "postgres",
+            Workload::Proxy(_) => "proxy",
         }
     }
 }
