@@ -65,6 +65,7 @@ where
         input: BytesMut::new(),
         output: Vec::new(),
         head: HeadBuffers::default(),
+        unread_body: false,
     };
     Http1Connection {
         activity,
@@ -85,6 +86,8 @@ struct Client<IO> {
     output: Vec<u8>,
     /// The current request's upstream head, host and path.
     head: HeadBuffers,
+    /// The last request was answered before its body was read to its end.
+    unread_body: bool,
 }
 
 async fn run<IO>(mut client: Client<IO>, context: Arc<ConnContext>, proxy: Arc<Proxy>)
@@ -98,14 +101,21 @@ where
             Ok(None) => return,
             Err(BadRequest { status, why }) => {
                 let message = format!("{} {why}", status.as_u16());
-                let _ = client.answer_bad(&proxy, status, &message).await;
+                if client.answer_bad(&proxy, status, &message).await.is_ok() {
+                    crate::linger::linger(&mut client.io).await;
+                }
                 return;
             }
         };
         match client.serve_request(facts, &context, &proxy).await {
             Ok(true) if !context.activity.closing.load(Ordering::SeqCst) => {}
-            _ => {
-                let _ = client.io.shutdown().await;
+            served => {
+                // Answered before its body was read (413, 401…): linger, so the client
+                // reads the answer instead of meeting a reset while it still sends.
+                let unread = served.is_ok() && client.unread_body;
+                if client.io.shutdown().await.is_ok() && unread {
+                    crate::linger::linger(&mut client.io).await;
+                }
                 return;
             }
         }
@@ -210,7 +220,8 @@ where
                 .await
         };
         // A body not read to its end leaves the connection's framing unknown.
-        let keep_alive = facts.keep_alive && decoder.is_done();
+        self.unread_body = !decoder.is_done();
+        let keep_alive = facts.keep_alive && !self.unread_body;
         match outcome {
             Outcome::Local {
                 mut record,

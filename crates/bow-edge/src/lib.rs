@@ -31,6 +31,7 @@ mod forwarded;
 pub mod fuzzing;
 mod guard;
 mod h1;
+mod linger;
 mod metrics;
 mod outside_api;
 mod passwords;
