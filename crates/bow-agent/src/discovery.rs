@@ -173,7 +173,7 @@ pub(crate) fn environment(names: &Names) -> BTreeMap<String, String> {
         let prefix = env_prefix(service);
         let scheme = match protocol {
             ServiceProtocol::Http => "http",
-            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Tcp | ServiceProtocol::Sni => "tcp",
         };
         env.insert(format!("{prefix}_HOST"), addr.ip().to_string());
         env.insert(format!("{prefix}_PORT"), addr.port().to_string());
@@ -281,6 +281,28 @@ pub(crate) fn healthy_endpoints(inner: &Inner, name: &str) -> Vec<Endpoint> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// TLS passthrough on `port`: each server name of the services' `tcp: {port, sni}` with the
+/// healthy instances of its service.
+fn sni_routes(inner: &Inner, port: u16) -> Vec<(String, bow_edge::Backend)> {
+    let Some(spec) = &inner.spec else {
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for (name, service) in &spec.services {
+        let Some(tcp) = service.tcp.as_ref().filter(|tcp| tcp.port == port) else {
+            continue;
+        };
+        let endpoints = healthy_endpoints(inner, name);
+        for server in &tcp.sni {
+            routes.push((
+                server.clone(),
+                bow_edge::Backend::new(name.clone(), endpoints.clone()),
+            ));
+        }
+    }
+    routes
 }
 
 /// One outcome of two drains: timed out when either did (with both in-flight counts).
@@ -423,20 +445,19 @@ impl Agent {
             .collect();
         self.ensure_outside_apis(spec, outside).await;
         // TCP routes: the same listeners, on the host's every address at the route's port.
-        let routes: BTreeMap<String, (SocketAddr, ServiceProtocol)> = spec
-            .services
-            .iter()
-            .filter_map(|(name, s)| {
-                let port = s.tcp?.port;
-                Some((
-                    name.clone(),
-                    (
-                        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-                        ServiceProtocol::Tcp,
-                    ),
-                ))
-            })
-            .collect();
+        // TLS passthrough routes (`sni:`) of one port share one listener, named after the
+        // first of its services.
+        let mut routes: BTreeMap<String, (SocketAddr, ServiceProtocol)> = BTreeMap::new();
+        let mut passthrough_ports = std::collections::BTreeSet::new();
+        for (name, service) in &spec.services {
+            let Some(tcp) = &service.tcp else { continue };
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, tcp.port));
+            if tcp.sni.is_empty() {
+                routes.insert(name.clone(), (addr, ServiceProtocol::Tcp));
+            } else if passthrough_ports.insert(tcp.port) {
+                routes.insert(name.clone(), (addr, ServiceProtocol::Sni));
+            }
+        }
         self.reconcile_listeners(&self.discovery.tcp, routes, spec)
             .await;
         self.refresh_discovery();
@@ -520,9 +541,15 @@ impl Agent {
         }
         let inner = self.lock();
         for (name, running) in listeners {
-            running
-                .listener
-                .set_endpoints(healthy_endpoints(&inner, &name));
+            if running.protocol == ServiceProtocol::Sni {
+                running
+                    .listener
+                    .set_sni_routes(sni_routes(&inner, running.addr.port()));
+            } else {
+                running
+                    .listener
+                    .set_endpoints(healthy_endpoints(&inner, &name));
+            }
         }
     }
 
@@ -584,7 +611,7 @@ impl Agent {
             };
             let protocol = match protocol(service) {
                 ServiceProtocol::Http => "http",
-                ServiceProtocol::Tcp => "tcp",
+                ServiceProtocol::Tcp | ServiceProtocol::Sni => "tcp",
             };
             status.push(DiscoveryStatus {
                 service: name.clone(),

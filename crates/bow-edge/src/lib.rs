@@ -42,6 +42,7 @@ mod request_head;
 mod routes;
 mod server;
 mod service_listener;
+mod sni;
 mod stall;
 mod tls;
 mod trace;

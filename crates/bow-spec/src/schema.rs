@@ -211,10 +211,16 @@ pub struct Service {
 
 /// `tcp: {port}`: connections to this port of the host (every address) go to the service's
 /// healthy instances (a postgres service's primary), drained before an instance stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// With `sni: [names]`, TLS passthrough: the port may be shared by services that all list
+/// names, and each connection goes, still encrypted, to the service whose name the
+/// ClientHello asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpRoute {
     pub port: u16,
+    /// Server names (lower case, exact), empty for a plain TCP route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<String>,
 }
 
 /// What runs: exactly one of `command`, `image` or `postgres`; or, for `proxy`, nothing: the

@@ -101,7 +101,7 @@ pub const SERVICE_KEYS: &[&str] = &[
 pub const PROXY_KEYS: &[&str] = &["to", "inject_headers"];
 /// The service keys a `proxy:` service may have besides `proxy` (no instance runs).
 pub const PROXY_SERVICE_KEYS: &[&str] = &["proxy", "port"];
-pub const TCP_KEYS: &[&str] = &["port"];
+pub const TCP_KEYS: &[&str] = &["port", "sni"];
 pub const ROUTE_KEYS: &[&str] = &["host", "path", "auth", "limits"];
 pub const AUTH_KEYS: &[&str] = &["basic", "forward"];
 pub const BASIC_AUTH_KEYS: &[&str] = &["users_secret"];

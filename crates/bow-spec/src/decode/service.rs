@@ -312,9 +312,16 @@ pub(super) fn service(
     {
         match tcp.get("port") {
             Some((n, p)) => {
+                let sni = tcp
+                    .get("sni")
+                    .map(|(n, p)| super::values::server_names(n, &p, reader))
+                    .unwrap_or_default();
                 service.tcp = reader
                     .integer(n, &p, "a TCP port", 1, 65535)
-                    .map(|port| TcpRoute { port: port as u16 });
+                    .map(|port| TcpRoute {
+                        port: port as u16,
+                        sni,
+                    });
             }
             None => reader.error(
                 &p,
