@@ -33,6 +33,7 @@ mod guard;
 mod h1;
 mod linger;
 mod metrics;
+mod oidc;
 mod outside_api;
 mod passwords;
 mod pool;
@@ -70,6 +71,7 @@ pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, METHODS, MetricsSnapshot, RouteMetrics,
     ServiceMetrics, StatusClassCounts,
 };
+pub use oidc::{OidcAuth, OidcSettings};
 pub use outside_api::{FailureReport, InjectedHeader, OutsideApi, OutsideApiConfig, trusted_roots};
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::error::EdgeError;
+use crate::error::{EdgeError, error_chain as reasons};
 
 /// Where Debian keeps the trusted roots.
 const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -342,21 +342,6 @@ fn scrub(headers: &mut HeaderMap, inject: &[InjectedHeader]) {
     for name in leaking {
         headers.remove(name);
     }
-}
-
-/// The error and its causes, `: `-joined (hyper's own says only "client error (Connect)").
-fn reasons(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn report(state: &State, reason: &str) {

@@ -352,10 +352,13 @@ pub fn route_secrets(service: &Service) -> Vec<&str> {
         }
     }
     for route in &service.routes {
-        if let Some(RouteAuth::Basic { users_secret }) = &route.auth
-            && !names.contains(&users_secret.as_str())
-        {
-            names.push(users_secret.as_str());
+        let secret = match &route.auth {
+            Some(RouteAuth::Basic { users_secret }) => users_secret,
+            Some(RouteAuth::Oidc(oidc)) => &oidc.client_secret_secret,
+            _ => continue,
+        };
+        if !names.contains(&secret.as_str()) {
+            names.push(secret.as_str());
         }
     }
     names

@@ -404,6 +404,25 @@ pub enum RouteAuth {
     /// A sub-request to a service of the stack (nginx `auth_request`, Traefik forwardAuth):
     /// its 2xx lets the request through, any other answer goes back to the client.
     Forward(ForwardAuth),
+    /// OpenID Connect sign-in (authorization code + PKCE) against `issuer`, with a session
+    /// cookie the edge seals; `allowed` names who may pass (emails or groups; empty: anyone
+    /// the provider signs in).
+    Oidc(OidcAuth),
+}
+
+/// `oidc: {issuer, client_id, client_secret_secret, allowed}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcAuth {
+    /// The provider's issuer URL (its discovery document is at
+    /// `<issuer>/.well-known/openid-configuration`).
+    pub issuer: String,
+    pub client_id: String,
+    /// The bow secret holding the client secret (read by the edge only).
+    pub client_secret_secret: String,
+    /// Emails (`a@example.com`) or group names (the `groups` claim) let in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
 }
 
 /// `forward: SERVICE` or `forward: {service, path, headers}`.

@@ -103,7 +103,8 @@ pub const PROXY_KEYS: &[&str] = &["to", "inject_headers"];
 pub const PROXY_SERVICE_KEYS: &[&str] = &["proxy", "port"];
 pub const TCP_KEYS: &[&str] = &["port", "sni"];
 pub const ROUTE_KEYS: &[&str] = &["host", "path", "auth", "limits"];
-pub const AUTH_KEYS: &[&str] = &["basic", "forward"];
+pub const AUTH_KEYS: &[&str] = &["basic", "forward", "oidc"];
+pub const OIDC_KEYS: &[&str] = &["issuer", "client_id", "client_secret_secret", "allowed"];
 pub const BASIC_AUTH_KEYS: &[&str] = &["users_secret"];
 pub const FORWARD_KEYS: &[&str] = &["service", "path", "headers"];
 pub const LIMITS_KEYS: &[&str] = &["rate", "burst", "body", "allow", "deny"];
@@ -178,6 +179,7 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         AUTH_KEYS,
         BASIC_AUTH_KEYS,
         FORWARD_KEYS,
+        OIDC_KEYS,
         LIMITS_KEYS,
         REGISTRY_KEYS,
         ADMIN_KEYS,
