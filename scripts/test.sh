@@ -34,6 +34,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# Node.js and npm (Debian's, unless a node is already installed) for the OpenID provider that
+# tests/oidc.rs runs: npm's oidc-provider, pinned, in a cache dir outside the work tree.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
+OIDC_PROVIDER_DIR=/var/cache/bow-tests/oidc-provider
+if [ ! -f "$OIDC_PROVIDER_DIR/node_modules/oidc-provider/package.json" ]; then
+  mkdir -p "$OIDC_PROVIDER_DIR"
+  npm install --prefix "$OIDC_PROVIDER_DIR" --no-audit --no-fund --loglevel=error oidc-provider@8.8.1
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi

@@ -158,3 +158,62 @@ fn limits_refuse_what_goes_over_them_and_nothing_else() {
     assert_eq!(codes, [200, 200, 200], "the new rate applies");
     assert_eq!(stack.down().code, 0);
 }
+
+/// A client that writes its whole request before it reads (as Python's `requests` does, and
+/// no `Expect: 100-continue`): a POST of `size` bytes (declared, or chunked) to `host`.
+/// Prints the status line it then reads and the error its writing met (empty: none).
+const KEEPS_SENDING: &str = r#"
+import socket, ssl, sys
+host, port, ca, size, chunked = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5] == "chunked"
+context = ssl.create_default_context(cafile=ca)
+connection = context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname=host)
+piece = b"x" * 65536
+if chunked:
+    head = f"POST / HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    piece = b"10000\r\n" + piece + b"\r\n"
+else:
+    head = f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n".encode()
+sent_error = ""
+try:
+    connection.sendall(head)
+    for _ in range(size // 65536):
+        connection.sendall(piece)
+    if chunked:
+        connection.sendall(b"0\r\n\r\n")
+except OSError as error:
+    sent_error = repr(error)
+try:
+    answer = connection.recv(65536)
+    print("STATUS", answer.split(b"\r\n")[0].decode(), "|", sent_error)
+except OSError as error:
+    print("FAILED", repr(error), "|", sent_error)
+"#;
+
+#[test]
+fn an_early_413_reaches_a_client_that_keeps_sending() {
+    let (http, https) = (free_port(), free_port());
+    let stack = Stack::new("lingering", &yaml(http, https, "5/s"));
+    stack.write("app/app.py", APP);
+    stack.up_ok();
+    let ca = stack.run(&["trust"], WAIT).stdout.trim().to_string();
+    let script = stack.write("keeps_sending.py", KEEPS_SENDING);
+    // 8 MiB against a 1 KiB limit: the edge answers 413 after the head. Without a lingering
+    // close, the body still arriving makes the close a reset: the client's writing fails
+    // ("Connection reset by peer") before it ever reads the answer.
+    for attempt in 0..5 {
+        let output = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .args(["body.bow.localhost", &https.to_string(), &ca])
+            .args([&(8 << 20).to_string(), "length"])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).to_string();
+        assert_eq!(
+            said.trim(),
+            "STATUS HTTP/1.1 413 Payload Too Large |",
+            "#{attempt}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(stack.down().code, 0);
+}

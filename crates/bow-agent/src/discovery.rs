@@ -39,7 +39,8 @@ pub(crate) struct Discovery {
     addresses: Mutex<BTreeMap<String, Ipv4Addr>>,
     /// The listeners the edge process runs: each name's address on loopback, its twin on
     /// the containers' bridge (crate::container_net), the TCP routes (`tcp: {port}`).
-    wanted: Mutex<Vec<PlaneListener>>,
+    /// And each outside API's addresses (crate::outside_api).
+    wanted: Mutex<Wanted>,
     /// One `ensure_discovery` at a time.
     ensure: tokio::sync::Mutex<()>,
     /// One `assign_addresses` at a time: two applies at once would both find a service
@@ -50,9 +51,12 @@ pub(crate) struct Discovery {
     mount_namespaces: std::sync::OnceLock<Result<(), String>>,
 }
 
+/// The listeners the edge process runs, and each outside API's addresses.
+pub(crate) type Wanted = (Vec<PlaneListener>, BTreeMap<String, Vec<SocketAddr>>);
+
 impl Discovery {
-    /// The listeners the edge process should run.
-    pub(crate) fn wanted(&self) -> Vec<PlaneListener> {
+    /// The listeners the edge process should run, and the outside APIs' addresses.
+    pub(crate) fn wanted(&self) -> Wanted {
         locked(&self.wanted).clone()
     }
 }
@@ -134,7 +138,8 @@ pub(crate) fn protocol(service: &Service) -> ServiceProtocol {
         .health
         .as_ref()
         .is_some_and(|health| matches!(health.check, Check::Http(_)));
-    if http_check || !service.routes.is_empty() {
+    let outside_api = crate::outside_api::of(service).is_some();
+    if http_check || outside_api || !service.routes.is_empty() {
         ServiceProtocol::Http
     } else {
         ServiceProtocol::Tcp
@@ -168,7 +173,7 @@ pub(crate) fn environment(names: &Names) -> BTreeMap<String, String> {
         let prefix = env_prefix(service);
         let scheme = match protocol {
             ServiceProtocol::Http => "http",
-            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Tcp | ServiceProtocol::Sni => "tcp",
         };
         env.insert(format!("{prefix}_HOST"), addr.ip().to_string());
         env.insert(format!("{prefix}_PORT"), addr.port().to_string());
@@ -397,8 +402,15 @@ impl Agent {
         let drain_timeout_ms = |name: &str| {
             named(spec, name).map(|s| s.deploy.drain_timeout.as_std().as_millis() as u64)
         };
+        // An outside API (`proxy:`) is served by a listener of its own (crate::outside_api).
+        let is_outside = |name: &str| named(spec, name).and_then(crate::outside_api::of).is_some();
         let mut wanted = Vec::new();
+        let mut outside: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
         for (name, (addr, protocol)) in &names {
+            if is_outside(name) {
+                outside.entry(name.clone()).or_default().push(*addr);
+                continue;
+            }
             let Some(drain_timeout_ms) = drain_timeout_ms(name) else {
                 continue;
             };
@@ -407,11 +419,16 @@ impl Agent {
                 name: name.clone(),
                 addr: *addr,
                 http: *protocol == ServiceProtocol::Http,
+                sni: false,
                 drain_timeout_ms,
             });
         }
         // Containers reach the same listeners' twins on their bridge.
         for (name, addr) in self.bridge_listen_addresses(spec).await {
+            if is_outside(&name) {
+                outside.entry(name).or_default().push(addr);
+                continue;
+            }
             let (Some((_, protocol)), Some(drain_timeout_ms)) =
                 (names.get(&name), drain_timeout_ms(&name))
             else {
@@ -420,23 +437,32 @@ impl Agent {
             wanted.push(PlaneListener {
                 set: ListenerSet::Bridge,
                 http: *protocol == ServiceProtocol::Http,
+                sni: false,
                 name,
                 addr,
                 drain_timeout_ms,
             });
         }
         // TCP routes: the same listeners, on the host's every address at the route's port.
+        // TLS passthrough routes (`sni:`) of one port share one listener, named after the
+        // first of its services.
+        let mut passthrough_ports = std::collections::BTreeSet::new();
         for (name, service) in &spec.services {
-            let Some(tcp) = service.tcp else { continue };
+            let Some(tcp) = &service.tcp else { continue };
+            let sni = !tcp.sni.is_empty();
+            if sni && !passthrough_ports.insert(tcp.port) {
+                continue;
+            }
             wanted.push(PlaneListener {
                 set: ListenerSet::TcpRoute,
                 name: name.clone(),
                 addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, tcp.port)),
                 http: false,
+                sni,
                 drain_timeout_ms: service.deploy.drain_timeout.as_std().as_millis() as u64,
             });
         }
-        *locked(&self.discovery.wanted) = wanted;
+        *locked(&self.discovery.wanted) = (wanted, outside);
         self.refresh_routes();
     }
 
@@ -456,7 +482,7 @@ impl Agent {
             };
             let protocol = match protocol(service) {
                 ServiceProtocol::Http => "http",
-                ServiceProtocol::Tcp => "tcp",
+                ServiceProtocol::Tcp | ServiceProtocol::Sni => "tcp",
             };
             status.push(DiscoveryStatus {
                 service: name.clone(),

@@ -70,7 +70,7 @@ impl Agent {
             state
         };
         let mut state = state;
-        state.listeners = self.discovery.wanted();
+        (state.listeners, state.outside_apis) = self.discovery.wanted();
         state.names = self
             .names()
             .services

@@ -18,6 +18,36 @@ use bow_spec::{RouteAuth, Spec};
 
 use crate::plane::Plane;
 
+/// How long an OpenID Connect session lasts before the user signs in again.
+const OIDC_SESSION: Duration = Duration::from_secs(8 * 3600);
+
+/// The edge's session key (32 random bytes, made once, 0600): sessions survive restarts.
+fn session_key(state_dir: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join("edge").join("session.key");
+    if let Ok(key) = std::fs::read(&path)
+        && key.len() == 32
+    {
+        return Ok(key);
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| format!("no randomness: {e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(&key)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(key)
+}
+
 /// How long an auth service may take to answer.
 const FORWARD_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -27,6 +57,8 @@ struct Made {
     route: bow_spec::Route,
     secret_digest: Option<String>,
     forward_to: Option<SocketAddr>,
+    /// The edge's HTTPS port (an OpenID Connect redirect URI names it).
+    https_port: u16,
 }
 
 /// The policies made so far, by route label (`host/prefix`).
@@ -61,6 +93,10 @@ impl Plane {
                     Some(RouteAuth::Basic { users_secret }) => {
                         service.secret_digests.get(users_secret).cloned()
                     }
+                    Some(RouteAuth::Oidc(oidc)) => service
+                        .secret_digests
+                        .get(&oidc.client_secret_secret)
+                        .cloned(),
                     _ => None,
                 };
                 let forward_to = match &route.auth {
@@ -71,6 +107,7 @@ impl Plane {
                     route: route.clone(),
                     secret_digest,
                     forward_to,
+                    https_port: spec.edge.https_port,
                 });
             }
         }
@@ -110,6 +147,41 @@ impl Plane {
             self.emit("", "", EventKind::EdgeWarning, &warning);
         }
         policies
+    }
+
+    /// A route's OpenID Connect sign-in: its client secret from the secrets file, its session
+    /// key derived from the edge's (`<state-dir>/edge/session.key`) and the route's label.
+    fn oidc(&self, made: &Made, oidc: &bow_spec::OidcAuth) -> Result<bow_edge::OidcAuth, String> {
+        use hmac::Mac;
+        let secret =
+            crate::secrets::reveal_from(self.secrets.as_ref(), &oidc.client_secret_secret)?;
+        let client_secret = String::from_utf8(secret)
+            .map_err(|_| format!("secret {} is not text", oidc.client_secret_secret))?;
+        let edge_key = session_key(&self.state_dir)?;
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&edge_key).map_err(|e| e.to_string())?;
+        mac.update(b"bow oidc session\0");
+        mac.update(label(&made.route).as_bytes());
+        let session_key: [u8; 32] = mac.finalize().into_bytes().into();
+        let prefix = made.route.path.trim_end_matches('/');
+        let port = match made.https_port {
+            443 => String::new(),
+            port => format!(":{port}"),
+        };
+        let settings = bow_edge::OidcSettings {
+            issuer: oidc.issuer.clone(),
+            client_id: oidc.client_id.clone(),
+            client_secret,
+            allowed: oidc.allowed.clone(),
+            redirect_uri: format!(
+                "https://{}{port}{prefix}/.bow/oidc/callback",
+                made.route.host
+            ),
+            session_lifetime: OIDC_SESSION,
+            session_key,
+            roots: Arc::new(bow_edge::trusted_roots()?),
+        };
+        bow_edge::OidcAuth::new(settings, prefix)
     }
 
     fn make_policy(&self, made: &Made) -> Result<RoutePolicy, String> {
@@ -160,6 +232,9 @@ impl Plane {
                     headers,
                     timeout: FORWARD_AUTH_TIMEOUT,
                 }))
+            }
+            Some(RouteAuth::Oidc(oidc)) => {
+                Some(bow_edge::Auth::Oidc(Box::new(self.oidc(made, oidc)?)))
             }
         };
         Ok(policy)

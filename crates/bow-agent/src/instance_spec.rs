@@ -54,6 +54,9 @@ pub fn build(
             postgres = Some(cluster);
             argv
         }
+        Workload::Proxy(_) => {
+            return Err("an outside API (`proxy:`) has no instance to run".to_string());
+        }
     };
     let run_dir = crate::layout::run_dir(context.state_dir);
     let log_dir = crate::layout::log_dir(context.state_dir);

@@ -35,6 +35,7 @@ mod metrics;
 mod metrics_backup;
 mod metrics_edge;
 mod otlp;
+mod outside_api;
 pub mod plane;
 mod ports;
 pub mod postgres;

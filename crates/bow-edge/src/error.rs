@@ -73,3 +73,18 @@ pub enum EdgeError {
     #[error("tls configuration refused: {0}")]
     Tls(#[from] rustls::Error),
 }
+
+/// An error and its causes, `: `-joined (hyper's own says only "client error (Connect)").
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -41,6 +41,7 @@ pub struct RoutePolicy {
 pub enum Auth {
     Basic(BasicAuth),
     Forward(crate::forward_auth::ForwardAuth),
+    Oidc(Box<crate::oidc::OidcAuth>),
 }
 
 /// Why a request is refused, as the edge answers it.

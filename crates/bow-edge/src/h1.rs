@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::body::{BodyFailure, BodySource, RequestBody, RequestRecord, stalled_upstream};
 use crate::client::{BodyDecoder, Connection, Decoded, Framing, ResponseBody, ResponseHead};
 use crate::forwarded::push_header;
+use crate::h1_wire::{hex_line, push_connection, push_date, push_status_line};
 use crate::proxy::{Inbound, Outcome, Proxy};
 use crate::request_head::{BadRequest, HeadBuffers, RequestFacts, read_request_head};
 use crate::server::{Activity, ConnContext, closed};
@@ -69,6 +70,7 @@ where
         input: BytesMut::new(),
         output: Vec::new(),
         head: HeadBuffers::default(),
+        unread_body: false,
     };
     Http1Connection {
         activity,
@@ -89,6 +91,8 @@ struct Client<IO> {
     output: Vec<u8>,
     /// The current request's upstream head, host and path.
     head: HeadBuffers,
+    /// The last request was answered before its body was read to its end.
+    unread_body: bool,
 }
 
 async fn run<IO>(mut client: Client<IO>, context: Arc<ConnContext>, proxy: Arc<Proxy>)
@@ -102,14 +106,21 @@ where
             Ok(None) => return,
             Err(BadRequest { status, why }) => {
                 let message = format!("{} {why}", status.as_u16());
-                let _ = client.answer_bad(&proxy, status, &message).await;
+                if client.answer_bad(&proxy, status, &message).await.is_ok() {
+                    crate::linger::linger(&mut client.io).await;
+                }
                 return;
             }
         };
         match client.serve_request(facts, &context, &proxy).await {
             Ok(true) if !context.activity.closing.load(Ordering::SeqCst) => {}
-            _ => {
-                let _ = client.io.shutdown().await;
+            served => {
+                // Answered before its body was read (413, 401…): linger, so the client
+                // reads the answer instead of meeting a reset while it still sends.
+                let unread = served.is_ok() && client.unread_body;
+                if client.io.shutdown().await.is_ok() && unread {
+                    crate::linger::linger(&mut client.io).await;
+                }
                 return;
             }
         }
@@ -222,8 +233,9 @@ where
         };
         // A body not read to its end leaves the connection's framing unknown; a connection
         // asked to finish says so in this answer (the client opens another for the next).
+        self.unread_body = !decoder.is_done();
         let keep_alive = facts.keep_alive
-            && decoder.is_done()
+            && !self.unread_body
             && !context.activity.closing.load(Ordering::SeqCst);
         match outcome {
             Outcome::Local {
@@ -614,87 +626,5 @@ impl<IO> ClientBody<'_, IO> {
     fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BodyFailure>>> {
         ready!(self.stall.poll_expired(cx));
         Poll::Ready(Some(Err(BodyFailure::TimedOut)))
-    }
-}
-
-/// `HTTP/1.1 200 OK\r\n`.
-fn push_status_line(out: &mut Vec<u8>, status: StatusCode) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `connection: close` when the connection closes after this response; `keep-alive` for an
-/// HTTP/1.0 client whose connection stays.
-fn push_connection(out: &mut Vec<u8>, keep_alive: bool, http10: bool) {
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-}
-
-thread_local! {
-    /// The `Date` value of the current second, made once a second per thread.
-    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
-}
-
-/// `date: <IMF-fixdate of time>\r\n`.
-fn push_date(out: &mut Vec<u8>, time: SystemTime) {
-    let second = time
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    DATE.with(|date| {
-        let mut date = date.borrow_mut();
-        if date.0 != second || date.1.is_empty() {
-            *date = (second, httpdate::fmt_http_date(time));
-        }
-        push_header(out, b"date", date.1.as_bytes());
-    });
-}
-
-/// `<size in hex>\r\n` of a chunk, in `buffer`.
-fn hex_line(buffer: &mut [u8; 18], size: usize) -> &[u8] {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut at = 16;
-    let mut left = size;
-    loop {
-        at -= 1;
-        buffer[at] = DIGITS[left & 0xf];
-        left >>= 4;
-        if left == 0 {
-            break;
-        }
-    }
-    buffer[16] = b'\r';
-    buffer[17] = b'\n';
-    &buffer[at..]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunk_size_lines_are_hex() {
-        let mut buffer = [0u8; 18];
-        assert_eq!(hex_line(&mut buffer, 0), b"0\r\n");
-        assert_eq!(hex_line(&mut buffer, 255), b"ff\r\n");
-        assert_eq!(hex_line(&mut buffer, 65536), b"10000\r\n");
-    }
-
-    #[test]
-    fn status_lines_and_connection_headers() {
-        let mut out = Vec::new();
-        push_status_line(&mut out, StatusCode::NOT_FOUND);
-        push_connection(&mut out, false, false);
-        push_connection(&mut out, true, true);
-        push_connection(&mut out, true, false);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "HTTP/1.1 404 Not Found\r\nconnection: close\r\nconnection: keep-alive\r\n"
-        );
     }
 }

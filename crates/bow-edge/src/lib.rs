@@ -31,7 +31,11 @@ mod forwarded;
 pub mod fuzzing;
 mod guard;
 mod h1;
+mod h1_wire;
+mod linger;
 mod metrics;
+mod oidc;
+mod outside_api;
 mod passwords;
 mod pool;
 mod proxy;
@@ -40,6 +44,7 @@ mod request_head;
 mod routes;
 mod server;
 mod service_listener;
+mod sni;
 mod sockets;
 mod stall;
 mod tls;
@@ -68,6 +73,8 @@ pub use metrics::{
     HistogramSnapshot, LATENCY_BUCKETS_SECONDS, METHODS, MetricsSnapshot, RouteMetrics,
     ServiceMetrics, StatusClassCounts,
 };
+pub use oidc::{OidcAuth, OidcSettings};
+pub use outside_api::{FailureReport, InjectedHeader, OutsideApi, OutsideApiConfig, trusted_roots};
 pub use redirect::{AcmeChallengeHandler, NoAcmeChallenges};
 pub use routes::{Backend, Endpoint, Fault, Route, RouteTable};
 pub use service_listener::{ServiceListener, ServiceListenerConfig, ServiceProtocol};

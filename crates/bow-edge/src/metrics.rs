@@ -346,7 +346,7 @@ mod tests {
     fn routes_sum_into_services() {
         let registry = MetricsRegistry::default();
         let observe = |route: &str, method: http::Method, status: u16, elapsed: Duration| {
-            let stats = registry.route_stats("web", route);
+            let stats = registry.route_stats("web", route).expect("counters on");
             stats.begin();
             stats.observe(&method, status, 10, elapsed);
         };
@@ -363,7 +363,12 @@ mod tests {
             101,
             Duration::from_millis(1),
         );
-        registry.route_stats("web", "a.com/").begin();
+        registry.route_stats("web", "a.com/").unwrap().begin();
+        assert!(
+            MetricsRegistry::new(false)
+                .route_stats("web", "a.com/")
+                .is_none()
+        );
         let snapshot = registry.snapshot();
         assert_eq!(snapshot.routes.len(), 2);
         let root = &snapshot.routes[0];

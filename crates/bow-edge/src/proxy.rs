@@ -620,6 +620,10 @@ async fn guard(
             let add = forward.check(head).await?;
             Ok((!add.is_empty()).then(|| crate::forward_auth::with_headers(head, &add)))
         }
+        Some(Auth::Oidc(oidc)) => {
+            let identity = oidc.check(inbound.method, head).await?;
+            Ok(Some(crate::forward_auth::with_headers(head, &identity)))
+        }
     }
 }
 

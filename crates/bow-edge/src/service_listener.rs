@@ -38,6 +38,10 @@ pub enum ServiceProtocol {
     Http,
     /// Any TCP stream, forwarded connection by connection.
     Tcp,
+    /// TLS passthrough: each connection goes, still encrypted, to the service whose server
+    /// name its ClientHello asks for ([`ServiceListener::set_sni_routes`]); one without a
+    /// known name is closed.
+    Sni,
 }
 
 /// Everything [`ServiceListener::start`] needs. [`ServiceListenerConfig::new`] fills in the
@@ -220,6 +224,24 @@ impl ServiceListener {
         );
     }
 
+    /// TLS passthrough ([`ServiceProtocol::Sni`]): connections asking for each server name
+    /// go to that backend's endpoints from now on.
+    pub fn set_sni_routes(&self, routes: Vec<(String, Backend)>) {
+        let routes = routes
+            .into_iter()
+            .map(|(name, backend)| Route::new(name, "/", backend))
+            .collect();
+        if let Ok(table) = RouteTable::new(routes) {
+            install_table(
+                &table,
+                &self.endpoints_update,
+                &self.upstreams,
+                &self.metrics,
+                &self.table,
+            );
+        }
+    }
+
     /// Stops sending new requests or connections to `endpoint_id` and resolves when the open
     /// ones finished or the drain timeout passed.
     pub fn drain(&self, endpoint_id: &str) -> impl Future<Output = DrainOutcome> + Send + 'static {
@@ -280,7 +302,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                         let proxy = shared.proxy.clone();
                         serve_plain(stream, context, config, proxy, shared.phase.clone()).await;
                     }
-                    ServiceProtocol::Tcp => forward(stream, context, &shared).await,
+                    ServiceProtocol::Tcp | ServiceProtocol::Sni => {
+                        forward(stream, context, &shared).await
+                    }
                 }
             }
         },
@@ -294,8 +318,18 @@ const TCP_ATTEMPTS: usize = 3;
 /// Connects to the endpoint with the fewest open connections (the next one when it refuses)
 /// and copies bytes both ways until either side closes or the listener closes.
 async fn forward(mut client: TcpStream, context: Arc<ConnContext>, shared: &Shared) {
+    // TLS passthrough: the ClientHello's server name picks the route; what was read of it
+    // goes to the service first.
+    let mut hello = Vec::new();
+    let host = match shared.protocol {
+        ServiceProtocol::Sni => match crate::sni::read_server_name(&mut client, &mut hello).await {
+            Some(name) => name,
+            None => return,
+        },
+        _ => String::new(),
+    };
     let table = shared.table.load_full();
-    let Some(route) = table.lookup("", "/") else {
+    let Some(route) = table.lookup(&host, "/") else {
         return;
     };
     let mut tried: Vec<Arc<EndpointState>> = Vec::new();
@@ -325,6 +359,12 @@ async fn forward(mut client: TcpStream, context: Arc<ConnContext>, shared: &Shar
                 }
             };
         let _ = upstream.set_nodelay(true);
+        if !hello.is_empty() {
+            use tokio::io::AsyncWriteExt;
+            if upstream.write_all(&hello).await.is_err() {
+                return;
+            }
+        }
         tokio::select! {
             _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
             () = closed(shared.phase.clone()) => {}

@@ -23,8 +23,9 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         "container" | "entrypoint" | "container_port" | "working_dir" => ChangeClass::Replace,
         // A secret's value changed (its digest is part of the release).
         SECRET_DIGESTS_FIELD => ChangeClass::Replace,
-        // The edge's route table only; a TCP route is a listener of the agent.
-        "routes" | "tcp" => ChangeClass::EdgeOnly,
+        // The edge's route table only; a TCP route is a listener of the agent, and so is
+        // an outside API (`proxy:`: no instance runs).
+        "routes" | "tcp" | "proxy" => ChangeClass::EdgeOnly,
         // The agent's own view: instance count, checks, ordering, schedules, timeouts, and
         // the stable service address (a listener of the agent, not of the instance).
         "replicas" | "health" | "depends_on" | "deploy" | "backup" | "stop_timeout" | "port" => {
@@ -140,6 +141,17 @@ pub fn service_fields(
 fn classify_service_path(path: &str, service: &bow_spec::Service) -> (ChangeClass, Option<String>) {
     let mut parts = path.splitn(5, '.');
     let (field, sub, name) = (parts.nth(2).unwrap_or_default(), parts.next(), parts.next());
+    // A secret only the edge or the agent reads (a route's users, an outside API's key):
+    // never delivered to an instance, so a new value touches none.
+    if let (SECRET_DIGESTS_FIELD, Some(secret), None) = (field, sub, name)
+        && bow_spec::route_secrets(service).contains(&secret)
+        && !bow_spec::service_secrets(service).contains(&secret)
+    {
+        return (
+            ChangeClass::EdgeOnly,
+            Some("read again by the edge; nothing restarts".to_string()),
+        );
+    }
     if let bow_spec::Workload::Postgres(postgres) = &service.workload {
         match (field, sub, name) {
             ("postgres", Some("settings"), Some(setting)) => {

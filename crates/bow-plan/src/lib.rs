@@ -216,6 +216,45 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_only_the_edge_reads_is_an_edge_only_change() {
+        // A route's users file and an outside API's key are never delivered to an instance:
+        // a new value is taken by the edge (and the agent's outside-API listener) alone.
+        let text = "project: p\nservices:\n  a:\n    command: run\n    secrets: [both]\n    routes: [{host: a.example.com, auth: {basic: {users_secret: users}}}, {host: b.example.com, auth: {basic: {users_secret: both}}}]\n  api: {proxy: {to: 'https://api.example.com', inject_headers: {X-Key: '${secret:key}'}}}\n";
+        let with = |digest: &str| {
+            let mut spec = bow_spec::load(text, &Default::default()).unwrap();
+            let a = spec.services.get_mut("a").unwrap();
+            a.secret_digests.insert("users".into(), digest.into());
+            a.secret_digests.insert("both".into(), "same".into());
+            let api = spec.services.get_mut("api").unwrap();
+            api.secret_digests.insert("key".into(), digest.into());
+            spec
+        };
+        let (before, after) = (with("0011"), with("2233"));
+        let plan = plan(&after, Some(&before));
+        assert_eq!(plan.diff.to_change.len(), 2, "{plan}");
+        for change in &plan.diff.to_change {
+            assert_eq!(change.class, ChangeClass::EdgeOnly, "{plan}");
+        }
+        assert!(
+            plan.actions
+                .iter()
+                .all(|action| matches!(action, Action::Routes { .. })),
+            "{:?}",
+            plan.actions
+        );
+        // A secret the service also gets as a file is still a new release.
+        let mut changed = with("0011");
+        changed
+            .services
+            .get_mut("a")
+            .unwrap()
+            .secret_digests
+            .insert("both".into(), "new".into());
+        let plan = super::plan(&changed, Some(&before));
+        assert_eq!(plan.diff.to_change[0].class, ChangeClass::Replace, "{plan}");
+    }
+
+    #[test]
     fn identical_specs_plan_nothing() {
         let spec = bow_spec::load(
             "project: p\nservices:\n  a: {command: run}\n",

@@ -239,8 +239,25 @@ fn ports(spec: &Spec, root: &Node, reader: &mut Reader) {
     for (name, service) in &spec.services {
         let Some(port) = service.port else { continue };
         let path = format!("services.{name}.port");
-        let span = node_at(root, &["services", name, "port"]).map_or(root.span, |n| n.span);
+        let given = node_at(root, &["services", name, "port"]);
+        let span = given
+            .or_else(|| node_at(root, &["services", name, "proxy"]))
+            .map_or(root.span, |n| n.span);
+        let by_default = given.is_none() && matches!(service.workload, Workload::Proxy(_));
         match taken.get(&port) {
+            Some(owner) if by_default => {
+                let owner = if owner.starts_with("edge.") {
+                    owner.clone()
+                } else {
+                    format!("service `{owner}`")
+                };
+                reader.error(
+                    &path,
+                    span,
+                    format!("an outside API is called at port {port} unless it gives a `port:`, and {owner} uses it"),
+                    Some(format!("add a port, e.g. `port: 8080` (services then call http://{name}:8080)")),
+                );
+            }
             Some(owner) if owner.starts_with("edge.") => {
                 reader.error(
                     &path,
@@ -266,13 +283,43 @@ fn ports(spec: &Spec, root: &Node, reader: &mut Reader) {
     let mut routes: BTreeMap<u16, String> = BTreeMap::new();
     routes.insert(spec.edge.http_port, "edge.http_port".to_string());
     routes.insert(spec.edge.https_port, "edge.https_port".to_string());
+    // TLS passthrough routes (`sni:`) share a port among themselves, each name once.
+    let mut passthrough: BTreeMap<u16, BTreeMap<&str, &str>> = BTreeMap::new();
     for (name, service) in &spec.services {
-        let Some(tcp) = service.tcp else { continue };
+        let Some(tcp) = &service.tcp else { continue };
         let path = format!("services.{name}.tcp.port");
         let span = node_at(root, &["services", name, "tcp", "port"]).map_or(root.span, |n| n.span);
+        let shared = passthrough.get(&tcp.port);
+        if let Some(names) = shared
+            && !tcp.sni.is_empty()
+        {
+            for server in &tcp.sni {
+                if let Some(other) = names.get(server.as_str()) {
+                    reader.error(
+                        &format!("services.{name}.tcp.sni"),
+                        node_at(root, &["services", name, "tcp", "sni"]).map_or(span, |n| n.span),
+                        format!(
+                            "{server} on port {} is already passed to `{other}`",
+                            tcp.port
+                        ),
+                        Some("a server name goes to one service".to_string()),
+                    );
+                }
+            }
+        }
+        if !tcp.sni.is_empty() && (shared.is_some() || !routes.contains_key(&tcp.port)) {
+            let names = passthrough.entry(tcp.port).or_default();
+            for server in &tcp.sni {
+                names.entry(server.as_str()).or_insert(name.as_str());
+            }
+            routes.entry(tcp.port).or_insert_with(|| name.clone());
+            continue;
+        }
         if let Some(owner) = routes.get(&tcp.port) {
             let owner = if owner.starts_with("edge.") {
                 owner.clone()
+            } else if passthrough.contains_key(&tcp.port) {
+                format!("the TLS passthrough routes of `{owner}`")
             } else {
                 format!("the TCP route of `{owner}`")
             };
@@ -280,7 +327,7 @@ fn ports(spec: &Spec, root: &Node, reader: &mut Reader) {
                 &path,
                 span,
                 format!("port {} is already used by {owner}", tcp.port),
-                Some("each TCP route needs a port of its own".to_string()),
+                Some("each TCP route needs a port of its own (TLS passthrough routes, with `sni:`, may share one)".to_string()),
             );
         } else {
             routes.insert(tcp.port, name.clone());

@@ -88,9 +88,12 @@ fn allowed_at(keys: &[String]) -> Allowed {
         && (field == Some("command")
             || env_value
             || (field == Some("health") && key(3) == Some("exec")));
+    // An outside API's injected headers: `services.<name>.proxy.inject_headers.<header>`.
+    let injected =
+        in_service && field == Some("proxy") && key(3) == Some("inject_headers") && keys.len() == 5;
     Allowed {
         runtime,
-        secret: env_value,
+        secret: env_value || injected,
     }
 }
 
@@ -144,7 +147,7 @@ fn expand(
                 reader.error(
                     path,
                     span,
-                    format!("secret reference `${{secret:{secret}}}` is only allowed in env values"),
+                    format!("secret reference `${{secret:{secret}}}` is only allowed in env values and a proxy's inject_headers"),
                     Some("services read secrets as files in $BOW_SECRETS_DIR; list the secret under `secrets:`".to_string()),
                 );
                 ok = false;

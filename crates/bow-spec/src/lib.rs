@@ -14,6 +14,7 @@ mod reader;
 pub mod sandbox;
 pub mod schema;
 mod schema_ops;
+mod schema_route;
 pub mod units;
 pub mod yaml;
 
@@ -22,8 +23,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub use decode::{
     ACME_KEYS, ADMIN_KEYS, ALERT_RULE_KEYS, ALERTS_KEYS, BACKUP_KEYS, DEPLOY_KEYS, EDGE_KEYS,
     HEALTH_KEYS, NOT_AVAILABLE_KEYS, POSTGRES_KEYS, PYTHON_KEYS, RESOURCES_KEYS, SANDBOX_KEYS,
-    SERVICE_KEYS, SYSCALLS_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys, defaults,
-    is_secret_name, parse_route, parse_volume, system_dir,
+    SERVICE_KEYS, SYSCALLS_KEYS, SYSTEM_DIRS, TLS_FILE_KEYS, TOP_KEYS, all_keys, check_proxy_url,
+    defaults, is_secret_name, parse_route, parse_volume, system_dir,
 };
 pub use diag::{Diagnostic, Span};
 pub use environ::DEFAULT_ENVIRONMENT;
@@ -272,6 +273,7 @@ pub fn anchor_paths(spec: &mut Spec, base: &std::path::Path) {
                     build.context = anchor(&build.context);
                 }
             }
+            Workload::Proxy(_) => {}
         }
         for path in &mut service.sandbox.writable {
             *path = anchor(path);
@@ -337,15 +339,27 @@ pub fn service_secrets(service: &Service) -> Vec<&str> {
     names
 }
 
-/// The secrets the edge reads for a service's routes (`auth: {basic: {users_secret}}`): never
-/// delivered to the service's instances.
+/// The secrets the edge and the agent read for a service's routes (`auth: {basic:
+/// {users_secret}}`) and an outside API's injected headers: never delivered to instances.
 pub fn route_secrets(service: &Service) -> Vec<&str> {
     let mut names = Vec::new();
+    if let Workload::Proxy(api) = &service.workload {
+        for value in api.inject_headers.values() {
+            for name in secret_references(value) {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
     for route in &service.routes {
-        if let Some(RouteAuth::Basic { users_secret }) = &route.auth
-            && !names.contains(&users_secret.as_str())
-        {
-            names.push(users_secret.as_str());
+        let secret = match &route.auth {
+            Some(RouteAuth::Basic { users_secret }) => users_secret,
+            Some(RouteAuth::Oidc(oidc)) => &oidc.client_secret_secret,
+            _ => continue,
+        };
+        if !names.contains(&secret.as_str()) {
+            names.push(secret.as_str());
         }
     }
     names

@@ -12,6 +12,7 @@ use crate::sandbox::Sandbox;
 use crate::units::{Duration, Size};
 
 pub use crate::schema_ops::{Admin, AlertRule, Alerts, Otlp};
+pub use crate::schema_route::{ForwardAuth, OidcAuth, Rate, Route, RouteAuth, RouteLimits};
 
 /// One project in one environment, fully resolved.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,19 +212,41 @@ pub struct Service {
 
 /// `tcp: {port}`: connections to this port of the host (every address) go to the service's
 /// healthy instances (a postgres service's primary), drained before an instance stops.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// With `sni: [names]`, TLS passthrough: the port may be shared by services that all list
+/// names, and each connection goes, still encrypted, to the service whose name the
+/// ClientHello asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpRoute {
     pub port: u16,
+    /// Server names (lower case, exact), empty for a plain TCP route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<String>,
 }
 
-/// What runs: exactly one of `command`, `image` or `postgres`.
+/// What runs: exactly one of `command`, `image` or `postgres`; or, for `proxy`, nothing: the
+/// agent forwards the service's calls to an outside API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     Command(CommandLine),
     Container(Container),
     Postgres(Postgres),
+    Proxy(OutsideApi),
+}
+
+/// `proxy: {to, inject_headers}`: an outside HTTP(S) API the stack's services call at this
+/// service's own name (`http://geo-api`), without holding its key: the agent adds the
+/// headers on the way (docs/outside-apis.md). No instance runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutsideApi {
+    /// `https://host[:port][/base]` (`http://` only for a trusted network).
+    pub to: String,
+    /// Header name (lower case) → value; values may hold `${secret:NAME}` references, kept
+    /// as references here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inject_headers: BTreeMap<String, String>,
 }
 
 impl Workload {
@@ -233,6 +256,7 @@ impl Workload {
             Workload::Command(_) => "process",
             Workload::Container(_) => "container",
             Workload::Postgres(_) => "postgres",
+            Workload::Proxy(_) => "proxy",
         }
     }
 }
@@ -346,159 +370,6 @@ impl Postgres {
 
 /// What follows a postgres service's name in the name of its read replicas.
 pub const REPLICA_SUFFIX: &str = "-ro";
-
-/// A host plus path prefix the edge serves from a service: `app.example.com/api`, written as
-/// a string, or as `{host, path, auth, limits}` when the route signs users in or is limited.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Route {
-    pub host: String,
-    /// Starts with `/`; `/` matches everything on the host.
-    pub path: String,
-    /// Who may use the route (`None`: everyone).
-    pub auth: Option<RouteAuth>,
-    /// Per-client rate, body size and address limits (`None`: the edge's defaults only).
-    pub limits: Option<RouteLimits>,
-}
-
-impl Route {
-    /// A route open to everyone, without limits of its own.
-    pub fn plain(host: impl Into<String>, path: impl Into<String>) -> Route {
-        Route {
-            host: host.into(),
-            path: path.into(),
-            auth: None,
-            limits: None,
-        }
-    }
-}
-
-/// `auth:` of a route: how the edge checks a request before it goes to the service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum RouteAuth {
-    /// HTTP Basic: `user:hash` lines (as `htpasswd -B` writes them) in a bow secret.
-    Basic { users_secret: String },
-    /// A sub-request to a service of the stack (nginx `auth_request`, Traefik forwardAuth):
-    /// its 2xx lets the request through, any other answer goes back to the client.
-    Forward(ForwardAuth),
-}
-
-/// `forward: SERVICE` or `forward: {service, path, headers}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForwardAuth {
-    /// The service asked (through its `port:`).
-    pub service: String,
-    /// The path asked; `/` by default.
-    pub path: String,
-    /// Headers of the service's 2xx answer put on the request upstream (`X-Auth-User`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<String>,
-}
-
-/// `limits:` of a route.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteLimits {
-    /// Requests per client address (a token bucket), e.g. `10/s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate: Option<Rate>,
-    /// How many requests a client may make at once above the rate (default: the rate's count).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-    /// The largest request body the route takes (instead of `edge.max_body_size`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<Size>,
-    /// When not empty, only clients in these networks (CIDR) may use the route.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub allow: Vec<String>,
-    /// Clients in these networks (CIDR) are refused (deny wins over allow).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deny: Vec<String>,
-}
-
-/// A request rate: `count` requests per `per` (`10/s`, `600/m`, `1000/h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Rate {
-    pub count: u32,
-    pub per: std::time::Duration,
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.per.as_secs() {
-            60 => "m",
-            3600 => "h",
-            _ => "s",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
-
-impl Serialize for Rate {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Rate {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        crate::decode::parse_rate(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for Route {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path == "/" {
-            write!(f, "{}", self.host)
-        } else {
-            write!(f, "{}{}", self.host, self.path)
-        }
-    }
-}
-
-/// A route as recorded: the plain string when it has no auth or limits (as before they
-/// existed, so recorded specs plan no change), else the object.
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum RecordedRoute {
-    Plain(String),
-    Object {
-        host: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        auth: Option<RouteAuth>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        limits: Option<RouteLimits>,
-    },
-}
-
-impl Serialize for Route {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.auth.is_none() && self.limits.is_none() {
-            return serializer.collect_str(self);
-        }
-        RecordedRoute::Object {
-            host: self.to_string(),
-            auth: self.auth.clone(),
-            limits: self.limits.clone(),
-        }
-        .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Route {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (text, auth, limits) = match RecordedRoute::deserialize(deserializer)? {
-            RecordedRoute::Plain(text) => (text, None, None),
-            RecordedRoute::Object { host, auth, limits } => (host, auth, limits),
-        };
-        let mut route = crate::decode::parse_route(&text).map_err(serde::de::Error::custom)?;
-        route.auth = auth;
-        route.limits = limits;
-        Ok(route)
-    }
-}
 
 /// How bow decides an instance is healthy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

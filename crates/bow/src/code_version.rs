@@ -70,7 +70,7 @@ pub fn stamp(spec: &mut Spec, stack_file: &Path, state_dir: &Path) {
                 };
                 (build.context.clone(), None, DOCKER_IGNORE_FILE)
             }
-            Workload::Postgres(_) => continue,
+            Workload::Postgres(_) | Workload::Proxy(_) => continue,
         };
         let version = versions
             .entry((dir.clone(), owner))

@@ -191,6 +191,7 @@ impl Agent {
 /// Whether `state` has anything for an edge process to serve.
 fn needs_plane(state: &PlaneState) -> bool {
     !state.listeners.is_empty()
+        || !state.outside_apis.is_empty()
         || state
             .spec
             .as_ref()

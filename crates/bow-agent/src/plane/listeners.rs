@@ -20,6 +20,28 @@ pub(crate) struct RunningListener {
 /// The running listeners, by set and name.
 pub(crate) type Listeners = BTreeMap<(ListenerSet, String), Arc<RunningListener>>;
 
+/// TLS passthrough on `port`: each server name of the services' `tcp: {port, sni}` with the
+/// healthy instances of its service.
+fn sni_routes(state: &PlaneState, port: u16) -> Vec<(String, bow_edge::Backend)> {
+    let Some(spec) = &state.spec else {
+        return Vec::new();
+    };
+    let mut routes = Vec::new();
+    for (name, service) in &spec.services {
+        let Some(tcp) = service.tcp.as_ref().filter(|tcp| tcp.port == port) else {
+            continue;
+        };
+        let endpoints = super::edge::endpoints(state.endpoints.get(name));
+        for server in &tcp.sni {
+            routes.push((
+                server.clone(),
+                bow_edge::Backend::new(name.clone(), endpoints.clone()),
+            ));
+        }
+    }
+    routes
+}
+
 impl Plane {
     /// Starts, restarts (address, protocol or drain timeout changed) or stops listeners to
     /// match `state`, then gives each its name's healthy endpoints.
@@ -45,7 +67,9 @@ impl Plane {
             if self.listeners().contains_key(&key) {
                 continue;
             }
-            let protocol = if want.http {
+            let protocol = if want.sni {
+                ServiceProtocol::Sni
+            } else if want.http {
                 ServiceProtocol::Http
             } else {
                 ServiceProtocol::Tcp
@@ -77,12 +101,19 @@ impl Plane {
         self.set_listener_endpoints(state);
     }
 
-    /// Gives every listener the healthy endpoints of its name.
+    /// Gives every listener the healthy endpoints of its name (a passthrough listener: those
+    /// of each server name of its port).
     pub(crate) fn set_listener_endpoints(&self, state: &PlaneState) {
         for ((_, name), running) in self.listeners().iter() {
-            running
-                .listener
-                .set_endpoints(super::edge::endpoints(state.endpoints.get(name)));
+            if running.want.sni {
+                running
+                    .listener
+                    .set_sni_routes(sni_routes(state, running.want.addr.port()));
+            } else {
+                running
+                    .listener
+                    .set_endpoints(super::edge::endpoints(state.endpoints.get(name)));
+            }
         }
     }
 

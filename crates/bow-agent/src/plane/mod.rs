@@ -79,6 +79,9 @@ pub struct PlaneListener {
     pub addr: SocketAddr,
     /// HTTP (else TCP forwarding).
     pub http: bool,
+    /// TLS passthrough by server name (a TCP route's `sni:`): the services of this port.
+    #[serde(default)]
+    pub sni: bool,
     pub drain_timeout_ms: u64,
 }
 
@@ -103,6 +106,9 @@ pub struct PlaneState {
     pub listeners: Vec<PlaneListener>,
     /// Each service's discovery address (an auth service's, for forward auth).
     pub names: BTreeMap<String, SocketAddr>,
+    /// Each outside API's (`proxy:` service's) addresses: internal, and on the bridge.
+    #[serde(default)]
+    pub outside_apis: BTreeMap<String, Vec<SocketAddr>>,
     /// Whether the agent's view of its instances has settled (see the module's docs).
     pub settled: bool,
 }

@@ -49,6 +49,7 @@ pub(crate) struct Plane {
     pub(crate) edge_handle: Mutex<Option<Arc<bow_edge::Edge>>>,
     pub(crate) edge_error: Mutex<Option<String>>,
     pub(crate) route_policies: crate::edge_policy::Policies,
+    pub(crate) outside_apis: crate::outside_api::OutsideApis,
     listeners: Mutex<Listeners>,
     errors: Mutex<BTreeMap<String, String>>,
     /// The state served, and its number once fully applied.
@@ -91,8 +92,13 @@ impl Plane {
         let _one_at_a_time = self.applying.lock().await;
         self.ensure_edge(state.spec.as_ref()).await;
         self.ensure_listeners(&state).await;
+        if let Some(spec) = &state.spec {
+            self.ensure_outside_apis(spec, state.outside_apis.clone())
+                .await;
+        }
         self.install_routes(&state);
         let mut used = self.listener_addresses();
+        used.extend(state.outside_apis.values().flatten().copied());
         if let Some(edge) = self.edge() {
             used.extend([edge.https_addr(), edge.http_addr()]);
         }
@@ -113,7 +119,11 @@ impl Plane {
             https: edge.as_ref().map(|e| e.https_addr()),
             http: edge.as_ref().map(|e| e.http_addr()),
             edge_error: locked(&self.edge_error).clone(),
-            listening: self.listening(),
+            listening: {
+                let mut names = self.listening();
+                names.extend(self.outside_api_names());
+                names
+            },
             listener_errors: self.errors().clone(),
         }
     }
@@ -133,7 +143,11 @@ impl Plane {
 
     /// Closes the edge and every listener gracefully.
     async fn close(&self) {
-        tokio::join!(self.stop_edge(), self.stop_listeners());
+        tokio::join!(
+            self.stop_edge(),
+            self.stop_listeners(),
+            self.stop_outside_apis()
+        );
     }
 }
 
@@ -173,6 +187,7 @@ pub async fn serve(config: PlaneConfig) -> Result<(), String> {
         edge_handle: Mutex::new(None),
         edge_error: Mutex::new(None),
         route_policies: Default::default(),
+        outside_apis: Default::default(),
         listeners: Mutex::new(BTreeMap::new()),
         errors: Mutex::new(BTreeMap::new()),
         state: Mutex::new(Arc::new(PlaneState::default())),

@@ -8,12 +8,14 @@ mod admin;
 mod alerts;
 mod edge;
 mod parts;
+mod proxy;
 mod registries;
 mod route;
 mod sandbox;
 mod service;
 mod values;
 
+pub use proxy::check_url as check_proxy_url;
 pub use values::{SYSTEM_DIRS, is_secret_name, parse_rate, parse_route, parse_volume, system_dir};
 
 use edge::{default_edge, edge};
@@ -94,10 +96,15 @@ pub const SERVICE_KEYS: &[&str] = &[
     "container_port",
     "working_dir",
     "tcp",
+    "proxy",
 ];
-pub const TCP_KEYS: &[&str] = &["port"];
+pub const PROXY_KEYS: &[&str] = &["to", "inject_headers"];
+/// The service keys a `proxy:` service may have besides `proxy` (no instance runs).
+pub const PROXY_SERVICE_KEYS: &[&str] = &["proxy", "port"];
+pub const TCP_KEYS: &[&str] = &["port", "sni"];
 pub const ROUTE_KEYS: &[&str] = &["host", "path", "auth", "limits"];
-pub const AUTH_KEYS: &[&str] = &["basic", "forward"];
+pub const AUTH_KEYS: &[&str] = &["basic", "forward", "oidc"];
+pub const OIDC_KEYS: &[&str] = &["issuer", "client_id", "client_secret_secret", "allowed"];
 pub const BASIC_AUTH_KEYS: &[&str] = &["users_secret"];
 pub const FORWARD_KEYS: &[&str] = &["service", "path", "headers"];
 pub const LIMITS_KEYS: &[&str] = &["rate", "burst", "body", "allow", "deny"];
@@ -167,10 +174,12 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         POSTGRES_KEYS,
         BUILD_KEYS,
         TCP_KEYS,
+        PROXY_KEYS,
         ROUTE_KEYS,
         AUTH_KEYS,
         BASIC_AUTH_KEYS,
         FORWARD_KEYS,
+        OIDC_KEYS,
         LIMITS_KEYS,
         REGISTRY_KEYS,
         ADMIN_KEYS,
@@ -191,6 +200,8 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
 
 /// Defaults that apply when a field is absent (documented in docs/stack-file.md).
 pub mod defaults {
+    /// The port a `proxy:` service is called at when it gives none (`http://geo-api`).
+    pub const PROXY_DEFAULT_PORT: u16 = 80;
     use super::*;
     pub const REPLICAS: u32 = 1;
     pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);

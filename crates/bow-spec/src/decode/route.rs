@@ -5,7 +5,7 @@ use crate::schema::*;
 use crate::yaml::{Node, NodeKind};
 
 use super::values::{is_secret_name, parse_cidr, parse_rate, parse_route};
-use super::{AUTH_KEYS, BASIC_AUTH_KEYS, FORWARD_KEYS, LIMITS_KEYS, ROUTE_KEYS};
+use super::{AUTH_KEYS, BASIC_AUTH_KEYS, FORWARD_KEYS, LIMITS_KEYS, OIDC_KEYS, ROUTE_KEYS};
 
 const ROUTE_HINT: &str = "a route is a host name with an optional path prefix, like app.example.com/api, or {host: app.example.com, path: /api, auth: ..., limits: ...}";
 
@@ -80,7 +80,7 @@ pub(super) fn route(item: &Node, path: &str, reader: &mut Reader) -> Option<Rout
 }
 
 fn auth(node: &Node, path: &str, reader: &mut Reader) -> Option<RouteAuth> {
-    let what = "a mapping with one of basic: {users_secret: NAME} or forward: SERVICE";
+    let what = "a mapping with one of basic: {users_secret: NAME}, forward: SERVICE or oidc: {issuer, client_id, client_secret_secret}";
     let fields = reader.fields(node, path, what, AUTH_KEYS)?;
     let given: Vec<&str> = AUTH_KEYS
         .iter()
@@ -93,7 +93,7 @@ fn auth(node: &Node, path: &str, reader: &mut Reader) -> Option<RouteAuth> {
             node.blame(),
             format!("expected exactly one way to sign in, found {}", given.len()),
             Some(
-                "write one of auth: {basic: {users_secret: NAME}} or auth: {forward: SERVICE}"
+                "write one of auth: {basic: {users_secret: NAME}}, auth: {forward: SERVICE} or auth: {oidc: {issuer, client_id, client_secret_secret}}"
                     .to_string(),
             ),
         );
@@ -120,6 +120,9 @@ fn auth(node: &Node, path: &str, reader: &mut Reader) -> Option<RouteAuth> {
         };
         let name = secret_name(n, &p, reader)?;
         return Some(RouteAuth::Basic { users_secret: name });
+    }
+    if let Some((n, p)) = fields.get("oidc") {
+        return oidc(n, &p, reader).map(RouteAuth::Oidc);
     }
     let (n, p) = fields.get("forward")?;
     let mut forward = ForwardAuth {
@@ -185,6 +188,63 @@ fn auth(node: &Node, path: &str, reader: &mut Reader) -> Option<RouteAuth> {
         return None;
     }
     Some(RouteAuth::Forward(forward))
+}
+
+fn oidc(node: &Node, path: &str, reader: &mut Reader) -> Option<OidcAuth> {
+    let what = "a mapping like {issuer: https://id.example.com, client_id: app, client_secret_secret: NAME}";
+    let fields = reader.fields(node, path, what, OIDC_KEYS)?;
+    let mut missing = false;
+    for key in ["issuer", "client_id", "client_secret_secret"] {
+        if fields.get(key).is_none() {
+            reader.error(
+                path,
+                node.blame(),
+                format!("missing required key `{key}`"),
+                Some("oidc: {issuer: https://id.example.com, client_id: app, client_secret_secret: NAME} (the secret holds the client secret)".to_string()),
+            );
+            missing = true;
+        }
+    }
+    if missing {
+        return None;
+    }
+    let (n, p) = fields.get("issuer")?;
+    let issuer = reader.nonempty(n, &p, "the provider's issuer URL")?;
+    if !issuer.starts_with("https://") || crate::check_proxy_url(&issuer).is_err() {
+        reader.error(
+            &p,
+            n.span,
+            format!("expected the provider's https:// issuer URL, found {issuer:?}"),
+            Some(
+                "the URL its discovery document names, e.g. https://accounts.google.com"
+                    .to_string(),
+            ),
+        );
+        return None;
+    }
+    let (n, p) = fields.get("client_id")?;
+    let client_id = reader.nonempty(n, &p, "the client id the provider gave")?;
+    let (n, p) = fields.get("client_secret_secret")?;
+    let client_secret_secret = secret_name(n, &p, reader)?;
+    let mut allowed = Vec::new();
+    if let Some((n, p)) = fields.get("allowed") {
+        for (position, item) in reader
+            .list(n, &p, "emails or group names")?
+            .iter()
+            .enumerate()
+        {
+            let item_path = index(&p, position);
+            if let Some(entry) = reader.nonempty(item, &item_path, "an email or a group name") {
+                allowed.push(entry);
+            }
+        }
+    }
+    Some(OidcAuth {
+        issuer: issuer.trim_end_matches('/').to_string(),
+        client_id,
+        client_secret_secret,
+        allowed,
+    })
 }
 
 fn secret_name(node: &Node, path: &str, reader: &mut Reader) -> Option<String> {

@@ -52,6 +52,16 @@ pub(super) fn service(
         sandbox: Default::default(),
         tcp: None,
     };
+    if let Some(Workload::Proxy(_)) = &workload {
+        // No instance runs: the agent listens at the service's address and calls out.
+        service.replicas = 0;
+        service.port = Some(defaults::PROXY_DEFAULT_PORT);
+        if let Some((n, p)) = fields.get("port") {
+            service.port = reader.port(n, &p).or(service.port);
+        }
+        service.workload = workload?;
+        return Some(service);
+    }
     if let Some((n, p)) = fields.get("dir") {
         if workload.is_some() && !is_command {
             reader.error(
@@ -302,9 +312,16 @@ pub(super) fn service(
     {
         match tcp.get("port") {
             Some((n, p)) => {
+                let sni = tcp
+                    .get("sni")
+                    .map(|(n, p)| super::values::server_names(n, &p, reader))
+                    .unwrap_or_default();
                 service.tcp = reader
                     .integer(n, &p, "a TCP port", 1, 65535)
-                    .map(|port| TcpRoute { port: port as u16 });
+                    .map(|port| TcpRoute {
+                        port: port as u16,
+                        sni,
+                    });
             }
             None => reader.error(
                 &p,
@@ -396,7 +413,7 @@ pub(super) fn service(
 fn workload(fields: &Fields<'_>, node: &Node, path: &str, reader: &mut Reader) -> Option<Workload> {
     // `image:` or `build:` make a container; `command:` beside them is the container's command.
     let is_container = fields.get("image").is_some() || fields.get("build").is_some();
-    let present: Vec<&str> = ["command", "image", "postgres"]
+    let present: Vec<&str> = ["command", "image", "postgres", "proxy"]
         .into_iter()
         .filter(|key| fields.get(key).is_some() && !(is_container && *key == "command"))
         .chain(
@@ -407,14 +424,17 @@ fn workload(fields: &Fields<'_>, node: &Node, path: &str, reader: &mut Reader) -
         )
         .collect();
     if present.is_empty() {
-        reader.error(path, node.blame(), "expected one of `command`, `image` or `postgres`, found none", Some("add `command: ...` to run a process, `image: ...` for a container or `postgres: {...}` for a database".to_string()));
+        reader.error(path, node.blame(), "expected one of `command`, `image`, `postgres` or `proxy`, found none", Some("add `command: ...` to run a process, `image: ...` for a container, `postgres: {...}` for a database or `proxy: {to: https://...}` for an outside API".to_string()));
         return None;
     }
     if present.len() > 1 {
         let second = present[1];
         let span = fields.key_span(second).unwrap_or(node.span);
-        reader.error(&join(path, second), span, format!("`{}` and `{second}` are both set: a service runs exactly one of command, image or postgres", present[0]), Some("split them into two services".to_string()));
+        reader.error(&join(path, second), span, format!("`{}` and `{second}` are both set: a service runs exactly one of command, image, postgres or proxy", present[0]), Some("split them into two services".to_string()));
         return None;
+    }
+    if present[0] == "proxy" {
+        return super::proxy::proxy(fields, path, reader).map(Workload::Proxy);
     }
     if !is_container {
         for key in CONTAINER_ONLY_KEYS {

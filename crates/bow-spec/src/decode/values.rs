@@ -3,6 +3,66 @@
 use crate::reader::is_name;
 use crate::schema::*;
 
+/// `sni: [names]` of a TCP route: host names, lower-cased, each once.
+pub(super) fn server_names(
+    node: &crate::yaml::Node,
+    path: &str,
+    reader: &mut crate::reader::Reader,
+) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let items = reader
+        .list(node, path, "server names like [db.example.com]")
+        .unwrap_or_default();
+    for (position, item) in items.iter().enumerate() {
+        let item_path = crate::reader::index(path, position);
+        let Some(name) = reader.nonempty(item, &item_path, "a server name like db.example.com")
+        else {
+            continue;
+        };
+        let name = name.to_ascii_lowercase();
+        let valid = name.len() <= 253
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            reader.error(
+                &item_path,
+                item.span,
+                format!("{name:?} is not a server name"),
+                Some(
+                    "an exact host name, like db.example.com (no wildcard, port or path)"
+                        .to_string(),
+                ),
+            );
+        } else if names.contains(&name) {
+            reader.error(
+                &item_path,
+                item.span,
+                format!("{name} is listed twice"),
+                None,
+            );
+        } else {
+            names.push(name);
+        }
+    }
+    if names.is_empty() && !items.is_empty() {
+        return names;
+    }
+    if items.is_empty() {
+        reader.error(
+            path,
+            node.blame(),
+            "expected at least one server name",
+            Some("remove `sni:` for a plain TCP route".to_string()),
+        );
+    }
+    names
+}
+
 /// `host` or `host/path/prefix`.
 pub fn parse_route(text: &str) -> Result<Route, String> {
     if text.contains("://") {

@@ -65,7 +65,7 @@ impl Pinned {
         let (image, built, postgres_version) = match &service.workload {
             Workload::Container(c) => (c.image.clone(), c.build.is_some(), None),
             Workload::Postgres(p) => (None, false, Some(p.version)),
-            Workload::Command(_) => (None, false, None),
+            Workload::Command(_) | Workload::Proxy(_) => (None, false, None),
         };
         Pinned {
             kind: service.workload.kind().to_string(),

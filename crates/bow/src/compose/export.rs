@@ -35,7 +35,7 @@ fn inner_port(service: &Service) -> Option<u16> {
     match &service.workload {
         Workload::Container(c) => c.container_port.or(service.port),
         Workload::Postgres(_) => Some(5432),
-        Workload::Command(_) => service.port,
+        Workload::Command(_) | Workload::Proxy(_) => service.port,
     }
 }
 
@@ -87,6 +87,13 @@ pub fn compose(spec: &Spec) -> Exported {
                 notes.push(format!(
                     "{name}: a process service (command in {}); Compose runs containers: build an image for it",
                     service.dir.as_deref().unwrap_or(".")
+                ));
+                continue;
+            }
+            Workload::Proxy(api) => {
+                notes.push(format!(
+                    "{name}: an outside API ({}) that bow's agent calls with injected headers; Compose has no equivalent: call it directly",
+                    api.to
                 ));
                 continue;
             }
@@ -311,6 +318,13 @@ pub fn kubernetes(spec: &Spec) -> Exported {
             Workload::Command(_) => {
                 notes.push(format!(
                     "{name}: a process service; Kubernetes runs containers: build an image for it"
+                ));
+                continue;
+            }
+            Workload::Proxy(api) => {
+                notes.push(format!(
+                    "{name}: an outside API ({}) that bow's agent calls with injected headers; use an ExternalName Service or an egress proxy",
+                    api.to
                 ));
                 continue;
             }
