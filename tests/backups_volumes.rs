@@ -163,8 +163,16 @@ fn a_process_volume_backs_up_restores_with_its_dependant_stopped_and_refuses_cor
         show_events(&during)
     );
 
+    // Retention keeps exactly `keep` (2) once the new backup passed its drill.
+    let first = backups[0]["id"].as_str().unwrap().to_string();
+    bow_ok(&stack, &["backup", "run", "files"]);
+    bow_ok(&stack, &["backup", "run", "files"]);
+    let backups = list(&stack, "files");
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    assert!(backups.iter().all(|b| b["id"] != first.as_str()), "{backups:?}");
+
     // One byte flipped in the stored tar: the drill fails loudly, restore refuses it.
-    let id = backups[0]["id"].as_str().unwrap();
+    let id = backups[1]["id"].as_str().unwrap();
     let data = store.join(format!(
         "{}-development/files/{id}/data.zst.age",
         stack.project
