@@ -169,7 +169,10 @@ fn a_process_volume_backs_up_restores_with_its_dependant_stopped_and_refuses_cor
     bow_ok(&stack, &["backup", "run", "files"]);
     let backups = list(&stack, "files");
     assert_eq!(backups.len(), 2, "{backups:?}");
-    assert!(backups.iter().all(|b| b["id"] != first.as_str()), "{backups:?}");
+    assert!(
+        backups.iter().all(|b| b["id"] != first.as_str()),
+        "{backups:?}"
+    );
 
     // One byte flipped in the stored tar: the drill fails loudly, restore refuses it.
     let id = backups[1]["id"].as_str().unwrap();

@@ -483,6 +483,7 @@ async fn restore(
     if !confirm(&question, yes)? {
         return Ok(ExitCode::from(1));
     }
+    let began = std::time::Instant::now();
     backup_volumes::while_held(session, &stop, &start, async {
         Ok(postgres::restore(
             &target.catalog,
@@ -494,14 +495,16 @@ async fn restore(
         .await?)
     })
     .await?;
+    let restored_in = began.elapsed();
     let counts = server.row_counts()?;
+    let counted_in = began.elapsed() - restored_in;
     let same = manifest
         .row_counts
         .iter()
         .all(|(t, n)| counts.get(t) == Some(n));
     let rows: u64 = manifest.row_counts.values().sum();
     println!(
-        "{service}: restored backup {} into database {}: {} tables, {rows} rows{}",
+        "{service}: restored backup {} into database {}: {} tables, {rows} rows{} (restored in {:.1} s, rows counted in {:.1} s)",
         manifest.id,
         target.postgres.database,
         manifest.row_counts.len(),
@@ -509,7 +512,9 @@ async fn restore(
             ", as backed up"
         } else {
             " (some tables changed since: sessions kept writing)"
-        }
+        },
+        restored_in.as_secs_f64(),
+        counted_in.as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
 }
