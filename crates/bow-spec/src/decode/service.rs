@@ -630,13 +630,10 @@ fn is_image_reference(image: &str) -> bool {
         })
 }
 
-/// Directories of the host a process service's volume may not be: bow creates the volume's
-/// directory and gives it to the service's user.
-const SYSTEM_DIRS: &[&str] = &[
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/media", "/mnt",
-    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var", "/var/lib",
-    "/var/log", "/var/tmp",
-];
+/// Directories a process service's volume may not be beyond [`super::values::SYSTEM_DIRS`]
+/// (bow creates the volume's directory and gives it to the service's user): the parents
+/// every service's own directories live in.
+const SHARED_DIRS: &[&str] = &["/media", "/mnt", "/opt", "/srv", "/home"];
 
 /// Why a volume cannot be a process service's (`name:/path` only: a directory of the host
 /// that bow creates and manages), with a hint.
@@ -658,7 +655,8 @@ fn process_volume_problem(volume: &crate::schema::Volume) -> Option<(String, &'s
         ));
     }
     let target = volume.target.trim_end_matches('/');
-    if SYSTEM_DIRS.contains(&if target.is_empty() { "/" } else { target })
+    if super::values::system_dir(&volume.target).is_some()
+        || SHARED_DIRS.contains(&target)
         || target.split('/').any(|part| part == "..")
     {
         return Some((
