@@ -27,8 +27,13 @@ INSERT INTO notes VALUES ('one'), ('two');
 ";
 
 fn stack(label: &str, backup: &str, secrets: &[(&str, &str)]) -> Stack {
+    stack_with(label, backup, secrets, "")
+}
+
+/// [`stack`] with more services after db.
+fn stack_with(label: &str, backup: &str, secrets: &[(&str, &str)], more: &str) -> Stack {
     let yaml = format!(
-        "services:\n  db:\n    postgres: {{ version: 15, database: shop, user: shopper, password_secret: db_password, init: ./init.sql }}\n    backup: {backup}\n"
+        "services:\n  db:\n    postgres: {{ version: 15, database: shop, user: shopper, password_secret: db_password, init: ./init.sql }}\n    backup: {backup}\n{more}"
     );
     let stack = Stack::new(label, &yaml);
     stack.write("init.sql", INIT);
@@ -76,10 +81,12 @@ const ITEMS: &str = "SELECT count(*), sum(id), max(name) FROM items";
 
 #[test]
 fn directory_backup_restores_verifies_and_refuses_corruption() {
-    let stack = stack(
+    // app depends on db: a restore stops it first and starts it again after, healthy.
+    let stack = stack_with(
         "bkdir",
         "{ to: ./backups, keep: 2, check: 'SELECT count(*) > 5000 FROM items' }",
         &[],
+        "  app:\n    command: {testapp}\n    depends_on: [db]\n    health: { http: /healthz, interval: 200ms, timeout: 1s, retries: 2 }\n",
     );
     stack.up_ok();
     let before = query(&stack, ITEMS);
@@ -110,9 +117,36 @@ fn directory_backup_restores_verifies_and_refuses_corruption() {
     let refused = stack.run(&["backup", "restore", "db"], LIMIT);
     assert_eq!(refused.code, 1, "{}", refused.describe());
     assert!(refused.stderr.contains("--yes"), "{}", refused.describe());
-    bow_ok(&stack, &["backup", "restore", "db", "--yes"]);
+    let app_pid = support::stack::pid_in(&stack.status_ok(), "app.1").unwrap();
+    let seen_before = stack.events().len();
+    let restored = bow_ok(&stack, &["backup", "restore", "db", "--yes"]);
+    assert!(
+        restored.contains("stopped app.1") && restored.contains("started app.1 again"),
+        "{restored}"
+    );
     assert_eq!(query(&stack, ITEMS), before);
     assert_eq!(query(&stack, "SELECT count(*) FROM notes"), "2");
+    let events = stack.events()[seen_before..].to_vec();
+    let at = |kind: &str, id: &str, text: &str| {
+        events
+            .iter()
+            .position(|e| e.is(kind, id) && e.message.contains(text))
+    };
+    let (held, started, recorded) = (
+        at("stopped", "app.1", "held"),
+        at("started", "app.1", ""),
+        events
+            .iter()
+            .position(|e| e.kind == "backup" && e.message.starts_with("restore of db done")),
+    );
+    assert!(
+        held.is_some() && held < started && started < recorded,
+        "app stopped during the restore, started after: {}",
+        support::stack::show_events(&events)
+    );
+    let status = stack.status_ok();
+    assert_eq!(instance(&status, "app.1").unwrap()["health"], "healthy");
+    assert_ne!(support::stack::pid_in(&status, "app.1"), Some(app_pid));
     assert_eq!(
         query(
             &stack,

@@ -65,6 +65,20 @@ pub enum Request {
     /// What each instance uses and what each service's traffic at the edge counts now
     /// (`bow top` takes two and shows the rates).
     Usage,
+    /// Stop every instance of `services`, in this order, and keep them stopped until
+    /// `Resume` (`bow backup`: a volume's tar, a restore and its dependants).
+    Hold {
+        services: Vec<String>,
+    },
+    /// Start held services again, in this order, each healthy before the next.
+    Resume {
+        services: Vec<String>,
+    },
+    /// Record a `backup` event (`bow backup run|verify|restore` by hand).
+    BackupEvent {
+        service: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,6 +107,12 @@ pub enum Response {
     Down {
         stopped: Vec<String>,
     },
+    /// Instances held (`Hold`) or started again and healthy (`Resume`).
+    Held {
+        instances: Vec<String>,
+    },
+    /// An event was recorded.
+    Recorded,
     /// A fault is on (`bow chaos latency|loss`).
     FaultOn {
         service: String,

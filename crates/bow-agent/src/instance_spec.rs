@@ -119,6 +119,17 @@ pub fn build(
         spec.stop_signal = Some(libc::SIGINT);
     }
     spec.sandbox = sandbox(service, context, &spec.working_dir);
+    // A process service's volumes: directories of the host bow creates for it, writable
+    // through its sandbox (docs/backups.md backs them up).
+    let volumes = process_volumes(service, spec.user.as_deref())?;
+    if let Some(sandbox) = spec.sandbox.as_mut() {
+        for volume in volumes {
+            sandbox.visible.retain(|path| *path != volume);
+            if !sandbox.writable.contains(&volume) {
+                sandbox.writable.push(volume);
+            }
+        }
+    }
     // A postgres server writes its data and its socket in its volume, at every level.
     if let (Some(sandbox), Some(volume)) = (spec.sandbox.as_mut(), postgres_volume) {
         sandbox.visible.retain(|path| *path != volume);
@@ -129,6 +140,34 @@ pub fn build(
         sandbox.visible.extend(archiver);
     }
     Ok(spec)
+}
+
+/// Creates the directories of a process service's volumes that do not exist yet (0750, the
+/// service's user's when bow runs as root; an existing one is left as it is) and returns them.
+fn process_volumes(service: &Service, user: Option<&str>) -> Result<Vec<PathBuf>, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !matches!(service.workload, Workload::Command(_)) {
+        return Ok(Vec::new());
+    }
+    let mut made = Vec::new();
+    for volume in &service.volumes {
+        let path = PathBuf::from(&volume.target);
+        if !path.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(&path)
+                .map_err(|e| format!("cannot create the volume {}: {e}", path.display()))?;
+            if let Some(user) = user {
+                let found =
+                    bow_driver::users::ensure_system_user(user).map_err(|e| e.to_string())?;
+                std::os::unix::fs::chown(&path, Some(found.uid), Some(found.gid))
+                    .map_err(|e| format!("cannot give {} to {user}: {e}", path.display()))?;
+            }
+        }
+        made.push(path);
+    }
+    Ok(made)
 }
 
 /// The confinement of `service` as paths and names (docs/sandbox.md): the system read-only;

@@ -113,6 +113,22 @@ async fn handle(agent: &Arc<Agent>, request: Request) -> Response {
                 message: error.to_string(),
             },
         },
+        Request::Hold { services } => match agent.hold(&services).await {
+            Ok(instances) => Response::Held { instances },
+            Err(error) => Response::Error {
+                message: error.to_string(),
+            },
+        },
+        Request::Resume { services } => match agent.resume(&services).await {
+            Ok(instances) => Response::Held { instances },
+            Err(error) => Response::Error {
+                message: error.to_string(),
+            },
+        },
+        Request::BackupEvent { service, message } => {
+            agent.emit(&service, "", bow_reconcile::EventKind::Backup, &message);
+            Response::Recorded
+        }
         Request::Progress { revision } => Response::Progress(agent.progress(revision)),
         Request::Rollback { service, to } => match agent.rollback(&service, to) {
             Ok((revision, _)) => Response::Applied {

@@ -40,6 +40,8 @@ impl Agent {
         let slot = inner.slot(service, index)?;
         let mut control = *slot.control.borrow();
         control.restart_generation += 1;
+        // A restart asked for by hand ends a hold left by a backup that never resumed.
+        control.held = false;
         slot.control.send_replace(control);
         Some(control.restart_generation)
     }
@@ -71,6 +73,103 @@ impl Agent {
             restarted.push(format!("{service}.{index}"));
         }
         Ok(restarted)
+    }
+
+    /// Stops every instance of `services` (in this order, each service's in parallel) and
+    /// keeps them stopped until `resume`: a backup or restore of volumes, the dependants of a
+    /// service being restored. Waits up to each service's stop timeout plus 10 s.
+    pub async fn hold(&self, services: &[String]) -> Result<Vec<String>> {
+        let mut held = Vec::new();
+        for service in services {
+            let (indexes, timeout) = self.slots_of(service)?;
+            for index in &indexes {
+                if let Some(slot) = self.lock().slot(service, *index) {
+                    slot.control.send_modify(|c| c.held = true);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(10);
+            for index in indexes {
+                loop {
+                    let stopped = self.lock().slot(service, index).is_none_or(|slot| {
+                        slot.status.pid.is_none() && slot.status.health == Health::Stopped
+                    });
+                    if stopped {
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(AgentError::Other(format!(
+                            "{service}.{index} did not stop in time"
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                held.push(format!("{service}.{index}"));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Lifts the hold of `services`, in this order, each healthy (within its deploy timeout)
+    /// before the next is started.
+    pub async fn resume(&self, services: &[String]) -> Result<Vec<String>> {
+        let mut resumed = Vec::new();
+        for service in services {
+            let (indexes, _) = self.slots_of(service)?;
+            let timeout = self
+                .lock()
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.services.get(service))
+                .map_or(Duration::from_secs(60), |d| d.deploy.timeout.as_std());
+            for index in &indexes {
+                if let Some(slot) = self.lock().slot(service, *index) {
+                    slot.control.send_modify(|c| c.held = false);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            for index in indexes {
+                loop {
+                    let healthy = self
+                        .lock()
+                        .slot(service, index)
+                        .is_none_or(|slot| slot.status.health == Health::Healthy);
+                    if healthy {
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(AgentError::Other(format!(
+                            "{service}.{index} was started again but is not healthy after {}",
+                            bow_spec::units::Duration(timeout)
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                resumed.push(format!("{service}.{index}"));
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// The slot indexes of `service` and its stop timeout; an error naming the services when
+    /// there is no such service.
+    fn slots_of(&self, service: &str) -> Result<(Vec<u32>, Duration)> {
+        let inner = self.lock();
+        let spec = inner
+            .spec
+            .as_ref()
+            .ok_or_else(|| AgentError::Other("nothing is applied yet".into()))?;
+        let definition = spec.services.get(service).ok_or_else(|| {
+            AgentError::Other(format!(
+                "no service `{service}`; services: {}",
+                spec.services.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        let indexes = inner
+            .services
+            .get(service)
+            .map(|r| r.slots.keys().copied().collect())
+            .unwrap_or_default();
+        Ok((indexes, definition.stop_timeout.as_std()))
     }
 
     /// Stops the given slots of a service (in parallel: each is drained, then stopped) and

@@ -25,6 +25,9 @@ pub struct Control {
     /// Bumped when the slot's definition changed in place (checks, timeouts): the process
     /// keeps running and is watched again with the new definition.
     pub reconfigure: u64,
+    /// Stopped and kept stopped until cleared (a backup or restore of the service's volumes,
+    /// a restore its dependencies go through): `Agent::hold`.
+    pub held: bool,
 }
 
 /// An instance found running when the agent started.
@@ -101,6 +104,8 @@ enum Ending {
     /// The definition changed in place: watch the same process again.
     Reconfigure,
     Restart,
+    /// Held: stopped until the hold is lifted, then started afresh.
+    Hold,
     Exited(Option<InstanceExit>),
     Unhealthy(String),
 }
@@ -167,6 +172,16 @@ async fn run(
             break;
         };
         last_definition = definition.clone();
+        if control.borrow().held && pending.is_none() && resume.is_none() {
+            agent.update(&service, index, |s| {
+                s.health = Health::Stopped;
+                s.pid = None;
+            });
+            if wait_while_held(&mut control).await {
+                break;
+            }
+            continue;
+        }
         let resumed = resume.is_some();
         let (handle, port) = match resume.take().map(Ok).unwrap_or(Err(pending.take())) {
             Ok((handle, port)) => {
@@ -275,6 +290,20 @@ async fn run(
                 stop_instance(&agent, &definition, &service, index, &handle, "stopped").await;
                 agent.forget_instance(&id);
                 break;
+            }
+            Ending::Hold => {
+                stop_instance(
+                    &agent,
+                    &definition,
+                    &service,
+                    index,
+                    &handle,
+                    "stopped and held (a backup or restore)",
+                )
+                .await;
+                agent.forget_instance(&id);
+                backoff.reset();
+                continue;
             }
             Ending::Restart => {
                 stop_instance(
@@ -392,6 +421,22 @@ async fn back_off(
         &format!("{what} in {}", bow_spec::units::Duration(delay)),
     );
     wait_or_stop(delay, control).await
+}
+
+/// Waits until the slot's hold is lifted; true when a stop was requested meanwhile.
+async fn wait_while_held(control: &mut watch::Receiver<Control>) -> bool {
+    loop {
+        let current = *control.borrow_and_update();
+        if current.stop {
+            return true;
+        }
+        if !current.held {
+            return false;
+        }
+        if control.changed().await.is_err() {
+            return true;
+        }
+    }
 }
 
 /// Sleeps `delay`; true when a stop was requested meanwhile.
@@ -558,6 +603,9 @@ async fn watch_instance(
                 if changed.is_err() || current.stop {
                     return Ending::Stop;
                 }
+                if current.held {
+                    return Ending::Hold;
+                }
                 if current.restart_generation != *generation {
                     *generation = current.restart_generation;
                     return Ending::Restart;
@@ -605,92 +653,5 @@ pub(crate) fn context<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use bow_driver::DriverError;
-    use bow_driver::fake::{DriverCall, FakeProcessDriver, exited_with};
-
-    use crate::fake_world::FakeWorld;
-
-    const WORKER: &str = "project: p\nservices:\n  worker:\n    command: work --hard\n";
-
-    fn starts(world: &FakeWorld) -> usize {
-        world
-            .driver
-            .calls()
-            .iter()
-            .filter(|c| matches!(c, DriverCall::Start { .. }))
-            .count()
-    }
-
-    #[tokio::test]
-    async fn a_crashed_instance_is_started_again_through_its_driver() {
-        let world = FakeWorld::start(Arc::new(FakeProcessDriver::new())).await;
-        world.apply(WORKER);
-        world
-            .until("worker runs", |w| w.driver.running().len() == 1)
-            .await;
-        let first = world.driver.running()[0].clone();
-        assert_eq!(first.instance_id(), "worker.1");
-        world.driver.end(&first, exited_with(3));
-        world
-            .until("a new worker.1", |w| {
-                w.driver
-                    .running()
-                    .first()
-                    .is_some_and(|h| !h.same_as(&first))
-            })
-            .await;
-        assert_eq!(starts(&world), 2);
-        world
-            .until("restarted", |w| w.saw("worker.1", "restarted"))
-            .await;
-        let events = world.events();
-        assert!(
-            events.contains("worker.1 exited exited with code 3"),
-            "{events}"
-        );
-        assert!(
-            events.contains(&format!("worker.1 started {first} port ")),
-            "{events}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_start_the_driver_refuses_is_retried_after_a_backoff() {
-        let driver = Arc::new(FakeProcessDriver::new());
-        driver.fail_next_start(DriverError::CommandNotFound {
-            command: "work".into(),
-            path: "/bin".into(),
-        });
-        let world = FakeWorld::start(driver).await;
-        world.apply(WORKER);
-        world
-            .until("worker runs", |w| w.driver.running().len() == 1)
-            .await;
-        assert_eq!(starts(&world), 2);
-        assert!(world.saw("worker.1", "start-failed"), "{}", world.events());
-        assert!(world.saw("worker.1", "backoff"), "{}", world.events());
-    }
-
-    #[tokio::test]
-    async fn down_stops_every_instance_through_its_driver_then_cleans_up() {
-        let world = FakeWorld::start(Arc::new(FakeProcessDriver::new())).await;
-        world.apply(&WORKER.replace("work --hard", "work --hard\n    replicas: 2"));
-        world
-            .until("two workers run", |w| w.driver.running().len() == 2)
-            .await;
-        let mut stopped = world.agent.down().await;
-        stopped.sort();
-        assert_eq!(stopped, ["worker.1", "worker.2"]);
-        assert!(world.driver.running().is_empty());
-        let calls = world.driver.calls();
-        let stops = calls
-            .iter()
-            .filter(|c| matches!(c, DriverCall::Stop { .. }))
-            .count();
-        assert_eq!(stops, 2);
-        assert_eq!(calls.last(), Some(&DriverCall::CleanUp));
-    }
-}
+#[path = "supervisor_tests.rs"]
+mod tests;

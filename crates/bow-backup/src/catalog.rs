@@ -1,6 +1,7 @@
 //! The backups of one service in a store: `<prefix>/<project>-<env>/<service>/<id>/` holds
 //! `data.zst.age` (the data), `manifest.age` (written last: a backup without it is not
-//! complete) and `verify.age` (the last restore drill's result). All three are encrypted.
+//! complete) and `verify.age` (the last restore drill's result), and for volumes
+//! `files.zst.age` (the listing of the tar). All are encrypted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -65,7 +66,19 @@ pub struct Manifest {
     /// The cluster's system identifier: its archived WAL is under it.
     #[serde(default)]
     pub system_id: Option<u64>,
+    /// A volume backup's volumes: files and bytes of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeRecord>,
     pub bow_version: String,
+}
+
+/// One volume of a volume backup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub name: String,
+    pub files: u64,
+    /// Bytes of its files.
+    pub bytes: u64,
 }
 
 impl Manifest {
@@ -89,6 +102,7 @@ impl Manifest {
             timeline: None,
             start_wal: None,
             system_id: None,
+            volumes: Vec::new(),
             bow_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }

@@ -7,7 +7,7 @@
 //! objects without a manifest, which `list` never calls complete and the next successful run
 //! deletes. Memory stays flat whatever the size: data moves in 1 MiB chunks through bounded
 //! channels and a multipart upload of 8 MiB parts. PostgreSQL's part (dump, restore, the
-//! scratch cluster of a verify) is [`postgres`]. See docs/backups.md.
+//! scratch cluster of a verify) is [`postgres`]; volumes' (a tar with a listing) is [`volume`]. See docs/backups.md.
 
 pub mod catalog;
 mod error;
@@ -16,6 +16,7 @@ pub mod postgres;
 pub mod retention;
 pub mod store;
 pub mod stream;
+pub mod volume;
 
 pub use catalog::{Catalog, Entry, Manifest, ObjectRecord, Verification};
 pub use error::{BackupError, Result};

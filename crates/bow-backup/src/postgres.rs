@@ -299,6 +299,14 @@ impl Drop for GuardedStdin {
     }
 }
 
+/// Makes a child's stdin pipe hold 1 MiB instead of 64 KiB, so the writer and the tool
+/// reading it switch less often (best effort: a kernel that refuses keeps the default).
+pub(crate) fn enlarge_pipe(stdin: &ChildStdin) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a pipe descriptor this process owns; the result is only checked.
+    unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+}
+
 /// How a restore treats what is in the database already.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -350,6 +358,9 @@ pub async fn restore(
         .spawn()
         .map_err(|e| BackupError::io("cannot run pg_restore", e))?;
     let stderr = collect_stderr(&mut child);
+    if let Some(stdin) = &child.stdin {
+        enlarge_pipe(stdin);
+    }
     let sink = GuardedStdin {
         stdin: child.stdin.take(),
         pid: child.id() as i32,

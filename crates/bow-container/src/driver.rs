@@ -68,6 +68,9 @@ pub(crate) struct State {
     pub starts: HashMap<String, u64>,
     /// The uid and gid a container's user has (found when it was created).
     pub ids: HashMap<String, (u32, u32)>,
+    /// The container that just ended under each instance id, as inspected when its end was
+    /// seen: the restart that follows starts it again without listing and inspecting anew.
+    pub ended: HashMap<String, ContainerInspectResponse>,
 }
 
 /// The container driver of one scope.
@@ -173,6 +176,7 @@ impl ContainerDriver {
         let mut state = self.state();
         state.starts.remove(&handle.container_id);
         state.ids.remove(&handle.container_id);
+        state.ended.remove(&handle.instance_id);
         if let Some(exit) = &exit {
             state
                 .exits
@@ -272,7 +276,11 @@ impl ContainerDriver {
         // (the caller deals with it as an orphan); an ended one made from this very spec is
         // started again (what the engine's own restart policy does: no create); others are
         // removed.
-        for existing in self.containers(&docker, Some(&instance_id)).await? {
+        let existing_ones = match self.just_ended(&instance_id, &digest) {
+            Some(inspect) => vec![inspect],
+            None => self.containers(&docker, Some(&instance_id)).await?,
+        };
+        for existing in existing_ones {
             let running = existing
                 .state
                 .as_ref()
@@ -485,7 +493,13 @@ impl ContainerDriver {
         // How it ended is known now; its last output and its removal follow in the background
         // so that a restart does not wait for them.
         let exit = match docker.inspect_container(&handle.container_id, None).await {
-            Ok(inspect) => exit_of(&inspect),
+            Ok(inspect) => {
+                let exit = exit_of(&inspect);
+                self.state()
+                    .ended
+                    .insert(handle.instance_id.clone(), inspect);
+                exit
+            }
             Err(_) => None,
         };
         if let Some(exit) = &exit {

@@ -65,6 +65,20 @@ pub(crate) fn reusable(existing: &ContainerInspectResponse, digest: &str) -> boo
 }
 
 impl ContainerDriver {
+    /// Right after an exit the container that ended under `instance_id` is known, as inspected
+    /// then; made from the spec with `digest`, it is the one to start again: the restart needs
+    /// no list and inspect of the instance's containers.
+    pub(crate) fn just_ended(
+        &self,
+        instance_id: &str,
+        digest: &str,
+    ) -> Option<ContainerInspectResponse> {
+        self.state()
+            .ended
+            .remove(instance_id)
+            .filter(|inspect| reusable(inspect, digest))
+    }
+
     /// Starts `existing` again: its secrets delivered anew, its output followed again.
     pub(crate) async fn reuse(
         &self,
@@ -203,6 +217,9 @@ impl ContainerDriver {
             let mut state = self.state();
             state.starts.remove(&id);
             state.ids.remove(&id);
+            state
+                .ended
+                .retain(|_, inspect| inspect.id.as_deref() != Some(id.as_str()));
         }
     }
 }

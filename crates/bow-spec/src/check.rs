@@ -442,19 +442,26 @@ fn backups(spec: &Spec, root: &Node, reader: &mut Reader) {
                 .unwrap_or(root.span)
         };
         if !matches!(service.workload, Workload::Postgres(_)) {
-            let (message, hint) = if service.volumes.is_empty() {
-                (
-                    "nothing to back up: the service is not a postgres service and has no volumes",
-                    "add `volumes:` or move the backup to the database service",
-                )
-            } else {
-                (
-                    "backups of volumes are not available in this version: only postgres services are backed up",
-                    "copy the volume's data outside bow for now (`bow volume ls` shows where it is); remove `backup:` to go on",
-                )
-            };
-            reader.error(&path, span_of(None), message, Some(hint.to_string()));
-            continue;
+            if !service.volumes.iter().any(|v| !v.read_only) {
+                reader.error(
+                    &path,
+                    span_of(None),
+                    "nothing to back up: the service is not a postgres service and has no writable volumes",
+                    Some("add `volumes:` or move the backup to the database service".to_string()),
+                );
+                continue;
+            }
+            // A volume backup is a tar of the volumes: kind and pitr are PostgreSQL's.
+            for key in ["kind", "pitr"] {
+                if node_at(root, &["services", name.as_str(), "backup", key]).is_some() {
+                    reader.error(
+                        &join(&path, key),
+                        span_of(Some(key)),
+                        format!("`{key}` applies to postgres backups only: a service's volumes are backed up as a tar"),
+                        Some(format!("remove `{key}:`")),
+                    );
+                }
+            }
         }
         // pitr: true takes base backups; an explicit `kind: logical` beside it contradicts it.
         let kind_written = node_at(root, &["services", name.as_str(), "backup", "kind"]).is_some();

@@ -99,8 +99,17 @@ fn run(
         .arg(file)
         .arg("--state-dir")
         .arg(state_dir)
+        .env(crate::commands::backup::TRIGGER_VARIABLE, "scheduled")
         .stdin(Stdio::null())
         .output();
+    // A run records its own `backup` event (kind, size, duration, result); the scheduler
+    // records one only when the run could not: it did not start or was killed.
+    if action == "run"
+        && let Ok(output) = &output
+        && output.status.code().is_some()
+    {
+        return;
+    }
     let last_lines = |bytes: &[u8]| {
         let text = String::from_utf8_lossy(bytes);
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -332,16 +332,16 @@ pub(super) fn service(
         }
     }
     if let Some((n, p)) = fields.get("volumes")
-        && workload.is_some()
-        && !matches!(workload, Some(Workload::Container(_)))
+        && matches!(workload, Some(Workload::Postgres(_)))
     {
         reader.error(
             &p,
             n.blame(),
-            "`volumes` apply to container services only",
-            Some("a process service reads and writes its `dir` or any path its user may use; remove `volumes:`".to_string()),
+            "`volumes` do not apply to postgres services: bow keeps their data in its own volume",
+            Some("remove `volumes:`; `backup:` backs the database up".to_string()),
         );
     } else if let Some((n, p)) = fields.get("volumes") {
+        let process = matches!(workload, Some(Workload::Command(_)));
         for (position, item) in reader
             .list(n, &p, "volumes like data:/var/lib/app")
             .unwrap_or_default()
@@ -352,6 +352,12 @@ pub(super) fn service(
             if let Some(text) = reader.nonempty(item, &item_path, "a volume like data:/var/lib/app")
             {
                 match parse_volume(&text) {
+                    Ok(volume) if process => match process_volume_problem(&volume) {
+                        None => service.volumes.push(volume),
+                        Some((message, hint)) => {
+                            reader.error(&item_path, item.span, message, Some(hint.to_string()))
+                        }
+                    },
                     Ok(volume) => service.volumes.push(volume),
                     Err(message) => reader.error(
                         &item_path,
@@ -642,4 +648,44 @@ fn is_image_reference(image: &str) -> bool {
                         || (registry && (b.is_ascii_uppercase() || b == b':'))
                 })
         })
+}
+
+/// Directories a process service's volume may not be beyond [`super::values::SYSTEM_DIRS`]
+/// (bow creates the volume's directory and gives it to the service's user): the parents
+/// every service's own directories live in.
+const SHARED_DIRS: &[&str] = &["/media", "/mnt", "/opt", "/srv", "/home"];
+
+/// Why a volume cannot be a process service's (`name:/path` only: a directory of the host
+/// that bow creates and manages), with a hint.
+fn process_volume_problem(volume: &crate::schema::Volume) -> Option<(String, &'static str)> {
+    use crate::schema::VolumeSource;
+    if let VolumeSource::Path(path) = &volume.source {
+        return Some((
+            format!(
+                "a process service sees the host's files: the directory {path} needs no volume"
+            ),
+            "write name:/path for a directory bow creates, gives to the service's user and backs up, or use the directory as it is",
+        ));
+    }
+    if volume.read_only {
+        return Some((
+            "`:ro` applies to container volumes only: a process service's volume is its own data"
+                .to_string(),
+            "remove `:ro`",
+        ));
+    }
+    let target = volume.target.trim_end_matches('/');
+    if super::values::system_dir(&volume.target).is_some()
+        || SHARED_DIRS.contains(&target)
+        || target.split('/').any(|part| part == "..")
+    {
+        return Some((
+            format!(
+                "{:?} is a system directory: a process service's volume is a directory of its own, which bow creates and hands to the service's user",
+                volume.target
+            ),
+            "choose a directory of the service's own, like /srv/NAME or /var/lib/NAME",
+        ));
+    }
+    None
 }

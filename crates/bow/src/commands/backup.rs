@@ -1,5 +1,6 @@
-//! `bow backup run|list|restore|verify`: logical backups of postgres services, compressed and
-//! encrypted on this host, into a directory or an S3-compatible store (docs/backups.md).
+//! `bow backup run|list|restore|verify`: backups of postgres services (and, through
+//! `backup_volumes`, of services' volumes), compressed and encrypted on this host, into a
+//! directory or an S3-compatible store (docs/backups.md).
 //!
 //! `run` counts as done only once the backup has been restored into a scratch cluster and
 //! checked; retention runs after that, and never deletes the newest verified backup.
@@ -15,9 +16,11 @@ use bow_backup::postgres::{self, KIND_LOGICAL, Target as Into};
 use bow_backup::{Entry, Manifest, retention};
 
 use super::backup_pitr as pitr;
-use super::backup_target::{Target, services};
+use super::backup_target::{self as volumes, Store, Target, services};
+use super::backup_volumes;
 use crate::cli::{BackupCommand, Output, StackArgs};
 use crate::session::Session;
+use bow_agent::api::Request;
 
 pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -33,14 +36,49 @@ pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
             let session = Session::load(&stack.or(outer))?;
             let mut failed = 0;
             for name in services(&session, service.as_deref())? {
-                if let Err(error) = runtime.block_on(back_up(&session, &name, !no_verify)) {
-                    eprintln!("error: {name}: backup failed: {error:#}");
-                    record(&session.state_dir, &name, |r| {
-                        r.last_failure_ms = Some(now_ms());
-                        r.last_failure = Some(format!("{error:#}"));
-                        r.failures_total += 1;
-                    });
-                    failed += 1;
+                let began = std::time::Instant::now();
+                let result = if volumes::is_volume_service(&session, &name) {
+                    runtime.block_on(backup_volumes::back_up(&session, &name, !no_verify))
+                } else {
+                    runtime.block_on(back_up(&session, &name, !no_verify))
+                };
+                let took = began.elapsed().as_secs_f64();
+                let trigger = match std::env::var(TRIGGER_VARIABLE).as_deref() {
+                    Ok("scheduled") => "scheduled ",
+                    _ => "",
+                };
+                match result {
+                    Ok(manifest) => backup_event(
+                        &session,
+                        &name,
+                        format!(
+                            "{trigger}backup of {name} done in {took:.1} s: {} {}, {} stored{}",
+                            manifest.kind,
+                            manifest.id,
+                            bytes(manifest.size()),
+                            if no_verify {
+                                ", not verified"
+                            } else {
+                                ", verified"
+                            }
+                        ),
+                    ),
+                    Err(error) => {
+                        eprintln!("error: {name}: backup failed: {error:#}");
+                        record(&session.state_dir, &name, |r| {
+                            r.last_failure_ms = Some(now_ms());
+                            r.last_failure = Some(format!("{error:#}"));
+                            r.failures_total += 1;
+                        });
+                        backup_event(
+                            &session,
+                            &name,
+                            format!(
+                                "{trigger}backup of {name} FAILED after {took:.1} s: {error:#} — the previous backups are untouched"
+                            ),
+                        );
+                        failed += 1;
+                    }
                 }
             }
             Ok(if failed == 0 {
@@ -66,13 +104,14 @@ pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
         } => {
             let session = Session::load(&stack.or(outer))?;
             services(&session, Some(&service))?;
-            runtime.block_on(restore(
+            restore_one(
+                &runtime,
                 &session,
                 &service,
                 id.as_deref(),
                 to.as_deref(),
                 yes,
-            ))
+            )
         }
         BackupCommand::WalSpool {
             source,
@@ -108,8 +147,13 @@ pub fn run(command: BackupCommand, outer: &StackArgs) -> Result<ExitCode> {
             let session = Session::load(&stack.or(outer))?;
             let mut failed = 0;
             for name in services(&session, service.as_deref())? {
-                let target = Target::load(&session, &name)?;
-                match runtime.block_on(verify(&target, id.as_deref())) {
+                let verified = if volumes::is_volume_service(&session, &name) {
+                    runtime.block_on(backup_volumes::verify(&session, &name, id.as_deref()))
+                } else {
+                    Target::load(&session, &name)
+                        .and_then(|target| runtime.block_on(verify(&target, id.as_deref())))
+                };
+                match verified {
                     Ok(true) => {}
                     Ok(false) => failed += 1,
                     Err(error) => {
@@ -144,8 +188,7 @@ pub fn restore_all(args: &StackArgs, yes: bool) -> Result<ExitCode> {
         .build()?;
     let mut failed = 0;
     for name in &names {
-        if let Err(error) = runtime.block_on(restore(&session, name, None, None, true)) {
-            eprintln!("error: {name}: not restored: {error:#}");
+        if restore_one(&runtime, &session, name, None, None, true).is_err() {
             failed += 1;
         }
     }
@@ -154,6 +197,67 @@ pub fn restore_all(args: &StackArgs, yes: bool) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Set to `scheduled` by the agent's scheduler for the runs it starts (the event says so).
+pub const TRIGGER_VARIABLE: &str = "BOW_BACKUP_TRIGGER";
+
+/// Records a `backup` event in the agent (`bow events`, the dashboard); without an agent
+/// there is nowhere to record it and the terminal output is the record.
+fn backup_event(session: &Session, service: &str, message: String) {
+    let request = Request::BackupEvent {
+        service: service.to_string(),
+        message,
+    };
+    if let Err(error) = session.call(&request, Duration::from_secs(10)) {
+        eprintln!("warning: {service}: the backup event was not recorded: {error:#}");
+    }
+}
+
+/// A restore of one service (volumes or database), recorded as a `backup` event; `Err` when
+/// it failed (said on stderr already).
+fn restore_one(
+    runtime: &tokio::runtime::Runtime,
+    session: &Session,
+    service: &str,
+    id: Option<&str>,
+    to: Option<&str>,
+    yes: bool,
+) -> Result<ExitCode> {
+    let began = std::time::Instant::now();
+    let result = if volumes::is_volume_service(session, service) {
+        if to.is_some() {
+            Err(anyhow!(
+                "{service}: --to is for point-in-time recovery of postgres services; a volume backup is restored as it was taken"
+            ))
+        } else {
+            runtime.block_on(backup_volumes::restore(session, service, id, yes))
+        }
+    } else {
+        runtime.block_on(restore(session, service, id, to, yes))
+    };
+    let took = began.elapsed().as_secs_f64();
+    match &result {
+        Ok(code) if *code == ExitCode::SUCCESS => backup_event(
+            session,
+            service,
+            format!(
+                "restore of {service} done in {took:.1} s: backup {}{}",
+                id.unwrap_or("newest good"),
+                to.map(|t| format!(" to {t}")).unwrap_or_default()
+            ),
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            eprintln!("error: {service}: not restored: {error:#}");
+            backup_event(
+                session,
+                service,
+                format!("restore of {service} FAILED after {took:.1} s: {error:#}"),
+            );
+        }
+    }
+    result
 }
 
 /// Asks `question` on a terminal; without one, `yes` must be given.
@@ -175,7 +279,7 @@ pub(super) fn confirm(question: &str, yes: bool) -> Result<bool> {
     Ok(true)
 }
 
-async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()> {
+async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<Manifest> {
     let target = Target::load(session, service)?;
     let server = target.server(session)?;
     let started = bow_backup::now_rfc3339();
@@ -212,7 +316,7 @@ async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()
     );
     if !verify_it {
         println!("{service}: not verified (--no-verify): retention waits for a verified backup");
-        return Ok(());
+        return Ok(manifest);
     }
     if !verify_one(&target, &manifest).await? {
         bail!("backup {id} did not pass its restore drill; nothing was deleted");
@@ -237,7 +341,7 @@ async fn back_up(session: &Session, service: &str, verify_it: bool) -> Result<()
             );
         }
     }
-    Ok(())
+    Ok(manifest)
 }
 
 /// Runs a restore drill of `manifest` and records it; whether it passed.
@@ -295,7 +399,7 @@ async fn verify(target: &Target, id: Option<&str>) -> Result<bool> {
 
 /// The backup `id`, or the newest complete one (skipping ones whose drill failed when
 /// `restoring`).
-fn pick<'e>(
+pub(super) fn pick<'e>(
     entries: &'e [Entry],
     id: Option<&str>,
     service: &str,
@@ -346,8 +450,15 @@ async fn restore(
     let base = chosen
         .and_then(|e| e.manifest.as_ref())
         .is_none_or(|m| m.kind == KIND_BASE);
+    let (stop, start) = backup_volumes::dependants(session, service);
     if base {
-        return pitr::restore(&target, &server, &entries, id, to, yes).await;
+        return backup_volumes::while_held(
+            session,
+            &stop,
+            &start,
+            pitr::restore(&target, &server, &entries, id, to, yes),
+        )
+        .await;
     }
     let entry = chosen.expect("a logical backup");
     let manifest = entry.manifest.as_ref().expect("complete");
@@ -359,30 +470,41 @@ async fn restore(
         );
     }
     let question = format!(
-        "replace database {} of {service} with backup {} ({})?",
+        "replace database {} of {service} with backup {} ({}){}?",
         target.postgres.database,
         manifest.id,
-        age(&manifest.finished)
+        age(&manifest.finished),
+        if stop.is_empty() {
+            String::new()
+        } else {
+            format!("; {} will be stopped meanwhile", stop.join(", "))
+        }
     );
     if !confirm(&question, yes)? {
         return Ok(ExitCode::from(1));
     }
-    postgres::restore(
-        &target.catalog,
-        target.identity.clone(),
-        manifest,
-        &server,
-        Into::Live,
-    )
+    let began = std::time::Instant::now();
+    backup_volumes::while_held(session, &stop, &start, async {
+        Ok(postgres::restore(
+            &target.catalog,
+            target.identity.clone(),
+            manifest,
+            &server,
+            Into::Live,
+        )
+        .await?)
+    })
     .await?;
+    let restored_in = began.elapsed();
     let counts = server.row_counts()?;
+    let counted_in = began.elapsed() - restored_in;
     let same = manifest
         .row_counts
         .iter()
         .all(|(t, n)| counts.get(t) == Some(n));
     let rows: u64 = manifest.row_counts.values().sum();
     println!(
-        "{service}: restored backup {} into database {}: {} tables, {rows} rows{}",
+        "{service}: restored backup {} into database {}: {} tables, {rows} rows{} (restored in {:.1} s, rows counted in {:.1} s)",
         manifest.id,
         target.postgres.database,
         manifest.row_counts.len(),
@@ -390,7 +512,9 @@ async fn restore(
             ", as backed up"
         } else {
             " (some tables changed since: sessions kept writing)"
-        }
+        },
+        restored_in.as_secs_f64(),
+        counted_in.as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -398,9 +522,9 @@ async fn restore(
 async fn list(session: &Session, only: Option<&str>, output: Output) -> Result<ExitCode> {
     let mut rows = Vec::new();
     for service in services(session, only)? {
-        let target = Target::load(session, &service)?;
-        for entry in target.catalog.list(&target.identity).await? {
-            rows.push((service.clone(), target.place.clone(), entry));
+        let store = Store::open(session, &service)?;
+        for entry in store.catalog.list(&store.identity).await? {
+            rows.push((service.clone(), store.place.clone(), entry));
         }
     }
     match output {
@@ -421,6 +545,8 @@ async fn list(session: &Session, only: Option<&str>, output: Output) -> Result<E
                         "plain_size": m.map(|m| m.objects.iter().map(|o| o.plain_size).sum::<u64>()),
                         "duration_ms": m.map(|m| m.duration_ms),
                         "row_counts": m.map(|m| m.row_counts.clone()),
+                        "volumes": m.map(|m| m.volumes.clone()),
+                        "files": m.map(|m| m.volumes.iter().map(|v| v.files).sum::<u64>()),
                         "start_lsn": m.and_then(|m| m.start_lsn.clone()),
                         "end_lsn": m.and_then(|m| m.end_lsn.clone()),
                         "timeline": m.and_then(|m| m.timeline),
@@ -439,6 +565,11 @@ async fn list(session: &Session, only: Option<&str>, output: Output) -> Result<E
             );
             for (service, _, e) in &rows {
                 let (age_text, size, rows) = match &e.manifest {
+                    Some(m) if !m.volumes.is_empty() => (
+                        age(&m.finished),
+                        bytes(m.size()),
+                        format!("{} files", m.volumes.iter().map(|v| v.files).sum::<u64>()),
+                    ),
                     Some(m) => (
                         age(&m.finished),
                         bytes(m.size()),
@@ -463,7 +594,7 @@ async fn list(session: &Session, only: Option<&str>, output: Output) -> Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -471,7 +602,7 @@ fn now_ms() -> i64 {
 
 /// Updates the service's backup record (metrics, alerts, `bow status`); a record that cannot
 /// be written is a warning, not a failed backup.
-fn record(
+pub(super) fn record(
     state_dir: &std::path::Path,
     service: &str,
     change: impl FnOnce(&mut bow_agent::backup_state::BackupRecord),
@@ -482,7 +613,7 @@ fn record(
 }
 
 /// How long ago an RFC 3339 time was, coarsely (`3m`, `2h`, `5d`).
-fn age(rfc3339: &str) -> String {
+pub(super) fn age(rfc3339: &str) -> String {
     let Ok(then) = humantime::parse_rfc3339_weak(rfc3339) else {
         return "?".into();
     };
@@ -498,7 +629,7 @@ fn age(rfc3339: &str) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     match n {
         0..1024 => format!("{n} B"),
         1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),

@@ -1,6 +1,6 @@
 //! What a backup command needs for one service, gathered once: its `backup:` section, the
-//! store it names (credentials from bow secrets), the age key and recipients, and the running
-//! server's socket and superuser.
+//! store it names (credentials from bow secrets), the age key and recipients ([`Store`]), and
+//! for postgres the running server's socket and superuser ([`Target`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,7 +55,7 @@ pub fn services(session: &Session, only: Option<&str>) -> Result<Vec<String>> {
             list(&with_backup)
         ),
         None if with_backup.is_empty() => bail!(
-            "no service in {} has `backup:`; add `backup: {{ to: /var/backups/NAME }}` to a postgres service",
+            "no service in {} has `backup:`; add `backup: {{ to: /var/backups/NAME }}` to a postgres service or one with volumes",
             session.file.display()
         ),
         None => Ok(with_backup),
@@ -70,13 +70,28 @@ fn list(names: &[String]) -> String {
     }
 }
 
-impl Target {
-    pub fn load(session: &Session, service: &str) -> Result<Target> {
+/// Where a service's backups are and the keys to them.
+pub struct Store {
+    pub catalog: Catalog,
+    /// Where the backups are, for messages (`s3://bucket/prefix`, a directory).
+    pub place: String,
+    pub identity: Arc<bow_backup::Identity>,
+    pub recipients: Arc<Vec<bow_backup::Recipient>>,
+}
+
+/// Whether `service` is backed up as volumes (every service with `backup:` but postgres).
+pub fn is_volume_service(session: &Session, service: &str) -> bool {
+    !matches!(
+        session.spec.services[service].workload,
+        Workload::Postgres(_)
+    )
+}
+
+impl Store {
+    /// The store `backup:` of `service` names, its credentials from bow secrets, the age key.
+    pub fn open(session: &Session, service: &str) -> Result<Store> {
         let definition = &session.spec.services[service];
         let backup = definition.backup.clone().expect("a service with backup:");
-        let Workload::Postgres(postgres) = &definition.workload else {
-            bail!("{service}: only postgres services are backed up in this version");
-        };
         let source = crate::secret_store::source(session).ok_or_else(|| {
             anyhow!(
                 "no key for the secrets of {}: backups are encrypted to it",
@@ -124,6 +139,28 @@ impl Target {
             &session.spec.environment,
             service,
         );
+        Ok(Store {
+            catalog,
+            place: to,
+            identity: Arc::new(key.identity),
+            recipients: Arc::new(recipients),
+        })
+    }
+}
+
+impl Target {
+    pub fn load(session: &Session, service: &str) -> Result<Target> {
+        let definition = &session.spec.services[service];
+        let backup = definition.backup.clone().expect("a service with backup:");
+        let Workload::Postgres(postgres) = &definition.workload else {
+            bail!("{service}: not a postgres service: its volumes are backed up as a tar");
+        };
+        let Store {
+            catalog,
+            place,
+            identity,
+            recipients,
+        } = Store::open(session, service)?;
         let (superuser, ids) = if crate::stack::is_root() {
             let name = definition
                 .user
@@ -138,12 +175,12 @@ impl Target {
         };
         Ok(Target {
             service: service.to_string(),
-            place: to,
+            place,
             postgres: postgres.clone(),
             backup,
             catalog,
-            identity: Arc::new(key.identity),
-            recipients: Arc::new(recipients),
+            identity,
+            recipients,
             bin: bow_agent::postgres::bin_dir(postgres.version),
             volume: bow_agent::postgres::volumes_dir(&session.state_dir).join(service),
             superuser,

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod backup;
 mod backup_pitr;
 mod backup_target;
+mod backup_volumes;
 pub mod certs;
 pub mod chaos;
 pub mod chaos_agent;
