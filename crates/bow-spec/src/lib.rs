@@ -13,6 +13,7 @@ mod interp;
 mod reader;
 pub mod sandbox;
 pub mod schema;
+mod schema_hosts;
 mod schema_ops;
 pub mod units;
 pub mod yaml;

@@ -7,6 +7,7 @@
 mod admin;
 mod alerts;
 mod edge;
+mod hosts;
 mod parts;
 mod registries;
 mod route;
@@ -14,6 +15,7 @@ mod sandbox;
 mod service;
 mod values;
 
+pub(crate) use hosts::check as check_placement;
 pub use values::{SYSTEM_DIRS, is_secret_name, parse_rate, parse_route, parse_volume, system_dir};
 
 use edge::{default_edge, edge};
@@ -37,7 +39,12 @@ pub const TOP_KEYS: &[&str] = &[
     "registries",
     "admin",
     "alerts",
+    "hosts",
 ];
+pub const HOSTS_KEYS: &[&str] = &["etcd", "members"];
+pub const HOST_KEYS: &[&str] = &["address", "roles", "capacity"];
+pub const CAPACITY_KEYS: &[&str] = &["cpu", "memory"];
+pub const PLACEMENT_KEYS: &[&str] = &["roles", "spread", "singleton"];
 pub const ADMIN_KEYS: &[&str] = &["listen", "token_secret"];
 pub const ALERTS_KEYS: &[&str] = &[
     "webhook",
@@ -94,6 +101,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "container_port",
     "working_dir",
     "tcp",
+    "placement",
 ];
 pub const TCP_KEYS: &[&str] = &["port"];
 pub const ROUTE_KEYS: &[&str] = &["host", "path", "auth", "limits"];
@@ -182,6 +190,10 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         PYTHON_KEYS,
         SANDBOX_KEYS,
         SYSCALLS_KEYS,
+        HOSTS_KEYS,
+        HOST_KEYS,
+        CAPACITY_KEYS,
+        PLACEMENT_KEYS,
     ]
     .into_iter()
     .flatten()
@@ -293,7 +305,11 @@ pub fn spec(
     let alerts = top
         .get("alerts")
         .and_then(|(node, path)| alerts::alerts(node, &path, reader));
+    let hosts = top
+        .get("hosts")
+        .and_then(|(node, path)| hosts::hosts(node, &path, reader));
     Some(Spec {
+        hosts,
         admin,
         alerts,
         chaos,

@@ -51,6 +51,7 @@ pub(super) fn service(
         secret_digests: BTreeMap::new(),
         sandbox: Default::default(),
         tcp: None,
+        placement: Placement::default(),
     };
     if let Some((n, p)) = fields.get("dir") {
         if workload.is_some() && !is_command {
@@ -345,6 +346,9 @@ pub(super) fn service(
                 }
             }
         }
+    }
+    if let Some((n, p)) = fields.get("placement") {
+        service.placement = super::hosts::placement(n, &p, reader);
     }
     if let Some((n, p)) = fields.get("backup") {
         service.backup = backup(n, &p, reader);
