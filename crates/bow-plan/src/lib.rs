@@ -230,6 +230,34 @@ mod tests {
     }
 
     #[test]
+    fn a_placement_change_is_a_move_unless_the_release_is_replaced() {
+        let load = |fields: &str| {
+            bow_spec::load(
+                &format!("project: p\nservices:\n  a:\n    command: run\n{fields}"),
+                &Default::default(),
+            )
+            .unwrap()
+        };
+        let before = load("");
+        let moved = load("    placement: { spread: true }\n");
+        let plan = plan(&moved, Some(&before));
+        assert_eq!(plan.diff.to_change[0].class, ChangeClass::Move);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Move {
+                service: "a".into()
+            }]
+        );
+        let replaced = load("    placement: { spread: true }\n    env: { A: '1' }\n");
+        let plan = super::plan(&replaced, Some(&before));
+        assert_eq!(plan.diff.to_change[0].class, ChangeClass::Replace);
+        assert!(matches!(&plan.actions[..], [Action::Replace { .. }]));
+        assert!(
+            ChangeClass::InPlace < ChangeClass::Move && ChangeClass::Move < ChangeClass::Replace
+        );
+    }
+
+    #[test]
     fn identical_specs_plan_nothing() {
         let spec = bow_spec::load(
             "project: p\nservices:\n  a: {command: run}\n",

@@ -377,6 +377,13 @@ mod tests {
             DeployStrategy::of(&routes, Some(&base)),
             DeployStrategy::InPlace
         );
+        // Where instances may run moves them between hosts; on one host nothing restarts.
+        let mut placed = base.clone();
+        placed.placement.roles = vec!["worker".into()];
+        assert_eq!(
+            DeployStrategy::of(&placed, Some(&base)),
+            DeployStrategy::InPlace
+        );
     }
 
     #[test]
