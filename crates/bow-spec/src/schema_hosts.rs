@@ -72,3 +72,31 @@ impl Placement {
         self == &Placement::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{LoadOptions, Spec, load};
+
+    #[test]
+    fn hosts_and_placement_survive_the_recorded_form() {
+        let text = "project: p\nhosts:\n  etcd: [https://10.0.0.1:2379]\n  members:\n    a: { address: 10.0.0.11, roles: [worker], capacity: { cpu: 2.5, memory: 4G } }\n    b: { address: b.internal }\nservices:\n  web:\n    command: run\n    placement: { roles: [worker], spread: true }\n";
+        let spec = load(text, &LoadOptions::default()).expect("valid");
+        let json = serde_json::to_string(&spec).expect("serialise");
+        let back: Spec = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, spec);
+        let hosts = spec.hosts.as_ref().expect("hosts");
+        assert_eq!(hosts.members["a"].capacity.cpu, Some(2.5));
+        assert!(hosts.members["b"].capacity.is_unlimited());
+        // Specs recorded before the keys existed read back with the defaults.
+        let plain = load(
+            "project: p\nservices:\n  web: {command: run}\n",
+            &LoadOptions::default(),
+        )
+        .expect("valid");
+        let json = serde_json::to_string(&plain).expect("serialise");
+        assert!(
+            !json.contains("placement") && !json.contains("hosts"),
+            "{json}"
+        );
+    }
+}
