@@ -181,6 +181,33 @@ fn config_shows_the_environment_overrides() {
 }
 
 #[test]
+fn config_shows_hosts_and_placement_where_the_environment_has_them() {
+    let file = "tests/fixtures/good/hosts.yaml";
+    let (code, stdout, stderr) =
+        support::run(bow().args(["config", "-f", file, "-e", "production"]));
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "- https://10.0.0.2:2379",
+        "address: web2.internal",
+        "memory: 32G",
+        "singleton: true",
+        "spread: true",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    let (_, json, _) = support::run(bow().args(["config", "-f", file, "--output", "json"]));
+    let config: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    // Development runs on this host alone: no hosts, the placement kept as written.
+    assert!(config.get("hosts").is_none(), "{json}");
+    assert_eq!(config["services"]["web"]["placement"]["roles"][0], "worker");
+    let (_, json, _) =
+        support::run(bow().args(["config", "-f", file, "-e", "production", "--output", "json"]));
+    let config: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(config["hosts"]["members"]["db1"]["capacity"]["cpu"], 4.0);
+    assert_eq!(config["hosts"]["members"]["db1"]["roles"][0], "data");
+}
+
+#[test]
 fn config_keeps_secret_references_as_references() {
     let (code, stdout, stderr) = support::run(bow().args([
         "config",

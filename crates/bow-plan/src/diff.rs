@@ -33,6 +33,8 @@ pub(crate) fn explicit_service_class(field: &str) -> Option<ChangeClass> {
         }
         // A permission checked by validation: what runs (`user`) is classed by itself.
         "allow_root" => ChangeClass::InPlace,
+        // Where it may run: instances that no longer fit their host move, the others stay.
+        "placement" => ChangeClass::Move,
         _ => return None,
     })
 }
@@ -112,6 +114,20 @@ pub fn diff(desired: &Spec, recorded: Option<&Spec>) -> Diff {
                     None,
                 )
             },
+        );
+    }
+    let no_hosts = serde_json::json!({"members": {}});
+    let hosts_of = |spec: Option<&Spec>| {
+        spec.and_then(|s| s.hosts.as_ref())
+            .map_or_else(|| no_hosts.clone(), to_value)
+    };
+    if recorded.is_some() {
+        compare(
+            "hosts",
+            Some(&hosts_of(recorded)),
+            Some(&hosts_of(Some(desired))),
+            &mut diff.hosts,
+            &|_| (ChangeClass::Move, None),
         );
     }
     diff
@@ -273,6 +289,13 @@ pub fn actions(desired: &Spec, recorded: Option<&Spec>, diff: &Diff) -> Vec<Acti
                 });
             }
         }
+        if change.class != ChangeClass::Replace
+            && change.fields.iter().any(|f| f.class == ChangeClass::Move)
+        {
+            actions.push(Action::Move {
+                service: name.clone(),
+            });
+        }
         if change
             .fields
             .iter()
@@ -300,6 +323,15 @@ pub fn actions(desired: &Spec, recorded: Option<&Spec>, diff: &Diff) -> Vec<Acti
             .collect();
         fields.dedup();
         actions.push(Action::Edge { fields });
+    }
+    if !diff.hosts.is_empty() {
+        let mut fields: Vec<String> = diff
+            .hosts
+            .iter()
+            .map(|f| f.path.splitn(4, '.').take(3).collect::<Vec<_>>().join("."))
+            .collect();
+        fields.dedup();
+        actions.push(Action::Hosts { fields });
     }
     actions
 }

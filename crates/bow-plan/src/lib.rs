@@ -27,6 +27,10 @@ pub enum ChangeClass {
     /// The agent updates its own view (scale, health checks, deploy settings); running
     /// instances keep running.
     InPlace,
+    /// Where instances may run changed (`placement:`, `hosts:`): the ones on a host that
+    /// no longer fits start on one that does, then stop where they ran; the others keep
+    /// running. Nothing restarts on one host.
+    Move,
     /// New instances with the new release replace the old ones (rolling or blue-green).
     Replace,
 }
@@ -36,6 +40,7 @@ impl ChangeClass {
         match self {
             ChangeClass::EdgeOnly => "edge-only",
             ChangeClass::InPlace => "in-place",
+            ChangeClass::Move => "move",
             ChangeClass::Replace => "replace",
         }
     }
@@ -96,6 +101,9 @@ pub struct Diff {
     pub to_remove: Vec<ServiceRemove>,
     /// Changes to `edge:` settings.
     pub edge: Vec<FieldChange>,
+    /// Changes to `hosts:` (members, roles, capacity, etcd): placement runs again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<FieldChange>,
 }
 
 impl Diff {
@@ -104,6 +112,7 @@ impl Diff {
             && self.to_change.is_empty()
             && self.to_remove.is_empty()
             && self.edge.is_empty()
+            && self.hosts.is_empty()
     }
 }
 
@@ -122,12 +131,17 @@ pub enum Action {
     },
     /// Add or remove instances without replacing the others.
     Scale { service: String, from: u32, to: u32 },
+    /// Run the instances that no longer fit the service's placement on hosts that do (start
+    /// there, then stop where they ran); the others keep running.
+    Move { service: String },
     /// Update the edge's route table for a service.
     Routes { service: String },
     /// Stop a service's instances and forget it.
     Remove { service: String },
     /// Apply new edge settings.
     Edge { fields: Vec<String> },
+    /// Place the instances again on the changed hosts (`hosts.members.db1.roles`).
+    Hosts { fields: Vec<String> },
 }
 
 /// Everything `apply` would do, in order.
@@ -252,6 +266,34 @@ mod tests {
             .insert("both".into(), "new".into());
         let plan = super::plan(&changed, Some(&before));
         assert_eq!(plan.diff.to_change[0].class, ChangeClass::Replace, "{plan}");
+    }
+
+    #[test]
+    fn a_placement_change_is_a_move_unless_the_release_is_replaced() {
+        let load = |fields: &str| {
+            bow_spec::load(
+                &format!("project: p\nservices:\n  a:\n    command: run\n{fields}"),
+                &Default::default(),
+            )
+            .unwrap()
+        };
+        let before = load("");
+        let moved = load("    placement: { spread: true }\n");
+        let plan = plan(&moved, Some(&before));
+        assert_eq!(plan.diff.to_change[0].class, ChangeClass::Move);
+        assert_eq!(
+            plan.actions,
+            vec![Action::Move {
+                service: "a".into()
+            }]
+        );
+        let replaced = load("    placement: { spread: true }\n    env: { A: '1' }\n");
+        let plan = super::plan(&replaced, Some(&before));
+        assert_eq!(plan.diff.to_change[0].class, ChangeClass::Replace);
+        assert!(matches!(&plan.actions[..], [Action::Replace { .. }]));
+        assert!(
+            ChangeClass::InPlace < ChangeClass::Move && ChangeClass::Move < ChangeClass::Replace
+        );
     }
 
     #[test]

@@ -124,6 +124,12 @@ impl fmt::Display for Plan {
                 field_line(f, field)?;
             }
         }
+        if !self.diff.hosts.is_empty() {
+            writeln!(f, "~ hosts  (move)")?;
+            for field in &self.diff.hosts {
+                field_line(f, field)?;
+            }
+        }
         writeln!(f, "\nsteps:")?;
         for (position, action) in self.actions.iter().enumerate() {
             let text = match action {
@@ -139,9 +145,16 @@ impl fmt::Display for Plan {
                 Action::Scale { service, from, to } => {
                     format!("scale {service} from {from} to {to}")
                 }
+                Action::Move { service } => format!(
+                    "move the instances of {service} that no longer fit its placement (the others keep running)"
+                ),
                 Action::Routes { service } => format!("update the edge routes of {service}"),
                 Action::Remove { service } => format!("stop and remove {service}"),
                 Action::Edge { fields } => format!("apply edge settings: {}", fields.join(", ")),
+                Action::Hosts { fields } => format!(
+                    "place instances again on the changed hosts ({}): only those that no longer fit move",
+                    fields.join(", ")
+                ),
             };
             writeln!(f, "  {}. {text}", position + 1)?;
         }
@@ -149,7 +162,9 @@ impl fmt::Display for Plan {
             f,
             "\n{} to add, {} to change, {} to remove",
             self.diff.to_add.len(),
-            self.diff.to_change.len() + usize::from(!self.diff.edge.is_empty()),
+            self.diff.to_change.len()
+                + usize::from(!self.diff.edge.is_empty())
+                + usize::from(!self.diff.hosts.is_empty()),
             self.diff.to_remove.len()
         )
     }

@@ -60,8 +60,9 @@
 //!
 //! Where the next pieces plug in: a container driver is chosen by the executor for
 //! `Start`/`Stop`/`Adopt` of an `image:` workload and reports the same observations; the
-//! core does not change. Several hosts: an [`AssignmentSource`] that reads what a placement
-//! leader wrote (etcd) replaces [`LocalAssignments`], and the endpoints this core publishes
+//! core does not change. Several hosts: [`PlacedAssignments`] (this host's share of what the
+//! pure placement function `bow_place::place` decided, later read from what the placement
+//! leader wrote to etcd) replaces [`LocalAssignments`], and the endpoints this core publishes
 //! (with the driver's addresses, never assumed to be 127.0.0.1) are written where every
 //! host's edge reads them.
 
@@ -105,7 +106,7 @@ pub use crate::core::{Core, Refused};
 pub use crate::effect::{Effect, Event, EventKind, StopReason, Timer};
 pub use crate::model::{
     Assignment, AssignmentSource, DeployFailure, DeployStrategy, Desired, Endpoint, ExitInfo,
-    Health, InstanceKey, InstanceView, Listed, LocalAssignments, Millis, Phase, Process,
-    ReleaseRecord, ReleaseStatus, ServiceProgress,
+    Health, InstanceKey, InstanceView, Listed, LocalAssignments, Millis, Phase, PlacedAssignments,
+    Process, ReleaseRecord, ReleaseStatus, ServiceProgress,
 };
 pub use crate::observe::Observation;

@@ -90,6 +90,26 @@ impl AssignmentSource for LocalAssignments {
     }
 }
 
+/// What a placement decided for every host (`bow_place::place`'s assignments), of which this
+/// host runs its own: the seam a leader's assignments (etcd) come through. Each assignment
+/// carries its release and definition, so a host runs what it was given, not what it
+/// guesses; a service with no assignment here runs no instance here.
+#[derive(Debug, Clone)]
+pub struct PlacedAssignments {
+    pub host: String,
+    pub placed: Vec<Assignment>,
+}
+
+impl AssignmentSource for PlacedAssignments {
+    fn assignments(&self, desired: Desired<'_>) -> Vec<Assignment> {
+        self.placed
+            .iter()
+            .filter(|a| a.host == self.host && desired.spec.services.contains_key(&a.service))
+            .cloned()
+            .collect()
+    }
+}
+
 /// A healthy, routable instance the edge and discovery may send traffic to. The address is
 /// whatever the driver reported (a loopback address today, a host's address later).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -357,6 +377,51 @@ mod tests {
             DeployStrategy::of(&routes, Some(&base)),
             DeployStrategy::InPlace
         );
+        // Where instances may run moves them between hosts; on one host nothing restarts.
+        let mut placed = base.clone();
+        placed.placement.roles = vec!["worker".into()];
+        assert_eq!(
+            DeployStrategy::of(&placed, Some(&base)),
+            DeployStrategy::InPlace
+        );
+    }
+
+    #[test]
+    fn placed_assignments_give_this_host_its_own_slots_only() {
+        let text = "project: p\nservices:\n  web:\n    command: run\n    replicas: 3\n";
+        let spec = bow_spec::load(text, &bow_spec::LoadOptions::default()).expect("valid");
+        let targets = BTreeMap::from([("web".to_string(), 2)]);
+        let definition = Arc::new(spec.services["web"].clone());
+        let at = |slot: u32, host: &str, service: &str| Assignment {
+            service: service.into(),
+            slot,
+            release: 2,
+            definition: definition.clone(),
+            host: host.into(),
+        };
+        let placed = vec![
+            at(1, "a", "web"),
+            at(2, "b", "web"),
+            at(3, "a", "web"),
+            at(1, "a", "gone"),
+        ];
+        let desired = Desired {
+            spec: &spec,
+            targets: &targets,
+        };
+        let mine = |host: &str| -> Vec<(String, u32)> {
+            PlacedAssignments {
+                host: host.into(),
+                placed: placed.clone(),
+            }
+            .assignments(desired)
+            .into_iter()
+            .map(|a| (a.host, a.slot))
+            .collect()
+        };
+        assert_eq!(mine("a"), [("a".into(), 1), ("a".into(), 3)]);
+        assert_eq!(mine("b"), [("b".into(), 2)]);
+        assert!(mine("c").is_empty());
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub fn spec(spec: &Spec, root: &Node, reader: &mut Reader) {
     replica_names(spec, root, reader);
     backups(spec, root, reader);
     not_available(root, reader);
+    crate::decode::check_placement(spec, root, reader);
 }
 
 /// Refuses the sections this version decodes but cannot run, one diagnostic per use. Each

@@ -11,7 +11,9 @@ use crate::yaml::{Node, NodeKind};
 pub const DEFAULT_ENVIRONMENT: &str = "development";
 
 /// The keys an environment overlay may hold.
-pub const OVERLAY_KEYS: &[&str] = &["vars", "edge", "services", "chaos", "admin", "alerts"];
+pub const OVERLAY_KEYS: &[&str] = &[
+    "vars", "edge", "services", "chaos", "admin", "alerts", "hosts",
+];
 
 /// The environments the file declares (plus `development`), each with the span of its key.
 pub fn declared(root: &Node, reader: &mut Reader) -> Vec<(String, Span)> {
@@ -30,7 +32,7 @@ pub fn declared(root: &Node, reader: &mut Reader) -> Vec<(String, Span)> {
             reader.fields(
                 value,
                 &path,
-                "a mapping with vars, edge, services, chaos, admin or alerts",
+                "a mapping with vars, edge, services, chaos, admin, alerts or hosts",
                 OVERLAY_KEYS,
             );
             names.push((name, key.span));

@@ -13,6 +13,7 @@ mod interp;
 mod reader;
 pub mod sandbox;
 pub mod schema;
+mod schema_hosts;
 mod schema_ops;
 mod schema_route;
 pub mod units;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::Sandbox;
 use crate::units::{Duration, Size};
 
+pub use crate::schema_hosts::{Capacity, HostMember, Hosts, Placement};
 pub use crate::schema_ops::{Admin, AlertRule, Alerts, Otlp};
 pub use crate::schema_route::{ForwardAuth, OidcAuth, Rate, Route, RouteAuth, RouteLimits};
 
@@ -36,6 +37,9 @@ pub struct Spec {
     /// Where the agent's built-in alert rules post (docs/alerts.md), when `alerts:` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Alerts>,
+    /// The hosts the environment runs on (`None`: one implicit host, this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<Hosts>,
 }
 
 /// How bow logs in to a registry to pull images: a user and the bow secret holding the
@@ -208,6 +212,9 @@ pub struct Service {
     /// A raw TCP port the edge host passes to the service's healthy instances.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpRoute>,
+    /// Where its instances may run when there are several hosts.
+    #[serde(default, skip_serializing_if = "Placement::is_default")]
+    pub placement: Placement,
 }
 
 /// `tcp: {port}`: connections to this port of the host (every address) go to the service's

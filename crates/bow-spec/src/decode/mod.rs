@@ -7,6 +7,7 @@
 mod admin;
 mod alerts;
 mod edge;
+mod hosts;
 mod parts;
 mod proxy;
 mod registries;
@@ -15,6 +16,7 @@ mod sandbox;
 mod service;
 mod values;
 
+pub(crate) use hosts::check as check_placement;
 pub use proxy::check_url as check_proxy_url;
 pub use values::{SYSTEM_DIRS, is_secret_name, parse_rate, parse_route, parse_volume, system_dir};
 
@@ -39,7 +41,12 @@ pub const TOP_KEYS: &[&str] = &[
     "registries",
     "admin",
     "alerts",
+    "hosts",
 ];
+pub const HOSTS_KEYS: &[&str] = &["etcd", "members"];
+pub const HOST_KEYS: &[&str] = &["address", "roles", "capacity"];
+pub const CAPACITY_KEYS: &[&str] = &["cpu", "memory"];
+pub const PLACEMENT_KEYS: &[&str] = &["roles", "spread", "singleton"];
 pub const ADMIN_KEYS: &[&str] = &["listen", "token_secret"];
 pub const ALERTS_KEYS: &[&str] = &[
     "webhook",
@@ -97,6 +104,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "working_dir",
     "tcp",
     "proxy",
+    "placement",
 ];
 pub const PROXY_KEYS: &[&str] = &["to", "inject_headers"];
 /// The service keys a `proxy:` service may have besides `proxy` (no instance runs).
@@ -191,6 +199,10 @@ pub fn all_keys() -> std::collections::BTreeSet<&'static str> {
         PYTHON_KEYS,
         SANDBOX_KEYS,
         SYSCALLS_KEYS,
+        HOSTS_KEYS,
+        HOST_KEYS,
+        CAPACITY_KEYS,
+        PLACEMENT_KEYS,
     ]
     .into_iter()
     .flatten()
@@ -304,7 +316,11 @@ pub fn spec(
     let alerts = top
         .get("alerts")
         .and_then(|(node, path)| alerts::alerts(node, &path, reader));
+    let hosts = top
+        .get("hosts")
+        .and_then(|(node, path)| hosts::hosts(node, &path, reader));
     Some(Spec {
+        hosts,
         admin,
         alerts,
         chaos,

@@ -51,6 +51,7 @@ pub(super) fn service(
         secret_digests: BTreeMap::new(),
         sandbox: Default::default(),
         tcp: None,
+        placement: Placement::default(),
     };
     if let Some(Workload::Proxy(_)) = &workload {
         // No instance runs: the agent listens at the service's address and calls out.
@@ -368,6 +369,9 @@ pub(super) fn service(
                 }
             }
         }
+    }
+    if let Some((n, p)) = fields.get("placement") {
+        service.placement = super::hosts::placement(n, &p, reader);
     }
     if let Some((n, p)) = fields.get("backup") {
         service.backup = backup(n, &p, reader);
