@@ -283,28 +283,6 @@ pub(crate) fn healthy_endpoints(inner: &Inner, name: &str) -> Vec<Endpoint> {
         .unwrap_or_default()
 }
 
-/// TLS passthrough on `port`: each server name of the services' `tcp: {port, sni}` with the
-/// healthy instances of its service.
-fn sni_routes(inner: &Inner, port: u16) -> Vec<(String, bow_edge::Backend)> {
-    let Some(spec) = &inner.spec else {
-        return Vec::new();
-    };
-    let mut routes = Vec::new();
-    for (name, service) in &spec.services {
-        let Some(tcp) = service.tcp.as_ref().filter(|tcp| tcp.port == port) else {
-            continue;
-        };
-        let endpoints = healthy_endpoints(inner, name);
-        for server in &tcp.sni {
-            routes.push((
-                server.clone(),
-                bow_edge::Backend::new(name.clone(), endpoints.clone()),
-            ));
-        }
-    }
-    routes
-}
-
 /// One outcome of two drains: timed out when either did (with both in-flight counts).
 pub(crate) fn both_drained(
     first: Option<DrainOutcome>,
@@ -544,7 +522,7 @@ impl Agent {
             if running.protocol == ServiceProtocol::Sni {
                 running
                     .listener
-                    .set_sni_routes(sni_routes(&inner, running.addr.port()));
+                    .set_sni_routes(crate::passthrough::sni_routes(&inner, running.addr.port()));
             } else {
                 running
                     .listener

@@ -36,6 +36,7 @@ mod metrics_backup;
 mod metrics_edge;
 mod otlp;
 mod outside_api;
+mod passthrough;
 mod ports;
 pub mod postgres;
 mod postgres_admin;

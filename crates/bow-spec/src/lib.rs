@@ -14,6 +14,7 @@ mod reader;
 pub mod sandbox;
 pub mod schema;
 mod schema_ops;
+mod schema_routes;
 pub mod units;
 pub mod yaml;
 
