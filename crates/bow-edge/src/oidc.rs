@@ -239,11 +239,7 @@ impl OidcAuth {
             state: URL_SAFE_NO_PAD.encode(state),
             nonce: URL_SAFE_NO_PAD.encode(nonce),
             verifier: URL_SAFE_NO_PAD.encode(verifier),
-            to: if target.starts_with('/') {
-                target.to_string()
-            } else {
-                "/".to_string()
-            },
+            to: return_path(target),
             exp: now() + FLOW_LIFETIME,
         };
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(flow.verifier.as_bytes()));
@@ -565,6 +561,20 @@ impl OidcAuth {
     }
 }
 
+/// Where the callback sends the user back: the page they asked for, on this host only (a
+/// target like `//evil.example` or `/\\evil.example` would be read as another host).
+fn return_path(target: &str) -> String {
+    let local = target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.starts_with("/\\")
+        && !target.bytes().any(|b| b.is_ascii_control());
+    if local {
+        target.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
 /// The target of the request line (`/path?query`).
 fn request_target(head: &[u8]) -> &str {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -643,6 +653,15 @@ mod tests {
             Some("v")
         );
         assert_eq!(request_target(head.as_bytes()), "/x?y=1");
+        assert_eq!(return_path("/x?y=1"), "/x?y=1");
+        for elsewhere in [
+            "//evil.example/x",
+            "/\\evil.example",
+            "https://evil.example",
+            "*",
+        ] {
+            assert_eq!(return_path(elsewhere), "/", "{elsewhere}");
+        }
         assert_eq!(decode("a%2Fb+c%"), "a/b c%");
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
